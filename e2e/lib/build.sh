@@ -1,0 +1,145 @@
+# shellcheck shell=bash
+# Builds the real Kubernetes components of the local control plane from the Go
+# module proxy, once per pinned version, into a cache outside the repository.
+#
+# Sourced by e2e/cluster. Every binary lands in
+#   $HOSTWRIGHT_CACHE/bin/<component>-<version>/
+# and is rebuilt only when that directory is missing, i.e. when a pin in
+# e2e/versions.env changes (or the cache is wiped).
+
+: "${HOSTWRIGHT_CACHE:=${XDG_CACHE_HOME:-$HOME/.cache}/hostwright}"
+# Kubernetes links are memory hungry; two parallel compiles fit in 24 GiB.
+: "${HOSTWRIGHT_GO_PARALLEL:=2}"
+
+export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-buildvcs=false
+
+bin_dir() { echo "$HOSTWRIGHT_CACHE/bin/$1-$2"; }
+
+# Records peak RSS of a build step when GNU time is available.
+timed() {
+  local label=$1; shift
+  if [ -x /usr/bin/time ]; then
+    /usr/bin/time -f "build $label: %e s, peak RSS %M KiB" -a -o "$HOSTWRIGHT_CACHE/build-times.log" "$@"
+  else
+    "$@"
+  fi
+}
+
+# A throwaway wrapper module that requires k8s.io/kubernetes and points every
+# k8s.io staging module at its published v0.X.Y (the replace directives in
+# kubernetes' own go.mod point into its source tree and are ignored when it
+# is used as a dependency).
+build_kubernetes() {
+  local v=$KUBERNETES_VERSION out
+  out=$(bin_dir kubernetes "$v")
+  if [ -x "$out/kube-apiserver" ] && [ -x "$out/kube-controller-manager" ] &&
+     [ -x "$out/kube-scheduler" ] && [ -x "$out/kubectl" ]; then
+    return 0
+  fi
+  echo ">> building Kubernetes $v (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl)"
+  local staging_v="v0.${v#v1.}" work
+  work=$(mktemp -d "$HOSTWRIGHT_CACHE/work-kubernetes.XXXXXX")
+  (
+    set -euo pipefail
+    cd "$work"
+    go mod init hostwright.local/e2e/kubernetes >/dev/null 2>&1
+    local gomod
+    gomod=$(go mod download -json "k8s.io/kubernetes@$v" | sed -n 's/.*"GoMod": "\(.*\)",*/\1/p')
+    [ -f "$gomod" ] || { echo "cannot read go.mod of k8s.io/kubernetes@$v" >&2; exit 1; }
+    # Every `k8s.io/<x> => ./staging/src/k8s.io/<x>` becomes `=> k8s.io/<x> v0.X.Y`.
+    local mod
+    for mod in $(sed -n 's#^[[:space:]]*\(k8s.io/[^ ]*\) => ./staging/src/.*#\1#p' "$gomod"); do
+      go mod edit -replace="$mod=$mod@$staging_v"
+    done
+    go mod edit -require="k8s.io/kubernetes@$v"
+    cat >tools.go <<'GO'
+//go:build tools
+
+package tools
+
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+	_ "k8s.io/kubernetes/cmd/kubectl"
+)
+GO
+    go mod tidy >/dev/null
+    local minor=${v#v1.}; minor=${minor%%.*}
+    local ldflags="-s -w"
+    local pkg
+    for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+      ldflags+=" -X $pkg.gitVersion=$v -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+      ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+    done
+    mkdir -p "$out.tmp"
+    local cmd
+    for cmd in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+      timed "$cmd" go build -p "$HOSTWRIGHT_GO_PARALLEL" -trimpath -ldflags "$ldflags" \
+        -o "$out.tmp/$cmd" "k8s.io/kubernetes/cmd/$cmd"
+    done
+    rm -rf "$out" && mv "$out.tmp" "$out"
+  )
+  local rc=$?
+  rm -rf "$work"
+  return $rc
+}
+
+# etcd's server module carries replace directives, so `go install` refuses it;
+# a wrapper module that requires it builds the same binary.
+build_etcd() {
+  local v=$ETCD_VERSION out
+  out=$(bin_dir etcd "$v")
+  [ -x "$out/etcd" ] && return 0
+  echo ">> building etcd $v"
+  local work
+  work=$(mktemp -d "$HOSTWRIGHT_CACHE/work-etcd.XXXXXX")
+  (
+    set -euo pipefail
+    cd "$work"
+    go mod init hostwright.local/e2e/etcd >/dev/null 2>&1
+    go mod edit -require="go.etcd.io/etcd/server/v3@$v"
+    cat >tools.go <<'GO'
+//go:build tools
+
+package tools
+
+import _ "go.etcd.io/etcd/server/v3"
+GO
+    go mod tidy >/dev/null
+    mkdir -p "$out.tmp"
+    timed etcd go build -p "$HOSTWRIGHT_GO_PARALLEL" -trimpath \
+      -ldflags "-s -w" -o "$out.tmp/etcd" go.etcd.io/etcd/server/v3
+    rm -rf "$out" && mv "$out.tmp" "$out"
+  )
+  local rc=$?
+  rm -rf "$work"
+  return $rc
+}
+
+# KWOK and helm install cleanly with `go install module@version`.
+build_go_install() {
+  local name=$1 v=$2 pkg=$3 ldflags=${4:-} out
+  out=$(bin_dir "$name" "$v")
+  [ -x "$out/$name" ] && return 0
+  echo ">> building $name $v"
+  mkdir -p "$out.tmp"
+  GOBIN="$out.tmp" timed "$name" go install -p "$HOSTWRIGHT_GO_PARALLEL" -trimpath \
+    -ldflags "-s -w $ldflags" "$pkg@$v" || return 1
+  rm -rf "$out" && mv "$out.tmp" "$out"
+}
+
+build_all() {
+  mkdir -p "$HOSTWRIGHT_CACHE/bin"
+  build_etcd &&
+    build_go_install kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok \
+      "-X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION" &&
+    build_go_install helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm \
+      "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" &&
+    build_kubernetes
+}
+
+# PATH entries for every built component.
+tool_path() {
+  echo "$(bin_dir kubernetes "$KUBERNETES_VERSION"):$(bin_dir etcd "$ETCD_VERSION"):$(bin_dir kwok "$KWOK_VERSION"):$(bin_dir helm "$HELM_VERSION")"
+}

@@ -1,0 +1,168 @@
+//! Types shared by the three kinds: conditions, references, storage, and the
+//! failover settings and member status used by both replicated stores.
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::core::Duration;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+
+/// API group of every Hostwright kind.
+pub const GROUP: &str = "hostwright.io";
+
+/// Condition types every kind reports (Kubernetes API conventions).
+pub mod condition_type {
+    /// The object does what it was asked to do and its dependencies are Ready.
+    pub const READY: &str = "Ready";
+    /// A change (rollout, scale, failover, bootstrap) is under way.
+    pub const PROGRESSING: &str = "Progressing";
+    /// Running with less redundancy or capacity than asked for.
+    pub const DEGRADED: &str = "Degraded";
+}
+
+/// A reference to another Hostwright object in the same namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct LocalObjectReference {
+    /// Name of the object, in the same namespace as the referring object.
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub name: String,
+}
+
+/// A persistent volume for a member's data.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// Requested size of each member's volume, e.g. `10Gi`.
+    pub size: Quantity,
+    /// StorageClass of the volumes; the cluster default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+    /// Delete the volumes when the owning object is deleted. Off by default:
+    /// customer data outlives the object unless you say otherwise.
+    #[serde(default)]
+    pub delete_on_removal: bool,
+}
+
+/// CPU and memory for a container; a plain Kubernetes ResourceRequirements.
+pub type Resources = ResourceRequirements;
+
+/// When and how the operator promotes a mirror (or replica) after the primary fails.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FailoverSpec {
+    /// Promote a mirror automatically when the primary is lost. When false the
+    /// operator reports the loss and waits for a planned switchover.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// How long the primary must be unhealthy before a mirror is promoted
+    /// (Go duration, e.g. `5s`, `1m30s`). Shorter is faster, longer rides out blips.
+    #[serde(default = "default_failover_delay")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"))]
+    pub delay: Duration,
+    /// A mirror further behind the primary than this many bytes of replication
+    /// stream is never promoted automatically, so a failover cannot silently
+    /// drop more than this much acknowledged data in async mode.
+    #[serde(default = "default_max_lag_bytes")]
+    #[schemars(range(min = 0))]
+    pub max_lag_bytes: i64,
+}
+
+impl Default for FailoverSpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            delay: default_failover_delay(),
+            max_lag_bytes: default_max_lag_bytes(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_failover_delay() -> Duration {
+    std::time::Duration::from_secs(5).into()
+}
+
+/// 16 MiB: one WAL segment.
+fn default_max_lag_bytes() -> i64 {
+    16 * 1024 * 1024
+}
+
+/// What a member of a replicated store is doing right now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum MemberRole {
+    /// Takes writes; the read-write Service points at it.
+    Primary,
+    /// Streams from the primary; serves reads.
+    Mirror,
+    /// A former primary cut off from writes until it rejoins as a mirror.
+    Fenced,
+    /// Being created or bootstrapped; not yet part of replication.
+    Pending,
+}
+
+/// Observed state of one member (pod) of a replicated store.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberStatus {
+    /// Member (and pod) name.
+    pub name: String,
+    /// Role the member is in.
+    pub role: MemberRole,
+    /// The member's server answers and its agent renews its lease.
+    pub healthy: bool,
+    /// Replication position the member reported, in bytes of stream
+    /// (a PostgreSQL LSN or a Redis replication offset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<i64>,
+    /// How far this member is behind the primary, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_bytes: Option<i64>,
+    /// The member's spec differs from the shared instance template (changed by hand).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub spec_drift: bool,
+    /// When the member's agent last reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_report_time: Option<Time>,
+}
+
+/// Failover history shared by the replicated stores' status.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FailoverStatus {
+    /// When the last failover or switchover completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failover_time: Option<Time>,
+    /// How long the last failover took from detection to the new primary
+    /// taking writes, in seconds (decimal string, e.g. `2.41`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failover_duration: Option<String>,
+    /// How many failovers and switchovers have completed.
+    #[serde(default)]
+    pub failover_count: i64,
+}
+
+/// Coarse lifecycle of a replicated store (SessionStore or DatabaseMirror),
+/// for humans and printer columns; conditions carry the detail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum StorePhase {
+    /// Accepted; members not yet created.
+    Pending,
+    /// Members are being created, initialised or caught up.
+    Bootstrapping,
+    /// The primary takes writes and every mirror streams from it.
+    Ready,
+    /// The primary takes writes but some mirrors are missing or behind.
+    Degraded,
+    /// The primary was lost; the failover engine is promoting a mirror.
+    FailingOver,
+    /// A planned change of primary (`spec.primary`) is under way.
+    SwitchingOver,
+    /// No member can take writes and none may be promoted; see the conditions.
+    Failed,
+}

@@ -1,0 +1,153 @@
+//! `SessionStore`: user sessions held out of process, so web servers can be
+//! restarted or upgraded without logging anyone out.
+
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::{
+    Condition, FailoverSpec, FailoverStatus, LocalObjectReference, MemberStatus, Resources,
+    StorageSpec, StorePhase,
+};
+
+/// An out-of-process session store for web clusters: a Redis primary with
+/// replicas that the operator promotes when the primary fails, or an existing
+/// endpoint (`external`). Services `<name>` (primary) and `<name>-replicas`,
+/// a PodDisruptionBudget and a connection Secret `<name>-connection` whose
+/// contents stay the same across promotions.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "hostwright.io",
+    version = "v1alpha1",
+    kind = "SessionStore",
+    plural = "sessionstores",
+    shortname = "sst",
+    category = "hostwright",
+    namespaced,
+    doc = "An out-of-process session store (Redis) for web clusters, with replica promotion.",
+    status = "SessionStoreStatus",
+    derive = "PartialEq",
+    printcolumn(name = "Engine", type_ = "string", json_path = ".spec.engine"),
+    printcolumn(name = "Primary", type_ = "string", json_path = ".status.currentPrimary", description = "Member taking writes"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.ready", description = "Ready members / desired members"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[x_kube(
+    validation = Rule::new("!has(self.external) || !has(self.storage)")
+        .message("storage cannot be set for an external session store: the operator deploys nothing for it")
+        .field_path(".storage")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionStoreSpec {
+    /// The session store server. Only `redis` today.
+    #[serde(default)]
+    pub engine: SessionEngine,
+
+    /// Container image of the server.
+    #[serde(default = "default_redis_image")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: String,
+
+    /// Replicas beside the primary. Each is a promotion candidate; 0 leaves
+    /// sessions with no copy (fine for staging, not for production).
+    #[serde(default = "default_session_replicas")]
+    #[schemars(range(min = 0, max = 8))]
+    pub replicas: i32,
+
+    /// CPU and memory of each member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+
+    /// Persist sessions (append-only file) on a volume per member. Without it
+    /// sessions live in memory and on the replicas only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<StorageSpec>,
+
+    /// `async`: a promotion may lose the last writes not yet replicated.
+    /// `wait`: the agent reports the offset clients confirmed with `WAIT`,
+    /// and a promotion never picks a replica behind a confirmed write.
+    #[serde(default)]
+    pub durability: Durability,
+
+    /// When and how a replica is promoted after the primary fails.
+    #[serde(default)]
+    pub failover: FailoverSpec,
+
+    /// Use an existing session store instead of deploying one. The operator
+    /// checks that it answers and publishes it in `<name>-connection`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalSessionStore>,
+}
+
+fn default_redis_image() -> String {
+    "redis:7.4".into()
+}
+
+fn default_session_replicas() -> i32 {
+    1
+}
+
+/// Session store server software.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionEngine {
+    /// Redis 7 (or a protocol-compatible server).
+    #[default]
+    Redis,
+}
+
+/// How much a promotion may lose.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Replicate in the background; fastest, may lose the last writes.
+    #[default]
+    Async,
+    /// Writes confirmed with `WAIT` survive any promotion.
+    Wait,
+}
+
+/// An existing session store the web clusters should use.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalSessionStore {
+    /// Secret (same namespace) holding either `url`, or `host` and `port`
+    /// (with an optional `password`).
+    pub secret_ref: LocalObjectReference,
+}
+
+/// Observed state of a SessionStore.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionStoreStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Coarse lifecycle phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<StorePhase>,
+    /// Member taking writes now (`external` for an external store).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_primary: Option<String>,
+    /// Member being promoted, while a failover is under way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_primary: Option<String>,
+    /// Ready members over desired members, e.g. `2/2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<String>,
+    /// Per-member role, health and replication offset.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub members: Vec<MemberStatus>,
+    /// Secret holding the connection URL, host, port and password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_secret: Option<String>,
+    /// Failover history.
+    #[serde(default)]
+    pub failover: FailoverStatus,
+    /// Ready, Progressing and Degraded, Kubernetes style.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+}

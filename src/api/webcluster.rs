@@ -1,0 +1,248 @@
+//! `WebCluster`: one hosted site cluster's load-balanced, highly available web tier.
+
+use k8s_openapi::api::core::v1::EnvVar;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::{Condition, LocalObjectReference, Resources};
+
+/// A load-balanced web server cluster for hosted sites. It becomes a Deployment
+/// spread across nodes, a Service, a PodDisruptionBudget, and optionally a
+/// HorizontalPodAutoscaler and an Ingress. Rolling upgrades never drop ready
+/// capacity below the desired replica count.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "hostwright.io",
+    version = "v1alpha1",
+    kind = "WebCluster",
+    plural = "webclusters",
+    shortname = "wc",
+    category = "hostwright",
+    namespaced,
+    doc = "A hosted site cluster's load-balanced, highly available web tier.",
+    status = "WebClusterStatus",
+    derive = "PartialEq",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas", description = "Desired web servers"),
+    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas", description = "Web servers passing readiness"),
+    printcolumn(name = "Up-To-Date", type_ = "integer", json_path = ".status.updatedReplicas", description = "Web servers running the current template"),
+    printcolumn(name = "Image", type_ = "string", json_path = ".spec.image"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Tier", type_ = "string", json_path = ".spec.tier", priority = 1),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[x_kube(
+    validation = Rule::new("!has(self.tolerate) || self.tolerate < self.replicas")
+        .message("tolerate must be less than replicas: at least one web server has to survive")
+        .field_path(".tolerate"),
+    validation = Rule::new("!has(self.tolerate) || !has(self.autoscaling) || self.tolerate < self.autoscaling.minReplicas")
+        .message("tolerate must be less than autoscaling.minReplicas: at least one web server has to survive")
+        .field_path(".tolerate")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct WebClusterSpec {
+    /// Container image of the web server, e.g. `registry.example.com/site:1.4.2`.
+    /// Changing it rolls the servers one surge at a time with no loss of ready capacity.
+    #[schemars(length(min = 1, max = 512))]
+    #[x_kube(validation = Rule::new("!self.contains(' ')").message("image must not contain spaces"))]
+    pub image: String,
+
+    /// Desired number of web servers. Written by `kubectl scale` and, when
+    /// `autoscaling` is set, by the HorizontalPodAutoscaler through the scale subresource.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub replicas: i32,
+
+    /// Let a HorizontalPodAutoscaler move `replicas` between min and max on CPU load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<Autoscaling>,
+
+    /// Host names routed to this cluster by an Ingress. No Ingress when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(regex(pattern = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub hosts: Vec<String>,
+
+    /// TCP port the web server listens on inside the pod.
+    #[serde(default = "default_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+
+    /// HTTP health checks. Sensible defaults (GET `/` on `port`) apply when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probes: Option<Probes>,
+
+    /// CPU and memory of each web server. Staging defaults are smaller than production's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+
+    /// Extra environment variables for the web server container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 128))]
+    pub env: Vec<EnvVar>,
+
+    /// Node failures the cluster must survive while still serving. Pods are
+    /// spread so that losing this many nodes leaves at least one server, and
+    /// node drains never go below `replicas - tolerate` ready servers.
+    /// Defaults to `replicas - 1` (survive all but one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub tolerate: Option<i32>,
+
+    /// SessionStore (same namespace) whose connection details reach the pods
+    /// as `SESSION_STORE_URL`. The cluster is Ready only when it is Ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_store_ref: Option<LocalObjectReference>,
+
+    /// DatabaseMirror (same namespace) whose connection details reach the pods
+    /// as `DATABASE_URL` (read-write) and `DATABASE_RO_URL` (mirrors).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_ref: Option<LocalObjectReference>,
+
+    /// `production` or `staging`. Staging keeps the production shape (spread,
+    /// probes, disruption budget) at a smaller size.
+    #[serde(default)]
+    pub tier: Tier,
+
+    /// Stop changing the children (Deployment, Service, ...) without deleting them.
+    #[serde(default)]
+    pub paused: bool,
+}
+
+fn default_replicas() -> i32 {
+    3
+}
+
+fn default_port() -> i32 {
+    8080
+}
+
+/// Deployment environment of a WebCluster.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    /// Full size: default requests, autoscaling when asked for.
+    #[default]
+    Production,
+    /// Same shape, smaller: fewer replicas and smaller requests by default.
+    Staging,
+}
+
+/// Bounds for the HorizontalPodAutoscaler that scales the web servers.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas").message("autoscaling.minReplicas must not exceed autoscaling.maxReplicas"))]
+#[serde(rename_all = "camelCase")]
+pub struct Autoscaling {
+    /// Fewest web servers the autoscaler may leave running.
+    #[schemars(range(min = 1, max = 1000))]
+    pub min_replicas: i32,
+    /// Most web servers the autoscaler may start.
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_replicas: i32,
+    /// Average CPU utilisation (percent of requests) the autoscaler aims for.
+    #[serde(default = "default_target_cpu")]
+    #[schemars(range(min = 1, max = 100))]
+    pub target_cpu_utilization_percentage: i32,
+}
+
+fn default_target_cpu() -> i32 {
+    70
+}
+
+/// HTTP health checks of the web server.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Probes {
+    /// Decides when a server receives traffic (and when a rollout may continue).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness: Option<HttpProbe>,
+    /// Decides when a wedged server is restarted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness: Option<HttpProbe>,
+}
+
+/// An HTTP GET against the web server's port.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpProbe {
+    /// Path to request; any 2xx or 3xx answer counts as healthy.
+    #[serde(default = "default_probe_path")]
+    #[schemars(length(min = 1, max = 1024), regex(pattern = r"^/"))]
+    pub path: String,
+    /// Seconds between checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 300))]
+    pub period_seconds: Option<i32>,
+    /// Seconds before a check times out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 60))]
+    pub timeout_seconds: Option<i32>,
+    /// Consecutive failures before the check is considered failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 30))]
+    pub failure_threshold: Option<i32>,
+    /// Seconds after start before the first check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub initial_delay_seconds: Option<i32>,
+}
+
+fn default_probe_path() -> String {
+    "/".into()
+}
+
+/// Coarse lifecycle of a WebCluster, for humans; conditions carry the detail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum WebClusterPhase {
+    /// Accepted; children not yet created or references not yet resolved.
+    Pending,
+    /// A rollout or scale is under way.
+    Progressing,
+    /// Every desired server is ready and up to date.
+    Ready,
+    /// Serving, but with fewer ready servers than desired.
+    Degraded,
+    /// `spec.paused` is set; children are left as they are.
+    Paused,
+    /// The spec cannot be realised; see the conditions.
+    Failed,
+}
+
+/// Observed state of a WebCluster.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebClusterStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Web server pods that exist (the scale subresource reads this).
+    #[serde(default)]
+    pub replicas: i32,
+    /// Pods passing readiness.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Pods running the current pod template.
+    #[serde(default)]
+    pub updated_replicas: i32,
+    /// Pods ready for at least `minReadySeconds`.
+    #[serde(default)]
+    pub available_replicas: i32,
+    /// Label selector of the pods, in string form (for the scale subresource and HPAs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// Image the fully rolled-out pods run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Coarse lifecycle phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<WebClusterPhase>,
+    /// Ready, Progressing and Degraded, Kubernetes style.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+}

@@ -1,0 +1,3 @@
+//! Hostwright: a Kubernetes operator for highly available web hosting.
+
+pub mod api;
