@@ -1,1 +1,212 @@
+//! Helpers for Hostwright's end-to-end tests.
+//!
+//! Every test talks to the real API server named by `KUBECONFIG` (the local
+//! control plane from `e2e/cluster up`, or any other cluster), works in a
+//! throwaway namespace of its own, and waits on conditions, never on sleeps.
 
+use std::future::Future;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::wait::{Condition, await_condition};
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+
+/// Field manager of everything the tests apply.
+pub const FIELD_MANAGER: &str = "hostwright-e2e";
+
+/// Label on every namespace the tests create, so leftovers are easy to find.
+pub const TEST_LABEL: &str = "hostwright.io/e2e";
+
+/// A client for the cluster in `KUBECONFIG`.
+pub async fn client() -> Result<Client> {
+    if std::env::var_os("KUBECONFIG").is_none() {
+        bail!(
+            "KUBECONFIG is not set: run the e2e suite through `make test` or point it at a cluster"
+        );
+    }
+    Client::try_default()
+        .await
+        .context("building a client from KUBECONFIG")
+}
+
+/// Wait up to `timeout` for `cond` to hold for the named object.
+pub async fn wait_for<K, C>(
+    api: &Api<K>,
+    name: &str,
+    timeout: Duration,
+    what: &str,
+    cond: C,
+) -> Result<K>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+    C: Condition<K>,
+{
+    let found = tokio::time::timeout(timeout, await_condition(api.clone(), name, cond))
+        .await
+        .map_err(|_| anyhow!("timed out after {timeout:?} waiting for {what} ({name})"))?
+        .with_context(|| format!("watching {name} for {what}"))?;
+    found.ok_or_else(|| anyhow!("{name} was deleted while waiting for {what}"))
+}
+
+/// Poll an async check until it yields `Some`, for state that is not one
+/// object's condition (e.g. a set of pods). Re-checks on a short interval.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<T>>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last_err = None;
+    loop {
+        match check().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last_err = Some(e),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(match last_err {
+                Some(e) => e.context(format!("timed out after {timeout:?} waiting for {what}")),
+                None => anyhow!("timed out after {timeout:?} waiting for {what}"),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A namespace that lives as long as one test. It is deleted when dropped,
+/// also when the test fails half way.
+pub struct TestNamespace {
+    pub name: String,
+    client: Client,
+}
+
+impl TestNamespace {
+    /// Create `hw-<prefix>-<random>` with extra labels, and wait until pods can
+    /// be created in it (its default ServiceAccount exists).
+    pub async fn create(client: &Client, prefix: &str, labels: &[(&str, &str)]) -> Result<Self> {
+        let suffix: u32 = rand::random::<u32>() % 1_000_000;
+        let name = format!("hw-{prefix}-{suffix:06}");
+        let mut ns_labels = serde_json::Map::new();
+        ns_labels.insert(TEST_LABEL.into(), "true".into());
+        for (k, v) in labels {
+            ns_labels.insert((*k).into(), (*v).into());
+        }
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": { "name": name, "labels": ns_labels },
+        }))?;
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .with_context(|| format!("creating namespace {name}"))?;
+        let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &name);
+        let created = TestNamespace {
+            name: name.clone(),
+            client: client.clone(),
+        };
+        eventually(
+            Duration::from_secs(60),
+            "the default ServiceAccount",
+            || {
+                let sas = sas.clone();
+                async move { Ok(sas.get_opt("default").await?.map(|_| ())) }
+            },
+        )
+        .await?;
+        Ok(created)
+    }
+
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.name)
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        // Drop cannot await; kubectl is on PATH for every e2e run.
+        let _ = Command::new("kubectl")
+            .args([
+                "delete",
+                "namespace",
+                &self.name,
+                "--wait=false",
+                "--ignore-not-found",
+            ])
+            .output();
+    }
+}
+
+/// Install (server-side apply) Hostwright's CRDs and wait until each is
+/// Established. Idempotent: on a cluster where the Helm chart installed the
+/// same CRDs this changes nothing.
+pub async fn ensure_crds(client: &Client) -> Result<Vec<CustomResourceDefinition>> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let mut out = Vec::new();
+    for crd in hostwright::api::crds() {
+        let name = crd.name_any();
+        crds.patch(&name, &params, &Patch::Apply(&crd))
+            .await
+            .with_context(|| format!("applying CRD {name}"))?;
+        let established = wait_for(
+            &crds,
+            &name,
+            Duration::from_secs(60),
+            "CRD Established",
+            |obj: Option<&CustomResourceDefinition>| {
+                obj.and_then(|c| c.status.as_ref())
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|cs| {
+                        cs.iter()
+                            .any(|c| c.type_ == "Established" && c.status == "True")
+                    })
+            },
+        )
+        .await?;
+        out.push(established);
+    }
+    Ok(out)
+}
+
+/// Run kubectl against `KUBECONFIG` and return its output, failing on a non-zero exit.
+pub fn kubectl(args: &[&str]) -> Result<String> {
+    let out = kubectl_raw(args)?;
+    if !out.status.success() {
+        bail!(
+            "kubectl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Run kubectl and return its raw output, whatever the exit code.
+pub fn kubectl_raw(args: &[&str]) -> Result<Output> {
+    Command::new("kubectl")
+        .args(args)
+        .output()
+        .context("running kubectl (is it on PATH?)")
+}
+
+/// Delete an object and ignore "not found".
+pub async fn delete_ignoring_missing<K>(api: &Api<K>, name: &str) -> Result<()>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}

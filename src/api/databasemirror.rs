@@ -124,7 +124,7 @@ pub struct InstanceTemplate {
     /// `postgresql.conf` settings applied to every member (e.g.
     /// `shared_buffers: 512MB`). Settings replication depends on are reserved.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(length(max = 128))]
+    #[schemars(extend("maxProperties" = 128))]
     #[x_kube(validation = reserved_parameters_rule())]
     pub parameters: BTreeMap<String, String>,
 }
@@ -132,12 +132,15 @@ pub struct InstanceTemplate {
 /// CEL rule rejecting any reserved setting in `instance.parameters`, built
 /// from [`RESERVED_PARAMETERS`] so the schema and the code cannot disagree.
 fn reserved_parameters_rule() -> kube::core::Rule {
-    let quoted: Vec<String> = RESERVED_PARAMETERS.iter().map(|p| format!("'{p}'")).collect();
+    let quoted: Vec<String> = RESERVED_PARAMETERS
+        .iter()
+        .map(|p| format!("'{p}'"))
+        .collect();
     let message = format!(
         "parameters must not set a setting the operator manages for replication ({})",
         RESERVED_PARAMETERS.join(", ")
     );
-    kube::core::Rule::new(format!("self.all(k, !(k in [{}]))", quoted.join(", ")))
+    kube::core::Rule::new(format!("[{}].all(r, !(r in self))", quoted.join(", ")))
         .message(kube::core::Message::Message(message))
 }
 
@@ -195,4 +198,46 @@ pub struct DatabaseMirrorStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::CustomResourceExt;
+
+    #[test]
+    fn a_minimal_spec_gets_one_async_mirror_with_failover_on() {
+        let spec: DatabaseMirrorSpec =
+            serde_yaml::from_str("instance: {storage: {size: 10Gi}}").unwrap();
+        assert_eq!(spec.mirrors, 1);
+        assert_eq!(spec.replication, Replication::Async);
+        assert!(spec.failover.enabled);
+        assert_eq!(spec.failover.delay.to_string(), "5s");
+        assert_eq!(spec.instance.image, "postgres:15");
+        assert_eq!(
+            (spec.database.as_str(), spec.owner.as_str()),
+            ("app", "app")
+        );
+        assert!(!spec.instance.storage.delete_on_removal);
+    }
+
+    #[test]
+    fn the_reserved_parameter_rule_names_every_reserved_setting() {
+        let crd = serde_json::to_string(&DatabaseMirror::crd()).unwrap();
+        for p in RESERVED_PARAMETERS {
+            assert!(
+                crd.contains(&format!("'{p}'")),
+                "{p} is checked by the CEL rule"
+            );
+        }
+    }
+
+    #[test]
+    fn the_switchover_rule_sits_at_the_root_where_metadata_name_is_visible() {
+        let crd = DatabaseMirror::crd();
+        let schema = crd.spec.versions[0].schema.as_ref().unwrap();
+        let root = schema.open_api_v3_schema.as_ref().unwrap();
+        let rules = root.x_kubernetes_validations.as_ref().unwrap();
+        assert!(rules.iter().any(|r| r.rule.contains("self.metadata.name")));
+    }
 }

@@ -3,6 +3,10 @@
 //! Schemas (and so `kubectl explain` text and server-side validation) come
 //! from these types; `hostwright crds` prints them and `crds/` holds that output.
 
+// kube-derive repeats `printcolumn(type_ = ..)` spans, which clippy reads as
+// duplicated attributes on the generated items.
+#![allow(clippy::duplicated_attributes)]
+
 pub mod common;
 pub mod databasemirror;
 pub mod sessionstore;
@@ -17,7 +21,11 @@ use kube::CustomResourceExt;
 
 /// Every CRD Hostwright serves, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![WebCluster::crd(), SessionStore::crd(), DatabaseMirror::crd()]
+    vec![
+        WebCluster::crd(),
+        SessionStore::crd(),
+        DatabaseMirror::crd(),
+    ]
 }
 
 /// The CRDs as one multi-document YAML stream, exactly as checked in under `crds/`.

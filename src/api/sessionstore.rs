@@ -28,10 +28,24 @@ use super::common::{
     status = "SessionStoreStatus",
     derive = "PartialEq",
     printcolumn(name = "Engine", type_ = "string", json_path = ".spec.engine"),
-    printcolumn(name = "Primary", type_ = "string", json_path = ".status.currentPrimary", description = "Member taking writes"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.ready", description = "Ready members / desired members"),
+    printcolumn(
+        name = "Primary",
+        type_ = "string",
+        json_path = ".status.currentPrimary",
+        description = "Member taking writes"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.ready",
+        description = "Ready members / desired members"
+    ),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[x_kube(
     validation = Rule::new("!has(self.external) || !has(self.storage)")
@@ -150,4 +164,26 @@ pub struct SessionStoreStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_minimal_spec_is_one_redis_primary_with_one_replica() {
+        let spec: SessionStoreSpec = serde_yaml::from_str("{}").unwrap();
+        assert_eq!(spec.engine, SessionEngine::Redis);
+        assert_eq!(spec.replicas, 1);
+        assert_eq!(spec.durability, Durability::Async);
+        assert!(spec.external.is_none());
+        assert!(spec.failover.enabled);
+    }
+
+    #[test]
+    fn an_external_store_names_its_secret() {
+        let spec: SessionStoreSpec =
+            serde_yaml::from_str("external: {secretRef: {name: provider-redis}}").unwrap();
+        assert_eq!(spec.external.unwrap().secret_ref.name, "provider-redis");
+    }
 }

@@ -28,13 +28,37 @@ use super::common::{Condition, LocalObjectReference, Resources};
         status_replicas_path = ".status.replicas",
         label_selector_path = ".status.selector"
     ),
-    printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas", description = "Desired web servers"),
-    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas", description = "Web servers passing readiness"),
-    printcolumn(name = "Up-To-Date", type_ = "integer", json_path = ".status.updatedReplicas", description = "Web servers running the current template"),
+    printcolumn(
+        name = "Replicas",
+        type_ = "integer",
+        json_path = ".spec.replicas",
+        description = "Desired web servers"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "integer",
+        json_path = ".status.readyReplicas",
+        description = "Web servers passing readiness"
+    ),
+    printcolumn(
+        name = "Up-To-Date",
+        type_ = "integer",
+        json_path = ".status.updatedReplicas",
+        description = "Web servers running the current template"
+    ),
     printcolumn(name = "Image", type_ = "string", json_path = ".spec.image"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Tier", type_ = "string", json_path = ".spec.tier", priority = 1),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Tier",
+        type_ = "string",
+        json_path = ".spec.tier",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[x_kube(
     validation = Rule::new("!has(self.tolerate) || self.tolerate < self.replicas")
@@ -64,7 +88,12 @@ pub struct WebClusterSpec {
 
     /// Host names routed to this cluster by an Ingress. No Ingress when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64), inner(regex(pattern = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")))]
+    #[schemars(
+        length(max = 64),
+        inner(regex(
+            pattern = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+        ))
+    )]
     #[x_kube(merge_strategy = ListMerge::Set)]
     pub hosts: Vec<String>,
 
@@ -145,7 +174,10 @@ pub struct Autoscaling {
     #[schemars(range(min = 1, max = 1000))]
     pub max_replicas: i32,
     /// Average CPU utilisation (percent of requests) the autoscaler aims for.
-    #[serde(default = "default_target_cpu")]
+    #[serde(
+        default = "default_target_cpu",
+        rename = "targetCPUUtilizationPercentage"
+    )]
     #[schemars(range(min = 1, max = 100))]
     pub target_cpu_utilization_percentage: i32,
 }
@@ -245,4 +277,55 @@ pub struct WebClusterStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::CustomResourceExt;
+
+    #[test]
+    fn a_minimal_spec_gets_production_defaults() {
+        let spec: WebClusterSpec = serde_yaml::from_str("image: nginx:1.27").unwrap();
+        assert_eq!(spec.replicas, 3);
+        assert_eq!(spec.port, 8080);
+        assert_eq!(spec.tier, Tier::Production);
+        assert!(!spec.paused);
+        assert_eq!(spec.tolerate, None);
+        assert!(spec.hosts.is_empty());
+    }
+
+    #[test]
+    fn tiers_and_autoscaling_read_as_users_write_them() {
+        let spec: WebClusterSpec = serde_yaml::from_str(
+            "image: site:2\ntier: staging\nautoscaling: {minReplicas: 2, maxReplicas: 6}\n",
+        )
+        .unwrap();
+        assert_eq!(spec.tier, Tier::Staging);
+        let autoscaling = spec.autoscaling.unwrap();
+        assert_eq!((autoscaling.min_replicas, autoscaling.max_replicas), (2, 6));
+        assert_eq!(autoscaling.target_cpu_utilization_percentage, 70);
+    }
+
+    #[test]
+    fn the_crd_has_scale_and_status_subresources_and_the_documented_columns() {
+        let crd = WebCluster::crd();
+        let version = &crd.spec.versions[0];
+        let sub = version.subresources.as_ref().unwrap();
+        assert!(sub.status.is_some());
+        let scale = sub.scale.as_ref().unwrap();
+        assert_eq!(scale.status_replicas_path, ".status.replicas");
+        let columns: Vec<_> = version
+            .additional_printer_columns
+            .as_ref()
+            .unwrap()
+            .iter()
+            .filter(|c| c.priority.unwrap_or(0) == 0)
+            .map(|c| c.name.to_uppercase())
+            .collect();
+        assert_eq!(
+            columns,
+            ["REPLICAS", "READY", "UP-TO-DATE", "IMAGE", "PHASE", "AGE"]
+        );
+    }
 }
