@@ -1,3 +1,8 @@
 //! Hostwright: a Kubernetes operator for highly available web hosting.
 
 pub mod api;
+pub mod conditions;
+pub mod controllers;
+pub mod resources;
+pub mod run;
+pub mod telemetry;

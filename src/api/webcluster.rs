@@ -141,6 +141,32 @@ pub struct WebClusterSpec {
     /// Stop changing the children (Deployment, Service, ...) without deleting them.
     #[serde(default)]
     pub paused: bool,
+
+    /// Pace and safety margins of rolling upgrades.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutSpec>,
+}
+
+/// How a new image or setting rolls out. Surge first, never below the desired
+/// number of ready servers.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutSpec {
+    /// Seconds a new server must stay ready before it counts as available and
+    /// the rollout moves on. Default 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub min_ready_seconds: Option<i32>,
+    /// Seconds without progress after which the rollout is reported stuck
+    /// (Degraded, reason ProgressDeadlineExceeded). Default 300.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 10, max = 86400))]
+    pub progress_deadline_seconds: Option<i32>,
+    /// Seconds a stopping server keeps serving in-flight requests after it left
+    /// the Service (preStop drain). The grace period is this plus 20. Default 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 600))]
+    pub drain_seconds: Option<i32>,
 }
 
 fn default_replicas() -> i32 {

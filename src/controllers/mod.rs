@@ -1,0 +1,297 @@
+//! Controllers: thin reconcilers over the pure builders in `resources`.
+//!
+//! Shared here: the context every reconcile gets (client, caches, events,
+//! metrics), the error type, per-object exponential backoff, and "apply only
+//! what differs" so an idle fleet sends no writes at all.
+
+pub mod webcluster;
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::NamespaceResourceScope;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::resources::FIELD_MANAGER;
+use crate::resources::subset::first_difference;
+use crate::telemetry::Metrics;
+
+/// How often a healthy object is looked at again without any change.
+pub const RESYNC: Duration = Duration::from_secs(300);
+const BACKOFF_BASE: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// What can go wrong in a reconcile. Each variant names the object and the
+/// step; `metric_label` groups failures for `hostwright_reconcile_errors_total`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("building the children of {object}: {source}")]
+    Build {
+        object: String,
+        #[source]
+        source: crate::resources::BuildError,
+    },
+    #[error("applying {resource} {object}: {source}")]
+    Apply {
+        resource: &'static str,
+        object: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("deleting {resource} {object}: {source}")]
+    Delete {
+        resource: &'static str,
+        object: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("updating the status of {object}: {source}")]
+    Status {
+        object: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("encoding {what}: {source}")]
+    Encode {
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl Error {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Build { .. } => "build",
+            Error::Apply { .. } => "apply",
+            Error::Delete { .. } => "delete",
+            Error::Status { .. } => "status",
+            Error::Encode { .. } => "encode",
+        }
+    }
+}
+
+/// Consecutive failures per object, for exponential backoff that resets on success.
+#[derive(Default)]
+pub struct Backoff {
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Backoff {
+    /// Record a failure of `key` and return how long to wait before retrying:
+    /// 0.5 s, 1 s, 2 s, … up to 5 minutes, each ±20%.
+    pub fn failed(&self, key: &str) -> Duration {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let n = failures.entry(key.to_string()).or_insert(0);
+        *n = n.saturating_add(1);
+        let exp = BACKOFF_BASE.saturating_mul(1u32 << (*n - 1).min(16));
+        jittered(exp.min(BACKOFF_MAX))
+    }
+
+    /// Forget `key`'s failures after a successful reconcile.
+    pub fn succeeded(&self, key: &str) {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        failures.remove(key);
+    }
+}
+
+/// A duration spread by ±20%, so a large fleet does not resync (or retry)
+/// in the same second.
+pub fn jittered(base: Duration) -> Duration {
+    base.mul_f64(rand::random_range(0.8..1.2))
+}
+
+/// What every reconcile of one controller shares.
+pub struct Shared {
+    pub client: Client,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+    pub backoff: Backoff,
+    /// `controller` label of this controller's metrics.
+    pub controller: &'static str,
+}
+
+impl Shared {
+    pub fn new(
+        client: Client,
+        metrics: Arc<Metrics>,
+        controller: &'static str,
+        identity: &str,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: "hostwright".into(),
+            instance: Some(identity.to_string()),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            backoff: Backoff::default(),
+            controller,
+        }
+    }
+
+    /// Publish an Event about `obj`; failures are logged, never fatal.
+    pub async fn event<K>(
+        &self,
+        obj: &K,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) where
+        K: Resource<DynamicType = ()>,
+    {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: action.into(),
+            secondary: None,
+        };
+        match self.recorder.publish(&event, &obj.object_ref(&())).await {
+            Ok(()) => self.metrics.write(self.controller, "events", "create"),
+            Err(err) => tracing::warn!(%err, reason, "could not publish event"),
+        }
+    }
+
+    /// Server-side apply `desired` unless `live` already has every field of
+    /// it. Returns the object as the API server now has it.
+    pub async fn apply<K>(&self, desired: &K, live: Option<&Arc<K>>) -> Result<Option<K>, Error>
+    where
+        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + Serialize
+            + DeserializeOwned
+            + Debug,
+    {
+        let name = desired.name_any();
+        let namespace = desired.namespace().unwrap_or_default();
+        let resource = resource_name::<K>();
+        let desired_json = serde_json::to_value(desired).map_err(|source| Error::Encode {
+            what: format!("{resource} {namespace}/{name}"),
+            source,
+        })?;
+        if let Some(live) = live {
+            let live_json =
+                serde_json::to_value(live.as_ref()).map_err(|source| Error::Encode {
+                    what: format!("{resource} {namespace}/{name}"),
+                    source,
+                })?;
+            match first_difference(&desired_json, &live_json) {
+                None => return Ok(None),
+                Some(path) => {
+                    tracing::debug!(%resource, %namespace, %name, differs_at = %path, "applying")
+                }
+            }
+        }
+        let api: Api<K> = Api::namespaced(self.client.clone(), &namespace);
+        let mut patch = desired_json;
+        patch["apiVersion"] = K::api_version(&()).into();
+        patch["kind"] = K::kind(&()).into();
+        let applied = api
+            .patch(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+            .map_err(|source| Error::Apply {
+                resource,
+                object: format!("{namespace}/{name}"),
+                source,
+            })?;
+        self.metrics.write(self.controller, resource, "apply");
+        Ok(Some(applied))
+    }
+
+    /// Apply an optional child when it is wanted; delete it when it is not
+    /// but still exists.
+    pub async fn apply_or_prune<K>(
+        &self,
+        desired: Option<&K>,
+        live: Option<Arc<K>>,
+    ) -> Result<(), Error>
+    where
+        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + Serialize
+            + DeserializeOwned
+            + Debug,
+    {
+        match (desired, live) {
+            (Some(desired), live) => self.apply(desired, live.as_ref()).await.map(drop),
+            (None, Some(unwanted)) => self.delete(unwanted.as_ref()).await,
+            (None, None) => Ok(()),
+        }
+    }
+
+    /// Delete a child that is no longer wanted, if it exists.
+    pub async fn delete<K>(&self, live: &K) -> Result<(), Error>
+    where
+        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + DeserializeOwned
+            + Debug,
+    {
+        let name = live.name_any();
+        let namespace = live.namespace().unwrap_or_default();
+        let resource = resource_name::<K>();
+        let api: Api<K> = Api::namespaced(self.client.clone(), &namespace);
+        match api.delete(&name, &DeleteParams::background()).await {
+            Ok(_) => {
+                self.metrics.write(self.controller, resource, "delete");
+                Ok(())
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(source) => Err(Error::Delete {
+                resource,
+                object: format!("{namespace}/{name}"),
+                source,
+            }),
+        }
+    }
+}
+
+/// Plural resource name of `K`, for messages and metric labels.
+fn resource_name<K: Resource<DynamicType = ()>>() -> &'static str {
+    // `Resource::plural` returns a Cow that is borrowed for every k8s-openapi
+    // and derived type, so the common cases need no allocation.
+    match K::plural(&()).as_ref() {
+        "deployments" => "deployments",
+        "services" => "services",
+        "poddisruptionbudgets" => "poddisruptionbudgets",
+        "horizontalpodautoscalers" => "horizontalpodautoscalers",
+        "ingresses" => "ingresses",
+        "secrets" => "secrets",
+        "pods" => "pods",
+        "persistentvolumeclaims" => "persistentvolumeclaims",
+        _ => "other",
+    }
+}
+
+/// The cached child `name` in `namespace`, if `owner_uid` controls it.
+pub fn owned_child<K>(
+    store: &Store<K>,
+    namespace: &str,
+    name: &str,
+    owner_uid: &str,
+) -> Option<Arc<K>>
+where
+    K: Resource<DynamicType = ()> + Clone,
+{
+    store
+        .get(&ObjectRef::new(name).within(namespace))
+        .filter(|obj| {
+            obj.owner_references()
+                .iter()
+                .any(|o| o.controller == Some(true) && o.uid == owner_uid)
+        })
+}

@@ -1,0 +1,387 @@
+//! The WebCluster controller: read the references, build the children,
+//! apply what differs, delete what is no longer wanted, report status.
+
+pub mod status;
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use tracing::{Instrument, info_span, warn};
+
+use super::{Error, RESYNC, Shared, jittered, owned_child};
+use crate::api::common::condition_type::READY;
+use crate::api::{DatabaseMirror, SessionStore, WebCluster};
+use crate::conditions;
+use crate::resources::webcluster::{WebClusterChildren, build};
+use crate::resources::{FIELD_MANAGER, labels};
+use status::{Reference, References};
+
+const CONTROLLER: &str = "webcluster";
+
+/// Caches of everything a WebCluster reconcile reads. Children are read
+/// from here, never fetched, so a resync costs no API calls.
+pub struct Caches {
+    pub deployments: Store<Deployment>,
+    pub services: Store<Service>,
+    pub pdbs: Store<PodDisruptionBudget>,
+    pub autoscalers: Store<HorizontalPodAutoscaler>,
+    pub ingresses: Store<Ingress>,
+    pub session_stores: Store<SessionStore>,
+    pub database_mirrors: Store<DatabaseMirror>,
+}
+
+/// The WebCluster controller's context.
+pub struct Context {
+    pub shared: Shared,
+    pub caches: Caches,
+}
+
+/// Where the controller watches: every namespace, or one.
+#[derive(Clone)]
+pub struct Scope {
+    pub client: kube::Client,
+    pub namespace: Option<String>,
+}
+
+impl Scope {
+    fn api<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        match &self.namespace {
+            Some(ns) => Api::namespaced(self.client.clone(), ns),
+            None => Api::all(self.client.clone()),
+        }
+    }
+}
+
+/// A watched, cached stream of `K`, with managed fields dropped to keep the
+/// cache small. Only objects carrying `label_selector` are cached, when given.
+fn cached<K>(
+    scope: &Scope,
+    label_selector: Option<&str>,
+) -> (
+    Store<K>,
+    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let mut config = watcher::Config::default().any_semantic();
+    if let Some(selector) = label_selector {
+        config = config.labels(selector);
+    }
+    let stream = watcher(scope.api::<K>(), config)
+        .default_backoff()
+        .modify(|obj| {
+            obj.managed_fields_mut().clear();
+            obj.annotations_mut()
+                .remove("kubectl.kubernetes.io/last-applied-configuration");
+        })
+        .reflect(writer)
+        .applied_objects();
+    (reader, stream)
+}
+
+/// Run the WebCluster controller until `shutdown` resolves.
+pub async fn run(
+    scope: Scope,
+    shared: Shared,
+    concurrency: u16,
+    ready: impl FnOnce() + Send + 'static,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let children = format!(
+        "app.kubernetes.io/managed-by={},app.kubernetes.io/name=webcluster",
+        labels::MANAGED_BY
+    );
+    let (deployments, deployment_events) = cached::<Deployment>(&scope, Some(&children));
+    let (services, service_events) = cached::<Service>(&scope, Some(&children));
+    let (pdbs, pdb_events) = cached::<PodDisruptionBudget>(&scope, Some(&children));
+    let (autoscalers, autoscaler_events) =
+        cached::<HorizontalPodAutoscaler>(&scope, Some(&children));
+    let (ingresses, ingress_events) = cached::<Ingress>(&scope, Some(&children));
+    let (session_stores, session_store_events) = cached::<SessionStore>(&scope, None);
+    let (database_mirrors, database_mirror_events) = cached::<DatabaseMirror>(&scope, None);
+
+    let controller = Controller::new(
+        scope.api::<WebCluster>(),
+        watcher::Config::default().any_semantic(),
+    )
+    .with_config(kube::runtime::controller::Config::default().concurrency(concurrency));
+    let web_clusters = controller.store();
+    let by_session_store = referrers(web_clusters.clone(), |wc| {
+        wc.spec.session_store_ref.as_ref().map(|r| r.name.clone())
+    });
+    let by_database = referrers(web_clusters.clone(), |wc| {
+        wc.spec.database_ref.as_ref().map(|r| r.name.clone())
+    });
+
+    let context = Arc::new(Context {
+        shared,
+        caches: Caches {
+            deployments: deployments.clone(),
+            services: services.clone(),
+            pdbs: pdbs.clone(),
+            autoscalers: autoscalers.clone(),
+            ingresses: ingresses.clone(),
+            session_stores: session_stores.clone(),
+            database_mirrors: database_mirrors.clone(),
+        },
+    });
+
+    let controller = controller
+        .owns_stream(deployment_events)
+        .owns_stream(service_events)
+        .owns_stream(pdb_events)
+        .owns_stream(autoscaler_events)
+        .owns_stream(ingress_events)
+        .watches_stream(session_store_events, by_session_store)
+        .watches_stream(database_mirror_events, by_database)
+        .graceful_shutdown_on(shutdown);
+
+    // Ready once every cache is filled: reconciles never see a half-empty world.
+    let caches_ready = {
+        let web_clusters = web_clusters.clone();
+        async move {
+            let results = futures::join!(
+                web_clusters.wait_until_ready(),
+                deployments.wait_until_ready(),
+                services.wait_until_ready(),
+                pdbs.wait_until_ready(),
+                autoscalers.wait_until_ready(),
+                ingresses.wait_until_ready(),
+                session_stores.wait_until_ready(),
+                database_mirrors.wait_until_ready(),
+            );
+            let _ = results;
+            ready();
+        }
+    };
+    tokio::spawn(caches_ready);
+
+    controller
+        .run(reconcile, error_policy, context)
+        .for_each(|result| async move {
+            if let Err(err) = result {
+                tracing::debug!(%err, "controller event");
+            }
+        })
+        .await;
+}
+
+/// Maps a changed SessionStore or DatabaseMirror to the WebClusters that refer to it.
+fn referrers<K>(
+    web_clusters: Store<WebCluster>,
+    referenced: impl Fn(&WebCluster) -> Option<String> + Send + Sync + 'static,
+) -> impl Fn(K) -> Vec<ObjectRef<WebCluster>> + Send + Sync + 'static
+where
+    K: Resource,
+{
+    move |obj: K| {
+        let (name, namespace) = (obj.name_any(), obj.namespace());
+        web_clusters
+            .state()
+            .iter()
+            .filter(|wc| {
+                wc.namespace() == namespace && referenced(wc).as_deref() == Some(name.as_str())
+            })
+            .map(|wc| ObjectRef::from_obj(wc.as_ref()))
+            .collect()
+    }
+}
+
+async fn reconcile(wc: Arc<WebCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let namespace = wc.namespace().unwrap_or_default();
+    let name = wc.name_any();
+    let span =
+        info_span!("reconcile", controller = CONTROLLER, namespace = %namespace, name = %name);
+    let _timer = ctx.shared.metrics.reconcile_started(CONTROLLER);
+    let key = format!("{namespace}/{name}");
+    let result = reconcile_inner(&wc, &ctx, &namespace)
+        .instrument(span)
+        .await;
+    if result.is_ok() {
+        ctx.shared.backoff.succeeded(&key);
+    }
+    result
+}
+
+async fn reconcile_inner(wc: &WebCluster, ctx: &Context, namespace: &str) -> Result<Action, Error> {
+    let name = wc.name_any();
+    let uid = wc.uid().unwrap_or_default();
+    let caches = &ctx.caches;
+    let live_deployment = owned_child(&caches.deployments, namespace, &name, &uid);
+    let references = resolve_references(wc, caches, namespace);
+
+    // Paused, or waiting for a reference: existing children keep serving untouched.
+    let applied = match (wc.spec.paused, references.wiring()) {
+        (false, Ok(wiring)) => {
+            apply_children(wc, ctx, namespace, &wiring, live_deployment.clone()).await?
+        }
+        _ => None,
+    };
+    let deployment = applied.or_else(|| live_deployment.as_deref().cloned());
+
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let new_status = status::compute(wc, deployment.as_ref(), &references, &now);
+    let old_status = wc.status.clone().unwrap_or_default();
+    if old_status != new_status {
+        let api: Api<WebCluster> = Api::namespaced(ctx.shared.client.clone(), namespace);
+        let patch = serde_json::json!({
+            "apiVersion": "hostwright.io/v1alpha1",
+            "kind": "WebCluster",
+            "status": new_status,
+        });
+        api.patch_status(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(|source| Error::Status {
+            object: format!("{namespace}/{name}"),
+            source,
+        })?;
+        ctx.shared
+            .metrics
+            .write(CONTROLLER, "webclusters/status", "apply");
+        for event in status::status_events(&old_status, &new_status) {
+            ctx.shared
+                .event(wc, event.type_, event.reason, event.action, event.note)
+                .await;
+        }
+    }
+    Ok(Action::requeue(jittered(RESYNC)))
+}
+
+/// Apply every child that differs from its cached copy and delete the
+/// optional ones no longer wanted. Returns the Deployment if it was applied.
+async fn apply_children(
+    wc: &WebCluster,
+    ctx: &Context,
+    namespace: &str,
+    wiring: &crate::resources::webcluster::Wiring,
+    live_deployment: Option<Arc<Deployment>>,
+) -> Result<Option<Deployment>, Error> {
+    let (name, uid) = (wc.name_any(), wc.uid().unwrap_or_default());
+    let caches = &ctx.caches;
+    let children = build(wc, wiring).map_err(|source| Error::Build {
+        object: format!("{namespace}/{name}"),
+        source,
+    })?;
+    // Exhaustive on purpose: a new child must be applied (or pruned) here.
+    let WebClusterChildren {
+        deployment,
+        service,
+        pod_disruption_budget,
+        autoscaler,
+        ingress,
+    } = children;
+
+    // Events describe the change, so they are published only when it is applied.
+    let planned = status::apply_events(live_deployment.as_deref(), &deployment);
+    let applied = ctx
+        .shared
+        .apply(&deployment, live_deployment.as_ref())
+        .await?;
+    if applied.is_some() {
+        for event in planned {
+            ctx.shared
+                .event(wc, event.type_, event.reason, event.action, event.note)
+                .await;
+        }
+    }
+    ctx.shared
+        .apply(
+            &service,
+            owned_child(&caches.services, namespace, &name, &uid).as_ref(),
+        )
+        .await?;
+    let live_pdb = owned_child(&caches.pdbs, namespace, &name, &uid);
+    ctx.shared
+        .apply(&pod_disruption_budget, live_pdb.as_ref())
+        .await?;
+    let live_autoscaler = owned_child(&caches.autoscalers, namespace, &name, &uid);
+    ctx.shared
+        .apply_or_prune(autoscaler.as_ref(), live_autoscaler)
+        .await?;
+    let live_ingress = owned_child(&caches.ingresses, namespace, &name, &uid);
+    ctx.shared
+        .apply_or_prune(ingress.as_ref(), live_ingress)
+        .await?;
+    Ok(applied)
+}
+
+fn resolve_references(wc: &WebCluster, caches: &Caches, namespace: &str) -> References {
+    let state = |status: Option<&[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]>,
+                 secret: String| {
+        let conditions = status.unwrap_or_default();
+        if conditions::is_true(conditions, READY) {
+            Reference::Ready { secret }
+        } else {
+            let message = conditions::find(conditions, READY).map_or_else(
+                || "no status reported yet".to_string(),
+                |c| c.message.clone(),
+            );
+            Reference::NotReady { message }
+        }
+    };
+    let session_store = wc.spec.session_store_ref.as_ref().map(|r| {
+        let found = caches
+            .session_stores
+            .get(&ObjectRef::new(&r.name).within(namespace));
+        let reference = match found {
+            None => Reference::NotFound,
+            Some(s) => state(
+                s.status.as_ref().map(|st| st.conditions.as_slice()),
+                format!("{}-connection", r.name),
+            ),
+        };
+        (r.name.clone(), reference)
+    });
+    let database = wc.spec.database_ref.as_ref().map(|r| {
+        let found = caches
+            .database_mirrors
+            .get(&ObjectRef::new(&r.name).within(namespace));
+        let reference = match found {
+            None => Reference::NotFound,
+            Some(d) => state(
+                d.status.as_ref().map(|st| st.conditions.as_slice()),
+                format!("{}-credentials", r.name),
+            ),
+        };
+        (r.name.clone(), reference)
+    });
+    References {
+        session_store,
+        database,
+    }
+}
+
+fn error_policy(wc: Arc<WebCluster>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key = format!("{}/{}", wc.namespace().unwrap_or_default(), wc.name_any());
+    ctx.shared.metrics.failure(CONTROLLER, error.metric_label());
+    let delay = ctx.shared.backoff.failed(&key);
+    warn!(object = %key, error = %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}

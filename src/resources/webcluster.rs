@@ -1,0 +1,675 @@
+//! WebCluster → Deployment, Service, PodDisruptionBudget, and optionally a
+//! HorizontalPodAutoscaler and an Ingress.
+//!
+//! The web tier's guarantees live here as object shapes:
+//! - rollouts surge first and never remove a ready server before its
+//!   replacement is available (`maxUnavailable: 0`, readiness probe,
+//!   `minReadySeconds`, a preStop drain inside the grace period);
+//! - pods spread over nodes (hard) and zones (soft), so losing `tolerate`
+//!   nodes leaves servers running;
+//! - voluntary disruptions (drains) take one pod at a time, and none at all
+//!   when `tolerate` is 0;
+//! - pods meet the `restricted` Pod Security profile.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::autoscaling::v2::{
+    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec,
+    MetricTarget, ResourceMetricSource,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Lifecycle,
+    LifecycleHandler, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+    SeccompProfile, SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec,
+    SleepAction, TopologySpreadConstraint,
+};
+use k8s_openapi::api::networking::v1::{
+    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
+    IngressServiceBackend, IngressSpec, ServiceBackendPort,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
+
+use super::labels;
+use super::{BuildError, controller_ref};
+use crate::api::webcluster::{HttpProbe, Tier, WebCluster};
+
+/// `app.kubernetes.io/name` of web pods.
+pub const APP_NAME: &str = "webcluster";
+/// Name of the web server container and of its port.
+pub const CONTAINER: &str = "web";
+const PORT_NAME: &str = "http";
+/// Port the Service exposes; it forwards to `spec.port` in the pods.
+pub const SERVICE_PORT: i32 = 80;
+
+const DEFAULT_MIN_READY_SECONDS: i32 = 5;
+const DEFAULT_PROGRESS_DEADLINE_SECONDS: i32 = 300;
+const DEFAULT_DRAIN_SECONDS: i32 = 10;
+/// Time a server gets after its drain to finish shutting down.
+const SHUTDOWN_MARGIN_SECONDS: i64 = 20;
+
+/// Secret keys the stores publish and the web pods read.
+pub mod secret_keys {
+    /// `redis://` URL of the session store's primary Service.
+    pub const SESSION_URL: &str = "url";
+    /// `postgresql://` URL of the read-write (`-rw`) Service.
+    pub const DATABASE_URL: &str = "uri";
+    /// `postgresql://` URL of the read-only (`-ro`) Service.
+    pub const DATABASE_RO_URL: &str = "ro-uri";
+}
+
+/// Connection Secrets a WebCluster's pods read, resolved from its references.
+/// Only Secret names and keys reach the pod template, never their contents,
+/// and they do not change when a store promotes a new primary.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Wiring {
+    /// Secret with the session store's `url`.
+    pub session_secret: Option<String>,
+    /// Secret with the database's `uri` and `ro-uri`.
+    pub database_secret: Option<String>,
+}
+
+/// Everything a WebCluster becomes. Applying destructures this without `..`,
+/// so a child that is built but never applied is a compile error.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WebClusterChildren {
+    pub deployment: Deployment,
+    pub service: Service,
+    pub pod_disruption_budget: PodDisruptionBudget,
+    /// Present when `spec.autoscaling` is set; otherwise any existing one is deleted.
+    pub autoscaler: Option<HorizontalPodAutoscaler>,
+    /// Present when `spec.hosts` is non-empty; otherwise any existing one is deleted.
+    pub ingress: Option<Ingress>,
+}
+
+/// Build every child of `wc`.
+pub fn build(wc: &WebCluster, wiring: &Wiring) -> Result<WebClusterChildren, BuildError> {
+    Ok(WebClusterChildren {
+        deployment: deployment(wc, wiring)?,
+        service: service(wc)?,
+        pod_disruption_budget: pod_disruption_budget(wc)?,
+        autoscaler: autoscaler(wc)?,
+        ingress: ingress(wc)?,
+    })
+}
+
+/// Labels selecting this WebCluster's pods (also its status.selector).
+pub fn selector_labels(wc: &WebCluster) -> BTreeMap<String, String> {
+    labels::selector(APP_NAME, &wc.name_any())
+}
+
+/// Node failures to survive: `spec.tolerate`, or all but one server.
+pub fn tolerated_failures(wc: &WebCluster) -> i32 {
+    wc.spec.tolerate.unwrap_or(wc.spec.replicas - 1).max(0)
+}
+
+fn metadata(wc: &WebCluster) -> Result<ObjectMeta, BuildError> {
+    let namespace = wc.namespace().ok_or_else(|| BuildError::MissingMetadata {
+        kind: "WebCluster".into(),
+        field: "metadata.namespace",
+    })?;
+    Ok(ObjectMeta {
+        name: Some(wc.name_any()),
+        namespace: Some(namespace),
+        labels: Some(labels::common(APP_NAME, &wc.name_any(), "web")),
+        owner_references: Some(vec![controller_ref(wc)?]),
+        ..ObjectMeta::default()
+    })
+}
+
+fn deployment(wc: &WebCluster, wiring: &Wiring) -> Result<Deployment, BuildError> {
+    let rollout = wc.spec.rollout.clone().unwrap_or_default();
+    let drain = rollout.drain_seconds.unwrap_or(DEFAULT_DRAIN_SECONDS);
+    let selector = selector_labels(wc);
+    let mut pod_labels = labels::common(APP_NAME, &wc.name_any(), "web");
+    pod_labels.extend(selector.clone());
+
+    let container = Container {
+        name: CONTAINER.into(),
+        image: Some(wc.spec.image.clone()),
+        ports: Some(vec![ContainerPort {
+            name: Some(PORT_NAME.into()),
+            container_port: wc.spec.port,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        env: non_empty(env(wc, wiring)),
+        resources: Some(resources(wc)),
+        readiness_probe: Some(probe(
+            wc.spec.probes.as_ref().and_then(|p| p.readiness.as_ref()),
+            ProbeDefaults {
+                period: 5,
+                timeout: 2,
+                failure: 3,
+                initial_delay: 0,
+            },
+        )),
+        liveness_probe: Some(probe(
+            wc.spec.probes.as_ref().and_then(|p| p.liveness.as_ref()),
+            ProbeDefaults {
+                period: 10,
+                timeout: 2,
+                failure: 3,
+                initial_delay: 10,
+            },
+        )),
+        // Keep serving in-flight requests while endpoints drop the pod.
+        lifecycle: (drain > 0).then(|| Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                sleep: Some(SleepAction {
+                    seconds: i64::from(drain),
+                }),
+                ..LifecycleHandler::default()
+            }),
+            ..Lifecycle::default()
+        }),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Capabilities::default()
+            }),
+            run_as_non_root: Some(true),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    };
+
+    let pod_spec = PodSpec {
+        containers: vec![container],
+        termination_grace_period_seconds: Some(i64::from(drain) + SHUTDOWN_MARGIN_SECONDS),
+        // Web pods do not talk to the Kubernetes API.
+        automount_service_account_token: Some(false),
+        // Many sites share a namespace; service links would flood the env.
+        enable_service_links: Some(false),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..SeccompProfile::default()
+            }),
+            ..PodSecurityContext::default()
+        }),
+        topology_spread_constraints: Some(spread(&selector)),
+        ..PodSpec::default()
+    };
+
+    Ok(Deployment {
+        metadata: metadata(wc)?,
+        spec: Some(DeploymentSpec {
+            replicas: Some(wc.spec.replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector),
+                ..LabelSelector::default()
+            },
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::String("25%".into())),
+                    max_unavailable: Some(IntOrString::Int(0)),
+                }),
+            }),
+            min_ready_seconds: Some(
+                rollout
+                    .min_ready_seconds
+                    .unwrap_or(DEFAULT_MIN_READY_SECONDS),
+            ),
+            progress_deadline_seconds: Some(
+                rollout
+                    .progress_deadline_seconds
+                    .unwrap_or(DEFAULT_PROGRESS_DEADLINE_SECONDS),
+            ),
+            revision_history_limit: Some(5),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(pod_spec),
+            },
+            ..DeploymentSpec::default()
+        }),
+        status: None,
+    })
+}
+
+/// Hard spread over nodes, soft over zones. Tainted (failed) nodes drop out of
+/// the count so replacements can land on the survivors, and each ReplicaSet
+/// (pod-template-hash) spreads on its own so a rollout's surge pods spread too.
+fn spread(selector: &BTreeMap<String, String>) -> Vec<TopologySpreadConstraint> {
+    let constraint = |key: &str, when: &str| TopologySpreadConstraint {
+        max_skew: 1,
+        topology_key: key.into(),
+        when_unsatisfiable: when.into(),
+        label_selector: Some(LabelSelector {
+            match_labels: Some(selector.clone()),
+            ..LabelSelector::default()
+        }),
+        match_label_keys: Some(vec!["pod-template-hash".into()]),
+        node_taints_policy: Some("Honor".into()),
+        ..TopologySpreadConstraint::default()
+    };
+    vec![
+        constraint("kubernetes.io/hostname", "DoNotSchedule"),
+        constraint("topology.kubernetes.io/zone", "ScheduleAnyway"),
+    ]
+}
+
+fn env(wc: &WebCluster, wiring: &Wiring) -> Vec<EnvVar> {
+    let from_secret = |name: &str, secret: &str, key: &str| EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.into(),
+                key: key.into(),
+                optional: Some(false),
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    };
+    let mut env = wc.spec.env.clone();
+    if let Some(secret) = &wiring.session_secret {
+        env.push(from_secret(
+            "SESSION_STORE_URL",
+            secret,
+            secret_keys::SESSION_URL,
+        ));
+    }
+    if let Some(secret) = &wiring.database_secret {
+        env.push(from_secret(
+            "DATABASE_URL",
+            secret,
+            secret_keys::DATABASE_URL,
+        ));
+        env.push(from_secret(
+            "DATABASE_RO_URL",
+            secret,
+            secret_keys::DATABASE_RO_URL,
+        ));
+    }
+    env
+}
+
+/// The user's resources, or the tier's defaults. CPU requests are always set
+/// because the autoscaler measures utilisation against them.
+fn resources(wc: &WebCluster) -> ResourceRequirements {
+    if let Some(r) = &wc.spec.resources {
+        return r.clone();
+    }
+    let (cpu, memory, limit) = match wc.spec.tier {
+        Tier::Production => ("100m", "128Mi", "256Mi"),
+        Tier::Staging => ("25m", "64Mi", "128Mi"),
+    };
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_string(), Quantity(cpu.into())),
+            ("memory".to_string(), Quantity(memory.into())),
+        ])),
+        limits: Some(BTreeMap::from([(
+            "memory".to_string(),
+            Quantity(limit.into()),
+        )])),
+        ..ResourceRequirements::default()
+    }
+}
+
+struct ProbeDefaults {
+    period: i32,
+    timeout: i32,
+    failure: i32,
+    initial_delay: i32,
+}
+
+fn probe(spec: Option<&HttpProbe>, d: ProbeDefaults) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(spec.map_or_else(|| "/".to_string(), |p| p.path.clone())),
+            port: IntOrString::String(PORT_NAME.into()),
+            scheme: Some("HTTP".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(spec.and_then(|p| p.period_seconds).unwrap_or(d.period)),
+        timeout_seconds: Some(spec.and_then(|p| p.timeout_seconds).unwrap_or(d.timeout)),
+        failure_threshold: Some(spec.and_then(|p| p.failure_threshold).unwrap_or(d.failure)),
+        // Zero is omitted by the API server; leaving it out keeps idle reconciles write-free.
+        initial_delay_seconds: Some(
+            spec.and_then(|p| p.initial_delay_seconds)
+                .unwrap_or(d.initial_delay),
+        )
+        .filter(|delay| *delay != 0),
+        success_threshold: Some(1),
+        ..Probe::default()
+    }
+}
+
+fn service(wc: &WebCluster) -> Result<Service, BuildError> {
+    Ok(Service {
+        metadata: metadata(wc)?,
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            selector: Some(selector_labels(wc)),
+            ports: Some(vec![ServicePort {
+                name: Some(PORT_NAME.into()),
+                port: SERVICE_PORT,
+                target_port: Some(IntOrString::String(PORT_NAME.into())),
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    })
+}
+
+/// Drains take one pod at a time, so ready servers never drop below
+/// `replicas - 1 >= replicas - tolerate`; with `tolerate: 0` nothing may be
+/// evicted. Pods that never became healthy may always be evicted, so a broken
+/// rollout cannot block node maintenance.
+fn pod_disruption_budget(wc: &WebCluster) -> Result<PodDisruptionBudget, BuildError> {
+    Ok(PodDisruptionBudget {
+        metadata: metadata(wc)?,
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(tolerated_failures(wc).min(1))),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(wc)),
+                ..LabelSelector::default()
+            }),
+            unhealthy_pod_eviction_policy: Some("AlwaysAllow".into()),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        status: None,
+    })
+}
+
+/// The autoscaler scales the WebCluster itself through its scale subresource,
+/// so `spec.replicas` stays the one source of truth and the operator never
+/// fights the autoscaler over the Deployment.
+fn autoscaler(wc: &WebCluster) -> Result<Option<HorizontalPodAutoscaler>, BuildError> {
+    let Some(a) = &wc.spec.autoscaling else {
+        return Ok(None);
+    };
+    Ok(Some(HorizontalPodAutoscaler {
+        metadata: metadata(wc)?,
+        spec: HorizontalPodAutoscalerSpec {
+            scale_target_ref: CrossVersionObjectReference {
+                api_version: Some("hostwright.io/v1alpha1".into()),
+                kind: "WebCluster".into(),
+                name: wc.name_any(),
+            },
+            min_replicas: Some(a.min_replicas),
+            max_replicas: a.max_replicas,
+            metrics: Some(vec![MetricSpec {
+                type_: "Resource".into(),
+                resource: Some(ResourceMetricSource {
+                    name: "cpu".into(),
+                    target: MetricTarget {
+                        type_: "Utilization".into(),
+                        average_utilization: Some(a.target_cpu_utilization_percentage),
+                        ..MetricTarget::default()
+                    },
+                }),
+                ..MetricSpec::default()
+            }]),
+            ..HorizontalPodAutoscalerSpec::default()
+        },
+        status: None,
+    }))
+}
+
+fn ingress(wc: &WebCluster) -> Result<Option<Ingress>, BuildError> {
+    if wc.spec.hosts.is_empty() {
+        return Ok(None);
+    }
+    let backend = IngressBackend {
+        service: Some(IngressServiceBackend {
+            name: wc.name_any(),
+            port: Some(ServiceBackendPort {
+                name: Some(PORT_NAME.into()),
+                ..ServiceBackendPort::default()
+            }),
+        }),
+        ..IngressBackend::default()
+    };
+    let rules = wc
+        .spec
+        .hosts
+        .iter()
+        .map(|host| IngressRule {
+            host: Some(host.clone()),
+            http: Some(HTTPIngressRuleValue {
+                paths: vec![HTTPIngressPath {
+                    path: Some("/".into()),
+                    path_type: "Prefix".into(),
+                    backend: backend.clone(),
+                }],
+            }),
+        })
+        .collect();
+    Ok(Some(Ingress {
+        metadata: metadata(wc)?,
+        spec: Some(IngressSpec {
+            rules: Some(rules),
+            ..IngressSpec::default()
+        }),
+        status: None,
+    }))
+}
+
+fn non_empty<T>(v: Vec<T>) -> Option<Vec<T>> {
+    (!v.is_empty()).then_some(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::webcluster::WebClusterSpec;
+
+    fn web(spec_yaml: &str) -> WebCluster {
+        let spec: WebClusterSpec = serde_yaml::from_str(spec_yaml).unwrap();
+        let mut wc = WebCluster::new("shop", spec);
+        wc.metadata.namespace = Some("customer-a".into());
+        wc.metadata.uid = Some("uid-1".into());
+        wc
+    }
+
+    fn pod_spec(d: &Deployment) -> &PodSpec {
+        d.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
+    }
+
+    #[test]
+    fn rollouts_surge_first_and_never_drop_ready_capacity() {
+        let d = build(&web("image: nginx:1.27"), &Wiring::default())
+            .unwrap()
+            .deployment;
+        let spec = d.spec.as_ref().unwrap();
+        let rolling = spec
+            .strategy
+            .as_ref()
+            .unwrap()
+            .rolling_update
+            .as_ref()
+            .unwrap();
+        assert_eq!(rolling.max_unavailable, Some(IntOrString::Int(0)));
+        assert_eq!(spec.min_ready_seconds, Some(5));
+        let container = &pod_spec(&d).containers[0];
+        assert!(container.readiness_probe.is_some());
+        let drain = container
+            .lifecycle
+            .as_ref()
+            .unwrap()
+            .pre_stop
+            .as_ref()
+            .unwrap()
+            .sleep
+            .as_ref()
+            .unwrap()
+            .seconds;
+        assert!(
+            drain < pod_spec(&d).termination_grace_period_seconds.unwrap(),
+            "the drain fits in the grace period"
+        );
+    }
+
+    #[test]
+    fn pods_spread_hard_over_nodes_and_soft_over_zones_ignoring_failed_nodes() {
+        let d = build(&web("image: nginx:1.27"), &Wiring::default())
+            .unwrap()
+            .deployment;
+        let spread = pod_spec(&d).topology_spread_constraints.as_ref().unwrap();
+        let by_key: Vec<_> = spread
+            .iter()
+            .map(|c| {
+                (
+                    c.topology_key.as_str(),
+                    c.when_unsatisfiable.as_str(),
+                    c.node_taints_policy.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            by_key,
+            [
+                ("kubernetes.io/hostname", "DoNotSchedule", Some("Honor")),
+                (
+                    "topology.kubernetes.io/zone",
+                    "ScheduleAnyway",
+                    Some("Honor")
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn drains_go_one_pod_at_a_time_and_not_at_all_with_tolerate_zero() {
+        let pdb = |yaml| {
+            build(&web(yaml), &Wiring::default())
+                .unwrap()
+                .pod_disruption_budget
+                .spec
+                .unwrap()
+                .max_unavailable
+                .unwrap()
+        };
+        assert_eq!(pdb("image: a\nreplicas: 5"), IntOrString::Int(1));
+        assert_eq!(
+            pdb("image: a\nreplicas: 3\ntolerate: 2"),
+            IntOrString::Int(1)
+        );
+        assert_eq!(
+            pdb("image: a\nreplicas: 3\ntolerate: 0"),
+            IntOrString::Int(0)
+        );
+        assert_eq!(
+            pdb("image: a\nreplicas: 1"),
+            IntOrString::Int(0),
+            "one server, nothing to spare"
+        );
+    }
+
+    #[test]
+    fn pods_meet_the_restricted_pod_security_profile() {
+        let d = build(&web("image: nginx:1.27"), &Wiring::default())
+            .unwrap()
+            .deployment;
+        let pod = pod_spec(&d);
+        let psc = pod.security_context.as_ref().unwrap();
+        assert_eq!(psc.run_as_non_root, Some(true));
+        assert_eq!(
+            psc.seccomp_profile.as_ref().unwrap().type_,
+            "RuntimeDefault"
+        );
+        let sc = pod.containers[0].security_context.as_ref().unwrap();
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(
+            sc.capabilities.as_ref().unwrap().drop.as_deref(),
+            Some(&["ALL".to_string()][..])
+        );
+    }
+
+    #[test]
+    fn staging_is_the_same_shape_with_smaller_requests_and_no_autoscaler_unless_asked() {
+        let prod = build(&web("image: a"), &Wiring::default()).unwrap();
+        let staging = build(&web("image: a\ntier: staging"), &Wiring::default()).unwrap();
+        let cpu = |c: &WebClusterChildren| {
+            pod_spec(&c.deployment).containers[0]
+                .resources
+                .as_ref()
+                .unwrap()
+                .requests
+                .as_ref()
+                .unwrap()["cpu"]
+                .clone()
+        };
+        assert_eq!(cpu(&prod), Quantity("100m".into()));
+        assert_eq!(cpu(&staging), Quantity("25m".into()));
+        assert!(staging.autoscaler.is_none());
+        assert_eq!(
+            pod_spec(&prod.deployment).topology_spread_constraints,
+            pod_spec(&staging.deployment).topology_spread_constraints
+        );
+        assert_eq!(
+            prod.pod_disruption_budget.spec,
+            staging.pod_disruption_budget.spec
+        );
+    }
+
+    #[test]
+    fn optional_children_follow_the_spec() {
+        let plain = build(&web("image: a"), &Wiring::default()).unwrap();
+        assert!(plain.autoscaler.is_none() && plain.ingress.is_none());
+        let full = build(
+            &web("image: a\nhosts: [a.example.com]\nautoscaling: {minReplicas: 3, maxReplicas: 9}"),
+            &Wiring::default(),
+        )
+        .unwrap();
+        let hpa = full.autoscaler.unwrap();
+        assert_eq!(
+            hpa.spec.scale_target_ref.kind, "WebCluster",
+            "the autoscaler scales the WebCluster, not the Deployment"
+        );
+        assert_eq!(hpa.spec.max_replicas, 9);
+        let rules = full.ingress.unwrap().spec.unwrap().rules.unwrap();
+        assert_eq!(rules[0].host.as_deref(), Some("a.example.com"));
+    }
+
+    #[test]
+    fn connection_details_come_from_secrets_never_inline() {
+        let wiring = Wiring {
+            session_secret: Some("s-connection".into()),
+            database_secret: Some("db-credentials".into()),
+        };
+        let d = build(&web("image: a"), &wiring).unwrap().deployment;
+        let env = pod_spec(&d).containers[0].env.clone().unwrap();
+        let names: Vec<_> = env.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["SESSION_STORE_URL", "DATABASE_URL", "DATABASE_RO_URL"]
+        );
+        assert!(
+            env.iter()
+                .all(|e| e.value.is_none()
+                    && e.value_from.as_ref().unwrap().secret_key_ref.is_some())
+        );
+    }
+
+    #[test]
+    fn children_are_owned_and_labelled() {
+        let children = build(&web("image: a"), &Wiring::default()).unwrap();
+        let meta = &children.service.metadata;
+        let owner = &meta.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.controller),
+            ("WebCluster", Some(true))
+        );
+        let labels = meta.labels.as_ref().unwrap();
+        assert_eq!(labels["app.kubernetes.io/managed-by"], "hostwright");
+        assert_eq!(labels["app.kubernetes.io/instance"], "shop");
+    }
+}

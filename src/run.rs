@@ -1,0 +1,231 @@
+//! `hostwright run`: the operator process.
+//!
+//! Several replicas may run; they elect a leader over a Lease and only the
+//! leader runs the controllers, so only one process ever writes. A standby
+//! is ready (and serves metrics) while it waits. On SIGTERM the leader
+//! finishes in-flight reconciles and releases the lease so a standby takes
+//! over at once; if it loses the lease it exits, and Kubernetes restarts it
+//! as a standby with fresh caches.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use kube::Client;
+use kube_lease_manager::LeaseManagerBuilder;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::controllers::{Shared, webcluster};
+use crate::resources::FIELD_MANAGER;
+use crate::telemetry::{self, Health, Metrics};
+
+/// Lease validity: a crashed leader is replaced after at most this long.
+const LEASE_SECONDS: u64 = 15;
+/// The leader renews this long before its lease would expire.
+const LEASE_GRACE_SECONDS: u64 = 5;
+
+/// Settings of the operator process (flags of `hostwright run`).
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub metrics_addr: SocketAddr,
+    pub leader_elect: bool,
+    pub lease_name: String,
+    /// Namespace of the Lease; the client's default namespace when unset.
+    pub lease_namespace: Option<String>,
+    pub identity: String,
+    /// Watch one namespace only; all namespaces when unset.
+    pub namespace: Option<String>,
+    pub concurrency: u16,
+}
+
+/// Why the operator stopped other than by a clean shutdown.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("connecting to the Kubernetes API: {0}")]
+    Client(#[source] kube::Error),
+    #[error("leader election over Lease {namespace}/{name}: {source}")]
+    Lease {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube_lease_manager::LeaseManagerError,
+    },
+    #[error("lost the leader lease; exiting so a fresh process can stand by")]
+    LostLeadership,
+    #[error("leader election stopped unexpectedly")]
+    LeaseTaskEnded,
+    #[error("serving metrics on {addr}: {source}")]
+    Serve {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A shutdown signal every part of the process can wait on.
+#[derive(Clone)]
+struct Shutdown(watch::Receiver<bool>);
+
+impl Shutdown {
+    fn on_signals() -> Self {
+        let (tx, rx) = watch::channel(false);
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            info!("shutdown requested");
+            let _ = tx.send(true);
+        });
+        Shutdown(rx)
+    }
+
+    async fn wait(mut self) {
+        let _ = self.0.wait_for(|stop| *stop).await;
+    }
+}
+
+#[cfg(unix)]
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(err) => {
+            warn!(%err, "cannot listen for SIGTERM; only Ctrl-C stops the operator");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signal() {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Run the operator until SIGTERM/SIGINT (Ok) or a fatal error.
+pub async fn run(options: Options) -> Result<(), RunError> {
+    let client = Client::try_default().await.map_err(RunError::Client)?;
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let shutdown = Shutdown::on_signals();
+
+    let health = Health {
+        metrics: metrics.clone(),
+        ready: ready.clone(),
+    };
+    let addr = options.metrics_addr;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| RunError::Serve { addr, source })?;
+    let server = tokio::spawn(telemetry::serve(listener, health, shutdown.clone().wait()));
+
+    let result = if options.leader_elect {
+        run_as_candidate(&options, client, metrics, ready, shutdown).await
+    } else {
+        run_controllers(
+            &options,
+            client,
+            metrics,
+            ready.clone(),
+            shutdown.clone().wait(),
+        )
+        .await;
+        Ok(())
+    };
+    server.abort();
+    result
+}
+
+async fn run_as_candidate(
+    options: &Options,
+    client: Client,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    shutdown: Shutdown,
+) -> Result<(), RunError> {
+    let namespace = options
+        .lease_namespace
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_string());
+    let lease_error = |source| RunError::Lease {
+        namespace: namespace.clone(),
+        name: options.lease_name.clone(),
+        source,
+    };
+    let manager = LeaseManagerBuilder::new(client.clone(), &options.lease_name)
+        .with_namespace(&namespace)
+        .with_identity(&options.identity)
+        .with_duration(LEASE_SECONDS)
+        .with_grace(LEASE_GRACE_SECONDS)
+        .with_field_manager(format!("{FIELD_MANAGER}-leader-election"))
+        .build()
+        .await
+        .map_err(lease_error)?;
+    let (mut leader, lease_task) = manager.watch().await;
+    // A standby is healthy and ready: it serves metrics and waits.
+    ready.store(true, Ordering::Relaxed);
+    info!(identity = %options.identity, lease = %format!("{namespace}/{}", options.lease_name), "waiting for leadership");
+
+    let became_leader = tokio::select! {
+        r = leader.wait_for(|is_leader| *is_leader) => r.is_ok(),
+        () = shutdown.clone().wait() => false,
+    };
+    if !became_leader {
+        drop(leader);
+        let _ = tokio::time::timeout(Duration::from_secs(5), lease_task).await;
+        return if *shutdown.0.borrow() {
+            Ok(())
+        } else {
+            Err(RunError::LeaseTaskEnded)
+        };
+    }
+
+    info!(identity = %options.identity, "became leader; starting controllers");
+    metrics.leader.set(1);
+    let mut lost = leader.clone();
+    let outcome = tokio::select! {
+        () = run_controllers(options, client, metrics.clone(), ready, shutdown.clone().wait()) => Ok(()),
+        _ = lost.wait_for(|is_leader| !*is_leader) => Err(RunError::LostLeadership),
+    };
+    metrics.leader.set(0);
+    if let Err(err) = &outcome {
+        error!(%err, "stopping");
+    }
+    // Closing the channel makes the lease task release the lease, so a
+    // standby takes over now instead of after the lease expires.
+    drop(leader);
+    drop(lost);
+    match tokio::time::timeout(Duration::from_secs(5), lease_task).await {
+        Ok(Ok(Ok(_))) => info!("released the leader lease"),
+        Ok(Ok(Err(err))) => {
+            warn!(%err, "could not release the leader lease; it expires on its own")
+        }
+        Ok(Err(err)) => warn!(%err, "leader election task failed"),
+        Err(_) => warn!("timed out releasing the leader lease; it expires on its own"),
+    }
+    outcome
+}
+
+async fn run_controllers(
+    options: &Options,
+    client: Client,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let scope = webcluster::Scope {
+        client: client.clone(),
+        namespace: options.namespace.clone(),
+    };
+    let shared = Shared::new(client, metrics, "webcluster", &options.identity);
+    let mark_ready = move || {
+        info!("caches filled; reconciling");
+        ready.store(true, Ordering::Relaxed);
+    };
+    webcluster::run(scope, shared, options.concurrency, mark_ready, shutdown).await;
+    info!("controllers stopped");
+}

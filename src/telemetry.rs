@@ -1,0 +1,222 @@
+//! Logs, metrics and the health endpoints.
+//!
+//! One HTTP listener serves `/metrics` (Prometheus text), `/healthz` (the
+//! process is alive) and `/readyz` (a standby is ready at once; the leader
+//! once its caches are filled), so a rolling update of the operator itself
+//! never waits on leadership.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log pipelines.
+    Json,
+}
+
+/// Install the global tracing subscriber; `RUST_LOG` filters (default `info`).
+pub fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let registry = tracing_subscriber::registry().with(filter);
+    match format {
+        LogFormat::Text => registry.with(tracing_subscriber::fmt::layer()).init(),
+        LogFormat::Json => registry
+            .with(tracing_subscriber::fmt::layer().json().flatten_event(true))
+            .init(),
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControllerLabels {
+    pub controller: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub controller: &'static str,
+    pub error: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WriteLabels {
+    pub controller: &'static str,
+    pub resource: &'static str,
+    pub verb: &'static str,
+}
+
+/// The operator's Prometheus metrics.
+pub struct Metrics {
+    registry: Registry,
+    pub reconciliations: Family<ControllerLabels, Counter>,
+    pub failures: Family<ErrorLabels, Counter>,
+    pub duration: Family<ControllerLabels, Histogram>,
+    /// Every write the operator sends to the API server (apply, delete, status).
+    pub writes: Family<WriteLabels, Counter>,
+    pub leader: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("hostwright");
+        let reconciliations = Family::<ControllerLabels, Counter>::default();
+        let failures = Family::<ErrorLabels, Counter>::default();
+        let duration = Family::<ControllerLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ])
+        });
+        let writes = Family::<WriteLabels, Counter>::default();
+        let leader = Gauge::default();
+        registry.register("reconciliations", "Reconciles run", reconciliations.clone());
+        registry.register(
+            "reconcile_errors",
+            "Reconciles that failed, by error kind",
+            failures.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time spent in one reconcile",
+            duration.clone(),
+        );
+        registry.register(
+            "api_writes",
+            "Writes sent to the API server, by resource and verb",
+            writes.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this process holds the leader lease",
+            leader.clone(),
+        );
+        Self {
+            registry,
+            reconciliations,
+            failures,
+            duration,
+            writes,
+            leader,
+        }
+    }
+}
+
+impl Metrics {
+    /// Time one reconcile and count it.
+    pub fn reconcile_started(self: &Arc<Self>, controller: &'static str) -> ReconcileTimer {
+        self.reconciliations
+            .get_or_create(&ControllerLabels { controller })
+            .inc();
+        ReconcileTimer {
+            metrics: self.clone(),
+            controller,
+            start: std::time::Instant::now(),
+        }
+    }
+
+    pub fn write(&self, controller: &'static str, resource: &'static str, verb: &'static str) {
+        self.writes
+            .get_or_create(&WriteLabels {
+                controller,
+                resource,
+                verb,
+            })
+            .inc();
+    }
+
+    pub fn failure(&self, controller: &'static str, error: &'static str) {
+        self.failures
+            .get_or_create(&ErrorLabels { controller, error })
+            .inc();
+    }
+
+    fn render(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+/// Observes the reconcile duration when dropped.
+pub struct ReconcileTimer {
+    metrics: Arc<Metrics>,
+    controller: &'static str,
+    start: std::time::Instant,
+}
+
+impl Drop for ReconcileTimer {
+    fn drop(&mut self) {
+        let labels = ControllerLabels {
+            controller: self.controller,
+        };
+        self.metrics
+            .duration
+            .get_or_create(&labels)
+            .observe(self.start.elapsed().as_secs_f64());
+    }
+}
+
+/// Shared state behind the HTTP endpoints.
+#[derive(Clone)]
+pub struct Health {
+    pub metrics: Arc<Metrics>,
+    pub ready: Arc<AtomicBool>,
+}
+
+/// Serve `/metrics`, `/healthz` and `/readyz` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    health: Health,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(health);
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+    }
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn metrics(State(health): State<Health>) -> impl IntoResponse {
+    match health.metrics.render() {
+        Ok(body) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+async fn readyz(State(health): State<Health>) -> impl IntoResponse {
+    if health.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting")
+    }
+}
