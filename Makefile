@@ -9,7 +9,7 @@ SHELL := /bin/bash
 CLUSTER := e2e/cluster
 TOOLS_PATH = $(shell $(CLUSTER) env | sed -n 's/^export PATH="\(.*\):\$$PATH"/\1/p')
 
-.PHONY: all build deps lint unit e2e test demo crds clean-cluster
+.PHONY: all build deps lint unit e2e test demo demo-down crds manifests install-chart clean-cluster
 
 all: build
 
@@ -28,33 +28,59 @@ unit: lint
 
 # With KUBECONFIG set the suite runs against that cluster; otherwise the
 # local control plane is brought up for the run and taken down afterwards.
+# Either way the Helm chart is installed first: the tests run the operator
+# binary as the chart's ServiceAccount, which proves its RBAC.
 e2e: deps
-	cargo build --workspace --tests
+	cargo build --workspace --bins --tests
 	@if [ -n "$${KUBECONFIG:-}" ]; then \
 	  echo ">> e2e against KUBECONFIG=$$KUBECONFIG"; \
+	  PATH="$(TOOLS_PATH):$$PATH" $(MAKE) --no-print-directory install-chart; \
 	  PATH="$(TOOLS_PATH):$$PATH" cargo test --package hostwright-e2e --no-fail-fast; \
 	else \
 	  trap '$(CLUSTER) down' EXIT; \
 	  $(CLUSTER) up; \
-	  KUBECONFIG=$$($(CLUSTER) kubeconfig) PATH="$(TOOLS_PATH):$$PATH" \
-	    cargo test --package hostwright-e2e --no-fail-fast; \
+	  export KUBECONFIG=$$($(CLUSTER) kubeconfig) PATH="$(TOOLS_PATH):$$PATH"; \
+	  $(MAKE) --no-print-directory install-chart; \
+	  cargo test --package hostwright-e2e --no-fail-fast; \
 	fi
+
+# The chart into hostwright-system, a namespace enforcing the restricted Pod
+# Security profile (so the operator's own pods must meet it).
+install-chart:
+	kubectl create namespace hostwright-system --dry-run=client -o yaml | \
+	  kubectl label --local -f - pod-security.kubernetes.io/enforce=restricted -o yaml | \
+	  kubectl apply -f - >/dev/null
+	helm upgrade --install hostwright charts/hostwright --namespace hostwright-system \
+	  --wait --timeout 3m $(HELM_ARGS)
 
 test: unit e2e
 
-# Leaves the cluster running so you can look around; `e2e/cluster down` stops it.
+# Leaves the cluster and the operator running so you can look around;
+# `make demo-down` stops both.
+DEMO_DIR := $(HOME)/.cache/hostwright/demo
 demo: deps build
 	@if [ -z "$${KUBECONFIG:-}" ]; then $(CLUSTER) up; fi
 	@export KUBECONFIG=$${KUBECONFIG:-$$($(CLUSTER) kubeconfig)} PATH="$(TOOLS_PATH):$$PATH"; \
-	  kubectl apply --server-side -f crds/hostwright.yaml; \
-	  kubectl wait --for=condition=Established crd --all --timeout=60s >/dev/null; \
+	  $(MAKE) --no-print-directory install-chart; \
+	  e2e/run-operator "$(DEMO_DIR)"; \
 	  kubectl apply -f manifests/examples/; \
+	  echo ">> waiting for the sites (WebClusters that reference stores wait for them)"; \
+	  kubectl wait --for=condition=Ready webcluster/blog --timeout=120s >/dev/null || true; \
 	  echo; kubectl get webclusters,sessionstores,databasemirrors; \
-	  echo; echo "KUBECONFIG=$$KUBECONFIG  (stop the local cluster with: e2e/cluster down)"
+	  echo; echo "KUBECONFIG=$$KUBECONFIG"; \
+	  echo "operator log: $(DEMO_DIR)/operator.log   stop everything: make demo-down"
+
+demo-down:
+	-@[ -f "$(DEMO_DIR)/operator.pid" ] && kill "$$(cat $(DEMO_DIR)/operator.pid)" 2>/dev/null; rm -f "$(DEMO_DIR)/operator.pid"
+	$(CLUSTER) down
 
 crds:
 	cargo run --quiet -- crds > crds/hostwright.yaml
 	cp crds/hostwright.yaml charts/hostwright/crds/hostwright.yaml
+	hack/render-install-manifests
+
+manifests:
+	hack/render-install-manifests
 
 clean-cluster:
 	$(CLUSTER) down

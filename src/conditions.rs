@@ -15,18 +15,8 @@ pub struct Observed {
 }
 
 impl Observed {
-    pub fn new(
-        type_: &'static str,
-        status: bool,
-        reason: &'static str,
-        message: impl Into<String>,
-    ) -> Self {
-        Self {
-            type_,
-            status,
-            reason,
-            message: message.into(),
-        }
+    pub fn new(type_: &'static str, status: bool, reason: &'static str, message: impl Into<String>) -> Self {
+        Self { type_, status, reason, message: message.into() }
     }
 }
 
@@ -79,46 +69,19 @@ mod tests {
 
     #[test]
     fn an_unchanged_status_keeps_its_transition_time() {
-        let first = merge(
-            &[],
-            vec![Observed::new("Ready", true, "AllReady", "3/3")],
-            Some(1),
-            &at(100),
-        );
-        let second = merge(
-            &first,
-            vec![Observed::new("Ready", true, "AllReady", "3/3")],
-            Some(1),
-            &at(200),
-        );
-        assert_eq!(
-            first, second,
-            "a resync with nothing new is equal, so nothing is written"
-        );
+        let first = merge(&[], vec![Observed::new("Ready", true, "AllReady", "3/3")], Some(1), &at(100));
+        let second = merge(&first, vec![Observed::new("Ready", true, "AllReady", "3/3")], Some(1), &at(200));
+        assert_eq!(first, second, "a resync with nothing new is equal, so nothing is written");
     }
 
     #[test]
     fn a_flipped_status_takes_the_new_time_and_a_new_reason_does_not() {
-        let first = merge(
-            &[],
-            vec![Observed::new("Ready", true, "AllReady", "3/3")],
-            Some(1),
-            &at(100),
-        );
-        let reworded = merge(
-            &first,
-            vec![Observed::new("Ready", true, "Other", "x")],
-            Some(2),
-            &at(200),
-        );
+        let first = merge(&[], vec![Observed::new("Ready", true, "AllReady", "3/3")], Some(1), &at(100));
+        let reworded = merge(&first, vec![Observed::new("Ready", true, "Other", "x")], Some(2), &at(200));
         assert_eq!(reworded[0].last_transition_time, at(100));
         assert_eq!(reworded[0].observed_generation, Some(2));
-        let flipped = merge(
-            &first,
-            vec![Observed::new("Ready", false, "NotReady", "1/3")],
-            Some(1),
-            &at(300),
-        );
+        let flipped =
+            merge(&first, vec![Observed::new("Ready", false, "NotReady", "1/3")], Some(1), &at(300));
         assert_eq!(flipped[0].last_transition_time, at(300));
         assert!(!is_true(&flipped, "Ready"));
     }

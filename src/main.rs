@@ -34,11 +34,7 @@ struct RunArgs {
     #[arg(long, env = "HOSTWRIGHT_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
     leader_elect: bool,
     /// Name of the leader Lease.
-    #[arg(
-        long,
-        env = "HOSTWRIGHT_LEASE_NAME",
-        default_value = "hostwright-leader"
-    )]
+    #[arg(long, env = "HOSTWRIGHT_LEASE_NAME", default_value = "hostwright-leader")]
     lease_name: String,
     /// Namespace of the leader Lease (default: the namespace of the client's context or pod).
     #[arg(long, env = "POD_NAMESPACE")]
@@ -53,12 +49,7 @@ struct RunArgs {
     #[arg(long, env = "HOSTWRIGHT_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
     concurrency: u16,
     /// Log line format.
-    #[arg(
-        long,
-        env = "HOSTWRIGHT_LOG_FORMAT",
-        value_enum,
-        default_value = "text"
-    )]
+    #[arg(long, env = "HOSTWRIGHT_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
 }
 
@@ -96,10 +87,7 @@ fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         namespace: args.namespace.filter(|n| !n.is_empty()),
         concurrency: args.concurrency,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(hostwright::run::run(options))?;
     Ok(())
 }

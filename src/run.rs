@@ -113,27 +113,16 @@ pub async fn run(options: Options) -> Result<(), RunError> {
     let ready = Arc::new(AtomicBool::new(false));
     let shutdown = Shutdown::on_signals();
 
-    let health = Health {
-        metrics: metrics.clone(),
-        ready: ready.clone(),
-    };
+    let health = Health { metrics: metrics.clone(), ready: ready.clone() };
     let addr = options.metrics_addr;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| RunError::Serve { addr, source })?;
+    let listener =
+        tokio::net::TcpListener::bind(addr).await.map_err(|source| RunError::Serve { addr, source })?;
     let server = tokio::spawn(telemetry::serve(listener, health, shutdown.clone().wait()));
 
     let result = if options.leader_elect {
         run_as_candidate(&options, client, metrics, ready, shutdown).await
     } else {
-        run_controllers(
-            &options,
-            client,
-            metrics,
-            ready.clone(),
-            shutdown.clone().wait(),
-        )
-        .await;
+        run_controllers(&options, client, metrics, ready.clone(), shutdown.clone().wait()).await;
         Ok(())
     };
     server.abort();
@@ -147,15 +136,9 @@ async fn run_as_candidate(
     ready: Arc<AtomicBool>,
     shutdown: Shutdown,
 ) -> Result<(), RunError> {
-    let namespace = options
-        .lease_namespace
-        .clone()
-        .unwrap_or_else(|| client.default_namespace().to_string());
-    let lease_error = |source| RunError::Lease {
-        namespace: namespace.clone(),
-        name: options.lease_name.clone(),
-        source,
-    };
+    let namespace = options.lease_namespace.clone().unwrap_or_else(|| client.default_namespace().to_string());
+    let lease_error =
+        |source| RunError::Lease { namespace: namespace.clone(), name: options.lease_name.clone(), source };
     let manager = LeaseManagerBuilder::new(client.clone(), &options.lease_name)
         .with_namespace(&namespace)
         .with_identity(&options.identity)
@@ -177,11 +160,7 @@ async fn run_as_candidate(
     if !became_leader {
         drop(leader);
         let _ = tokio::time::timeout(Duration::from_secs(5), lease_task).await;
-        return if *shutdown.0.borrow() {
-            Ok(())
-        } else {
-            Err(RunError::LeaseTaskEnded)
-        };
+        return if *shutdown.0.borrow() { Ok(()) } else { Err(RunError::LeaseTaskEnded) };
     }
 
     info!(identity = %options.identity, "became leader; starting controllers");
@@ -217,10 +196,7 @@ async fn run_controllers(
     ready: Arc<AtomicBool>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let scope = webcluster::Scope {
-        client: client.clone(),
-        namespace: options.namespace.clone(),
-    };
+    let scope = webcluster::Scope { client: client.clone(), namespace: options.namespace.clone() };
     let shared = Shared::new(client, metrics, "webcluster", &options.identity);
     let mark_ready = move || {
         info!("caches filled; reconciling");

@@ -38,9 +38,7 @@ pub fn init_logging(format: LogFormat) {
     let registry = tracing_subscriber::registry().with(filter);
     match format {
         LogFormat::Text => registry.with(tracing_subscriber::fmt::layer()).init(),
-        LogFormat::Json => registry
-            .with(tracing_subscriber::fmt::layer().json().flatten_event(true))
-            .init(),
+        LogFormat::Json => registry.with(tracing_subscriber::fmt::layer().json().flatten_event(true)).init(),
     }
 }
 
@@ -79,71 +77,36 @@ impl Default for Metrics {
         let reconciliations = Family::<ControllerLabels, Counter>::default();
         let failures = Family::<ErrorLabels, Counter>::default();
         let duration = Family::<ControllerLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new([
-                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            ])
+            Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
         });
         let writes = Family::<WriteLabels, Counter>::default();
         let leader = Gauge::default();
         registry.register("reconciliations", "Reconciles run", reconciliations.clone());
-        registry.register(
-            "reconcile_errors",
-            "Reconciles that failed, by error kind",
-            failures.clone(),
-        );
-        registry.register(
-            "reconcile_duration_seconds",
-            "Time spent in one reconcile",
-            duration.clone(),
-        );
+        registry.register("reconcile_errors", "Reconciles that failed, by error kind", failures.clone());
+        registry.register("reconcile_duration_seconds", "Time spent in one reconcile", duration.clone());
         registry.register(
             "api_writes",
             "Writes sent to the API server, by resource and verb",
             writes.clone(),
         );
-        registry.register(
-            "leader",
-            "1 while this process holds the leader lease",
-            leader.clone(),
-        );
-        Self {
-            registry,
-            reconciliations,
-            failures,
-            duration,
-            writes,
-            leader,
-        }
+        registry.register("leader", "1 while this process holds the leader lease", leader.clone());
+        Self { registry, reconciliations, failures, duration, writes, leader }
     }
 }
 
 impl Metrics {
     /// Time one reconcile and count it.
     pub fn reconcile_started(self: &Arc<Self>, controller: &'static str) -> ReconcileTimer {
-        self.reconciliations
-            .get_or_create(&ControllerLabels { controller })
-            .inc();
-        ReconcileTimer {
-            metrics: self.clone(),
-            controller,
-            start: std::time::Instant::now(),
-        }
+        self.reconciliations.get_or_create(&ControllerLabels { controller }).inc();
+        ReconcileTimer { metrics: self.clone(), controller, start: std::time::Instant::now() }
     }
 
     pub fn write(&self, controller: &'static str, resource: &'static str, verb: &'static str) {
-        self.writes
-            .get_or_create(&WriteLabels {
-                controller,
-                resource,
-                verb,
-            })
-            .inc();
+        self.writes.get_or_create(&WriteLabels { controller, resource, verb }).inc();
     }
 
     pub fn failure(&self, controller: &'static str, error: &'static str) {
-        self.failures
-            .get_or_create(&ErrorLabels { controller, error })
-            .inc();
+        self.failures.get_or_create(&ErrorLabels { controller, error }).inc();
     }
 
     fn render(&self) -> Result<String, std::fmt::Error> {
@@ -162,13 +125,8 @@ pub struct ReconcileTimer {
 
 impl Drop for ReconcileTimer {
     fn drop(&mut self) {
-        let labels = ControllerLabels {
-            controller: self.controller,
-        };
-        self.metrics
-            .duration
-            .get_or_create(&labels)
-            .observe(self.start.elapsed().as_secs_f64());
+        let labels = ControllerLabels { controller: self.controller };
+        self.metrics.duration.get_or_create(&labels).observe(self.start.elapsed().as_secs_f64());
     }
 }
 
@@ -193,19 +151,14 @@ pub async fn serve(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
     }
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }
 
 async fn metrics(State(health): State<Health>) -> impl IntoResponse {
     match health.metrics.render() {
         Ok(body) => (
             StatusCode::OK,
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
+            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
             body,
         )
             .into_response(),

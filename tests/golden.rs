@@ -9,13 +9,7 @@ use hostwright::api::webcluster::WebClusterSpec;
 use hostwright::resources::webcluster::{WebClusterChildren, Wiring, build};
 
 fn render(children: &WebClusterChildren) -> String {
-    let WebClusterChildren {
-        deployment,
-        service,
-        pod_disruption_budget,
-        autoscaler,
-        ingress,
-    } = children;
+    let WebClusterChildren { deployment, service, pod_disruption_budget, autoscaler, ingress } = children;
     let mut docs = vec![
         serde_yaml::to_string(deployment).unwrap(),
         serde_yaml::to_string(service).unwrap(),
@@ -32,9 +26,7 @@ fn check(name: &str, spec_yaml: &str, wiring: Wiring) {
     wc.metadata.namespace = Some("customer-a".into());
     wc.metadata.uid = Some("5f1c2d9e-0000-4000-8000-000000000001".into());
     let got = render(&build(&wc, &wiring).unwrap());
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden")
-        .join(format!("{name}.yaml"));
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(format!("{name}.yaml"));
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(&path, &got).unwrap();
         return;
@@ -50,11 +42,7 @@ fn check(name: &str, spec_yaml: &str, wiring: Wiring) {
 
 #[test]
 fn production_web_cluster() {
-    check(
-        "webcluster-production",
-        "image: nginxinc/nginx-unprivileged:1.27\n",
-        Wiring::default(),
-    );
+    check("webcluster-production", "image: nginxinc/nginx-unprivileged:1.27\n", Wiring::default());
 }
 
 #[test]

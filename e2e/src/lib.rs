@@ -25,23 +25,21 @@ pub const TEST_LABEL: &str = "hostwright.io/e2e";
 /// A client for the cluster in `KUBECONFIG`.
 pub async fn client() -> Result<Client> {
     if std::env::var_os("KUBECONFIG").is_none() {
-        bail!(
-            "KUBECONFIG is not set: run the e2e suite through `make test` or point it at a cluster"
-        );
+        bail!("KUBECONFIG is not set: run the e2e suite through `make test` or point it at a cluster");
     }
-    Client::try_default()
-        .await
-        .context("building a client from KUBECONFIG")
+    Client::try_default().await.context("building a client from KUBECONFIG")
+}
+
+/// A client that reports 429/503 answers instead of retrying them, for calls
+/// whose refusal is the point (evictions blocked by a PodDisruptionBudget).
+pub async fn client_without_retries() -> Result<Client> {
+    let mut config = kube::Config::infer().await.context("reading KUBECONFIG")?;
+    config.default_retry = false;
+    Client::try_from(config).context("building a client")
 }
 
 /// Wait up to `timeout` for `cond` to hold for the named object.
-pub async fn wait_for<K, C>(
-    api: &Api<K>,
-    name: &str,
-    timeout: Duration,
-    what: &str,
-    cond: C,
-) -> Result<K>
+pub async fn wait_for<K, C>(api: &Api<K>, name: &str, timeout: Duration, what: &str, cond: C) -> Result<K>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
     C: Condition<K>,
@@ -51,6 +49,18 @@ where
         .map_err(|_| anyhow!("timed out after {timeout:?} waiting for {what} ({name})"))?
         .with_context(|| format!("watching {name} for {what}"))?;
     found.ok_or_else(|| anyhow!("{name} was deleted while waiting for {what}"))
+}
+
+/// Wait up to `timeout` until the named object no longer exists.
+pub async fn wait_deleted<K>(api: &Api<K>, name: &str, timeout: Duration, what: &str) -> Result<()>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    tokio::time::timeout(timeout, await_condition(api.clone(), name, |obj: Option<&K>| obj.is_none()))
+        .await
+        .map_err(|_| anyhow!("timed out after {timeout:?} waiting for {what} ({name}) to be deleted"))?
+        .with_context(|| format!("watching {name} for deletion"))?;
+    Ok(())
 }
 
 /// Poll an async check until it yields `Some`, for state that is not one
@@ -106,18 +116,11 @@ impl TestNamespace {
             .await
             .with_context(|| format!("creating namespace {name}"))?;
         let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &name);
-        let created = TestNamespace {
-            name: name.clone(),
-            client: client.clone(),
-        };
-        eventually(
-            Duration::from_secs(60),
-            "the default ServiceAccount",
-            || {
-                let sas = sas.clone();
-                async move { Ok(sas.get_opt("default").await?.map(|_| ())) }
-            },
-        )
+        let created = TestNamespace { name: name.clone(), client: client.clone() };
+        eventually(Duration::from_secs(60), "the default ServiceAccount", || {
+            let sas = sas.clone();
+            async move { Ok(sas.get_opt("default").await?.map(|_| ())) }
+        })
         .await?;
         Ok(created)
     }
@@ -135,13 +138,7 @@ impl Drop for TestNamespace {
     fn drop(&mut self) {
         // Drop cannot await; kubectl is on PATH for every e2e run.
         let _ = Command::new("kubectl")
-            .args([
-                "delete",
-                "namespace",
-                &self.name,
-                "--wait=false",
-                "--ignore-not-found",
-            ])
+            .args(["delete", "namespace", &self.name, "--wait=false", "--ignore-not-found"])
             .output();
     }
 }
@@ -166,10 +163,7 @@ pub async fn ensure_crds(client: &Client) -> Result<Vec<CustomResourceDefinition
             |obj: Option<&CustomResourceDefinition>| {
                 obj.and_then(|c| c.status.as_ref())
                     .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|cs| {
-                        cs.iter()
-                            .any(|c| c.type_ == "Established" && c.status == "True")
-                    })
+                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Established" && c.status == "True"))
             },
         )
         .await?;
@@ -182,21 +176,14 @@ pub async fn ensure_crds(client: &Client) -> Result<Vec<CustomResourceDefinition
 pub fn kubectl(args: &[&str]) -> Result<String> {
     let out = kubectl_raw(args)?;
     if !out.status.success() {
-        bail!(
-            "kubectl {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bail!("kubectl {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Run kubectl and return its raw output, whatever the exit code.
 pub fn kubectl_raw(args: &[&str]) -> Result<Output> {
-    Command::new("kubectl")
-        .args(args)
-        .output()
-        .context("running kubectl (is it on PATH?)")
+    Command::new("kubectl").args(args).output().context("running kubectl (is it on PATH?)")
 }
 
 /// Delete an object and ignore "not found".
@@ -208,5 +195,191 @@ where
         Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
         Err(e) => Err(e.into()),
+    }
+}
+
+pub mod operator;
+
+use hostwright::api::WebCluster;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+
+/// Wait until a WebCluster reports Ready for its current generation.
+pub async fn wait_web_ready(api: &Api<WebCluster>, name: &str, timeout: Duration) -> Result<WebCluster> {
+    wait_for(api, name, timeout, "WebCluster Ready", |wc: Option<&WebCluster>| {
+        wc.is_some_and(|wc| {
+            let generation = wc.metadata.generation;
+            wc.status.as_ref().is_some_and(|s| {
+                s.observed_generation == generation
+                    && s.conditions.iter().any(|c| {
+                        c.type_ == "Ready" && c.status == "True" && c.observed_generation == generation
+                    })
+            })
+        })
+    })
+    .await
+}
+
+/// Wait until a WebCluster's condition `type_` has `reason`.
+pub async fn wait_web_reason(
+    api: &Api<WebCluster>,
+    name: &str,
+    type_: &'static str,
+    reason: &'static str,
+    timeout: Duration,
+) -> Result<WebCluster> {
+    wait_for(api, name, timeout, reason, move |wc: Option<&WebCluster>| {
+        wc.and_then(|wc| wc.status.as_ref())
+            .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == type_ && c.reason == reason))
+    })
+    .await
+}
+
+/// Follows a Service's EndpointSlices and records the fewest ready endpoints
+/// seen while it runs, as a client of the Service would experience them.
+pub struct EndpointWatch {
+    min_ready: Arc<AtomicI64>,
+    current: Arc<AtomicI64>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<Result<()>>,
+}
+
+impl EndpointWatch {
+    /// Start watching `service` in `namespace`; the minimum counts from now.
+    pub async fn start(client: &Client, namespace: &str, service: &str) -> Result<Self> {
+        use futures::StreamExt;
+        use kube::runtime::{WatchStreamExt, watcher};
+        let api: Api<EndpointSlice> = Api::namespaced(client.clone(), namespace);
+        let selector = format!("kubernetes.io/service-name={service}");
+        let min_ready = Arc::new(AtomicI64::new(i64::MAX));
+        let current = Arc::new(AtomicI64::new(-1));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (min, cur, halt) = (min_ready.clone(), current.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            // A (re-)list arrives as Init, InitApply..., InitDone: count it only
+            // once complete, so a watch restart never looks like an outage.
+            let mut slices: std::collections::BTreeMap<String, i64> = Default::default();
+            let mut listing: Option<std::collections::BTreeMap<String, i64>> = None;
+            let mut stream =
+                watcher(api, watcher::Config::default().labels(&selector)).default_backoff().boxed();
+            while let Some(event) = stream.next().await {
+                if halt.load(Ordering::Relaxed) {
+                    break;
+                }
+                match event? {
+                    watcher::Event::Init => {
+                        listing = Some(Default::default());
+                        continue;
+                    }
+                    watcher::Event::InitApply(s) => {
+                        if let Some(l) = listing.as_mut() {
+                            l.insert(s.metadata.name.clone().unwrap_or_default(), ready_endpoints(&s));
+                        }
+                        continue;
+                    }
+                    watcher::Event::InitDone => slices = listing.take().unwrap_or_default(),
+                    watcher::Event::Apply(s) => {
+                        slices.insert(s.metadata.name.clone().unwrap_or_default(), ready_endpoints(&s));
+                    }
+                    watcher::Event::Delete(s) => {
+                        slices.remove(&s.metadata.name.clone().unwrap_or_default());
+                    }
+                }
+                let total: i64 = slices.values().sum();
+                cur.store(total, Ordering::Relaxed);
+                min.fetch_min(total, Ordering::Relaxed);
+            }
+            Ok(())
+        });
+        Ok(Self { min_ready, current, stop, task })
+    }
+
+    /// Ready endpoints right now (-1 before the first event).
+    pub fn current(&self) -> i64 {
+        self.current.load(Ordering::Relaxed)
+    }
+
+    /// Stop and return the fewest ready endpoints observed.
+    pub async fn finish(self) -> Result<i64> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.abort();
+        if let Ok(Err(e)) = self.task.await.map_err(|_| ()) {
+            return Err(e);
+        }
+        Ok(self.min_ready.load(Ordering::Relaxed))
+    }
+}
+
+fn ready_endpoints(slice: &EndpointSlice) -> i64 {
+    slice
+        .endpoints
+        .iter()
+        .flatten()
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(false))
+        .count() as i64
+}
+
+/// A fake node made to fail: KWOK stops renewing its lease (as if the
+/// machine lost power) until the guard is dropped or `restore` is called.
+pub struct FailedNode {
+    pub name: String,
+}
+
+impl FailedNode {
+    /// Fail a KWOK-managed node. Errors if the node is not a KWOK node: a
+    /// real node cannot be failed from a test.
+    pub fn fail(name: &str) -> Result<Self> {
+        let labels = kubectl(&["get", "node", name, "-o", "jsonpath={.metadata.labels.type}"])?;
+        if labels.trim() != "kwok" {
+            bail!(
+                "node {name} is not managed by KWOK (label type=kwok); node failures need the local control plane"
+            );
+        }
+        kubectl(&["label", "node", name, "type-"])?;
+        Ok(Self { name: name.into() })
+    }
+
+    pub fn restore(self) {}
+}
+
+impl Drop for FailedNode {
+    fn drop(&mut self) {
+        let _ = kubectl(&["label", "node", &self.name, "type=kwok", "--overwrite"]);
+        // A returning kubelet confirms the deletion of pods evicted while it was
+        // away; KWOK does not revisit them, so do it on its behalf.
+        let field = format!("spec.nodeName={}", self.name);
+        let pods = kubectl(&[
+            "get",
+            "pods",
+            "-A",
+            "--field-selector",
+            &field,
+            "-o",
+            "jsonpath={range .items[?(@.metadata.deletionTimestamp)]}{.metadata.namespace} {.metadata.name}{\"\\n\"}{end}",
+        ]);
+        for line in pods.unwrap_or_default().lines() {
+            if let Some((ns, name)) = line.split_once(' ') {
+                let _ = kubectl(&[
+                    "delete",
+                    "pod",
+                    "-n",
+                    ns,
+                    name,
+                    "--grace-period=0",
+                    "--force",
+                    "--wait=false",
+                ]);
+            }
+        }
+    }
+}
+
+/// Uncordons a node when dropped.
+pub struct Cordoned(pub String);
+
+impl Drop for Cordoned {
+    fn drop(&mut self) {
+        let _ = kubectl(&["uncordon", &self.0]);
     }
 }

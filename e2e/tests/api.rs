@@ -20,33 +20,15 @@ async fn crds_are_established_with_names_and_subresources() -> Result<()> {
     assert_eq!(names, ["webclusters", "sessionstores", "databasemirrors"]);
 
     let wc = &crds[0];
-    assert_eq!(
-        wc.spec.names.short_names.as_deref(),
-        Some(&["wc".to_string()][..])
-    );
+    assert_eq!(wc.spec.names.short_names.as_deref(), Some(&["wc".to_string()][..]));
     let version = &wc.spec.versions[0];
-    let sub = version
-        .subresources
-        .as_ref()
-        .context("WebCluster subresources")?;
-    assert!(
-        sub.status.is_some(),
-        "WebCluster has the status subresource"
-    );
+    let sub = version.subresources.as_ref().context("WebCluster subresources")?;
+    assert!(sub.status.is_some(), "WebCluster has the status subresource");
     let scale = sub.scale.as_ref().context("WebCluster scale subresource")?;
     assert_eq!(scale.spec_replicas_path, ".spec.replicas");
-    assert_eq!(
-        scale.label_selector_path.as_deref(),
-        Some(".status.selector")
-    );
-    assert_eq!(
-        crds[1].spec.names.short_names.as_deref(),
-        Some(&["sst".to_string()][..])
-    );
-    assert_eq!(
-        crds[2].spec.names.short_names.as_deref(),
-        Some(&["dbm".to_string()][..])
-    );
+    assert_eq!(scale.label_selector_path.as_deref(), Some(".status.selector"));
+    assert_eq!(crds[1].spec.names.short_names.as_deref(), Some(&["sst".to_string()][..]));
+    assert_eq!(crds[2].spec.names.short_names.as_deref(), Some(&["dbm".to_string()][..]));
     Ok(())
 }
 
@@ -57,94 +39,32 @@ async fn kubectl_get_shows_printer_columns_for_every_kind() -> Result<()> {
     let ns = TestNamespace::create(&client, "columns", &[]).await?;
     let pp = PostParams::default();
     ns.api::<WebCluster>()
-        .create(
-            &pp,
-            &serde_json::from_value(web("site", json!({"image": "nginx:1.27"})))?,
-        )
+        .create(&pp, &serde_json::from_value(web("site", json!({"image": "nginx:1.27"})))?)
         .await?;
-    ns.api::<SessionStore>()
-        .create(&pp, &serde_json::from_value(store("sessions", json!({})))?)
-        .await?;
-    ns.api::<DatabaseMirror>()
-        .create(&pp, &serde_json::from_value(db("db", json!({})))?)
-        .await?;
+    ns.api::<SessionStore>().create(&pp, &serde_json::from_value(store("sessions", json!({})))?).await?;
+    ns.api::<DatabaseMirror>().create(&pp, &serde_json::from_value(db("db", json!({})))?).await?;
 
     let expectations = [
-        (
-            "webclusters",
-            vec![
-                "NAME",
-                "REPLICAS",
-                "READY",
-                "UP-TO-DATE",
-                "IMAGE",
-                "PHASE",
-                "AGE",
-            ],
-            "site",
-        ),
-        (
-            "wc",
-            vec![
-                "NAME",
-                "REPLICAS",
-                "READY",
-                "UP-TO-DATE",
-                "IMAGE",
-                "PHASE",
-                "AGE",
-            ],
-            "nginx:1.27",
-        ),
-        (
-            "sessionstores",
-            vec!["NAME", "ENGINE", "PRIMARY", "READY", "PHASE", "AGE"],
-            "redis",
-        ),
+        ("webclusters", vec!["NAME", "REPLICAS", "READY", "UP-TO-DATE", "IMAGE", "PHASE", "AGE"], "site"),
+        ("wc", vec!["NAME", "REPLICAS", "READY", "UP-TO-DATE", "IMAGE", "PHASE", "AGE"], "nginx:1.27"),
+        ("sessionstores", vec!["NAME", "ENGINE", "PRIMARY", "READY", "PHASE", "AGE"], "redis"),
         (
             "databasemirrors",
-            vec![
-                "NAME",
-                "PRIMARY",
-                "MIRRORS",
-                "READY",
-                "LAG",
-                "PHASE",
-                "LAST-FAILOVER",
-                "AGE",
-            ],
+            vec!["NAME", "PRIMARY", "MIRRORS", "READY", "LAG", "PHASE", "LAST-FAILOVER", "AGE"],
             "db",
         ),
     ];
     for (resource, columns, cell) in expectations {
         let out = kubectl(&["get", resource, "-n", &ns.name])?;
-        let header: Vec<&str> = out
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .split_whitespace()
-            .collect();
-        assert_eq!(
-            header, columns,
-            "columns of `kubectl get {resource}`:\n{out}"
-        );
-        assert!(
-            out.contains(cell),
-            "`kubectl get {resource}` shows {cell}:\n{out}"
-        );
+        let header: Vec<&str> = out.lines().next().unwrap_or_default().split_whitespace().collect();
+        assert_eq!(header, columns, "columns of `kubectl get {resource}`:\n{out}");
+        assert!(out.contains(cell), "`kubectl get {resource}` shows {cell}:\n{out}");
     }
     // The wide view adds the tier; the defaulted spec shows in the columns.
     let wide = kubectl(&["get", "wc", "site", "-n", &ns.name, "-o", "wide"])?;
-    assert!(
-        wide.contains("TIER") && wide.contains("production"),
-        "{wide}"
-    );
+    assert!(wide.contains("TIER") && wide.contains("production"), "{wide}");
     let row = kubectl(&["get", "wc", "site", "-n", &ns.name, "--no-headers"])?;
-    assert_eq!(
-        row.split_whitespace().nth(1),
-        Some("3"),
-        "replicas default to 3: {row}"
-    );
+    assert_eq!(row.split_whitespace().nth(1), Some("3"), "replicas default to 3: {row}");
     Ok(())
 }
 
@@ -153,28 +73,17 @@ async fn kubectl_explain_shows_the_field_docs() -> Result<()> {
     let client = client().await?;
     ensure_crds(&client).await?;
     // The API server publishes a new CRD's OpenAPI a moment after it is Established.
-    let spec = eventually(
-        Duration::from_secs(60),
-        "the WebCluster OpenAPI to be published",
-        || async { Ok(kubectl(&["explain", "webcluster.spec"]).ok()) },
-    )
+    let spec = eventually(Duration::from_secs(60), "the WebCluster OpenAPI to be published", || async {
+        Ok(kubectl(&["explain", "webcluster.spec"]).ok())
+    })
     .await?;
-    for needle in [
-        "GROUP:      hostwright.io",
-        "tolerate",
-        "Node failures the cluster must survive",
-        "sessionStoreRef",
-    ] {
-        assert!(
-            spec.contains(needle),
-            "`kubectl explain webcluster.spec` mentions {needle:?}:\n{spec}"
-        );
+    for needle in
+        ["GROUP:      hostwright.io", "tolerate", "Node failures the cluster must survive", "sessionStoreRef"]
+    {
+        assert!(spec.contains(needle), "`kubectl explain webcluster.spec` mentions {needle:?}:\n{spec}");
     }
     let failover = kubectl(&["explain", "databasemirror.spec.failover.maxLagBytes"])?;
-    assert!(
-        failover.contains("never promoted automatically"),
-        "{failover}"
-    );
+    assert!(failover.contains("never promoted automatically"), "{failover}");
     let sst = kubectl(&["explain", "sessionstore.spec.durability"])?;
     assert!(sst.contains("WAIT"), "{sst}");
     Ok(())
@@ -213,23 +122,14 @@ fn invalid_objects() -> Vec<Invalid> {
         },
         Invalid {
             case: "web: autoscaling min > max",
-            object: web(
-                "w",
-                with(
-                    nginx(),
-                    json!({"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}),
-                ),
-            ),
+            object: web("w", with(nginx(), json!({"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}))),
             message: "autoscaling.minReplicas must not exceed autoscaling.maxReplicas",
         },
         Invalid {
             case: "web: tolerate = autoscaling min",
             object: web(
                 "w",
-                with(
-                    nginx(),
-                    json!({"tolerate": 2, "autoscaling": {"minReplicas": 2, "maxReplicas": 6}}),
-                ),
+                with(nginx(), json!({"tolerate": 2, "autoscaling": {"minReplicas": 2, "maxReplicas": 6}})),
             ),
             message: "tolerate must be less than autoscaling.minReplicas",
         },
@@ -250,32 +150,17 @@ fn invalid_objects() -> Vec<Invalid> {
         },
         Invalid {
             case: "web: duplicate hosts",
-            object: web(
-                "w",
-                with(
-                    nginx(),
-                    json!({"hosts": ["a.example.com", "a.example.com"]}),
-                ),
-            ),
+            object: web("w", with(nginx(), json!({"hosts": ["a.example.com", "a.example.com"]}))),
             message: "spec.hosts[1]: Duplicate value: \"a.example.com\"",
         },
         Invalid {
             case: "web: probe path not absolute",
-            object: web(
-                "w",
-                with(
-                    nginx(),
-                    json!({"probes": {"readiness": {"path": "healthz"}}}),
-                ),
-            ),
+            object: web("w", with(nginx(), json!({"probes": {"readiness": {"path": "healthz"}}}))),
             message: "spec.probes.readiness.path in body should match '^/'",
         },
         Invalid {
             case: "web: bad reference name",
-            object: web(
-                "w",
-                with(nginx(), json!({"sessionStoreRef": {"name": "Bad_Name"}})),
-            ),
+            object: web("w", with(nginx(), json!({"sessionStoreRef": {"name": "Bad_Name"}}))),
             message: "spec.sessionStoreRef.name in body should match",
         },
         Invalid {
@@ -352,24 +237,15 @@ async fn invalid_objects_are_rejected_with_a_clear_message() -> Result<()> {
     let mut failures = Vec::new();
     for case in &cases {
         let kind = case.object["kind"].as_str().unwrap_or_default();
-        let ar = ApiResource::from_gvk(&kube::core::GroupVersionKind::gvk(
-            "hostwright.io",
-            "v1alpha1",
-            kind,
-        ));
+        let ar = ApiResource::from_gvk(&kube::core::GroupVersionKind::gvk("hostwright.io", "v1alpha1", kind));
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns.name, &ar);
         let obj: DynamicObject = serde_json::from_value(case.object.clone())?;
         match api.create(&PostParams::default(), &obj).await {
-            Ok(_) => failures.push(format!(
-                "{}: accepted, expected rejection with {:?}",
-                case.case, case.message
-            )),
-            Err(kube::Error::Api(status))
-                if status.code == 422 && status.message.contains(case.message) => {}
-            Err(e) => failures.push(format!(
-                "{}: expected {:?}, got {e}",
-                case.case, case.message
-            )),
+            Ok(_) => {
+                failures.push(format!("{}: accepted, expected rejection with {:?}", case.case, case.message))
+            }
+            Err(kube::Error::Api(status)) if status.code == 422 && status.message.contains(case.message) => {}
+            Err(e) => failures.push(format!("{}: expected {:?}, got {e}", case.case, case.message)),
         }
     }
     ensure!(
@@ -390,35 +266,26 @@ async fn valid_objects_are_accepted_and_defaulted() -> Result<()> {
     let pp = PostParams::default();
     let wc = ns
         .api::<WebCluster>()
-        .create(
-            &pp,
-            &serde_json::from_value(web("site", json!({"image": "nginx:1.27"})))?,
-        )
+        .create(&pp, &serde_json::from_value(web("site", json!({"image": "nginx:1.27"})))?)
         .await?;
     assert_eq!(wc.spec.replicas, 3);
     assert_eq!(wc.spec.port, 8080);
     assert_eq!(wc.spec.tier, hostwright::api::webcluster::Tier::Production);
     let db = ns
         .api::<DatabaseMirror>()
-        .create(
-            &pp,
-            &serde_json::from_value(db("db", json!({"mirrors": 2, "primary": "db-3"})))?,
-        )
+        .create(&pp, &serde_json::from_value(db("db", json!({"mirrors": 2, "primary": "db-3"})))?)
         .await?;
     assert_eq!(db.spec.mirrors, 2);
     assert_eq!(db.spec.failover.max_lag_bytes, 16 * 1024 * 1024);
     assert_eq!(db.spec.failover.delay.to_string(), "5s");
-    let sst = ns
-        .api::<SessionStore>()
-        .create(&pp, &serde_json::from_value(store("sessions", json!({})))?)
-        .await?;
+    let sst =
+        ns.api::<SessionStore>().create(&pp, &serde_json::from_value(store("sessions", json!({})))?).await?;
     assert_eq!(sst.spec.replicas, 1);
     Ok(())
 }
 
 #[tokio::test]
-async fn scaling_below_the_tolerated_failures_is_refused_through_the_scale_subresource()
--> Result<()> {
+async fn scaling_below_the_tolerated_failures_is_refused_through_the_scale_subresource() -> Result<()> {
     let client = client().await?;
     ensure_crds(&client).await?;
     let ns = TestNamespace::create(&client, "scale", &[]).await?;
@@ -435,24 +302,13 @@ async fn scaling_below_the_tolerated_failures_is_refused_through_the_scale_subre
 
     let refused = kubectl_raw(&["scale", "wc/site", "--replicas=2", "-n", &ns.name])?;
     let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(
-        !refused.status.success(),
-        "scaling to 2 with tolerate 2 must fail"
-    );
-    assert!(
-        stderr.contains("tolerate must be less than replicas"),
-        "{stderr}"
-    );
+    assert!(!refused.status.success(), "scaling to 2 with tolerate 2 must fail");
+    assert!(stderr.contains("tolerate must be less than replicas"), "{stderr}");
     assert_eq!(api.get("site").await?.spec.replicas, 5);
 
     // The spec itself can be fixed with one apply: lower tolerate and replicas together.
     let patch = json!({"apiVersion": "hostwright.io/v1alpha1", "kind": "WebCluster", "spec": {"image": "nginx:1.27", "tolerate": 1, "replicas": 2}});
-    api.patch(
-        "site",
-        &PatchParams::apply("hostwright-e2e").force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
+    api.patch("site", &PatchParams::apply("hostwright-e2e").force(), &Patch::Apply(&patch)).await?;
     assert_eq!(api.get("site").await?.spec.replicas, 2);
     Ok(())
 }
@@ -493,9 +349,7 @@ async fn every_example_is_accepted_by_the_api_server() -> Result<()> {
     ensure_crds(&client).await?;
     let ns = TestNamespace::create(&client, "examples", &[]).await?;
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/examples");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
+    let mut files: Vec<_> = std::fs::read_dir(&dir)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
     files.sort();
     ensure!(!files.is_empty(), "no examples in {}", dir.display());
     for file in files {

@@ -16,10 +16,7 @@ use serde_json::json;
 #[tokio::test]
 async fn a_spread_deployment_puts_one_ready_pod_on_each_node() -> Result<()> {
     let client = client().await?;
-    let nodes: Vec<Node> = Api::<Node>::all(client.clone())
-        .list(&ListParams::default())
-        .await?
-        .items;
+    let nodes: Vec<Node> = Api::<Node>::all(client.clone()).list(&ListParams::default()).await?.items;
     let ready_nodes = nodes
         .iter()
         .filter(|n| {
@@ -29,10 +26,7 @@ async fn a_spread_deployment_puts_one_ready_pod_on_each_node() -> Result<()> {
                 .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
         })
         .count();
-    assert!(
-        ready_nodes >= 3,
-        "the bed needs at least 3 Ready nodes, found {ready_nodes}"
-    );
+    assert!(ready_nodes >= 3, "the bed needs at least 3 Ready nodes, found {ready_nodes}");
 
     let ns = TestNamespace::create(&client, "spread", &[]).await?;
     let deployments: Api<Deployment> = ns.api();
@@ -57,9 +51,7 @@ async fn a_spread_deployment_puts_one_ready_pod_on_each_node() -> Result<()> {
             },
         },
     }))?;
-    deployments
-        .create(&PostParams::default(), &deployment)
-        .await?;
+    deployments.create(&PostParams::default(), &deployment).await?;
     wait_for(
         &deployments,
         "spread",
@@ -68,10 +60,9 @@ async fn a_spread_deployment_puts_one_ready_pod_on_each_node() -> Result<()> {
         |d: Option<&Deployment>| {
             d.and_then(|d| d.status.as_ref()).is_some_and(|s| {
                 s.ready_replicas == Some(3)
-                    && s.conditions.as_ref().is_some_and(|cs| {
-                        cs.iter()
-                            .any(|c| c.type_ == "Available" && c.status == "True")
-                    })
+                    && s.conditions
+                        .as_ref()
+                        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Available" && c.status == "True"))
             })
         },
     )
@@ -81,41 +72,27 @@ async fn a_spread_deployment_puts_one_ready_pod_on_each_node() -> Result<()> {
     let placed = eventually(Duration::from_secs(30), "3 running pods with IPs", || {
         let pods = pods.clone();
         async move {
-            let list = pods
-                .list(&ListParams::default().labels("app=spread"))
-                .await?
-                .items;
+            let list = pods.list(&ListParams::default().labels("app=spread")).await?.items;
             let running: Vec<_> = list
                 .iter()
                 .filter(|p| p.metadata.deletion_timestamp.is_none())
                 .filter(|p| p.status.as_ref().and_then(|s| s.pod_ip.as_ref()).is_some())
                 .collect();
             Ok((running.len() == 3).then(|| {
-                running
-                    .iter()
-                    .filter_map(|p| p.spec.as_ref()?.node_name.clone())
-                    .collect::<BTreeSet<_>>()
+                running.iter().filter_map(|p| p.spec.as_ref()?.node_name.clone()).collect::<BTreeSet<_>>()
             }))
         }
     })
     .await?;
-    assert_eq!(
-        placed.len(),
-        3,
-        "one pod on each of three distinct nodes: {placed:?}"
-    );
+    assert_eq!(placed.len(), 3, "one pod on each of three distinct nodes: {placed:?}");
     Ok(())
 }
 
 #[tokio::test]
 async fn restricted_pod_security_refuses_a_root_privileged_pod() -> Result<()> {
     let client = client().await?;
-    let ns = TestNamespace::create(
-        &client,
-        "psa",
-        &[("pod-security.kubernetes.io/enforce", "restricted")],
-    )
-    .await?;
+    let ns = TestNamespace::create(&client, "psa", &[("pod-security.kubernetes.io/enforce", "restricted")])
+        .await?;
     let pods: Api<Pod> = ns.api();
 
     let privileged: Pod = serde_json::from_value(json!({
@@ -128,16 +105,10 @@ async fn restricted_pod_security_refuses_a_root_privileged_pod() -> Result<()> {
         .err()
         .context("privileged pod was admitted")?;
     let msg = err.to_string();
-    assert!(
-        msg.contains("violates PodSecurity \"restricted:latest\""),
-        "{msg}"
-    );
-    for broken in [
-        "privileged",
-        "allowPrivilegeEscalation != false",
-        "runAsNonRoot != true",
-        "seccompProfile",
-    ] {
+    assert!(msg.contains("violates PodSecurity \"restricted:latest\""), "{msg}");
+    for broken in
+        ["privileged", "allowPrivilegeEscalation != false", "runAsNonRoot != true", "seccompProfile"]
+    {
         assert!(msg.contains(broken), "the refusal names {broken:?}: {msg}");
     }
 

@@ -27,10 +27,7 @@ pub mod condition_type {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct LocalObjectReference {
     /// Name of the object, in the same namespace as the referring object.
-    #[schemars(
-        length(min = 1, max = 253),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
-    )]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
     pub name: String,
 }
 
@@ -75,11 +72,7 @@ pub struct FailoverSpec {
 
 impl Default for FailoverSpec {
     fn default() -> Self {
-        Self {
-            enabled: true,
-            delay: default_failover_delay(),
-            max_lag_bytes: default_max_lag_bytes(),
-        }
+        Self { enabled: true, delay: default_failover_delay(), max_lag_bytes: default_max_lag_bytes() }
     }
 }
 

@@ -132,10 +132,7 @@ pub struct InstanceTemplate {
 /// CEL rule rejecting any reserved setting in `instance.parameters`, built
 /// from [`RESERVED_PARAMETERS`] so the schema and the code cannot disagree.
 fn reserved_parameters_rule() -> kube::core::Rule {
-    let quoted: Vec<String> = RESERVED_PARAMETERS
-        .iter()
-        .map(|p| format!("'{p}'"))
-        .collect();
+    let quoted: Vec<String> = RESERVED_PARAMETERS.iter().map(|p| format!("'{p}'")).collect();
     let message = format!(
         "parameters must not set a setting the operator manages for replication ({})",
         RESERVED_PARAMETERS.join(", ")
@@ -207,17 +204,13 @@ mod tests {
 
     #[test]
     fn a_minimal_spec_gets_one_async_mirror_with_failover_on() {
-        let spec: DatabaseMirrorSpec =
-            serde_yaml::from_str("instance: {storage: {size: 10Gi}}").unwrap();
+        let spec: DatabaseMirrorSpec = serde_yaml::from_str("instance: {storage: {size: 10Gi}}").unwrap();
         assert_eq!(spec.mirrors, 1);
         assert_eq!(spec.replication, Replication::Async);
         assert!(spec.failover.enabled);
         assert_eq!(spec.failover.delay.to_string(), "5s");
         assert_eq!(spec.instance.image, "postgres:15");
-        assert_eq!(
-            (spec.database.as_str(), spec.owner.as_str()),
-            ("app", "app")
-        );
+        assert_eq!((spec.database.as_str(), spec.owner.as_str()), ("app", "app"));
         assert!(!spec.instance.storage.delete_on_removal);
     }
 
@@ -225,10 +218,7 @@ mod tests {
     fn the_reserved_parameter_rule_names_every_reserved_setting() {
         let crd = serde_json::to_string(&DatabaseMirror::crd()).unwrap();
         for p in RESERVED_PARAMETERS {
-            assert!(
-                crd.contains(&format!("'{p}'")),
-                "{p} is checked by the CEL rule"
-            );
+            assert!(crd.contains(&format!("'{p}'")), "{p} is checked by the CEL rule");
         }
     }
 

@@ -21,11 +21,7 @@ use kube::CustomResourceExt;
 
 /// Every CRD Hostwright serves, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![
-        WebCluster::crd(),
-        SessionStore::crd(),
-        DatabaseMirror::crd(),
-    ]
+    vec![WebCluster::crd(), SessionStore::crd(), DatabaseMirror::crd()]
 }
 
 /// The CRDs as one multi-document YAML stream, exactly as checked in under `crds/`.

@@ -6,8 +6,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    Condition, FailoverSpec, FailoverStatus, LocalObjectReference, MemberStatus, Resources,
-    StorageSpec, StorePhase,
+    Condition, FailoverSpec, FailoverStatus, LocalObjectReference, MemberStatus, Resources, StorageSpec,
+    StorePhase,
 };
 
 /// An out-of-process session store for web clusters: a Redis primary with
@@ -41,11 +41,7 @@ use super::common::{
         description = "Ready members / desired members"
     ),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[x_kube(
     validation = Rule::new("!has(self.external) || !has(self.storage)")

@@ -48,17 +48,8 @@ use super::common::{Condition, LocalObjectReference, Resources};
     ),
     printcolumn(name = "Image", type_ = "string", json_path = ".spec.image"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(
-        name = "Tier",
-        type_ = "string",
-        json_path = ".spec.tier",
-        priority = 1
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn(name = "Tier", type_ = "string", json_path = ".spec.tier", priority = 1),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[x_kube(
     validation = Rule::new("!has(self.tolerate) || self.tolerate < self.replicas")
@@ -90,9 +81,7 @@ pub struct WebClusterSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(
         length(max = 64),
-        inner(regex(
-            pattern = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-        ))
+        inner(regex(pattern = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"))
     )]
     #[x_kube(merge_strategy = ListMerge::Set)]
     pub hosts: Vec<String>,
@@ -200,10 +189,7 @@ pub struct Autoscaling {
     #[schemars(range(min = 1, max = 1000))]
     pub max_replicas: i32,
     /// Average CPU utilisation (percent of requests) the autoscaler aims for.
-    #[serde(
-        default = "default_target_cpu",
-        rename = "targetCPUUtilizationPercentage"
-    )]
+    #[serde(default = "default_target_cpu", rename = "targetCPUUtilizationPercentage")]
     #[schemars(range(min = 1, max = 100))]
     pub target_cpu_utilization_percentage: i32,
 }
@@ -349,9 +335,6 @@ mod tests {
             .filter(|c| c.priority.unwrap_or(0) == 0)
             .map(|c| c.name.to_uppercase())
             .collect();
-        assert_eq!(
-            columns,
-            ["REPLICAS", "READY", "UP-TO-DATE", "IMAGE", "PHASE", "AGE"]
-        );
+        assert_eq!(columns, ["REPLICAS", "READY", "UP-TO-DATE", "IMAGE", "PHASE", "AGE"]);
     }
 }

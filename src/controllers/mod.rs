@@ -119,16 +119,8 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(
-        client: Client,
-        metrics: Arc<Metrics>,
-        controller: &'static str,
-        identity: &str,
-    ) -> Self {
-        let reporter = Reporter {
-            controller: "hostwright".into(),
-            instance: Some(identity.to_string()),
-        };
+    pub fn new(client: Client, metrics: Arc<Metrics>, controller: &'static str, identity: &str) -> Self {
+        let reporter = Reporter { controller: "hostwright".into(), instance: Some(identity.to_string()) };
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
@@ -139,23 +131,12 @@ impl Shared {
     }
 
     /// Publish an Event about `obj`; failures are logged, never fatal.
-    pub async fn event<K>(
-        &self,
-        obj: &K,
-        type_: EventType,
-        reason: &str,
-        action: &str,
-        note: String,
-    ) where
+    pub async fn event<K>(&self, obj: &K, type_: EventType, reason: &str, action: &str, note: String)
+    where
         K: Resource<DynamicType = ()>,
     {
-        let event = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(note),
-            action: action.into(),
-            secondary: None,
-        };
+        let event =
+            Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
         match self.recorder.publish(&event, &obj.object_ref(&())).await {
             Ok(()) => self.metrics.write(self.controller, "events", "create"),
             Err(err) => tracing::warn!(%err, reason, "could not publish event"),
@@ -175,16 +156,11 @@ impl Shared {
         let name = desired.name_any();
         let namespace = desired.namespace().unwrap_or_default();
         let resource = resource_name::<K>();
-        let desired_json = serde_json::to_value(desired).map_err(|source| Error::Encode {
-            what: format!("{resource} {namespace}/{name}"),
-            source,
-        })?;
+        let desired_json = serde_json::to_value(desired)
+            .map_err(|source| Error::Encode { what: format!("{resource} {namespace}/{name}"), source })?;
         if let Some(live) = live {
-            let live_json =
-                serde_json::to_value(live.as_ref()).map_err(|source| Error::Encode {
-                    what: format!("{resource} {namespace}/{name}"),
-                    source,
-                })?;
+            let live_json = serde_json::to_value(live.as_ref())
+                .map_err(|source| Error::Encode { what: format!("{resource} {namespace}/{name}"), source })?;
             match first_difference(&desired_json, &live_json) {
                 None => return Ok(None),
                 Some(path) => {
@@ -197,28 +173,16 @@ impl Shared {
         patch["apiVersion"] = K::api_version(&()).into();
         patch["kind"] = K::kind(&()).into();
         let applied = api
-            .patch(
-                &name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&patch),
-            )
+            .patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
             .await
-            .map_err(|source| Error::Apply {
-                resource,
-                object: format!("{namespace}/{name}"),
-                source,
-            })?;
+            .map_err(|source| Error::Apply { resource, object: format!("{namespace}/{name}"), source })?;
         self.metrics.write(self.controller, resource, "apply");
         Ok(Some(applied))
     }
 
     /// Apply an optional child when it is wanted; delete it when it is not
     /// but still exists.
-    pub async fn apply_or_prune<K>(
-        &self,
-        desired: Option<&K>,
-        live: Option<Arc<K>>,
-    ) -> Result<(), Error>
+    pub async fn apply_or_prune<K>(&self, desired: Option<&K>, live: Option<Arc<K>>) -> Result<(), Error>
     where
         K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
             + Clone
@@ -236,10 +200,7 @@ impl Shared {
     /// Delete a child that is no longer wanted, if it exists.
     pub async fn delete<K>(&self, live: &K) -> Result<(), Error>
     where
-        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
-            + Clone
-            + DeserializeOwned
-            + Debug,
+        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Clone + DeserializeOwned + Debug,
     {
         let name = live.name_any();
         let namespace = live.namespace().unwrap_or_default();
@@ -251,11 +212,7 @@ impl Shared {
                 Ok(())
             }
             Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-            Err(source) => Err(Error::Delete {
-                resource,
-                object: format!("{namespace}/{name}"),
-                source,
-            }),
+            Err(source) => Err(Error::Delete { resource, object: format!("{namespace}/{name}"), source }),
         }
     }
 }
@@ -278,20 +235,11 @@ fn resource_name<K: Resource<DynamicType = ()>>() -> &'static str {
 }
 
 /// The cached child `name` in `namespace`, if `owner_uid` controls it.
-pub fn owned_child<K>(
-    store: &Store<K>,
-    namespace: &str,
-    name: &str,
-    owner_uid: &str,
-) -> Option<Arc<K>>
+pub fn owned_child<K>(store: &Store<K>, namespace: &str, name: &str, owner_uid: &str) -> Option<Arc<K>>
 where
     K: Resource<DynamicType = ()> + Clone,
 {
     store
         .get(&ObjectRef::new(name).within(namespace))
-        .filter(|obj| {
-            obj.owner_references()
-                .iter()
-                .any(|o| o.controller == Some(true) && o.uid == owner_uid)
-        })
+        .filter(|obj| obj.owner_references().iter().any(|o| o.controller == Some(true) && o.uid == owner_uid))
 }

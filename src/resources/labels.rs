@@ -10,10 +10,7 @@ pub const MANAGED_BY: &str = "hostwright";
 pub fn selector(kind: &str, instance: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("app.kubernetes.io/name".to_string(), kind.to_string()),
-        (
-            "app.kubernetes.io/instance".to_string(),
-            instance.to_string(),
-        ),
+        ("app.kubernetes.io/instance".to_string(), instance.to_string()),
     ])
 }
 
@@ -28,9 +25,5 @@ pub fn common(kind: &str, instance: &str, component: &str) -> BTreeMap<String, S
 
 /// `k=v,k=v` form of a selector, as the scale subresource and HPAs read it.
 pub fn selector_string(selector: &BTreeMap<String, String>) -> String {
-    selector
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",")
+    selector.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
 }

@@ -18,12 +18,10 @@ pub fn controller_ref<K>(owner: &K) -> Result<OwnerReference, BuildError>
 where
     K: Resource<DynamicType = ()>,
 {
-    owner
-        .controller_owner_ref(&())
-        .ok_or_else(|| BuildError::MissingMetadata {
-            kind: K::kind(&()).into_owned(),
-            field: "metadata.name/uid",
-        })
+    owner.controller_owner_ref(&()).ok_or_else(|| BuildError::MissingMetadata {
+        kind: K::kind(&()).into_owned(),
+        field: "metadata.name/uid",
+    })
 }
 
 /// Why a spec could not be turned into objects.

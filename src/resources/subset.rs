@@ -25,11 +25,11 @@ pub fn first_difference(desired: &Value, live: &Value) -> Option<String> {
             None if is_empty(dv) => None,
             None => Some(k.clone()),
         }),
-        (Value::Array(d), Value::Array(l)) if d.len() == l.len() => {
-            d.iter().zip(l).enumerate().find_map(|(i, (dv, lv))| {
-                first_difference(dv, lv).map(|p| join(&format!("[{i}]"), &p))
-            })
-        }
+        (Value::Array(d), Value::Array(l)) if d.len() == l.len() => d
+            .iter()
+            .zip(l)
+            .enumerate()
+            .find_map(|(i, (dv, lv))| first_difference(dv, lv).map(|p| join(&format!("[{i}]"), &p))),
         (Value::Number(d), Value::Number(l)) if d.as_f64() == l.as_f64() => None,
         (d, l) if d == l => None,
         _ => Some(String::new()),
@@ -73,10 +73,7 @@ mod tests {
     #[test]
     fn a_changed_or_missing_field_is_a_difference() {
         let desired = json!({"spec": {"replicas": 3, "paused": false}});
-        assert!(!is_subset(
-            &desired,
-            &json!({"spec": {"replicas": 4, "paused": false}})
-        ));
+        assert!(!is_subset(&desired, &json!({"spec": {"replicas": 4, "paused": false}})));
         assert!(!is_subset(&desired, &json!({"spec": {"replicas": 3}})));
     }
 
@@ -90,24 +87,15 @@ mod tests {
 
     #[test]
     fn empty_values_we_set_equal_absent_ones() {
-        assert!(is_subset(
-            &json!({"metadata": {"annotations": {}}, "x": null}),
-            &json!({"metadata": {}})
-        ));
-        assert!(!is_subset(
-            &json!({"metadata": {"annotations": {"a": "1"}}}),
-            &json!({"metadata": {}})
-        ));
+        assert!(is_subset(&json!({"metadata": {"annotations": {}}, "x": null}), &json!({"metadata": {}})));
+        assert!(!is_subset(&json!({"metadata": {"annotations": {"a": "1"}}}), &json!({"metadata": {}})));
     }
 
     #[test]
     fn the_first_difference_is_named_by_its_path() {
         let desired = json!({"spec": {"containers": [{"name": "web", "image": "b"}]}});
         let live = json!({"spec": {"containers": [{"name": "web", "image": "a"}]}});
-        assert_eq!(
-            first_difference(&desired, &live).as_deref(),
-            Some("spec.containers[0].image")
-        );
+        assert_eq!(first_difference(&desired, &live).as_deref(), Some("spec.containers[0].image"));
         assert_eq!(first_difference(&desired, &desired), None);
     }
 

@@ -13,22 +13,20 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{
-    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
-};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
 use k8s_openapi::api::autoscaling::v2::{
     CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec,
     MetricTarget, ResourceMetricSource,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Lifecycle,
-    LifecycleHandler, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
-    SeccompProfile, SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec,
-    SleepAction, TopologySpreadConstraint,
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Lifecycle, LifecycleHandler,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
+    SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec, SleepAction,
+    TopologySpreadConstraint,
 };
 use k8s_openapi::api::networking::v1::{
-    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
-    IngressServiceBackend, IngressSpec, ServiceBackendPort,
+    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule, IngressServiceBackend,
+    IngressSpec, ServiceBackendPort,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -143,38 +141,23 @@ fn deployment(wc: &WebCluster, wiring: &Wiring) -> Result<Deployment, BuildError
         resources: Some(resources(wc)),
         readiness_probe: Some(probe(
             wc.spec.probes.as_ref().and_then(|p| p.readiness.as_ref()),
-            ProbeDefaults {
-                period: 5,
-                timeout: 2,
-                failure: 3,
-                initial_delay: 0,
-            },
+            ProbeDefaults { period: 5, timeout: 2, failure: 3, initial_delay: 0 },
         )),
         liveness_probe: Some(probe(
             wc.spec.probes.as_ref().and_then(|p| p.liveness.as_ref()),
-            ProbeDefaults {
-                period: 10,
-                timeout: 2,
-                failure: 3,
-                initial_delay: 10,
-            },
+            ProbeDefaults { period: 10, timeout: 2, failure: 3, initial_delay: 10 },
         )),
         // Keep serving in-flight requests while endpoints drop the pod.
         lifecycle: (drain > 0).then(|| Lifecycle {
             pre_stop: Some(LifecycleHandler {
-                sleep: Some(SleepAction {
-                    seconds: i64::from(drain),
-                }),
+                sleep: Some(SleepAction { seconds: i64::from(drain) }),
                 ..LifecycleHandler::default()
             }),
             ..Lifecycle::default()
         }),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                ..Capabilities::default()
-            }),
+            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Capabilities::default() }),
             run_as_non_root: Some(true),
             ..SecurityContext::default()
         }),
@@ -204,10 +187,7 @@ fn deployment(wc: &WebCluster, wiring: &Wiring) -> Result<Deployment, BuildError
         metadata: metadata(wc)?,
         spec: Some(DeploymentSpec {
             replicas: Some(wc.spec.replicas),
-            selector: LabelSelector {
-                match_labels: Some(selector),
-                ..LabelSelector::default()
-            },
+            selector: LabelSelector { match_labels: Some(selector), ..LabelSelector::default() },
             strategy: Some(DeploymentStrategy {
                 type_: Some("RollingUpdate".into()),
                 rolling_update: Some(RollingUpdateDeployment {
@@ -215,22 +195,13 @@ fn deployment(wc: &WebCluster, wiring: &Wiring) -> Result<Deployment, BuildError
                     max_unavailable: Some(IntOrString::Int(0)),
                 }),
             }),
-            min_ready_seconds: Some(
-                rollout
-                    .min_ready_seconds
-                    .unwrap_or(DEFAULT_MIN_READY_SECONDS),
-            ),
+            min_ready_seconds: Some(rollout.min_ready_seconds.unwrap_or(DEFAULT_MIN_READY_SECONDS)),
             progress_deadline_seconds: Some(
-                rollout
-                    .progress_deadline_seconds
-                    .unwrap_or(DEFAULT_PROGRESS_DEADLINE_SECONDS),
+                rollout.progress_deadline_seconds.unwrap_or(DEFAULT_PROGRESS_DEADLINE_SECONDS),
             ),
             revision_history_limit: Some(5),
             template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(pod_labels),
-                    ..ObjectMeta::default()
-                }),
+                metadata: Some(ObjectMeta { labels: Some(pod_labels), ..ObjectMeta::default() }),
                 spec: Some(pod_spec),
             },
             ..DeploymentSpec::default()
@@ -276,23 +247,11 @@ fn env(wc: &WebCluster, wiring: &Wiring) -> Vec<EnvVar> {
     };
     let mut env = wc.spec.env.clone();
     if let Some(secret) = &wiring.session_secret {
-        env.push(from_secret(
-            "SESSION_STORE_URL",
-            secret,
-            secret_keys::SESSION_URL,
-        ));
+        env.push(from_secret("SESSION_STORE_URL", secret, secret_keys::SESSION_URL));
     }
     if let Some(secret) = &wiring.database_secret {
-        env.push(from_secret(
-            "DATABASE_URL",
-            secret,
-            secret_keys::DATABASE_URL,
-        ));
-        env.push(from_secret(
-            "DATABASE_RO_URL",
-            secret,
-            secret_keys::DATABASE_RO_URL,
-        ));
+        env.push(from_secret("DATABASE_URL", secret, secret_keys::DATABASE_URL));
+        env.push(from_secret("DATABASE_RO_URL", secret, secret_keys::DATABASE_RO_URL));
     }
     env
 }
@@ -312,10 +271,7 @@ fn resources(wc: &WebCluster) -> ResourceRequirements {
             ("cpu".to_string(), Quantity(cpu.into())),
             ("memory".to_string(), Quantity(memory.into())),
         ])),
-        limits: Some(BTreeMap::from([(
-            "memory".to_string(),
-            Quantity(limit.into()),
-        )])),
+        limits: Some(BTreeMap::from([("memory".to_string(), Quantity(limit.into()))])),
         ..ResourceRequirements::default()
     }
 }
@@ -339,11 +295,8 @@ fn probe(spec: Option<&HttpProbe>, d: ProbeDefaults) -> Probe {
         timeout_seconds: Some(spec.and_then(|p| p.timeout_seconds).unwrap_or(d.timeout)),
         failure_threshold: Some(spec.and_then(|p| p.failure_threshold).unwrap_or(d.failure)),
         // Zero is omitted by the API server; leaving it out keeps idle reconciles write-free.
-        initial_delay_seconds: Some(
-            spec.and_then(|p| p.initial_delay_seconds)
-                .unwrap_or(d.initial_delay),
-        )
-        .filter(|delay| *delay != 0),
+        initial_delay_seconds: Some(spec.and_then(|p| p.initial_delay_seconds).unwrap_or(d.initial_delay))
+            .filter(|delay| *delay != 0),
         success_threshold: Some(1),
         ..Probe::default()
     }
@@ -430,10 +383,7 @@ fn ingress(wc: &WebCluster) -> Result<Option<Ingress>, BuildError> {
     let backend = IngressBackend {
         service: Some(IngressServiceBackend {
             name: wc.name_any(),
-            port: Some(ServiceBackendPort {
-                name: Some(PORT_NAME.into()),
-                ..ServiceBackendPort::default()
-            }),
+            port: Some(ServiceBackendPort { name: Some(PORT_NAME.into()), ..ServiceBackendPort::default() }),
         }),
         ..IngressBackend::default()
     };
@@ -454,10 +404,7 @@ fn ingress(wc: &WebCluster) -> Result<Option<Ingress>, BuildError> {
         .collect();
     Ok(Some(Ingress {
         metadata: metadata(wc)?,
-        spec: Some(IngressSpec {
-            rules: Some(rules),
-            ..IngressSpec::default()
-        }),
+        spec: Some(IngressSpec { rules: Some(rules), ..IngressSpec::default() }),
         status: None,
     }))
 }
@@ -485,32 +432,15 @@ mod tests {
 
     #[test]
     fn rollouts_surge_first_and_never_drop_ready_capacity() {
-        let d = build(&web("image: nginx:1.27"), &Wiring::default())
-            .unwrap()
-            .deployment;
+        let d = build(&web("image: nginx:1.27"), &Wiring::default()).unwrap().deployment;
         let spec = d.spec.as_ref().unwrap();
-        let rolling = spec
-            .strategy
-            .as_ref()
-            .unwrap()
-            .rolling_update
-            .as_ref()
-            .unwrap();
+        let rolling = spec.strategy.as_ref().unwrap().rolling_update.as_ref().unwrap();
         assert_eq!(rolling.max_unavailable, Some(IntOrString::Int(0)));
         assert_eq!(spec.min_ready_seconds, Some(5));
         let container = &pod_spec(&d).containers[0];
         assert!(container.readiness_probe.is_some());
-        let drain = container
-            .lifecycle
-            .as_ref()
-            .unwrap()
-            .pre_stop
-            .as_ref()
-            .unwrap()
-            .sleep
-            .as_ref()
-            .unwrap()
-            .seconds;
+        let drain =
+            container.lifecycle.as_ref().unwrap().pre_stop.as_ref().unwrap().sleep.as_ref().unwrap().seconds;
         assert!(
             drain < pod_spec(&d).termination_grace_period_seconds.unwrap(),
             "the drain fits in the grace period"
@@ -519,29 +449,19 @@ mod tests {
 
     #[test]
     fn pods_spread_hard_over_nodes_and_soft_over_zones_ignoring_failed_nodes() {
-        let d = build(&web("image: nginx:1.27"), &Wiring::default())
-            .unwrap()
-            .deployment;
+        let d = build(&web("image: nginx:1.27"), &Wiring::default()).unwrap().deployment;
         let spread = pod_spec(&d).topology_spread_constraints.as_ref().unwrap();
         let by_key: Vec<_> = spread
             .iter()
             .map(|c| {
-                (
-                    c.topology_key.as_str(),
-                    c.when_unsatisfiable.as_str(),
-                    c.node_taints_policy.as_deref(),
-                )
+                (c.topology_key.as_str(), c.when_unsatisfiable.as_str(), c.node_taints_policy.as_deref())
             })
             .collect();
         assert_eq!(
             by_key,
             [
                 ("kubernetes.io/hostname", "DoNotSchedule", Some("Honor")),
-                (
-                    "topology.kubernetes.io/zone",
-                    "ScheduleAnyway",
-                    Some("Honor")
-                ),
+                ("topology.kubernetes.io/zone", "ScheduleAnyway", Some("Honor")),
             ]
         );
     }
@@ -558,39 +478,21 @@ mod tests {
                 .unwrap()
         };
         assert_eq!(pdb("image: a\nreplicas: 5"), IntOrString::Int(1));
-        assert_eq!(
-            pdb("image: a\nreplicas: 3\ntolerate: 2"),
-            IntOrString::Int(1)
-        );
-        assert_eq!(
-            pdb("image: a\nreplicas: 3\ntolerate: 0"),
-            IntOrString::Int(0)
-        );
-        assert_eq!(
-            pdb("image: a\nreplicas: 1"),
-            IntOrString::Int(0),
-            "one server, nothing to spare"
-        );
+        assert_eq!(pdb("image: a\nreplicas: 3\ntolerate: 2"), IntOrString::Int(1));
+        assert_eq!(pdb("image: a\nreplicas: 3\ntolerate: 0"), IntOrString::Int(0));
+        assert_eq!(pdb("image: a\nreplicas: 1"), IntOrString::Int(0), "one server, nothing to spare");
     }
 
     #[test]
     fn pods_meet_the_restricted_pod_security_profile() {
-        let d = build(&web("image: nginx:1.27"), &Wiring::default())
-            .unwrap()
-            .deployment;
+        let d = build(&web("image: nginx:1.27"), &Wiring::default()).unwrap().deployment;
         let pod = pod_spec(&d);
         let psc = pod.security_context.as_ref().unwrap();
         assert_eq!(psc.run_as_non_root, Some(true));
-        assert_eq!(
-            psc.seccomp_profile.as_ref().unwrap().type_,
-            "RuntimeDefault"
-        );
+        assert_eq!(psc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
         let sc = pod.containers[0].security_context.as_ref().unwrap();
         assert_eq!(sc.allow_privilege_escalation, Some(false));
-        assert_eq!(
-            sc.capabilities.as_ref().unwrap().drop.as_deref(),
-            Some(&["ALL".to_string()][..])
-        );
+        assert_eq!(sc.capabilities.as_ref().unwrap().drop.as_deref(), Some(&["ALL".to_string()][..]));
     }
 
     #[test]
@@ -614,10 +516,7 @@ mod tests {
             pod_spec(&prod.deployment).topology_spread_constraints,
             pod_spec(&staging.deployment).topology_spread_constraints
         );
-        assert_eq!(
-            prod.pod_disruption_budget.spec,
-            staging.pod_disruption_budget.spec
-        );
+        assert_eq!(prod.pod_disruption_budget.spec, staging.pod_disruption_budget.spec);
     }
 
     #[test]
@@ -648,14 +547,9 @@ mod tests {
         let d = build(&web("image: a"), &wiring).unwrap().deployment;
         let env = pod_spec(&d).containers[0].env.clone().unwrap();
         let names: Vec<_> = env.iter().map(|e| e.name.as_str()).collect();
-        assert_eq!(
-            names,
-            ["SESSION_STORE_URL", "DATABASE_URL", "DATABASE_RO_URL"]
-        );
+        assert_eq!(names, ["SESSION_STORE_URL", "DATABASE_URL", "DATABASE_RO_URL"]);
         assert!(
-            env.iter()
-                .all(|e| e.value.is_none()
-                    && e.value_from.as_ref().unwrap().secret_key_ref.is_some())
+            env.iter().all(|e| e.value.is_none() && e.value_from.as_ref().unwrap().secret_key_ref.is_some())
         );
     }
 
@@ -664,10 +558,7 @@ mod tests {
         let children = build(&web("image: a"), &Wiring::default()).unwrap();
         let meta = &children.service.metadata;
         let owner = &meta.owner_references.as_ref().unwrap()[0];
-        assert_eq!(
-            (owner.kind.as_str(), owner.controller),
-            ("WebCluster", Some(true))
-        );
+        assert_eq!((owner.kind.as_str(), owner.controller), ("WebCluster", Some(true)));
         let labels = meta.labels.as_ref().unwrap();
         assert_eq!(labels["app.kubernetes.io/managed-by"], "hostwright");
         assert_eq!(labels["app.kubernetes.io/instance"], "shop");

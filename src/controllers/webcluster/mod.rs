@@ -72,10 +72,7 @@ impl Scope {
 fn cached<K>(
     scope: &Scope,
     label_selector: Option<&str>,
-) -> (
-    Store<K>,
-    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
-)
+) -> (Store<K>, impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static)
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
         + Clone
@@ -94,8 +91,7 @@ where
         .default_backoff()
         .modify(|obj| {
             obj.managed_fields_mut().clear();
-            obj.annotations_mut()
-                .remove("kubectl.kubernetes.io/last-applied-configuration");
+            obj.annotations_mut().remove("kubectl.kubernetes.io/last-applied-configuration");
         })
         .reflect(writer)
         .applied_objects();
@@ -110,31 +106,23 @@ pub async fn run(
     ready: impl FnOnce() + Send + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let children = format!(
-        "app.kubernetes.io/managed-by={},app.kubernetes.io/name=webcluster",
-        labels::MANAGED_BY
-    );
+    let children =
+        format!("app.kubernetes.io/managed-by={},app.kubernetes.io/name=webcluster", labels::MANAGED_BY);
     let (deployments, deployment_events) = cached::<Deployment>(&scope, Some(&children));
     let (services, service_events) = cached::<Service>(&scope, Some(&children));
     let (pdbs, pdb_events) = cached::<PodDisruptionBudget>(&scope, Some(&children));
-    let (autoscalers, autoscaler_events) =
-        cached::<HorizontalPodAutoscaler>(&scope, Some(&children));
+    let (autoscalers, autoscaler_events) = cached::<HorizontalPodAutoscaler>(&scope, Some(&children));
     let (ingresses, ingress_events) = cached::<Ingress>(&scope, Some(&children));
     let (session_stores, session_store_events) = cached::<SessionStore>(&scope, None);
     let (database_mirrors, database_mirror_events) = cached::<DatabaseMirror>(&scope, None);
 
-    let controller = Controller::new(
-        scope.api::<WebCluster>(),
-        watcher::Config::default().any_semantic(),
-    )
-    .with_config(kube::runtime::controller::Config::default().concurrency(concurrency));
+    let controller = Controller::new(scope.api::<WebCluster>(), watcher::Config::default().any_semantic())
+        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency));
     let web_clusters = controller.store();
-    let by_session_store = referrers(web_clusters.clone(), |wc| {
-        wc.spec.session_store_ref.as_ref().map(|r| r.name.clone())
-    });
-    let by_database = referrers(web_clusters.clone(), |wc| {
-        wc.spec.database_ref.as_ref().map(|r| r.name.clone())
-    });
+    let by_session_store =
+        referrers(web_clusters.clone(), |wc| wc.spec.session_store_ref.as_ref().map(|r| r.name.clone()));
+    let by_database =
+        referrers(web_clusters.clone(), |wc| wc.spec.database_ref.as_ref().map(|r| r.name.clone()));
 
     let context = Arc::new(Context {
         shared,
@@ -202,9 +190,7 @@ where
         web_clusters
             .state()
             .iter()
-            .filter(|wc| {
-                wc.namespace() == namespace && referenced(wc).as_deref() == Some(name.as_str())
-            })
+            .filter(|wc| wc.namespace() == namespace && referenced(wc).as_deref() == Some(name.as_str()))
             .map(|wc| ObjectRef::from_obj(wc.as_ref()))
             .collect()
     }
@@ -213,13 +199,10 @@ where
 async fn reconcile(wc: Arc<WebCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
     let namespace = wc.namespace().unwrap_or_default();
     let name = wc.name_any();
-    let span =
-        info_span!("reconcile", controller = CONTROLLER, namespace = %namespace, name = %name);
+    let span = info_span!("reconcile", controller = CONTROLLER, namespace = %namespace, name = %name);
     let _timer = ctx.shared.metrics.reconcile_started(CONTROLLER);
     let key = format!("{namespace}/{name}");
-    let result = reconcile_inner(&wc, &ctx, &namespace)
-        .instrument(span)
-        .await;
+    let result = reconcile_inner(&wc, &ctx, &namespace).instrument(span).await;
     if result.is_ok() {
         ctx.shared.backoff.succeeded(&key);
     }
@@ -235,9 +218,7 @@ async fn reconcile_inner(wc: &WebCluster, ctx: &Context, namespace: &str) -> Res
 
     // Paused, or waiting for a reference: existing children keep serving untouched.
     let applied = match (wc.spec.paused, references.wiring()) {
-        (false, Ok(wiring)) => {
-            apply_children(wc, ctx, namespace, &wiring, live_deployment.clone()).await?
-        }
+        (false, Ok(wiring)) => apply_children(wc, ctx, namespace, &wiring, live_deployment.clone()).await?,
         _ => None,
     };
     let deployment = applied.or_else(|| live_deployment.as_deref().cloned());
@@ -252,23 +233,12 @@ async fn reconcile_inner(wc: &WebCluster, ctx: &Context, namespace: &str) -> Res
             "kind": "WebCluster",
             "status": new_status,
         });
-        api.patch_status(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-        .map_err(|source| Error::Status {
-            object: format!("{namespace}/{name}"),
-            source,
-        })?;
-        ctx.shared
-            .metrics
-            .write(CONTROLLER, "webclusters/status", "apply");
+        api.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+            .await
+            .map_err(|source| Error::Status { object: format!("{namespace}/{name}"), source })?;
+        ctx.shared.metrics.write(CONTROLLER, "webclusters/status", "apply");
         for event in status::status_events(&old_status, &new_status) {
-            ctx.shared
-                .event(wc, event.type_, event.reason, event.action, event.note)
-                .await;
+            ctx.shared.event(wc, event.type_, event.reason, event.action, event.note).await;
         }
     }
     Ok(Action::requeue(jittered(RESYNC)))
@@ -285,50 +255,26 @@ async fn apply_children(
 ) -> Result<Option<Deployment>, Error> {
     let (name, uid) = (wc.name_any(), wc.uid().unwrap_or_default());
     let caches = &ctx.caches;
-    let children = build(wc, wiring).map_err(|source| Error::Build {
-        object: format!("{namespace}/{name}"),
-        source,
-    })?;
+    let children =
+        build(wc, wiring).map_err(|source| Error::Build { object: format!("{namespace}/{name}"), source })?;
     // Exhaustive on purpose: a new child must be applied (or pruned) here.
-    let WebClusterChildren {
-        deployment,
-        service,
-        pod_disruption_budget,
-        autoscaler,
-        ingress,
-    } = children;
+    let WebClusterChildren { deployment, service, pod_disruption_budget, autoscaler, ingress } = children;
 
     // Events describe the change, so they are published only when it is applied.
     let planned = status::apply_events(live_deployment.as_deref(), &deployment);
-    let applied = ctx
-        .shared
-        .apply(&deployment, live_deployment.as_ref())
-        .await?;
+    let applied = ctx.shared.apply(&deployment, live_deployment.as_ref()).await?;
     if applied.is_some() {
         for event in planned {
-            ctx.shared
-                .event(wc, event.type_, event.reason, event.action, event.note)
-                .await;
+            ctx.shared.event(wc, event.type_, event.reason, event.action, event.note).await;
         }
     }
-    ctx.shared
-        .apply(
-            &service,
-            owned_child(&caches.services, namespace, &name, &uid).as_ref(),
-        )
-        .await?;
+    ctx.shared.apply(&service, owned_child(&caches.services, namespace, &name, &uid).as_ref()).await?;
     let live_pdb = owned_child(&caches.pdbs, namespace, &name, &uid);
-    ctx.shared
-        .apply(&pod_disruption_budget, live_pdb.as_ref())
-        .await?;
+    ctx.shared.apply(&pod_disruption_budget, live_pdb.as_ref()).await?;
     let live_autoscaler = owned_child(&caches.autoscalers, namespace, &name, &uid);
-    ctx.shared
-        .apply_or_prune(autoscaler.as_ref(), live_autoscaler)
-        .await?;
+    ctx.shared.apply_or_prune(autoscaler.as_ref(), live_autoscaler).await?;
     let live_ingress = owned_child(&caches.ingresses, namespace, &name, &uid);
-    ctx.shared
-        .apply_or_prune(ingress.as_ref(), live_ingress)
-        .await?;
+    ctx.shared.apply_or_prune(ingress.as_ref(), live_ingress).await?;
     Ok(applied)
 }
 
@@ -339,43 +285,32 @@ fn resolve_references(wc: &WebCluster, caches: &Caches, namespace: &str) -> Refe
         if conditions::is_true(conditions, READY) {
             Reference::Ready { secret }
         } else {
-            let message = conditions::find(conditions, READY).map_or_else(
-                || "no status reported yet".to_string(),
-                |c| c.message.clone(),
-            );
+            let message = conditions::find(conditions, READY)
+                .map_or_else(|| "no status reported yet".to_string(), |c| c.message.clone());
             Reference::NotReady { message }
         }
     };
     let session_store = wc.spec.session_store_ref.as_ref().map(|r| {
-        let found = caches
-            .session_stores
-            .get(&ObjectRef::new(&r.name).within(namespace));
+        let found = caches.session_stores.get(&ObjectRef::new(&r.name).within(namespace));
         let reference = match found {
             None => Reference::NotFound,
-            Some(s) => state(
-                s.status.as_ref().map(|st| st.conditions.as_slice()),
-                format!("{}-connection", r.name),
-            ),
+            Some(s) => {
+                state(s.status.as_ref().map(|st| st.conditions.as_slice()), format!("{}-connection", r.name))
+            }
         };
         (r.name.clone(), reference)
     });
     let database = wc.spec.database_ref.as_ref().map(|r| {
-        let found = caches
-            .database_mirrors
-            .get(&ObjectRef::new(&r.name).within(namespace));
+        let found = caches.database_mirrors.get(&ObjectRef::new(&r.name).within(namespace));
         let reference = match found {
             None => Reference::NotFound,
-            Some(d) => state(
-                d.status.as_ref().map(|st| st.conditions.as_slice()),
-                format!("{}-credentials", r.name),
-            ),
+            Some(d) => {
+                state(d.status.as_ref().map(|st| st.conditions.as_slice()), format!("{}-credentials", r.name))
+            }
         };
         (r.name.clone(), reference)
     });
-    References {
-        session_store,
-        database,
-    }
+    References { session_store, database }
 }
 
 fn error_policy(wc: Arc<WebCluster>, error: &Error, ctx: Arc<Context>) -> Action {

@@ -130,11 +130,7 @@ impl Servers {
 /// Image of the web container in a Deployment's pod template.
 pub fn deployment_image(deployment: &Deployment) -> Option<String> {
     let pod = deployment.spec.as_ref()?.template.spec.as_ref()?;
-    pod.containers
-        .iter()
-        .find(|c| c.name == CONTAINER)?
-        .image
-        .clone()
+    pod.containers.iter().find(|c| c.name == CONTAINER)?.image.clone()
 }
 
 /// The status a WebCluster should have, given its live Deployment (if any)
@@ -157,12 +153,7 @@ pub fn compute(
 
     let ready = match (&blocked, &servers) {
         (Some(b), _) => Observed::new(READY, false, b.reason, b.message.clone()),
-        (None, None) => Observed::new(
-            READY,
-            false,
-            "Creating",
-            "the web servers are being created",
-        ),
+        (None, None) => Observed::new(READY, false, "Creating", "the web servers are being created"),
         (None, Some(_)) if rolled_out && s.ready >= desired => Observed::new(
             READY,
             true,
@@ -173,20 +164,12 @@ pub fn compute(
             READY,
             false,
             "ServersNotReady",
-            format!(
-                "{}/{desired} web servers ready, {}/{desired} up to date",
-                s.ready, s.updated
-            ),
+            format!("{}/{desired} web servers ready, {}/{desired} up to date", s.ready, s.updated),
         ),
     };
 
     let progressing = if wc.spec.paused {
-        Observed::new(
-            PROGRESSING,
-            false,
-            "Paused",
-            "spec.paused is set: children are left as they are",
-        )
+        Observed::new(PROGRESSING, false, "Paused", "spec.paused is set: children are left as they are")
     } else if servers.is_none() {
         Observed::new(PROGRESSING, true, "Creating", "creating the Deployment")
     } else if s.stuck {
@@ -194,35 +177,19 @@ pub fn compute(
             PROGRESSING,
             false,
             "ProgressDeadlineExceeded",
-            format!(
-                "the rollout made no progress: {}/{desired} servers run the new template",
-                s.updated
-            ),
+            format!("the rollout made no progress: {}/{desired} servers run the new template", s.updated),
         )
     } else if rolled_out {
         Observed::new(
             PROGRESSING,
             false,
             "RolloutComplete",
-            format!(
-                "all {desired} web servers run {}",
-                s.image.clone().unwrap_or_default()
-            ),
+            format!("all {desired} web servers run {}", s.image.clone().unwrap_or_default()),
         )
     } else if s.updated < s.replicas || s.updated < desired && s.replicas >= desired {
-        Observed::new(
-            PROGRESSING,
-            true,
-            "RollingOut",
-            format!("{}/{desired} web servers updated", s.updated),
-        )
+        Observed::new(PROGRESSING, true, "RollingOut", format!("{}/{desired} web servers updated", s.updated))
     } else {
-        Observed::new(
-            PROGRESSING,
-            true,
-            "Scaling",
-            format!("{} web servers, {desired} desired", s.replicas),
-        )
+        Observed::new(PROGRESSING, true, "Scaling", format!("{} web servers, {desired} desired", s.replicas))
     };
 
     let degraded = if s.stuck {
@@ -243,12 +210,7 @@ pub fn compute(
             format!("{}/{desired} web servers ready", s.ready),
         )
     } else {
-        Observed::new(
-            DEGRADED,
-            false,
-            "AsDesired",
-            format!("{}/{desired} web servers ready", s.ready),
-        )
+        Observed::new(DEGRADED, false, "AsDesired", format!("{}/{desired} web servers ready", s.ready))
     };
 
     let phase = if wc.spec.paused {
@@ -274,18 +236,9 @@ pub fn compute(
         updated_replicas: s.updated,
         available_replicas: s.available,
         selector: Some(selector_string(&selector_labels(wc))),
-        image: if rolled_out {
-            s.image.clone()
-        } else {
-            old.image.clone()
-        },
+        image: if rolled_out { s.image.clone() } else { old.image.clone() },
         phase: Some(phase),
-        conditions: conditions::merge(
-            &old.conditions,
-            vec![ready, progressing, degraded],
-            generation,
-            now,
-        ),
+        conditions: conditions::merge(&old.conditions, vec![ready, progressing, degraded], generation, now),
     }
 }
 
@@ -305,10 +258,7 @@ pub fn apply_events(live: Option<&Deployment>, desired: &Deployment) -> Vec<Plan
             type_: EventType::Normal,
             reason: "Created",
             action: "Create",
-            note: format!(
-                "created Deployment {} for the web servers",
-                desired.name_any()
-            ),
+            note: format!("created Deployment {} for the web servers", desired.name_any()),
         }];
     };
     let mut events = Vec::new();
@@ -373,10 +323,7 @@ pub fn status_events(old: &WebClusterStatus, new: &WebClusterStatus) -> Vec<Plan
     let old_ready_reason = conditions::find(&old.conditions, READY).map(|c| c.reason.as_str());
     if let Some(c) = conditions::find(&new.conditions, READY) {
         let reference_problem = c.reason.ends_with("NotFound") || c.reason.ends_with("NotReady");
-        if reference_problem
-            && old_ready_reason != Some(c.reason.as_str())
-            && c.reason != "ServersNotReady"
-        {
+        if reference_problem && old_ready_reason != Some(c.reason.as_str()) && c.reason != "ServersNotReady" {
             events.push(Planned {
                 type_: EventType::Warning,
                 reason: "ReferenceUnresolved",

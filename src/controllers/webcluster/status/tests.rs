@@ -57,37 +57,21 @@ fn a_new_cluster_is_pending_until_its_deployment_exists() {
 #[test]
 fn all_servers_ready_and_current_is_ready() {
     let wc = web("image: a");
-    let s = compute(
-        &wc,
-        Some(&deployment(&wc, (3, 3, 3, 3))),
-        &References::default(),
-        &at(1),
-    );
+    let s = compute(&wc, Some(&deployment(&wc, (3, 3, 3, 3))), &References::default(), &at(1));
     assert_eq!(s.phase, Some(WebClusterPhase::Ready));
     assert_eq!(condition(&s, READY).reason, "AllServersReady");
     assert_eq!(condition(&s, PROGRESSING).status, "False");
     assert_eq!(condition(&s, DEGRADED).status, "False");
     assert_eq!(s.image.as_deref(), Some("a"));
-    assert_eq!(
-        (s.replicas, s.ready_replicas, s.updated_replicas),
-        (3, 3, 3)
-    );
+    assert_eq!((s.replicas, s.ready_replicas, s.updated_replicas), (3, 3, 3));
 }
 
 #[test]
 fn a_rollout_is_progressing_not_degraded_and_keeps_the_old_image_until_done() {
     let mut wc = web("image: b");
-    wc.status = Some(WebClusterStatus {
-        image: Some("a".into()),
-        ..WebClusterStatus::default()
-    });
+    wc.status = Some(WebClusterStatus { image: Some("a".into()), ..WebClusterStatus::default() });
     // Surge: 4 pods, the old 3 still ready, 1 new one coming up.
-    let s = compute(
-        &wc,
-        Some(&deployment(&wc, (4, 3, 1, 3))),
-        &References::default(),
-        &at(1),
-    );
+    let s = compute(&wc, Some(&deployment(&wc, (4, 3, 1, 3))), &References::default(), &at(1));
     assert_eq!(s.phase, Some(WebClusterPhase::Progressing));
     assert_eq!(condition(&s, PROGRESSING).reason, "RollingOut");
     assert_eq!(condition(&s, DEGRADED).status, "False");
@@ -97,16 +81,8 @@ fn a_rollout_is_progressing_not_degraded_and_keeps_the_old_image_until_done() {
 #[test]
 fn losing_servers_after_serving_is_degraded() {
     let mut wc = web("image: a");
-    wc.status = Some(WebClusterStatus {
-        image: Some("a".into()),
-        ..WebClusterStatus::default()
-    });
-    let s = compute(
-        &wc,
-        Some(&deployment(&wc, (3, 1, 3, 1))),
-        &References::default(),
-        &at(1),
-    );
+    wc.status = Some(WebClusterStatus { image: Some("a".into()), ..WebClusterStatus::default() });
+    let s = compute(&wc, Some(&deployment(&wc, (3, 1, 3, 1))), &References::default(), &at(1));
     assert_eq!(s.phase, Some(WebClusterPhase::Degraded));
     assert_eq!(condition(&s, DEGRADED).reason, "InsufficientReadyServers");
     assert_eq!(condition(&s, DEGRADED).message, "1/3 web servers ready");
@@ -115,10 +91,7 @@ fn losing_servers_after_serving_is_degraded() {
 #[test]
 fn a_rollout_past_its_deadline_is_reported_stuck_with_old_servers_serving() {
     let mut wc = web("image: never-ready");
-    wc.status = Some(WebClusterStatus {
-        image: Some("a".into()),
-        ..WebClusterStatus::default()
-    });
+    wc.status = Some(WebClusterStatus { image: Some("a".into()), ..WebClusterStatus::default() });
     let mut d = deployment(&wc, (4, 3, 1, 3));
     d.status.as_mut().unwrap().conditions = Some(vec![DeploymentCondition {
         type_: "Progressing".into(),
@@ -128,38 +101,21 @@ fn a_rollout_past_its_deadline_is_reported_stuck_with_old_servers_serving() {
     }]);
     let s = compute(&wc, Some(&d), &References::default(), &at(1));
     assert_eq!(condition(&s, DEGRADED).reason, "RolloutStuck");
-    assert_eq!(
-        condition(&s, PROGRESSING).reason,
-        "ProgressDeadlineExceeded"
-    );
-    assert_eq!(
-        s.phase,
-        Some(WebClusterPhase::Degraded),
-        "old servers still serve, so not Failed"
-    );
+    assert_eq!(condition(&s, PROGRESSING).reason, "ProgressDeadlineExceeded");
+    assert_eq!(s.phase, Some(WebClusterPhase::Degraded), "old servers still serve, so not Failed");
     let events = status_events(wc.status.as_ref().unwrap(), &s);
-    assert!(
-        events
-            .iter()
-            .any(|e| e.reason == "Degraded" && e.type_ == EventType::Warning)
-    );
+    assert!(events.iter().any(|e| e.reason == "Degraded" && e.type_ == EventType::Warning));
 }
 
 #[test]
 fn a_missing_reference_is_a_reason_not_a_crash() {
     let wc = web("image: a\nsessionStoreRef: {name: sessions}");
-    let refs = References {
-        session_store: Some(("sessions".into(), Reference::NotFound)),
-        database: None,
-    };
+    let refs = References { session_store: Some(("sessions".into(), Reference::NotFound)), database: None };
     assert!(refs.wiring().is_err());
     let s = compute(&wc, None, &refs, &at(1));
     let ready = condition(&s, READY);
     assert_eq!(ready.reason, "SessionStoreNotFound");
-    assert_eq!(
-        ready.message,
-        "SessionStore \"sessions\" does not exist in this namespace"
-    );
+    assert_eq!(ready.message, "SessionStore \"sessions\" does not exist in this namespace");
     assert_eq!(s.phase, Some(WebClusterPhase::Pending));
     let events = status_events(&WebClusterStatus::default(), &s);
     assert!(events.iter().any(|e| e.reason == "ReferenceUnresolved"));
@@ -168,24 +124,11 @@ fn a_missing_reference_is_a_reason_not_a_crash() {
 #[test]
 fn ready_references_wire_their_secrets() {
     let refs = References {
-        session_store: Some((
-            "sessions".into(),
-            Reference::Ready {
-                secret: "sessions-connection".into(),
-            },
-        )),
-        database: Some((
-            "db".into(),
-            Reference::Ready {
-                secret: "db-credentials".into(),
-            },
-        )),
+        session_store: Some(("sessions".into(), Reference::Ready { secret: "sessions-connection".into() })),
+        database: Some(("db".into(), Reference::Ready { secret: "db-credentials".into() })),
     };
     let wiring = refs.wiring().unwrap();
-    assert_eq!(
-        wiring.session_secret.as_deref(),
-        Some("sessions-connection")
-    );
+    assert_eq!(wiring.session_secret.as_deref(), Some("sessions-connection"));
     assert_eq!(wiring.database_secret.as_deref(), Some("db-credentials"));
 }
 
@@ -204,13 +147,8 @@ fn a_resync_with_nothing_new_computes_an_equal_status() {
 fn scaling_and_new_images_are_announced_when_applied() {
     let wc = web("image: a");
     let live = deployment(&wc, (3, 3, 3, 3));
-    let desired = build(&web("image: b\nreplicas: 5"), &Wiring::default())
-        .unwrap()
-        .deployment;
-    let reasons: Vec<_> = apply_events(Some(&live), &desired)
-        .iter()
-        .map(|e| e.reason)
-        .collect();
+    let desired = build(&web("image: b\nreplicas: 5"), &Wiring::default()).unwrap().deployment;
+    let reasons: Vec<_> = apply_events(Some(&live), &desired).iter().map(|e| e.reason).collect();
     assert_eq!(reasons, ["Scaled", "RolloutStarted"]);
     assert_eq!(apply_events(None, &desired)[0].reason, "Created");
 }
@@ -218,12 +156,7 @@ fn scaling_and_new_images_are_announced_when_applied() {
 #[test]
 fn paused_clusters_say_so() {
     let wc = web("image: a\npaused: true");
-    let s = compute(
-        &wc,
-        Some(&deployment(&wc, (3, 3, 3, 3))),
-        &References::default(),
-        &at(1),
-    );
+    let s = compute(&wc, Some(&deployment(&wc, (3, 3, 3, 3))), &References::default(), &at(1));
     assert_eq!(s.phase, Some(WebClusterPhase::Paused));
     assert_eq!(condition(&s, PROGRESSING).reason, "Paused");
 }

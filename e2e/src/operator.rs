@@ -1,0 +1,192 @@
+//! The operator under test: the real `hostwright run` binary, started as a
+//! local process with the Helm chart's ServiceAccount identity (a token from
+//! the TokenRequest API), so every test also proves the chart's RBAC.
+//!
+//! Each test runs its own operator(s), scoped to its namespace with a lease of
+//! its own, so tests run in parallel and can kill and restart operators
+//! without touching each other.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::ServiceAccount;
+use kube::Client;
+use kube::api::{Api, PostParams};
+
+use crate::eventually;
+
+/// Namespace and name of the ServiceAccount the Helm chart creates.
+pub fn chart_service_account() -> (String, String) {
+    let namespace = std::env::var("HOSTWRIGHT_E2E_NAMESPACE").unwrap_or_else(|_| "hostwright-system".into());
+    let name = std::env::var("HOSTWRIGHT_E2E_SERVICE_ACCOUNT").unwrap_or_else(|_| "hostwright".into());
+    (namespace, name)
+}
+
+/// The operator binary: `HOSTWRIGHT_BIN`, or the workspace's debug build.
+fn binary() -> PathBuf {
+    std::env::var_os("HOSTWRIGHT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/hostwright"))
+}
+
+/// A kubeconfig that authenticates as the chart's ServiceAccount, written to
+/// a temporary file. Server and CA come from the current `KUBECONFIG`.
+pub async fn service_account_kubeconfig(client: &Client) -> Result<PathBuf> {
+    let (namespace, name) = chart_service_account();
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &namespace);
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec { expiration_seconds: Some(3600), ..TokenRequestSpec::default() }),
+        ..TokenRequest::default()
+    };
+    let token = sas
+        .create_token_request(&name, &PostParams::default(), &request)
+        .await
+        .with_context(|| {
+            format!("requesting a token for ServiceAccount {namespace}/{name} (is the Helm chart installed?)")
+        })?
+        .status
+        .and_then(|s| s.token)
+        .context("TokenRequest answered without a token")?;
+
+    let kubeconfig = kube::config::Kubeconfig::read().context("reading KUBECONFIG")?;
+    let context_name = kubeconfig.current_context.clone().context("KUBECONFIG has no current context")?;
+    let context = kubeconfig
+        .contexts
+        .iter()
+        .find(|c| c.name == context_name)
+        .and_then(|c| c.context.clone())
+        .context("current context not found")?;
+    let cluster = kubeconfig
+        .clusters
+        .iter()
+        .find(|c| c.name == context.cluster)
+        .and_then(|c| c.cluster.clone())
+        .context("current cluster not found")?;
+    let server = cluster.server.context("cluster without server")?;
+    let ca_line = match (&cluster.certificate_authority_data, &cluster.certificate_authority) {
+        (Some(data), _) => format!("certificate-authority-data: {data}"),
+        (None, Some(path)) => format!("certificate-authority: {path}"),
+        (None, None) => "insecure-skip-tls-verify: true".into(),
+    };
+    let yaml = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {server}\n    {ca_line}\n\
+         users:\n- name: {name}\n  user:\n    token: {token}\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: {name}\n    namespace: {namespace}\n\
+         current-context: c\n"
+    );
+    let dir = std::env::temp_dir().join("hostwright-e2e");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("sa-{}.kubeconfig", rand::random::<u64>()));
+    std::fs::write(&path, yaml)?;
+    Ok(path)
+}
+
+/// One running `hostwright run` process.
+pub struct Operator {
+    child: Option<Child>,
+    pub metrics_port: u16,
+    pub identity: String,
+    log: PathBuf,
+}
+
+impl Operator {
+    /// Start an operator that watches `namespace` only, electing a leader over
+    /// the Lease `hostwright-<namespace>` in the chart's namespace.
+    pub async fn start(client: &Client, namespace: &str, identity: &str) -> Result<Self> {
+        let kubeconfig = service_account_kubeconfig(client).await?;
+        let port = free_port()?;
+        let (lease_namespace, _) = chart_service_account();
+        let log = std::env::temp_dir().join("hostwright-e2e").join(format!("{namespace}-{identity}.log"));
+        let log_file = std::fs::File::create(&log)?;
+        let child = Command::new(binary())
+            .args(["run", "--namespace", namespace, "--lease-namespace", &lease_namespace])
+            .args(["--lease-name", &format!("hostwright-{namespace}"), "--identity", identity])
+            .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+            .env("KUBECONFIG", &kubeconfig)
+            .env("RUST_LOG", "info,hostwright=debug")
+            .stdout(Stdio::from(log_file.try_clone()?))
+            .stderr(Stdio::from(log_file))
+            .spawn()
+            .with_context(|| format!("starting {} (built? `cargo build`)", binary().display()))?;
+        let op = Operator { child: Some(child), metrics_port: port, identity: identity.into(), log };
+        eventually(Duration::from_secs(30), "the operator's /healthz", || async {
+            Ok(op.get("/healthz").ok())
+        })
+        .await?;
+        Ok(op)
+    }
+
+    /// GET a path on the operator's HTTP listener.
+    pub fn get(&self, path: &str) -> Result<String> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.metrics_port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+        if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+            bail!("GET {path}: {}", head.lines().next().unwrap_or_default());
+        }
+        Ok(body.to_string())
+    }
+
+    /// The sum of a metric's samples whose labels contain `label_filter`.
+    pub fn metric(&self, name: &str, label_filter: &str) -> Result<f64> {
+        let text = self.get("/metrics")?;
+        Ok(text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| l.split(['{', ' ']).next() == Some(name) && l.contains(label_filter))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum())
+    }
+
+    /// Whether this process holds the leader lease.
+    pub fn is_leader(&self) -> bool {
+        self.metric("hostwright_leader", "").map(|v| v == 1.0).unwrap_or(false)
+    }
+
+    /// Writes this process sent to the API server, by its own count.
+    pub fn writes(&self) -> f64 {
+        self.metric("hostwright_api_writes_total", "").unwrap_or(0.0)
+    }
+
+    /// SIGKILL: a crash, no clean-up, no lease release.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait: a clean shutdown that releases the lease.
+    pub fn terminate(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            Command::new("kill").args(["-TERM", &child.id().to_string()]).status()?;
+            let status = child.wait()?;
+            if !status.success() {
+                bail!("operator exited with {status} after SIGTERM; log: {}", self.log.display());
+            }
+        }
+        Ok(())
+    }
+
+    /// The operator's log so far, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
