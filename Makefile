@@ -67,6 +67,7 @@ demo: deps build
 	  echo ">> waiting for the sites (WebClusters that reference stores wait for them)"; \
 	  kubectl wait --for=condition=Ready webcluster/blog --timeout=120s >/dev/null || true; \
 	  echo; kubectl get webclusters,sessionstores,databasemirrors; \
+	  echo; kubectl get webclusters -o custom-columns='NAME:.metadata.name,READY CONDITION:.status.conditions[?(@.type=="Ready")].message'; \
 	  echo; echo "KUBECONFIG=$$KUBECONFIG"; \
 	  echo "operator log: $(DEMO_DIR)/operator.log   stop everything: make demo-down"
 
