@@ -3,6 +3,7 @@
 pub mod api;
 pub mod conditions;
 pub mod controllers;
+pub mod failover;
 pub mod resources;
 pub mod run;
 pub mod telemetry;
