@@ -2,6 +2,7 @@
 //! realise it out. No I/O here, so every rule about the shape of a child is a
 //! unit test (and a golden file) away.
 
+pub mod databasemirror;
 pub mod labels;
 pub mod subset;
 pub mod webcluster;
