@@ -21,8 +21,7 @@ pub fn step(state: &State, members: &[Member], policy: &Policy, now: Millis) -> 
         State::Steady { primary } => {
             let current = find(primary);
             let target = policy.requested_primary.as_deref().filter(|t| *t != primary.as_str());
-            let target_ready =
-                target.and_then(&find).is_some_and(|t| t.role() == Some(ServerRole::Mirror));
+            let target_ready = target.and_then(&find).is_some_and(|t| t.role() == Some(ServerRole::Mirror));
             match (current.is_some_and(Member::serving_primary), target) {
                 (true, Some(target)) if target_ready => {
                     steps.push(Step::SwitchoverStarted { from: primary.clone(), to: target.to_string() });
