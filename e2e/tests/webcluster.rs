@@ -17,6 +17,7 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
@@ -279,66 +280,35 @@ async fn an_operator_killed_mid_reconcile_converges_on_restart_with_nothing_orph
         .iter()
         .map(|wc| (wc.uid().unwrap_or_default(), wc.name_any()))
         .collect();
-    let check =
-        |kind: &str,
-         owners: Vec<(String, Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>)>|
-         -> Result<()> {
-            ensure!(owners.len() == names.len(), "{} {kind}s for {} WebClusters", owners.len(), names.len());
-            for (name, refs) in owners {
-                let owner = refs
-                    .iter()
-                    .find(|r| r.controller == Some(true))
-                    .with_context(|| format!("{kind} {name} has no controller"))?;
-                ensure!(
-                    uids.get(&owner.uid) == Some(&name),
-                    "{kind} {name} is owned by {} which is not its WebCluster",
-                    owner.uid
-                );
-            }
-            Ok(())
-        };
+    let check = |kind: &str, owners: Vec<(String, Vec<OwnerReference>)>| -> Result<()> {
+        ensure!(owners.len() == names.len(), "{} {kind}s for {} WebClusters", owners.len(), names.len());
+        for (name, refs) in owners {
+            let owner = refs
+                .iter()
+                .find(|r| r.controller == Some(true))
+                .with_context(|| format!("{kind} {name} has no controller"))?;
+            ensure!(
+                uids.get(&owner.uid) == Some(&name),
+                "{kind} {name} is owned by {} which is not its WebCluster",
+                owner.uid
+            );
+        }
+        Ok(())
+    };
     let lp = ListParams::default().labels("app.kubernetes.io/managed-by=hostwright");
-    check(
-        "Deployment",
-        ns.api::<Deployment>()
-            .list(&lp)
-            .await?
-            .items
-            .into_iter()
-            .map(|o| (o.name_any(), o.owner_references().to_vec()))
-            .collect(),
-    )?;
-    check(
-        "Service",
-        ns.api::<Service>()
-            .list(&lp)
-            .await?
-            .items
-            .into_iter()
-            .map(|o| (o.name_any(), o.owner_references().to_vec()))
-            .collect(),
-    )?;
-    check(
-        "PDB",
-        ns.api::<PodDisruptionBudget>()
-            .list(&lp)
-            .await?
-            .items
-            .into_iter()
-            .map(|o| (o.name_any(), o.owner_references().to_vec()))
-            .collect(),
-    )?;
-    check(
-        "Ingress",
-        ns.api::<Ingress>()
-            .list(&lp)
-            .await?
-            .items
-            .into_iter()
-            .map(|o| (o.name_any(), o.owner_references().to_vec()))
-            .collect(),
-    )?;
+    check("Deployment", owners(&ns.api::<Deployment>(), &lp).await?)?;
+    check("Service", owners(&ns.api::<Service>(), &lp).await?)?;
+    check("PDB", owners(&ns.api::<PodDisruptionBudget>(), &lp).await?)?;
+    check("Ingress", owners(&ns.api::<Ingress>(), &lp).await?)?;
     Ok(())
+}
+
+/// (name, ownerReferences) of every listed object.
+async fn owners<K>(api: &Api<K>, lp: &ListParams) -> Result<Vec<(String, Vec<OwnerReference>)>>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    Ok(api.list(lp).await?.items.into_iter().map(|o| (o.name_any(), o.owner_references().to_vec())).collect())
 }
 
 #[tokio::test]

@@ -7,9 +7,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{
-    Condition, FailoverSpec, FailoverStatus, MemberStatus, Resources, StorageSpec, StorePhase,
-};
+use super::common::{FailoverSpec, ReplicationStatus, Resources, StorageSpec};
 
 /// A PostgreSQL primary and `mirrors` streaming mirrors, every member built
 /// from the one `instance` template so a promoted mirror performs exactly as
@@ -157,44 +155,21 @@ pub enum Replication {
 }
 
 /// Observed state of a DatabaseMirror.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DatabaseMirrorStatus {
-    /// The `metadata.generation` this status describes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observed_generation: Option<i64>,
-    /// Coarse lifecycle phase.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub phase: Option<StorePhase>,
-    /// Member taking writes now; `<name>-rw` points at it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub current_primary: Option<String>,
-    /// Member being promoted, while a failover or switchover is under way.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target_primary: Option<String>,
-    /// Ready members over desired members, e.g. `3/3`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ready: Option<String>,
+    /// Primary, members, failover history and conditions.
+    #[serde(flatten)]
+    pub replication: ReplicationStatus,
     /// Bytes the furthest healthy mirror is behind the primary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_lag_bytes: Option<i64>,
     /// Every member runs the instance template unchanged (equal spec).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub equal_spec: Option<bool>,
-    /// Per-member role, health, position and lag.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
-    pub members: Vec<MemberStatus>,
     /// Secret with the database, user, password and URLs for `-rw` and `-ro`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret: Option<String>,
-    /// Failover history.
-    #[serde(default)]
-    pub failover: FailoverStatus,
-    /// Ready, Progressing and Degraded, Kubernetes style.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
-    pub conditions: Vec<Condition>,
 }
 
 #[cfg(test)]

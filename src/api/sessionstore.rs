@@ -5,10 +5,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{
-    Condition, FailoverSpec, FailoverStatus, LocalObjectReference, MemberStatus, Resources, StorageSpec,
-    StorePhase,
-};
+use super::common::{FailoverSpec, LocalObjectReference, ReplicationStatus, Resources, StorageSpec};
 
 /// An out-of-process session store for web clusters: a Redis primary with
 /// replicas that the operator promotes when the primary fails, or an existing
@@ -128,38 +125,16 @@ pub struct ExternalSessionStore {
 }
 
 /// Observed state of a SessionStore.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SessionStoreStatus {
-    /// The `metadata.generation` this status describes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observed_generation: Option<i64>,
-    /// Coarse lifecycle phase.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub phase: Option<StorePhase>,
-    /// Member taking writes now (`external` for an external store).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub current_primary: Option<String>,
-    /// Member being promoted, while a failover is under way.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target_primary: Option<String>,
-    /// Ready members over desired members, e.g. `2/2`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ready: Option<String>,
-    /// Per-member role, health and replication offset.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
-    pub members: Vec<MemberStatus>,
+    /// Primary (`external` for an external store), members, failover history
+    /// and conditions.
+    #[serde(flatten)]
+    pub replication: ReplicationStatus,
     /// Secret holding the connection URL, host, port and password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection_secret: Option<String>,
-    /// Failover history.
-    #[serde(default)]
-    pub failover: FailoverStatus,
-    /// Ready, Progressing and Degraded, Kubernetes style.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
-    pub conditions: Vec<Condition>,
 }
 
 #[cfg(test)]

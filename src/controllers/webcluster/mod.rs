@@ -295,7 +295,7 @@ fn resolve_references(wc: &WebCluster, caches: &Caches, namespace: &str) -> Refe
         let reference = match found {
             None => Reference::NotFound,
             Some(s) => {
-                state(s.status.as_ref().map(|st| st.conditions.as_slice()), format!("{}-connection", r.name))
+                state(s.status.as_ref().map(|st| st.replication.conditions.as_slice()), format!("{}-connection", r.name))
             }
         };
         (r.name.clone(), reference)
@@ -305,7 +305,7 @@ fn resolve_references(wc: &WebCluster, caches: &Caches, namespace: &str) -> Refe
         let reference = match found {
             None => Reference::NotFound,
             Some(d) => {
-                state(d.status.as_ref().map(|st| st.conditions.as_slice()), format!("{}-credentials", r.name))
+                state(d.status.as_ref().map(|st| st.replication.conditions.as_slice()), format!("{}-credentials", r.name))
             }
         };
         (r.name.clone(), reference)
