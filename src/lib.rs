@@ -1,5 +1,6 @@
 //! Hostwright: a Kubernetes operator for highly available web hosting.
 
+pub mod agent;
 pub mod api;
 pub mod conditions;
 pub mod controllers;

@@ -1,0 +1,403 @@
+//! The PostgreSQL driver of `hostwright agent`: everything the agent does to
+//! its server — initialise, clone a primary, start as primary or standby,
+//! promote, stop, rewind, and read the replication position.
+//!
+//! The server runs as the agent's child process (not through `pg_ctl`), so
+//! the agent learns of its death at once and a dead agent means a dead server.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+
+/// Errors of the PostgreSQL driver, each naming the step that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PostgresError {
+    #[error("running {program}: {source}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{program} failed ({status}): {stderr}")]
+    Failed { program: String, status: std::process::ExitStatus, stderr: String },
+    #[error("writing {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("querying the server: {0}")]
+    Query(#[from] tokio_postgres::Error),
+    #[error("the server did not accept connections within {0:?}")]
+    StartTimeout(Duration),
+    #[error("unreadable replication position {0:?}")]
+    Lsn(String),
+}
+
+/// Where and how one member's server runs.
+#[derive(Clone, Debug)]
+pub struct Postgres {
+    /// Directory holding `initdb`, `postgres`, `pg_basebackup`, `pg_rewind`.
+    pub bin_dir: PathBuf,
+    pub data_dir: PathBuf,
+    /// Unix socket directory; the agent connects through it.
+    pub socket_dir: PathBuf,
+    /// Address the server listens on for clients and mirrors.
+    pub listen_address: String,
+    pub port: u16,
+    /// Settings rendered from the instance template (the ConfigMap file).
+    pub settings_file: Option<PathBuf>,
+    /// `application_name` of this member as a standby (its member name with
+    /// `_` for `-`), as `synchronous_standby_names` lists it.
+    pub application_name: String,
+    /// When the agent runs as root (test beds), run the server as this
+    /// uid/gid: PostgreSQL refuses to run as root.
+    pub run_as: Option<(u32, u32)>,
+}
+
+/// How the server starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StartAs {
+    Primary,
+    /// A standby streaming from the server at this libpq connection string.
+    Standby {
+        primary_conninfo: String,
+    },
+}
+
+/// Roles created on the first primary.
+#[derive(Clone, Debug)]
+pub struct Bootstrap {
+    pub superuser_password: String,
+    pub replication_password: String,
+    pub database: String,
+    pub owner: String,
+    pub owner_password: String,
+}
+
+/// A replication position (LSN) as bytes: `X/Y` is `X << 32 | Y`.
+pub fn parse_lsn(text: &str) -> Result<u64, PostgresError> {
+    let bad = || PostgresError::Lsn(text.to_string());
+    let (hi, lo) = text.trim().split_once('/').ok_or_else(bad)?;
+    let hi = u64::from_str_radix(hi, 16).map_err(|_| bad())?;
+    let lo = u64::from_str_radix(lo, 16).map_err(|_| bad())?;
+    if hi > u64::from(u32::MAX) || lo > u64::from(u32::MAX) {
+        return Err(bad());
+    }
+    Ok(hi << 32 | lo)
+}
+
+/// A libpq connection string for the replication role at `host:port`.
+pub fn replication_conninfo(host: &str, port: u16, password: &str, application_name: &str) -> String {
+    format!(
+        "host={host} port={port} user=replication password={} dbname=postgres application_name={application_name} connect_timeout=2",
+        quote_conninfo(password)
+    )
+}
+
+fn quote_conninfo(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+fn quote_sql_literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+fn quote_ident(value: &str) -> String {
+    format!("\"{}\"", value.replace('"', "\"\""))
+}
+
+impl Postgres {
+    fn bin(&self, name: &str) -> PathBuf {
+        self.bin_dir.join(name)
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(self.bin(program));
+        if let Some((uid, gid)) = self.run_as {
+            cmd.uid(uid).gid(gid);
+        }
+        cmd.env("LC_ALL", "C").env("TZ", "UTC").kill_on_drop(true);
+        cmd
+    }
+
+    async fn run(&self, program: &str, args: &[&str]) -> Result<String, PostgresError> {
+        let out = self
+            .command(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(|source| PostgresError::Spawn { program: program.into(), source })?;
+        if !out.status.success() {
+            return Err(PostgresError::Failed {
+                program: program.into(),
+                status: out.status,
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The data directory holds a cluster.
+    pub fn initialized(&self) -> bool {
+        self.data_dir.join("PG_VERSION").exists()
+    }
+
+    /// Write `name` in the data directory (as the server's user).
+    async fn write(&self, name: &str, contents: &str) -> Result<(), PostgresError> {
+        let path = self.data_dir.join(name);
+        tokio::fs::write(&path, contents)
+            .await
+            .map_err(|source| PostgresError::Write { path: path.clone(), source })?;
+        if let Some((uid, gid)) = self.run_as {
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                .map_err(|source| PostgresError::Write { path: path.clone(), source })?;
+        }
+        Ok(())
+    }
+
+    /// Create the first primary's cluster with its roles and database.
+    pub async fn initdb(&self, bootstrap: &Bootstrap) -> Result<(), PostgresError> {
+        // The socket directory is private to the pod and writable by the server.
+        let pwfile = self.socket_dir.join(".initdb-pwfile");
+        tokio::fs::write(&pwfile, &bootstrap.superuser_password)
+            .await
+            .map_err(|source| PostgresError::Write { path: pwfile.clone(), source })?;
+        if let Some((uid, gid)) = self.run_as {
+            std::os::unix::fs::chown(&pwfile, Some(uid), Some(gid))
+                .map_err(|source| PostgresError::Write { path: pwfile.clone(), source })?;
+        }
+        let data = self.data_dir.to_string_lossy().into_owned();
+        let pw = format!("--pwfile={}", pwfile.to_string_lossy());
+        let result = self
+            // Data checksums catch storage corruption and let pg_rewind work.
+            .run(
+                "initdb",
+                &[
+                    "-D",
+                    &data,
+                    "-U",
+                    "postgres",
+                    &pw,
+                    "--auth-local=trust",
+                    "--auth-host=scram-sha-256",
+                    "-E",
+                    "UTF8",
+                    "--data-checksums",
+                ],
+            )
+            .await;
+        let _ = tokio::fs::remove_file(&pwfile).await;
+        result?;
+        self.write_access_rules().await?;
+        let mut server = self.start(&StartAs::Primary).await?;
+        let client = self.connect().await?;
+        // One statement at a time: CREATE DATABASE cannot share a transaction.
+        let statements = [
+            format!(
+                "CREATE ROLE replication WITH REPLICATION LOGIN PASSWORD {}",
+                quote_sql_literal(&bootstrap.replication_password)
+            ),
+            format!(
+                "CREATE ROLE {} WITH LOGIN PASSWORD {}",
+                quote_ident(&bootstrap.owner),
+                quote_sql_literal(&bootstrap.owner_password)
+            ),
+            format!("CREATE DATABASE {} OWNER {}", quote_ident(&bootstrap.database), quote_ident(&bootstrap.owner)),
+            // What pg_rewind reads from the new primary when an old one rejoins.
+            "GRANT EXECUTE ON FUNCTION pg_catalog.pg_ls_dir(text, boolean, boolean) TO replication".into(),
+            "GRANT EXECUTE ON FUNCTION pg_catalog.pg_stat_file(text, boolean) TO replication".into(),
+            "GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text) TO replication".into(),
+            "GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean) TO replication"
+                .into(),
+        ];
+        for statement in &statements {
+            client.simple_query(statement).await?;
+        }
+        drop(client);
+        self.stop(&mut server).await
+    }
+
+    /// Clone a running primary into the (empty) data directory.
+    pub async fn basebackup(&self, primary_conninfo: &str) -> Result<(), PostgresError> {
+        let data = self.data_dir.to_string_lossy().into_owned();
+        self.run("pg_basebackup", &["-d", primary_conninfo, "-D", &data, "-X", "stream", "-c", "fast"])
+            .await?;
+        self.write_access_rules().await
+    }
+
+    /// Make a stopped former primary a copy of the new primary's history.
+    pub async fn rewind(&self, primary_conninfo: &str) -> Result<(), PostgresError> {
+        let data = self.data_dir.to_string_lossy().into_owned();
+        let source = format!("--source-server={primary_conninfo}");
+        self.run("pg_rewind", &["--target-pgdata", &data, &source]).await.map(drop)
+    }
+
+    async fn write_access_rules(&self) -> Result<(), PostgresError> {
+        self.write(
+            "pg_hba.conf",
+            "# Written by hostwright agent.\n\
+             local all all trust\n\
+             host replication replication all scram-sha-256\n\
+             host all all all scram-sha-256\n",
+        )
+        .await
+    }
+
+    /// Start the server as `role` and wait until it accepts connections.
+    pub async fn start(&self, role: &StartAs) -> Result<Child, PostgresError> {
+        let mut conf = String::from("# Written by hostwright agent on every start.\n");
+        if let Some(settings) = &self.settings_file {
+            conf.push_str(&format!("include_if_exists {}\n", quote_sql_literal(&settings.to_string_lossy())));
+        }
+        // What the agent's own work relies on: pg_rewind needs hint bits in WAL
+        // and the WAL back to the last common checkpoint, so segments are kept.
+        conf.push_str("wal_log_hints = on\nwal_keep_size = '512MB'\nhot_standby = on\n");
+        conf.push_str(&format!(
+            "listen_addresses = {}\nport = {}\nunix_socket_directories = {}\ncluster_name = {}\n",
+            quote_sql_literal(&self.listen_address),
+            self.port,
+            quote_sql_literal(&self.socket_dir.to_string_lossy()),
+            quote_sql_literal(&self.application_name),
+        ));
+        let standby_signal = self.data_dir.join("standby.signal");
+        match role {
+            StartAs::Primary => {
+                let _ = tokio::fs::remove_file(&standby_signal).await;
+                conf.push_str("primary_conninfo = ''\n");
+            }
+            StartAs::Standby { primary_conninfo } => {
+                self.write("standby.signal", "").await?;
+                conf.push_str(&format!("primary_conninfo = {}\n", quote_sql_literal(primary_conninfo)));
+            }
+        }
+        // Our settings come last so they win over anything the template set.
+        self.write("hostwright.conf", &conf).await?;
+        self.ensure_included().await?;
+
+        let data = self.data_dir.to_string_lossy().into_owned();
+        let child = self
+            .command("postgres")
+            .args(["-D", &data])
+            .stdin(Stdio::null())
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|source| PostgresError::Spawn { program: "postgres".into(), source })?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if self.connect().await.is_ok() {
+                return Ok(child);
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(PostgresError::StartTimeout(Duration::from_secs(60)));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Make `postgresql.conf` include `hostwright.conf` last (once).
+    async fn ensure_included(&self) -> Result<(), PostgresError> {
+        let path = self.data_dir.join("postgresql.conf");
+        let current = tokio::fs::read_to_string(&path).await.unwrap_or_default();
+        if current.lines().any(|l| l.trim() == "include 'hostwright.conf'") {
+            return Ok(());
+        }
+        self.write("postgresql.conf", &format!("{current}\ninclude 'hostwright.conf'\n")).await
+    }
+
+    /// Fast shutdown (clean: a checkpoint, mirrors get all WAL), then wait.
+    pub async fn stop(&self, server: &mut Child) -> Result<(), PostgresError> {
+        if let Some(pid) = server.id() {
+            // SIGINT is PostgreSQL's fast shutdown.
+            let _ = Command::new("kill").args(["-INT", &pid.to_string()]).status().await;
+        }
+        match tokio::time::timeout(Duration::from_secs(30), server.wait()).await {
+            Ok(_) => Ok(()),
+            Err(_) => {
+                let _ = server.kill().await;
+                Ok(())
+            }
+        }
+    }
+
+    /// A connection over the unix socket as the superuser.
+    pub async fn connect(&self) -> Result<tokio_postgres::Client, PostgresError> {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host_path(&self.socket_dir)
+            .port(self.port)
+            .user("postgres")
+            .dbname("postgres")
+            .connect_timeout(Duration::from_secs(2));
+        let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+        tokio::spawn(connection);
+        Ok(client)
+    }
+
+    /// Promote a standby and wait until it takes writes. The checkpoint
+    /// afterwards writes the new timeline into the control file, which
+    /// pg_rewind reads when the old primary rejoins (without it, the rewind
+    /// sees one timeline and wrongly decides nothing needs rewinding).
+    pub async fn promote(&self) -> Result<(), PostgresError> {
+        let client = self.connect().await?;
+        client.execute("SELECT pg_promote(wait => true, wait_seconds => 30)", &[]).await?;
+        client.batch_execute("CHECKPOINT").await?;
+        Ok(())
+    }
+
+    /// (in recovery, position): a primary's write position, or the WAL a
+    /// standby has received (what a promotion would keep).
+    pub async fn position(&self) -> Result<(bool, u64), PostgresError> {
+        let client = self.connect().await?;
+        let row = client
+            .query_one(
+                "SELECT pg_is_in_recovery(), (CASE WHEN pg_is_in_recovery() \
+                 THEN greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) \
+                 ELSE pg_current_wal_lsn() END)::text",
+                &[],
+            )
+            .await?;
+        let in_recovery: bool = row.get(0);
+        let lsn: Option<String> = row.get(1);
+        Ok((in_recovery, lsn.as_deref().map(parse_lsn).transpose()?.unwrap_or(0)))
+    }
+}
+
+/// The data directory of a member inside `root`.
+pub fn data_dir(root: &Path) -> PathBuf {
+    root.join("pgdata")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lsns_are_byte_positions() {
+        assert_eq!(parse_lsn("0/3000060").unwrap(), 0x0300_0060);
+        assert_eq!(parse_lsn("1/0").unwrap(), 1 << 32);
+        assert_eq!(parse_lsn(" A/FF\n").unwrap(), (0xA << 32) | 0xFF);
+        assert!(parse_lsn("nonsense").is_err());
+        assert!(parse_lsn("1/").is_err());
+        assert!(parse_lsn("100000000/0").is_err());
+    }
+
+    #[test]
+    fn connection_strings_quote_passwords() {
+        let c = replication_conninfo("127.244.1.2", 5432, "it's\\x", "db_2");
+        assert_eq!(
+            c,
+            "host=127.244.1.2 port=5432 user=replication password='it\\'s\\\\x' dbname=postgres application_name=db_2 connect_timeout=2"
+        );
+    }
+
+    #[test]
+    fn sql_values_are_quoted() {
+        assert_eq!(quote_sql_literal("o'brien"), "'o''brien'");
+        assert_eq!(quote_ident("we\"ird"), "\"we\"\"ird\"");
+    }
+}
