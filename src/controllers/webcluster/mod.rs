@@ -294,9 +294,10 @@ fn resolve_references(wc: &WebCluster, caches: &Caches, namespace: &str) -> Refe
         let found = caches.session_stores.get(&ObjectRef::new(&r.name).within(namespace));
         let reference = match found {
             None => Reference::NotFound,
-            Some(s) => {
-                state(s.status.as_ref().map(|st| st.replication.conditions.as_slice()), format!("{}-connection", r.name))
-            }
+            Some(s) => state(
+                s.status.as_ref().map(|st| st.replication.conditions.as_slice()),
+                format!("{}-connection", r.name),
+            ),
         };
         (r.name.clone(), reference)
     });
@@ -304,9 +305,10 @@ fn resolve_references(wc: &WebCluster, caches: &Caches, namespace: &str) -> Refe
         let found = caches.database_mirrors.get(&ObjectRef::new(&r.name).within(namespace));
         let reference = match found {
             None => Reference::NotFound,
-            Some(d) => {
-                state(d.status.as_ref().map(|st| st.replication.conditions.as_slice()), format!("{}-credentials", r.name))
-            }
+            Some(d) => state(
+                d.status.as_ref().map(|st| st.replication.conditions.as_slice()),
+                format!("{}-credentials", r.name),
+            ),
         };
         (r.name.clone(), reference)
     });
