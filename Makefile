@@ -3,13 +3,14 @@
 #               (or on the cluster named by KUBECONFIG, if set)
 #   make demo   local control plane + CRDs + examples, then kubectl get
 #   make crds   regenerate crds/ and the chart's CRDs from the Rust types
+#   make bench  WebCluster benchmark on a control plane of its own (bench/run)
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 CLUSTER := e2e/cluster
 TOOLS_PATH = $(shell $(CLUSTER) env | sed -n 's/^export PATH="\(.*\):\$$PATH"/\1/p')
 
-.PHONY: all build deps lint unit e2e test demo demo-down crds manifests install-chart clean-cluster
+.PHONY: all build deps lint unit e2e test demo demo-down crds manifests install-chart clean-cluster bench
 
 all: build
 
@@ -85,3 +86,8 @@ manifests:
 
 clean-cluster:
 	$(CLUSTER) down
+
+# Writes bench/results/latest.{json,md,png}; BENCH_SIZES, BENCH_IDLE_SECONDS
+# etc. are passed through (see bench/run). Runs its own cluster on port 17443.
+bench: deps
+	bench/run
