@@ -19,6 +19,9 @@ struct Cli {
 enum Command {
     /// Run the operator (controllers, leader election, metrics and health endpoints).
     Run(RunArgs),
+    /// The in-pod agent beside each database server.
+    #[command(subcommand)]
+    Agent(AgentCommand),
     /// Print the CustomResourceDefinitions as YAML (what `crds/` holds).
     Crds,
     /// Print the version of this build.
@@ -53,10 +56,60 @@ struct RunArgs {
     log_format: LogFormat,
 }
 
+#[derive(Subcommand, Debug)]
+enum AgentCommand {
+    /// Copy this binary to PATH (an init container's job: the database image
+    /// then runs the agent from a shared volume).
+    Install { path: std::path::PathBuf },
+    /// Supervise the database server of this member and carry out the
+    /// operator's instructions.
+    Run(Box<AgentArgs>),
+}
+
+#[derive(Args, Debug)]
+struct AgentArgs {
+    /// Database engine; only `postgres` today.
+    #[arg(long, default_value = "postgres", value_parser = ["postgres"])]
+    engine: String,
+    /// The DatabaseMirror this member belongs to (for logs).
+    #[arg(long)]
+    database_mirror: Option<String>,
+    /// This member (its pod name).
+    #[arg(long, env = "POD_NAME")]
+    member: String,
+    #[arg(long, env = "POD_NAMESPACE")]
+    namespace: String,
+    #[arg(long)]
+    data_dir: std::path::PathBuf,
+    /// Settings file rendered from the instance template.
+    #[arg(long)]
+    config: Option<std::path::PathBuf>,
+    #[arg(long, default_value = "/var/run/postgresql")]
+    socket_dir: std::path::PathBuf,
+    #[arg(long, default_value = "/usr/lib/postgresql/15/bin")]
+    bin_dir: std::path::PathBuf,
+    #[arg(long, default_value = "0.0.0.0")]
+    listen_address: String,
+    #[arg(long, default_value_t = 5432)]
+    port: u16,
+    /// Address other members reach this server at (default: the pod IP).
+    #[arg(long, env = "POD_IP")]
+    advertise_address: String,
+    #[arg(long, default_value = "/etc/hostwright/credentials")]
+    credentials_dir: std::path::PathBuf,
+    /// When the agent runs as root (test beds), run the server as this user.
+    #[arg(long)]
+    run_as_user: Option<String>,
+    #[arg(long, env = "HOSTWRIGHT_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run(args),
+        Command::Agent(AgentCommand::Install { path }) => install_agent(&path),
+        Command::Agent(AgentCommand::Run(args)) => run_agent(*args),
         Command::Crds => print_crds(),
         Command::Version => {
             println!("hostwright {}", env!("CARGO_PKG_VERSION"));
@@ -90,6 +143,57 @@ fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(hostwright::run::run(options))?;
     Ok(())
+}
+
+fn install_agent(path: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::copy(std::env::current_exe()?, path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
+    Ok(())
+}
+
+fn run_agent(args: AgentArgs) -> Result<(), Box<dyn std::error::Error>> {
+    telemetry::init_logging(args.log_format);
+    let run_as = match &args.run_as_user {
+        Some(user) => Some(uid_gid(user)?),
+        None => None,
+    };
+    let read =
+        |key: &str| std::fs::read_to_string(args.credentials_dir.join(key)).map(|s| s.trim().to_string());
+    let options = hostwright::agent::run::Options {
+        postgres: hostwright::agent::postgres::Postgres {
+            bin_dir: args.bin_dir,
+            data_dir: args.data_dir,
+            socket_dir: args.socket_dir,
+            listen_address: args.listen_address,
+            port: args.port,
+            settings_file: args.config,
+            application_name: args.member.replace('-', "_"),
+            run_as,
+        },
+        advertise: format!("{}:{}", args.advertise_address, args.port),
+        database: read("database")?,
+        owner: read("username")?,
+        credentials_dir: args.credentials_dir,
+        member: args.member,
+        namespace: args.namespace,
+    };
+    tracing::info!(member = %options.member, database_mirror = ?args.database_mirror, engine = %args.engine, "agent starting");
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(hostwright::agent::run::run(options))?;
+    Ok(())
+}
+
+/// uid and gid of a local user, via `id`.
+fn uid_gid(user: &str) -> Result<(u32, u32), Box<dyn std::error::Error>> {
+    let id = |flag: &str| -> Result<u32, Box<dyn std::error::Error>> {
+        let out = std::process::Command::new("id").args([flag, user]).output()?;
+        if !out.status.success() {
+            return Err(format!("no local user {user:?}").into());
+        }
+        Ok(String::from_utf8(out.stdout)?.trim().parse()?)
+    };
+    Ok((id("-u")?, id("-g")?))
 }
 
 fn print_crds() -> Result<(), Box<dyn std::error::Error>> {

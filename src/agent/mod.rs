@@ -8,3 +8,4 @@
 pub mod plan;
 pub mod postgres;
 pub mod report;
+pub mod run;

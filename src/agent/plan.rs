@@ -33,6 +33,10 @@ pub struct Local {
     pub in_recovery: bool,
     /// While running as a standby: the member it streams from.
     pub following: Option<String>,
+    /// The server died while it was the primary, and the operator has not
+    /// said anything but "primary" since. It is not restarted as primary on
+    /// the agent's own initiative: the engine may be promoting a mirror.
+    pub crashed_primary: bool,
 }
 
 /// One step for the agent to take.
@@ -67,6 +71,9 @@ pub fn plan(desired: Desired, primary: Option<&Endpoint>, local: &Local, me: &st
         Desired::Fenced => Action::Wait("fenced: taking no writes"),
 
         Desired::Primary => match local.data {
+            _ if local.crashed_primary && !local.running => {
+                Action::Wait("primary crashed: waiting for the operator")
+            }
             DataState::Empty => Action::Initdb,
             _ if !local.running => Action::StartPrimary,
             _ if local.in_recovery => Action::Promote,
@@ -114,7 +121,7 @@ mod tests {
     }
 
     fn local(data: DataState, running: bool, in_recovery: bool, following: Option<&str>) -> Local {
-        Local { data, running, in_recovery, following: following.map(Into::into) }
+        Local { data, running, in_recovery, following: following.map(Into::into), crashed_primary: false }
     }
 
     #[test]
@@ -152,6 +159,16 @@ mod tests {
             plan(Desired::Mirror, None, &local(DataState::Empty, false, false, None), "db-2"),
             Action::Wait(_)
         ));
+    }
+
+    #[test]
+    fn a_crashed_primary_waits_for_the_operator_instead_of_restarting_itself() {
+        let crashed = Local { crashed_primary: true, ..local(DataState::Primary, false, false, None) };
+        assert!(matches!(plan(Desired::Primary, None, &crashed, "db-1"), Action::Wait(_)));
+        assert_eq!(
+            plan(Desired::Primary, None, &local(DataState::Primary, false, false, None), "db-1"),
+            Action::StartPrimary
+        );
     }
 
     #[test]

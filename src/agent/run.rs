@@ -1,0 +1,294 @@
+//! The agent loop: observe the local server, read the instruction on the
+//! pod, take one step, report on the member Lease; and fence the server
+//! when the Lease cannot be renewed.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::{Client, ResourceExt};
+use tokio::process::Child;
+use tracing::{info, warn};
+
+use super::plan::{Action, DataState, Endpoint, Local, data_state, plan};
+use super::postgres::{Bootstrap, Postgres, PostgresError, StartAs, replication_conninfo};
+use super::report::{self, LEASE_SECONDS, SELF_FENCE_AFTER_MS};
+use crate::failover::{Desired, Report, ServerRole};
+
+/// Annotation on a member's pod naming the member writes are routed to.
+pub const PRIMARY_ANNOTATION: &str = "hostwright.io/primary";
+const FIELD_MANAGER: &str = "hostwright-agent";
+const INTERVAL: Duration = Duration::from_millis(300);
+/// Every API call of a tick is bounded, so a hung API server cannot delay
+/// the self-fencing check past the lease.
+const API_TIMEOUT: Duration = Duration::from_millis(1_000);
+
+/// Where the agent finds its member's settings and secrets.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub member: String,
+    pub namespace: String,
+    pub postgres: Postgres,
+    /// host:port other members reach this server at.
+    pub advertise: String,
+    /// Directory of the credentials Secret (files `username`, `password`, …).
+    pub credentials_dir: PathBuf,
+    pub database: String,
+    pub owner: String,
+}
+
+/// Why the agent stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("connecting to the Kubernetes API: {0}")]
+    Client(#[source] kube::Error),
+    #[error("reading {path}: {source}")]
+    Credentials {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+struct Agent {
+    options: Options,
+    pods: Api<Pod>,
+    leases: Api<Lease>,
+    server: Option<Child>,
+    following: Option<String>,
+    /// The server was running as primary at the last report.
+    serving_primary: bool,
+    /// See [`Local::crashed_primary`].
+    crashed_primary: bool,
+    last_renewal: tokio::time::Instant,
+}
+
+fn now_ms() -> u64 {
+    report::millis(Timestamp::now())
+}
+
+/// Run until SIGTERM; the server is stopped cleanly on the way out.
+pub async fn run(options: Options) -> Result<(), AgentError> {
+    let client = Client::try_default().await.map_err(AgentError::Client)?;
+    let mut agent = Agent {
+        pods: Api::namespaced(client.clone(), &options.namespace),
+        leases: Api::namespaced(client, &options.namespace),
+        options,
+        server: None,
+        following: None,
+        serving_primary: false,
+        crashed_primary: false,
+        last_renewal: tokio::time::Instant::now(),
+    };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|source| AgentError::Credentials { path: "SIGTERM".into(), source })?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            () = tokio::time::sleep(INTERVAL) => agent.tick().await,
+        }
+    }
+    if let Some(mut server) = agent.server.take() {
+        let _ = agent.options.postgres.stop(&mut server).await;
+    }
+    Ok(())
+}
+
+impl Agent {
+    async fn tick(&mut self) {
+        // A server that exited is no longer ours to supervise.
+        if let Some(server) = self.server.as_mut()
+            && let Ok(Some(status)) = server.try_wait()
+        {
+            warn!(%status, was_primary = self.serving_primary, "the database server exited");
+            self.crashed_primary |= self.serving_primary;
+            self.server = None;
+            self.following = None;
+        }
+        let instruction = self.instruction().await;
+        if instruction.as_ref().is_some_and(|(d, _)| *d != Desired::Primary) {
+            // The operator has decided; the latch has done its job.
+            self.crashed_primary = false;
+        }
+        let local = self.observe().await;
+        if let Some((desired, primary)) = &instruction {
+            let action = plan(*desired, primary.as_ref(), &local, &self.options.member);
+            if !matches!(action, Action::Wait(_)) {
+                info!(?action, ?desired, "acting");
+                if let Err(err) = self.act(&action).await {
+                    warn!(%err, ?action, "step failed; retrying");
+                }
+            }
+        }
+        let acting_on = instruction.map_or(Desired::Fenced, |(d, _)| d);
+        self.report(acting_on).await;
+    }
+
+    /// The instruction on our pod, and where the primary is.
+    async fn instruction(&self) -> Option<(Desired, Option<Endpoint>)> {
+        let pod = tokio::time::timeout(API_TIMEOUT, self.pods.get(&self.options.member)).await.ok()?.ok()?;
+        let annotations = pod.annotations();
+        let desired = report::parse_desired(
+            annotations.get(crate::resources::databasemirror::DESIRED_ROLE_ANNOTATION)?,
+        )?;
+        let primary = match annotations.get(PRIMARY_ANNOTATION) {
+            Some(member) if !member.is_empty() => self.endpoint(member).await,
+            _ => None,
+        };
+        Some((desired, primary))
+    }
+
+    /// Where `member`'s server is, from its Lease.
+    async fn endpoint(&self, member: &str) -> Option<Endpoint> {
+        let lease = tokio::time::timeout(API_TIMEOUT, self.leases.get(member)).await.ok()?.ok()?;
+        let (reported, expired) = report::decode(&lease, now_ms());
+        let (_, address) = reported.filter(|_| !expired)?;
+        let (host, port) = address.rsplit_once(':')?;
+        Some(Endpoint { member: member.into(), host: host.into(), port: port.parse().ok()? })
+    }
+
+    async fn observe(&self) -> Local {
+        let pg = &self.options.postgres;
+        // A fresh clone or a rewound former primary carries a backup_label
+        // (and the primary's "in production" control file): it starts as a
+        // standby, nothing to rewind.
+        let data = if pg.data_dir.join("backup_label").exists() {
+            DataState::Standby
+        } else if pg.initialized() {
+            let bin = pg.bin_dir.join("pg_controldata");
+            match tokio::process::Command::new(bin).arg(&pg.data_dir).output().await {
+                Ok(out) => data_state(&String::from_utf8_lossy(&out.stdout)),
+                Err(_) => DataState::Primary,
+            }
+        } else {
+            DataState::Empty
+        };
+        let (running, in_recovery) = match (&self.server, pg.position().await) {
+            (Some(_), Ok((in_recovery, _))) => (true, in_recovery),
+            _ => (false, false),
+        };
+        Local {
+            data,
+            running,
+            in_recovery,
+            following: self.following.clone(),
+            crashed_primary: self.crashed_primary,
+        }
+    }
+
+    fn conninfo(&self, primary: &Endpoint) -> Result<String, AgentError> {
+        let password = self.secret("replication-password")?;
+        Ok(replication_conninfo(
+            &primary.host,
+            primary.port,
+            &password,
+            &self.options.postgres.application_name,
+        ))
+    }
+
+    fn secret(&self, key: &str) -> Result<String, AgentError> {
+        let path = self.options.credentials_dir.join(key);
+        std::fs::read_to_string(&path)
+            .map(|s| s.trim().to_string())
+            .map_err(|source| AgentError::Credentials { path, source })
+    }
+
+    async fn act(&mut self, action: &Action) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let pg = self.options.postgres.clone();
+        match action {
+            Action::Initdb => {
+                let bootstrap = Bootstrap {
+                    superuser_password: self.secret("superuser-password")?,
+                    replication_password: self.secret("replication-password")?,
+                    database: self.options.database.clone(),
+                    owner: self.options.owner.clone(),
+                    owner_password: self.secret("password")?,
+                };
+                pg.initdb(&bootstrap).await?;
+            }
+            Action::Clone(primary) => pg.basebackup(&self.conninfo(primary)?).await?,
+            Action::StartPrimary => {
+                self.server = Some(pg.start(&StartAs::Primary).await?);
+                self.following = None;
+            }
+            Action::StartStandby(primary) => {
+                let conninfo = primary.as_ref().map(|p| self.conninfo(p)).transpose()?.unwrap_or_default();
+                self.server = Some(pg.start(&StartAs::Standby { primary_conninfo: conninfo }).await?);
+                self.following = primary.as_ref().map(|p| p.member.clone());
+            }
+            Action::Promote => {
+                pg.promote().await?;
+                self.following = None;
+            }
+            Action::Stop => self.stop().await?,
+            Action::Rewind(primary) => pg.rewind(&self.conninfo(primary)?).await?,
+            Action::Repoint(primary) => {
+                // A restart with the new primary_conninfo; PostgreSQL 15 reloads
+                // it without one, but a restart also resets a stuck walreceiver.
+                self.stop().await?;
+                let conninfo = self.conninfo(primary)?;
+                self.server = Some(pg.start(&StartAs::Standby { primary_conninfo: conninfo }).await?);
+                self.following = Some(primary.member.clone());
+            }
+            Action::Wait(_) => {}
+        }
+        Ok(())
+    }
+
+    async fn stop(&mut self) -> Result<(), PostgresError> {
+        if let Some(mut server) = self.server.take() {
+            self.options.postgres.stop(&mut server).await?;
+        }
+        self.following = None;
+        Ok(())
+    }
+
+    /// Renew the member Lease with a fresh report; fence the server when
+    /// renewals have failed for too long.
+    async fn report(&mut self, acting_on: Desired) {
+        let (role, position) = match (&self.server, self.options.postgres.position().await) {
+            (Some(_), Ok((true, p))) => (ServerRole::Mirror, Some(p)),
+            (Some(_), Ok((false, p))) => (ServerRole::Primary, Some(p)),
+            _ => (ServerRole::Stopped, None),
+        };
+        self.serving_primary = role == ServerRole::Primary;
+        let now = Timestamp::now();
+        let report = Report { at: report::millis(now), role, position, acting_on };
+        let lease = Lease {
+            metadata: kube::api::ObjectMeta {
+                name: Some(self.options.member.clone()),
+                annotations: Some(report::encode(&report, &self.options.advertise)),
+                ..Default::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: Some(self.options.member.clone()),
+                lease_duration_seconds: Some(LEASE_SECONDS),
+                renew_time: Some(MicroTime(now)),
+                ..LeaseSpec::default()
+            }),
+        };
+        let mut patch = serde_json::to_value(&lease).unwrap_or_default();
+        patch["apiVersion"] = "coordination.k8s.io/v1".into();
+        patch["kind"] = "Lease".into();
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        let apply = Patch::Apply(&patch);
+        let renewal =
+            tokio::time::timeout(API_TIMEOUT, self.leases.patch(&self.options.member, &params, &apply));
+        match renewal.await.map_err(|_| "timed out".to_string()).and_then(|r| r.map_err(|e| e.to_string())) {
+            Ok(_) => self.last_renewal = tokio::time::Instant::now(),
+            Err(err) => {
+                let stale = self.last_renewal.elapsed() >= Duration::from_millis(SELF_FENCE_AFTER_MS);
+                warn!(%err, stale, "could not renew the member lease");
+                if stale && role == ServerRole::Primary {
+                    warn!("fencing: stopping the server before the lease can expire");
+                    let _ = self.stop().await;
+                }
+            }
+        }
+    }
+}
