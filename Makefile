@@ -24,8 +24,8 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
-unit: lint
-	cargo test --package hostwright
+unit: deps lint
+	cargo test --package hostwright  # includes the agent driver on real PostgreSQL 15
 
 # With KUBECONFIG set the suite runs against that cluster; otherwise the
 # local control plane is brought up for the run and taken down afterwards.
