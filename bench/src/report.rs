@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Result;
 use serde_json::{Map, Value, json};
 
-use crate::{Config, round};
+use crate::Config;
 
 /// (key, target, unit); every figure is better lower.
 const TARGETS: [(&str, f64, &str); 4] = [
@@ -73,7 +73,7 @@ pub fn write(cfg: &Config, runs: &[Value], elapsed: Duration) -> Result<Vec<Stri
             "started_at": std::env::var("BENCH_STARTED_AT").ok(),
         }),
     );
-    out.insert("webcluster.wall_s".into(), json!(round(elapsed.as_secs_f64(), 0)));
+    out.insert("webcluster.wall_s".into(), json!(elapsed.as_secs()));
     let json = serde_json::to_string_pretty(&Value::Object(out.clone()))?;
     std::fs::write(cfg.results.join("latest.json"), json + "\n")?;
     std::fs::write(cfg.results.join("latest.md"), markdown(cfg, runs, &out, &all_missed))?;
