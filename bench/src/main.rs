@@ -10,7 +10,9 @@
 //!    Deployment watch, how long the Deployment takes to carry it;
 //! 4. idle: once the operator's write counter is still, count its writes and
 //!    the objects that changed during BENCH_IDLE_SECONDS;
-//! 5. memory: the operator's peak RSS (VmHWM).
+//! 5. memory: the operator's peak RSS (VmHWM);
+//! 6. restart: a second fresh operator on the Ready fleet (as after a leader
+//!    handover or an upgrade): its peak RSS and its writes, which should be none.
 //!
 //! Results go to `$BENCH_RESULTS/latest.json` and `latest.md`; the curves for
 //! the plot go to `$BENCH_WORK`. See bench/README.md.
@@ -355,6 +357,10 @@ async fn run_size(cfg: &Config, client: &Client, n: usize, last: bool) -> Result
     let m_end = op.metrics()?;
     op.stop()?;
     log(format!("memory: VmHWM {hwm:.1} MiB, VmRSS {rss:.1} MiB"));
+
+    // --- 6. restart ----------------------------------------------------------
+    let restart = restart(cfg, n).await?;
+    log(format!("restart: {restart}"));
     write_curves(cfg, n, &direct_curve, &operator_curve, &op_deploy_curve, &latencies)?;
     drop(web_clusters);
     drop(deployments);
@@ -377,6 +383,7 @@ async fn run_size(cfg: &Config, client: &Client, n: usize, last: bool) -> Result
         "idle_resource_versions_changed": diff.rv_changed.values().sum::<usize>(),
         "rss_mib": round(hwm, 1),
         "rss_end_mib": round(rss, 1),
+        "rss_restart_mib": restart["rss_mib"],
         "operator_cpu_s": round(cpu_total, 1),
         "operator_writes_total": count(m_end.total_writes()),
         "operator_reconciles_total": count(m_end.reconciles),
@@ -387,6 +394,44 @@ async fn run_size(cfg: &Config, client: &Client, n: usize, last: bool) -> Result
         "operator": operator_phase,
         "change": change,
         "idle": idle,
+        "restart": restart,
+    }))
+}
+
+/// A second fresh operator on the Ready fleet: caches filled from a full
+/// list, every WebCluster reconciled once. Nothing should be written.
+async fn restart(cfg: &Config, n: usize) -> Result<Value> {
+    let t0 = Instant::now();
+    let mut op = Operator::start(
+        &cfg.binary,
+        &cfg.kubeconfig,
+        &cfg.work.join(format!("operator-{n}-restart.log")),
+        &cfg.work.join("operator.pid"),
+    )
+    .await?;
+    let ready_s = secs(t0, Instant::now());
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while op.metrics()?.reconciles < n as f64 {
+        if Instant::now() >= deadline {
+            bail!("restart: the fresh operator did not reconcile all {n} WebClusters within 300 s");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let reconciled_s = secs(t0, Instant::now());
+    settle(&op, Duration::from_secs(10), Duration::from_secs(120)).await?;
+    let (hwm, rss) = op.memory_mib()?;
+    let m = op.metrics()?;
+    let cpu = op.cpu_seconds()?;
+    op.stop()?;
+    Ok(json!({
+        "caches_filled_s": round(ready_s, 2),
+        "all_reconciled_s": round(reconciled_s, 2),
+        "rss_mib": round(hwm, 1),
+        "rss_end_mib": round(rss, 1),
+        "writes": count(m.total_writes()),
+        "writes_by_resource": m.writes_since(&operator::Metrics::default()),
+        "reconciles": count(m.reconciles),
+        "cpu_s": round(cpu, 2),
     }))
 }
 

@@ -43,6 +43,7 @@ pub fn write(cfg: &Config, runs: &[Value], elapsed: Duration) -> Result<Vec<Stri
             "idle_objects_changed_by_hostwright",
             "idle_resource_versions_changed",
             "rss_mib",
+            "rss_restart_mib",
         ] {
             out.insert(format!("webcluster.{key}"), h[key].clone());
         }
@@ -121,7 +122,7 @@ fn markdown(cfg: &Config, runs: &[Value], out: &Map<String, Value>, missed: &[St
         let _ = write!(md, "---|");
     }
     md.push('\n');
-    let rows: [(&str, &str, &str); 10] = [
+    let rows: [(&str, &str, &str); 11] = [
         ("time to all Ready, operator ÷ direct (ready & updated)", "≤ 1.3", "ready_ratio_vs_direct"),
         (
             "… operator ÷ direct (available, as WebCluster Ready requires)",
@@ -142,6 +143,7 @@ fn markdown(cfg: &Config, runs: &[Value], out: &Map<String, Value>, missed: &[St
             "idle_resource_versions_changed",
         ),
         ("operator peak RSS, VmHWM (MiB)", "≤ 48", "rss_mib"),
+        ("… of a fresh operator restarted on the Ready fleet (MiB)", "–", "rss_restart_mib"),
         ("operator CPU time, whole run (s)", "–", "operator_cpu_s"),
         ("operator reconciles, whole run", "–", "operator_reconciles_total"),
     ];
@@ -181,7 +183,7 @@ fn markdown(cfg: &Config, runs: &[Value], out: &Map<String, Value>, missed: &[St
         let _ = write!(md, "---|");
     }
     md.push('\n');
-    let phase_rows: [(&str, &str, &str, &str); 17] = [
+    let phase_rows: [(&str, &str, &str, &str); 21] = [
         ("direct", "apply 3N objects", "direct", "apply_s"),
         ("direct", "all Deployments ready & updated", "direct", "ready_s"),
         ("direct", "all Deployments available", "direct", "available_s"),
@@ -199,6 +201,10 @@ fn markdown(cfg: &Config, runs: &[Value], out: &Map<String, Value>, missed: &[St
         ("idle", "seconds idle", "idle", "seconds"),
         ("idle", "reconciles while idle", "idle", "reconciles"),
         ("idle", "operator CPU while idle (s)", "idle", "cpu_s"),
+        ("restart", "caches filled (s)", "restart", "caches_filled_s"),
+        ("restart", "every WebCluster reconciled (s)", "restart", "all_reconciled_s"),
+        ("restart", "writes by the restarted operator", "restart", "writes"),
+        ("restart", "CPU of the restarted operator (s)", "restart", "cpu_s"),
     ];
     for (phase, label, obj, key) in phase_rows {
         let _ = write!(md, "| {phase} | {label} |");
@@ -259,7 +265,10 @@ fn markdown(cfg: &Config, runs: &[Value], out: &Map<String, Value>, missed: &[St
          resourceVersions are split by the field manager whose managedFields entry changed (`hostwright` \
          is the operator; a status write within the same second as the previous one can change a \
          resourceVersion without a visible managedFields change).\n\
-         5. **Memory.** VmHWM of the operator process from `/proc/<pid>/status` after the idle phase.\n\n\
+         5. **Memory.** VmHWM of the operator process from `/proc/<pid>/status` after the idle phase.\n\
+         6. **Restart.** A second fresh operator on the Ready fleet (what a leader handover or an \
+         upgrade starts): once it has reconciled every WebCluster and its write counter is still for \
+         10 s, its VmHWM and its writes (expected: none).\n\n\
          Clocks are the bench driver's (monotonic), events are timestamped when the watch delivers them. \
          Percentiles are nearest-rank. The machine also runs the control plane itself, so the figures \
          include its contention for the CPUs.\n",
