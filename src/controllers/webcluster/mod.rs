@@ -46,6 +46,9 @@ pub struct Caches {
 pub struct Context {
     pub shared: Shared,
     pub caches: Caches,
+    /// Every cache has been filled once. Until then a reconcile would take a
+    /// child it has not seen yet for a missing one and re-apply it.
+    pub caches_ready: std::sync::atomic::AtomicBool,
 }
 
 /// Where the controller watches: every namespace, or one.
@@ -135,6 +138,7 @@ pub async fn run(
             session_stores: session_stores.clone(),
             database_mirrors: database_mirrors.clone(),
         },
+        caches_ready: std::sync::atomic::AtomicBool::new(false),
     });
 
     let controller = controller
@@ -147,9 +151,11 @@ pub async fn run(
         .watches_stream(database_mirror_events, by_database)
         .graceful_shutdown_on(shutdown);
 
-    // Ready once every cache is filled: reconciles never see a half-empty world.
+    // Reconciles wait (requeue) until every cache is filled, so they never
+    // see a half-empty world; /readyz turns ready at the same moment.
     let caches_ready = {
         let web_clusters = web_clusters.clone();
+        let context = context.clone();
         async move {
             let results = futures::join!(
                 web_clusters.wait_until_ready(),
@@ -162,6 +168,7 @@ pub async fn run(
                 database_mirrors.wait_until_ready(),
             );
             let _ = results;
+            context.caches_ready.store(true, std::sync::atomic::Ordering::Release);
             ready();
         }
     };
@@ -197,6 +204,9 @@ where
 }
 
 async fn reconcile(wc: Arc<WebCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
+    if !ctx.caches_ready.load(std::sync::atomic::Ordering::Acquire) {
+        return Ok(Action::requeue(std::time::Duration::from_millis(200)));
+    }
     let namespace = wc.namespace().unwrap_or_default();
     let name = wc.name_any();
     let span = info_span!("reconcile", controller = CONTROLLER, namespace = %namespace, name = %name);
