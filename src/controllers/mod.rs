@@ -108,6 +108,21 @@ pub fn jittered(base: Duration) -> Duration {
     base.mul_f64(rand::random_range(0.8..1.2))
 }
 
+/// A namespaced object the operator applies, prunes and caches.
+pub trait Child:
+    Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug
+{
+}
+
+impl<K> Child for K where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + Debug
+{
+}
+
 /// What every reconcile of one controller shares.
 pub struct Shared {
     pub client: Client,
@@ -147,11 +162,7 @@ impl Shared {
     /// it. Returns the object as the API server now has it.
     pub async fn apply<K>(&self, desired: &K, live: Option<&Arc<K>>) -> Result<Option<K>, Error>
     where
-        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
-            + Clone
-            + Serialize
-            + DeserializeOwned
-            + Debug,
+        K: Child,
     {
         let name = desired.name_any();
         let namespace = desired.namespace().unwrap_or_default();
@@ -184,11 +195,7 @@ impl Shared {
     /// but still exists.
     pub async fn apply_or_prune<K>(&self, desired: Option<&K>, live: Option<Arc<K>>) -> Result<(), Error>
     where
-        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
-            + Clone
-            + Serialize
-            + DeserializeOwned
-            + Debug,
+        K: Child,
     {
         match (desired, live) {
             (Some(desired), live) => self.apply(desired, live.as_ref()).await.map(drop),
@@ -200,7 +207,7 @@ impl Shared {
     /// Delete a child that is no longer wanted, if it exists.
     pub async fn delete<K>(&self, live: &K) -> Result<(), Error>
     where
-        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Clone + DeserializeOwned + Debug,
+        K: Child,
     {
         let name = live.name_any();
         let namespace = live.namespace().unwrap_or_default();
