@@ -54,6 +54,10 @@ struct RunArgs {
     /// Log line format.
     #[arg(long, env = "HOSTWRIGHT_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// Image whose `hostwright agent` runs beside every database server
+    /// (the operator's own image).
+    #[arg(long, env = "HOSTWRIGHT_AGENT_IMAGE", default_value = concat!("ghcr.io/hostwright/hostwright:", env!("CARGO_PKG_VERSION")))]
+    agent_image: String,
 }
 
 #[derive(Subcommand, Debug)]
@@ -139,6 +143,7 @@ fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         identity,
         namespace: args.namespace.filter(|n| !n.is_empty()),
         concurrency: args.concurrency,
+        agent_image: args.agent_image,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(hostwright::run::run(options))?;

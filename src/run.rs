@@ -17,7 +17,7 @@ use kube_lease_manager::LeaseManagerBuilder;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::controllers::{Shared, webcluster};
+use crate::controllers::{Scope, Shared, databasemirror, webcluster};
 use crate::resources::FIELD_MANAGER;
 use crate::telemetry::{self, Health, Metrics};
 
@@ -38,6 +38,8 @@ pub struct Options {
     /// Watch one namespace only; all namespaces when unset.
     pub namespace: Option<String>,
     pub concurrency: u16,
+    /// Image with `hostwright agent`, run beside every database server.
+    pub agent_image: String,
 }
 
 /// Why the operator stopped other than by a clean shutdown.
@@ -196,12 +198,37 @@ async fn run_controllers(
     ready: Arc<AtomicBool>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let scope = webcluster::Scope { client: client.clone(), namespace: options.namespace.clone() };
-    let shared = Shared::new(client, metrics, "webcluster", &options.identity);
-    let mark_ready = move || {
+    let scope = Scope { client: client.clone(), namespace: options.namespace.clone() };
+    let web = Shared::new(client.clone(), metrics.clone(), "webcluster", &options.identity);
+    let database = Shared::new(client, metrics, "databasemirror", &options.identity);
+    // Ready once every controller has filled its caches.
+    let (web_ready, database_ready) = (tokio::sync::oneshot::channel(), tokio::sync::oneshot::channel());
+    tokio::spawn(async move {
+        let _ = tokio::join!(web_ready.1, database_ready.1);
         info!("caches filled; reconciling");
         ready.store(true, Ordering::Relaxed);
-    };
-    webcluster::run(scope, shared, options.concurrency, mark_ready, shutdown).await;
+    });
+    let shutdown = futures::future::FutureExt::shared(Box::pin(shutdown));
+    tokio::join!(
+        webcluster::run(
+            scope.clone(),
+            web,
+            options.concurrency,
+            move || {
+                let _ = web_ready.0.send(());
+            },
+            shutdown.clone()
+        ),
+        databasemirror::run(
+            scope,
+            database,
+            options.agent_image.clone(),
+            options.concurrency,
+            move || {
+                let _ = database_ready.0.send(());
+            },
+            shutdown,
+        ),
+    );
     info!("controllers stopped");
 }

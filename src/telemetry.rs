@@ -69,6 +69,11 @@ pub struct Metrics {
     /// Every write the operator sends to the API server (apply, delete, status).
     pub writes: Family<WriteLabels, Counter>,
     pub leader: Gauge,
+    /// Completed failovers and switchovers.
+    pub failovers: Family<ControllerLabels, Counter>,
+    /// From the primary judged lost (or the switchover asked) to the new
+    /// primary taking writes.
+    pub failover_duration: Family<ControllerLabels, Histogram>,
 }
 
 impl Default for Metrics {
@@ -90,7 +95,17 @@ impl Default for Metrics {
             writes.clone(),
         );
         registry.register("leader", "1 while this process holds the leader lease", leader.clone());
-        Self { registry, reconciliations, failures, duration, writes, leader }
+        let failovers = Family::<ControllerLabels, Counter>::default();
+        let failover_duration = Family::<ControllerLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0])
+        });
+        registry.register("failovers", "Completed failovers and switchovers", failovers.clone());
+        registry.register(
+            "failover_duration_seconds",
+            "From the primary judged lost (or a switchover asked) to the new primary taking writes",
+            failover_duration.clone(),
+        );
+        Self { registry, reconciliations, failures, duration, writes, leader, failovers, failover_duration }
     }
 }
 

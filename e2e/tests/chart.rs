@@ -53,6 +53,21 @@ async fn the_cluster_role_grants_exactly_what_the_controllers_use() -> Result<()
             expected.insert(format!("{g}/{r}:{v}"));
         }
     }
+    let database = [
+        ("", "pods", &["get", "list", "watch", "create", "patch", "delete"][..]),
+        ("", "persistentvolumeclaims", &["list", "watch", "create", "patch", "delete"]),
+        ("", "configmaps", &["list", "watch", "create", "patch"]),
+        ("", "serviceaccounts", &["list", "watch", "create", "patch"]),
+        ("", "secrets", &["list", "watch", "create", "patch"]),
+        ("rbac.authorization.k8s.io", "roles", &["list", "watch", "create", "patch"]),
+        ("rbac.authorization.k8s.io", "rolebindings", &["list", "watch", "create", "patch"]),
+        ("coordination.k8s.io", "leases", &["get", "list", "watch", "create", "patch", "update"]),
+    ];
+    for (g, r, verbs) in database {
+        for v in verbs {
+            expected.insert(format!("{g}/{r}:{v}"));
+        }
+    }
     expected.insert("events.k8s.io/events:create".into());
     expected.insert("events.k8s.io/events:patch".into());
     assert_eq!(granted, expected, "the ClusterRole changed: update the controllers' needs here too");
@@ -60,8 +75,11 @@ async fn the_cluster_role_grants_exactly_what_the_controllers_use() -> Result<()
     // And the ServiceAccount cannot do what it has no business doing.
     let user = format!("system:serviceaccount:{namespace}:{name}");
     for (verb, resource) in [
-        ("get", "secrets"),
-        ("create", "pods"),
+        ("delete", "secrets"),
+        ("update", "secrets"),
+        ("create", "pods/exec"),
+        ("delete", "persistentvolumes"),
+        ("create", "clusterroles.rbac.authorization.k8s.io"),
         ("patch", "webclusters.hostwright.io"),
         ("delete", "webclusters.hostwright.io"),
         ("create", "customresourcedefinitions.apiextensions.k8s.io"),

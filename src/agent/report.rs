@@ -68,13 +68,18 @@ pub fn encode(report: &Report, address: &str) -> BTreeMap<String, String> {
     a
 }
 
+/// When `lease` expires unless renewed (Unix milliseconds).
+pub fn expires_at(lease: &Lease) -> Option<Millis> {
+    let spec = lease.spec.as_ref()?;
+    let renewed = spec.renew_time.as_ref()?.0.as_millisecond().max(0) as u64;
+    let duration = u64::from(spec.lease_duration_seconds.unwrap_or(LEASE_SECONDS).max(0) as u32) * 1_000;
+    Some(renewed + duration)
+}
+
 /// A member's report and address from its Lease, and whether the Lease has
 /// expired at `now`. A Lease with unreadable annotations reports nothing.
 pub fn decode(lease: &Lease, now: Millis) -> (Option<(Report, String)>, bool) {
-    let spec = lease.spec.clone().unwrap_or_default();
-    let renewed = spec.renew_time.map(|t| t.0.as_millisecond().max(0) as u64);
-    let duration = u64::from(spec.lease_duration_seconds.unwrap_or(LEASE_SECONDS).max(0) as u32) * 1_000;
-    let expired = renewed.is_none_or(|r| now > r + duration);
+    let expired = expires_at(lease).is_none_or(|at| now > at);
     let a = lease.metadata.annotations.clone().unwrap_or_default();
     let report = (|| {
         let role = match a.get(ROLE)?.as_str() {

@@ -2,12 +2,13 @@
 //! pod, take one step, report on the member Lease; and fence the server
 //! when the Lease cannot be renewed.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, OwnerReference};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, ResourceExt};
@@ -18,6 +19,7 @@ use super::plan::{Action, DataState, Endpoint, Local, data_state, plan};
 use super::postgres::{Bootstrap, Postgres, PostgresError, StartAs, replication_conninfo};
 use super::report::{self, LEASE_SECONDS, SELF_FENCE_AFTER_MS};
 use crate::failover::{Desired, Report, ServerRole};
+use crate::resources::databasemirror::MEMBER_LABEL;
 
 /// Annotation on a member's pod naming the member writes are routed to.
 pub const PRIMARY_ANNOTATION: &str = "hostwright.io/primary";
@@ -65,7 +67,14 @@ struct Agent {
     /// See [`Local::crashed_primary`].
     crashed_primary: bool,
     last_renewal: tokio::time::Instant,
+    /// Labels and owner reference the Lease carries, from our pod: the
+    /// operator watches member Leases by label, and the Lease goes when the
+    /// pod goes.
+    lease_metadata: Option<(BTreeMap<String, String>, OwnerReference)>,
 }
+
+/// Pod labels copied onto the member Lease.
+const LEASE_LABELS: &[&str] = &["app.kubernetes.io/name", "app.kubernetes.io/instance", MEMBER_LABEL];
 
 fn now_ms() -> u64 {
     report::millis(Timestamp::now())
@@ -83,6 +92,7 @@ pub async fn run(options: Options) -> Result<(), AgentError> {
         serving_primary: false,
         crashed_primary: false,
         last_renewal: tokio::time::Instant::now(),
+        lease_metadata: None,
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|source| AgentError::Credentials { path: "SIGTERM".into(), source })?;
@@ -130,8 +140,24 @@ impl Agent {
     }
 
     /// The instruction on our pod, and where the primary is.
-    async fn instruction(&self) -> Option<(Desired, Option<Endpoint>)> {
+    async fn instruction(&mut self) -> Option<(Desired, Option<Endpoint>)> {
         let pod = tokio::time::timeout(API_TIMEOUT, self.pods.get(&self.options.member)).await.ok()?.ok()?;
+        if let Some(uid) = pod.uid() {
+            let labels = pod
+                .labels()
+                .iter()
+                .filter(|(k, _)| LEASE_LABELS.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let owner = OwnerReference {
+                api_version: "v1".into(),
+                kind: "Pod".into(),
+                name: pod.name_any(),
+                uid,
+                ..OwnerReference::default()
+            };
+            self.lease_metadata = Some((labels, owner));
+        }
         let annotations = pod.annotations();
         let desired = report::parse_desired(
             annotations.get(crate::resources::databasemirror::DESIRED_ROLE_ANNOTATION)?,
@@ -263,6 +289,8 @@ impl Agent {
             metadata: kube::api::ObjectMeta {
                 name: Some(self.options.member.clone()),
                 annotations: Some(report::encode(&report, &self.options.advertise)),
+                labels: self.lease_metadata.as_ref().map(|(labels, _)| labels.clone()),
+                owner_references: self.lease_metadata.as_ref().map(|(_, owner)| vec![owner.clone()]),
                 ..Default::default()
             },
             spec: Some(LeaseSpec {

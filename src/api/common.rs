@@ -164,6 +164,45 @@ pub enum StorePhase {
     Failed,
 }
 
+/// A step of the failover engine (see DESIGN.md, "Mirror promotion").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum EngineState {
+    /// The first primary is being created.
+    Bootstrapping,
+    /// The primary takes writes.
+    Steady,
+    /// The primary is unhealthy; it is replaced if it stays so for `failover.delay`.
+    Suspect,
+    /// The old primary was fenced; waiting until it is known to take no writes.
+    Fencing,
+    /// A mirror was told to promote; waiting for its agent to report it.
+    Promoting,
+    /// Planned switchover: the primary was asked to stop taking writes.
+    Demoting,
+}
+
+/// The failover engine's durable state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EngineStatus {
+    pub state: EngineState,
+    /// The primary (Bootstrapping, Steady, Suspect) or the member being replaced.
+    pub member: String,
+    /// The member taking over (Promoting, Demoting).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub successor: Option<String>,
+    /// When the state began, in milliseconds since the Unix epoch: unhealthy
+    /// since (Suspect), fenced at (Fencing), demotion asked at (Demoting).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since_ms: Option<i64>,
+    /// When the failover or switchover began (Unix milliseconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_ms: Option<i64>,
+    /// The replaced primary's last reported position (Fencing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_position: Option<i64>,
+}
+
 /// Status every replicated store reports (DatabaseMirror and SessionStore
 /// share the failover engine, so they share how they report it).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
@@ -191,6 +230,10 @@ pub struct ReplicationStatus {
     /// Failover history.
     #[serde(default)]
     pub failover: FailoverStatus,
+    /// Where the failover engine stands. Kept here so that a restarted
+    /// operator, or a new leader, resumes a failover where it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<EngineStatus>,
     /// Ready, Progressing and Degraded, Kubernetes style.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]

@@ -4,6 +4,7 @@
 //! metrics), the error type, per-object exponential backoff, and "apply only
 //! what differs" so an idle fleet sends no writes at all.
 
+pub mod databasemirror;
 pub mod webcluster;
 
 use std::collections::HashMap;
@@ -14,7 +15,8 @@ use std::time::Duration;
 use k8s_openapi::NamespaceResourceScope;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -76,6 +78,15 @@ impl Error {
             Error::Encode { .. } => "encode",
         }
     }
+}
+
+/// An Event to publish about the reconciled object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Planned {
+    pub type_: EventType,
+    pub reason: &'static str,
+    pub action: &'static str,
+    pub note: String,
 }
 
 /// Consecutive failures per object, for exponential backoff that resets on success.
@@ -239,6 +250,56 @@ fn resource_name<K: Resource<DynamicType = ()>>() -> &'static str {
         "persistentvolumeclaims" => "persistentvolumeclaims",
         _ => "other",
     }
+}
+
+/// Where the controller watches: every namespace, or one.
+#[derive(Clone)]
+pub struct Scope {
+    pub client: kube::Client,
+    pub namespace: Option<String>,
+}
+
+impl Scope {
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        match &self.namespace {
+            Some(ns) => Api::namespaced(self.client.clone(), ns),
+            None => Api::all(self.client.clone()),
+        }
+    }
+}
+
+/// A watched, cached stream of `K`, with managed fields dropped to keep the
+/// cache small. Only objects carrying `label_selector` are cached, when given.
+pub fn cached<K>(
+    scope: &Scope,
+    label_selector: Option<&str>,
+) -> (Store<K>, impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static)
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let mut config = watcher::Config::default().any_semantic();
+    if let Some(selector) = label_selector {
+        config = config.labels(selector);
+    }
+    let stream = watcher(scope.api::<K>(), config)
+        .default_backoff()
+        .modify(|obj| {
+            obj.managed_fields_mut().clear();
+            obj.annotations_mut().remove("kubectl.kubernetes.io/last-applied-configuration");
+        })
+        .reflect(writer)
+        .applied_objects();
+    (reader, stream)
 }
 
 /// The cached child `name` in `namespace`, if `owner_uid` controls it.

@@ -19,6 +19,7 @@
 //! `tests.rs` against a model of agents and servers).
 
 mod engine;
+mod persist;
 #[cfg(test)]
 mod tests;
 

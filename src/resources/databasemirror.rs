@@ -14,6 +14,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
     EnvVarSource, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
@@ -22,6 +23,7 @@ use k8s_openapi::api::core::v1::{
     VolumeResourceRequirements,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
@@ -29,8 +31,11 @@ use kube::ResourceExt;
 use super::labels;
 use super::webcluster::secret_keys;
 use super::{BuildError, controller_ref};
+use crate::agent::report::desired_annotation;
+use crate::agent::run::PRIMARY_ANNOTATION;
 use crate::api::DatabaseMirror;
 use crate::api::databasemirror::Replication;
+use crate::failover::{Decision, Desired, Route};
 
 /// `app.kubernetes.io/name` of database pods.
 pub const APP_NAME: &str = "databasemirror";
@@ -60,6 +65,70 @@ pub struct Passwords {
     pub superuser: String,
 }
 
+impl Passwords {
+    /// The passwords kept in an existing credentials Secret, or the first key
+    /// missing from it.
+    pub fn from_secret(secret: &Secret) -> Result<Self, &'static str> {
+        let data = secret.data.clone().unwrap_or_default();
+        let get = |key: &'static str| {
+            data.get(key)
+                .and_then(|v| String::from_utf8(v.0.clone()).ok())
+                .filter(|v| !v.is_empty())
+                .ok_or(key)
+        };
+        Ok(Self {
+            owner: get("password")?,
+            replication: get("replication-password")?,
+            superuser: get("superuser-password")?,
+        })
+    }
+}
+
+/// What the failover engine's decision means for one member's pod: the
+/// instruction its agent reads, the member it should stream from, and the
+/// role label the Services route on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Routing {
+    pub desired: Desired,
+    /// The member told to be primary, if any.
+    pub primary: Option<String>,
+    pub route: Route,
+}
+
+impl Routing {
+    /// `hostwright.io/role` label value: what the Services select on.
+    pub fn role_label(&self) -> &'static str {
+        match self.route {
+            Route::ReadWrite => "primary",
+            Route::ReadOnly => "mirror",
+            Route::None => "none",
+        }
+    }
+
+    /// The labels and annotations on a member's pod that carry this routing.
+    pub fn metadata(&self) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+        let labels = BTreeMap::from([(ROLE_LABEL.to_string(), self.role_label().to_string())]);
+        let annotations = BTreeMap::from([
+            (DESIRED_ROLE_ANNOTATION.to_string(), desired_annotation(self.desired).to_string()),
+            (PRIMARY_ANNOTATION.to_string(), self.primary.clone().unwrap_or_default()),
+        ]);
+        (labels, annotations)
+    }
+
+    /// The routing of `member` under `decision`.
+    pub fn of(decision: &Decision, member: &str) -> Self {
+        Self {
+            desired: decision.desired.get(member).copied().unwrap_or(Desired::Mirror),
+            primary: decision
+                .desired
+                .iter()
+                .find(|(_, d)| **d == Desired::Primary)
+                .map(|(name, _)| name.clone()),
+            route: decision.routes.get(member).copied().unwrap_or(Route::None),
+        }
+    }
+}
+
 /// Everything a DatabaseMirror becomes, besides its member pods.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DatabaseMirrorChildren {
@@ -68,7 +137,6 @@ pub struct DatabaseMirrorChildren {
     pub primary_budget: PodDisruptionBudget,
     pub mirror_budget: PodDisruptionBudget,
     pub config: ConfigMap,
-    pub credentials: Secret,
 }
 
 /// Member names: `<name>-1` … `<name>-<mirrors + 1>`.
@@ -82,15 +150,15 @@ pub fn credentials_name(dbm: &DatabaseMirror) -> String {
     format!("{}-credentials", dbm.name_any())
 }
 
-/// Build the shared children of `dbm`.
-pub fn build(dbm: &DatabaseMirror, passwords: &Passwords) -> Result<DatabaseMirrorChildren, BuildError> {
+/// Build the shared children of `dbm` (the credentials Secret is built on
+/// its own by [`credentials`]: its passwords are generated only once).
+pub fn build(dbm: &DatabaseMirror) -> Result<DatabaseMirrorChildren, BuildError> {
     Ok(DatabaseMirrorChildren {
         read_write: service(dbm, "rw", "primary")?,
         read_only: service(dbm, "ro", "mirror")?,
         primary_budget: budget(dbm, "primary", 0)?,
         mirror_budget: budget(dbm, "mirror", 1)?,
         config: config(dbm)?,
-        credentials: credentials(dbm, passwords)?,
     })
 }
 
@@ -213,7 +281,7 @@ fn config(dbm: &DatabaseMirror) -> Result<ConfigMap, BuildError> {
 
 /// The Secret the web tier and the agents read. Host names are the stable
 /// Services, so a promotion changes nothing here.
-fn credentials(dbm: &DatabaseMirror, passwords: &Passwords) -> Result<Secret, BuildError> {
+pub fn credentials(dbm: &DatabaseMirror, passwords: &Passwords) -> Result<Secret, BuildError> {
     let ns = namespace(dbm)?;
     let name = dbm.name_any();
     let (db, user) = (&dbm.spec.database, &dbm.spec.owner);
@@ -234,12 +302,61 @@ fn credentials(dbm: &DatabaseMirror, passwords: &Passwords) -> Result<Secret, Bu
     .into_iter()
     .map(|(k, v)| (k.to_string(), ByteString(v.into_bytes())))
     .collect();
-    Ok(Secret {
-        metadata: metadata(dbm, credentials_name(dbm))?,
-        type_: Some("Opaque".into()),
-        data: Some(data),
-        ..Secret::default()
-    })
+    let mut meta = metadata(dbm, credentials_name(dbm))?;
+    // The members' data only opens with these passwords: the Secret is kept
+    // with the volumes, and a DatabaseMirror re-created over them adopts it.
+    if !dbm.spec.instance.storage.delete_on_removal {
+        meta.owner_references = None;
+    }
+    Ok(Secret { metadata: meta, type_: Some("Opaque".into()), data: Some(data), ..Secret::default() })
+}
+
+/// Name of the ServiceAccount, Role and RoleBinding of the members' agents.
+pub fn agent_account_name(dbm: &DatabaseMirror) -> String {
+    format!("{}-agent", dbm.name_any())
+}
+
+/// The agents' identity and the least they need: read their own pod (the
+/// operator's instructions) and keep their own member Lease.
+pub fn agent_rbac(dbm: &DatabaseMirror) -> Result<(ServiceAccount, Role, RoleBinding), BuildError> {
+    let name = agent_account_name(dbm);
+    let members = member_names(dbm);
+    let rule = |resource: &str, verbs: &[&str], names: Option<&Vec<String>>| PolicyRule {
+        api_groups: Some(vec![if resource == "pods" { "" } else { "coordination.k8s.io" }.into()]),
+        resources: Some(vec![resource.into()]),
+        verbs: verbs.iter().map(|v| v.to_string()).collect(),
+        resource_names: names.cloned(),
+        ..PolicyRule::default()
+    };
+    let account = ServiceAccount {
+        metadata: metadata(dbm, name.clone())?,
+        automount_service_account_token: Some(true),
+        ..ServiceAccount::default()
+    };
+    let role = Role {
+        metadata: metadata(dbm, name.clone())?,
+        rules: Some(vec![
+            rule("pods", &["get"], Some(&members)),
+            rule("leases", &["get", "patch", "update"], Some(&members)),
+            // `create` cannot be limited by name: the API knows no name yet.
+            rule("leases", &["create"], None),
+        ]),
+    };
+    let binding = RoleBinding {
+        metadata: metadata(dbm, name.clone())?,
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            kind: "Role".into(),
+            name: name.clone(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name,
+            namespace: Some(namespace(dbm)?),
+            ..Subject::default()
+        }]),
+    };
+    Ok((account, role, binding))
 }
 
 /// The data volume of `member`. Owned by the DatabaseMirror (and so deleted
@@ -378,7 +495,7 @@ pub fn member_pod(dbm: &DatabaseMirror, member: &str, agent_image: &str) -> Resu
             init_containers: Some(vec![install_agent]),
             containers: vec![database],
             volumes: Some(volumes),
-            service_account_name: Some(format!("{}-agent", dbm.name_any())),
+            service_account_name: Some(agent_account_name(dbm)),
             // Fast shutdown is clean (a checkpoint); give it room.
             termination_grace_period_seconds: Some(60),
             enable_service_links: Some(false),
@@ -480,7 +597,7 @@ mod tests {
 
     #[test]
     fn services_route_by_role_and_budgets_protect_the_primary() {
-        let c = build(&dbm("instance: {storage: {size: 1Gi}}"), &passwords()).unwrap();
+        let c = build(&dbm("instance: {storage: {size: 1Gi}}")).unwrap();
         assert_eq!(c.read_write.metadata.name.as_deref(), Some("shop-db-rw"));
         assert_eq!(c.read_write.spec.as_ref().unwrap().selector.as_ref().unwrap()[ROLE_LABEL], "primary");
         assert_eq!(c.read_only.spec.as_ref().unwrap().selector.as_ref().unwrap()[ROLE_LABEL], "mirror");
@@ -517,9 +634,12 @@ mod tests {
 
     #[test]
     fn credentials_point_at_the_stable_services() {
-        let c = build(&dbm("instance: {storage: {size: 1Gi}}\ndatabase: shop\nowner: shop"), &passwords())
-            .unwrap();
-        let data = c.credentials.data.unwrap();
+        let secret =
+            credentials(&dbm("instance: {storage: {size: 1Gi}}\ndatabase: shop\nowner: shop"), &passwords())
+                .unwrap();
+        assert!(secret.metadata.owner_references.is_none(), "kept with the volumes");
+        assert_eq!(Passwords::from_secret(&secret), Ok(passwords()));
+        let data = secret.data.unwrap();
         let text = |k: &str| String::from_utf8(data[k].0.clone()).unwrap();
         assert_eq!(text("uri"), "postgresql://shop:o@shop-db-rw.customer-a.svc:5432/shop");
         assert_eq!(text("ro-uri"), "postgresql://shop:o@shop-db-ro.customer-a.svc:5432/shop");

@@ -14,13 +14,13 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
-use serde::de::DeserializeOwned;
 use tracing::{Instrument, info_span, warn};
 
-use super::{Error, RESYNC, Shared, jittered, owned_child};
+pub use super::Scope;
+use super::{Error, RESYNC, Shared, cached, jittered, owned_child};
 use crate::api::common::condition_type::READY;
 use crate::api::{DatabaseMirror, SessionStore, WebCluster};
 use crate::conditions;
@@ -49,56 +49,6 @@ pub struct Context {
     /// Every cache has been filled once. Until then a reconcile would take a
     /// child it has not seen yet for a missing one and re-apply it.
     pub caches_ready: std::sync::atomic::AtomicBool,
-}
-
-/// Where the controller watches: every namespace, or one.
-#[derive(Clone)]
-pub struct Scope {
-    pub client: kube::Client,
-    pub namespace: Option<String>,
-}
-
-impl Scope {
-    fn api<K>(&self) -> Api<K>
-    where
-        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-    {
-        match &self.namespace {
-            Some(ns) => Api::namespaced(self.client.clone(), ns),
-            None => Api::all(self.client.clone()),
-        }
-    }
-}
-
-/// A watched, cached stream of `K`, with managed fields dropped to keep the
-/// cache small. Only objects carrying `label_selector` are cached, when given.
-fn cached<K>(
-    scope: &Scope,
-    label_selector: Option<&str>,
-) -> (Store<K>, impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static)
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let (reader, writer) = reflector::store();
-    let mut config = watcher::Config::default().any_semantic();
-    if let Some(selector) = label_selector {
-        config = config.labels(selector);
-    }
-    let stream = watcher(scope.api::<K>(), config)
-        .default_backoff()
-        .modify(|obj| {
-            obj.managed_fields_mut().clear();
-            obj.annotations_mut().remove("kubectl.kubernetes.io/last-applied-configuration");
-        })
-        .reflect(writer)
-        .applied_objects();
-    (reader, stream)
 }
 
 /// Run the WebCluster controller until `shutdown` resolves.

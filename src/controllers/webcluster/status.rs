@@ -242,14 +242,7 @@ pub fn compute(
     }
 }
 
-/// An Event to publish about a WebCluster.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Planned {
-    pub type_: EventType,
-    pub reason: &'static str,
-    pub action: &'static str,
-    pub note: String,
-}
+pub use crate::controllers::Planned;
 
 /// Events for what applying `desired` over `live` is about to change.
 pub fn apply_events(live: Option<&Deployment>, desired: &Deployment) -> Vec<Planned> {

@@ -1,0 +1,375 @@
+//! DatabaseMirror status from the engine's decision and the agents' reports:
+//! phase, per-member role/health/lag, failover history, conditions and the
+//! Events that tell a human on call what happened. Pure, so every rule is a
+//! unit test.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use kube::runtime::events::EventType;
+
+use crate::api::common::condition_type::{DEGRADED, PROGRESSING, READY};
+use crate::api::common::{
+    EngineStatus, FailoverStatus, MemberRole, MemberStatus, ReplicationStatus, StorePhase,
+};
+use crate::api::{DatabaseMirror, DatabaseMirrorStatus};
+use crate::conditions::{self, Observed};
+use crate::controllers::Planned;
+use crate::failover::{Blocked, Decision, Desired, Member, Route, ServerRole, State, Step};
+
+/// What became of the credentials Secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Credentials {
+    /// Present with every key (or generated just now).
+    Ready,
+    /// Deleted after the members were initialised with its passwords.
+    Missing,
+    /// Present but a key was removed or emptied by hand.
+    Invalid { key: &'static str },
+}
+
+/// Everything besides the decision that the status reports.
+pub struct Observation<'a> {
+    /// The engine's inputs: every member and its agent's latest report.
+    pub members: &'a [Member],
+    /// `hostwright.io/template-hash` of every member pod that exists.
+    pub pod_hashes: &'a BTreeMap<String, String>,
+    /// The hash of the current instance template.
+    pub template_hash: &'a str,
+    pub credentials: &'a Credentials,
+    /// A member that `mirrors` no longer includes but that cannot be removed
+    /// (it is the primary).
+    pub shrink_blocked: Option<&'a str>,
+}
+
+/// Why a failover cannot go on, for conditions and Events.
+pub fn describe_blocked(blocked: &Blocked, dbm: &DatabaseMirror) -> String {
+    match blocked {
+        Blocked::Disabled => {
+            "failover is disabled (spec.failover.enabled: false): the lost primary stays fenced \
+                              until it returns; set spec.primary to switch over by hand"
+                .into()
+        }
+        Blocked::NoHealthyMirror => "no healthy mirror is left to promote".into(),
+        Blocked::LagTooHigh { best, lag_bytes } => format!(
+            "not promoting: every healthy mirror is too far behind; the best, {best}, lags {lag_bytes} bytes, \
+             more than failover.maxLagBytes ({}); promoting it would drop acknowledged writes",
+            dbm.spec.failover.max_lag_bytes
+        ),
+        Blocked::AwaitingPositions => {
+            "waiting for every member to report its replication position after the fence".into()
+        }
+    }
+}
+
+fn time_of(ms: u64) -> Option<Time> {
+    Timestamp::from_millisecond(i64::try_from(ms).ok()?).ok().map(Time)
+}
+
+fn member_status(
+    m: &Member,
+    decision: &Decision,
+    primary_position: Option<u64>,
+    o: &Observation,
+) -> MemberStatus {
+    let report = m.report.filter(|_| !m.lease_expired);
+    let desired = decision.desired.get(&m.name).copied();
+    let role = match (desired, report.map(|r| r.role)) {
+        (Some(Desired::Fenced), _) => MemberRole::Fenced,
+        (_, Some(ServerRole::Primary)) => MemberRole::Primary,
+        (_, Some(ServerRole::Mirror)) => MemberRole::Mirror,
+        _ => MemberRole::Pending,
+    };
+    let position = report.and_then(|r| r.position);
+    let lag = match (role, position, primary_position) {
+        (MemberRole::Mirror, Some(p), Some(primary)) => Some(primary.saturating_sub(p)),
+        _ => None,
+    };
+    MemberStatus {
+        name: m.name.clone(),
+        role,
+        healthy: decision.routes.get(&m.name).is_some_and(|r| *r != Route::None),
+        position: position.and_then(|p| i64::try_from(p).ok()),
+        lag_bytes: lag.and_then(|l| i64::try_from(l).ok()),
+        spec_drift: o.pod_hashes.get(&m.name).is_some_and(|h| h != o.template_hash),
+        last_report_time: report.and_then(|r| time_of(r.at)),
+    }
+}
+
+/// The status after `decision`, given the previous one.
+pub fn compute(
+    dbm: &DatabaseMirror,
+    decision: &Decision,
+    o: &Observation,
+    old: &DatabaseMirrorStatus,
+    now: &Time,
+) -> DatabaseMirrorStatus {
+    let primary = decision.read_write().map(str::to_string);
+    let primary_position = primary
+        .as_ref()
+        .and_then(|p| o.members.iter().find(|m| &m.name == p))
+        .and_then(|m| m.report)
+        .and_then(|r| r.position);
+    let members: Vec<MemberStatus> =
+        o.members.iter().map(|m| member_status(m, decision, primary_position, o)).collect();
+    let healthy = members.iter().filter(|m| m.healthy).count();
+    let mirrors_healthy = members.iter().filter(|m| m.healthy && m.role == MemberRole::Mirror).count();
+    let wanted_mirrors = usize::try_from(dbm.spec.mirrors).unwrap_or(0);
+    let drifted: Vec<String> = members.iter().filter(|m| m.spec_drift).map(|m| m.name.clone()).collect();
+    let blocked = decision.blocked.as_ref().filter(|b| **b != Blocked::AwaitingPositions);
+
+    let mut failover = old.replication.failover.clone();
+    for step in &decision.steps {
+        if let Step::Promoted { duration_ms, .. } = step {
+            failover = FailoverStatus {
+                last_failover_time: Some(now.clone()),
+                last_failover_duration: Some(format!("{:.2}", *duration_ms as f64 / 1000.0)),
+                failover_count: failover.failover_count + 1,
+            };
+        }
+    }
+
+    let switching = match &decision.state {
+        State::Demoting { .. } => true,
+        State::Promoting { candidate, .. } => dbm.spec.primary.as_deref() == Some(candidate.as_str()),
+        _ => false,
+    };
+    let anything_reported = o.members.iter().any(|m| m.report.is_some());
+    let phase = match &decision.state {
+        _ if o.pod_hashes.is_empty() && !anything_reported => StorePhase::Pending,
+        State::Bootstrapping { .. } => StorePhase::Bootstrapping,
+        _ if blocked.is_some() => StorePhase::Failed,
+        _ if switching => StorePhase::SwitchingOver,
+        State::Suspect { .. } | State::Fencing { .. } | State::Promoting { .. } => StorePhase::FailingOver,
+        _ if healthy == o.members.len() && drifted.is_empty() => StorePhase::Ready,
+        _ => StorePhase::Degraded,
+    };
+
+    let in_motion = match &decision.state {
+        State::Bootstrapping { primary } => Some(("Bootstrapping", format!("initialising {primary}"))),
+        State::Suspect { primary, .. } => Some((
+            "PrimaryUnhealthy",
+            format!(
+                "{primary} is unhealthy; a mirror is promoted if it stays so for {}",
+                dbm.spec.failover.delay
+            ),
+        )),
+        State::Fencing { old, .. } => {
+            Some(("FailingOver", format!("{old} is fenced; choosing a mirror to promote")))
+        }
+        State::Promoting { candidate, .. } if switching => {
+            Some(("SwitchingOver", format!("promoting {candidate} (planned switchover)")))
+        }
+        State::Promoting { candidate, .. } => Some(("FailingOver", format!("promoting {candidate}"))),
+        State::Demoting { old, target, .. } => {
+            Some(("SwitchingOver", format!("{old} is handing over to {target} (planned switchover)")))
+        }
+        State::Steady { .. } => None,
+    };
+
+    let secret = crate::resources::databasemirror::credentials_name(dbm);
+    let ready = match (o.credentials, &primary, blocked) {
+        (Credentials::Missing, _, _) => Observed::new(
+            READY,
+            false,
+            "CredentialsMissing",
+            format!(
+                "Secret {secret} was deleted after the members were initialised with its passwords; the \
+                 operator does not generate new ones (the data opens only with the old ones): restore the \
+                 Secret from your backup"
+            ),
+        ),
+        (Credentials::Invalid { key }, _, _) => Observed::new(
+            READY,
+            false,
+            "CredentialsInvalid",
+            format!("Secret {secret} has no value for {key:?}; restore it"),
+        ),
+        (_, Some(p), _) => Observed::new(
+            READY,
+            true,
+            "PrimaryServing",
+            format!("{p} takes writes; {healthy}/{} members healthy", o.members.len()),
+        ),
+        (_, None, Some(b)) => Observed::new(READY, false, "FailoverBlocked", describe_blocked(b, dbm)),
+        (_, None, None) => match &in_motion {
+            Some((reason, message)) => Observed::new(READY, false, reason, message.clone()),
+            None => Observed::new(READY, false, "PrimaryNotServing", "no member takes writes yet"),
+        },
+    };
+    let progressing = match (&in_motion, blocked) {
+        (_, Some(_)) => {
+            Observed::new(PROGRESSING, false, "FailoverBlocked", "waiting for a person or a member")
+        }
+        (Some((reason, message)), None) => Observed::new(PROGRESSING, true, reason, message.clone()),
+        (None, None) if healthy < o.members.len() => Observed::new(
+            PROGRESSING,
+            true,
+            "MembersCatchingUp",
+            format!("{healthy}/{} members healthy", o.members.len()),
+        ),
+        (None, None) => Observed::new(PROGRESSING, false, "Stable", "nothing to do"),
+    };
+    let degraded = if let Some(b) = blocked {
+        Observed::new(DEGRADED, true, "FailoverBlocked", describe_blocked(b, dbm))
+    } else if let Some(member) = o.shrink_blocked {
+        Observed::new(
+            DEGRADED,
+            true,
+            "ShrinkBlocked",
+            format!(
+                "{member} is no longer wanted but is the primary: set spec.primary to another member first"
+            ),
+        )
+    } else if mirrors_healthy < wanted_mirrors && primary.is_some() {
+        Observed::new(
+            DEGRADED,
+            true,
+            "MirrorsUnhealthy",
+            format!("{mirrors_healthy} of {wanted_mirrors} mirrors stream from the primary"),
+        )
+    } else if !drifted.is_empty() {
+        Observed::new(
+            DEGRADED,
+            true,
+            "SpecDrift",
+            format!("{} differ from the instance template", drifted.join(", ")),
+        )
+    } else {
+        Observed::new(
+            DEGRADED,
+            false,
+            "AllMembersHealthy",
+            format!("{healthy}/{} members healthy", o.members.len()),
+        )
+    };
+
+    let target_primary = match &decision.state {
+        State::Promoting { candidate, .. } => Some(candidate.clone()),
+        State::Demoting { target, .. } => Some(target.clone()),
+        _ => None,
+    };
+    let max_lag = members.iter().filter_map(|m| m.lag_bytes).max();
+    DatabaseMirrorStatus {
+        replication: ReplicationStatus {
+            observed_generation: dbm.metadata.generation,
+            phase: Some(phase),
+            current_primary: primary,
+            target_primary,
+            ready: Some(format!("{healthy}/{}", o.members.len())),
+            members,
+            failover,
+            engine: Some(EngineStatus::from(&decision.state)),
+            conditions: conditions::merge(
+                &old.replication.conditions,
+                vec![ready, progressing, degraded],
+                dbm.metadata.generation,
+                now,
+            ),
+        },
+        max_lag_bytes: max_lag,
+        equal_spec: (!o.pod_hashes.is_empty()).then_some(drifted.is_empty()),
+        credentials_secret: Some(secret),
+    }
+}
+
+/// The status with what moves on every report (positions, lag, report
+/// times) taken out: when only those changed, the status is refreshed at a
+/// slower pace, so a busy database does not turn into a stream of writes.
+pub fn without_positions(status: &DatabaseMirrorStatus) -> DatabaseMirrorStatus {
+    let mut s = status.clone();
+    s.max_lag_bytes = None;
+    for m in &mut s.replication.members {
+        m.position = None;
+        m.lag_bytes = None;
+        m.last_report_time = None;
+    }
+    s
+}
+
+/// Events for the engine's steps and for conditions that turned.
+pub fn events(
+    dbm: &DatabaseMirror,
+    decision: &Decision,
+    old: &DatabaseMirrorStatus,
+    new: &DatabaseMirrorStatus,
+) -> Vec<Planned> {
+    let event = |type_, reason, action, note: String| Planned { type_, reason, action, note };
+    let mut events: Vec<Planned> = decision
+        .steps
+        .iter()
+        .filter_map(|step| {
+            Some(match step {
+                Step::PrimaryUnhealthy { primary } => event(
+                    EventType::Warning,
+                    "PrimaryUnhealthy",
+                    "Failover",
+                    format!("{primary} stopped serving as primary"),
+                ),
+                Step::PrimaryRecovered { primary } => event(
+                    EventType::Normal,
+                    "PrimaryRecovered",
+                    "Failover",
+                    format!("{primary} serves as primary again"),
+                ),
+                Step::Fenced { member } => event(
+                    EventType::Warning,
+                    "Fenced",
+                    "Failover",
+                    format!("{member} is fenced: out of {}-rw and told to take no writes", dbm.name_any()),
+                ),
+                Step::Promoting { member, position } => event(
+                    EventType::Normal,
+                    "Promoting",
+                    "Failover",
+                    match position {
+                        Some(p) => format!("promoting {member} (replication position {p})"),
+                        None => format!("promoting {member}"),
+                    },
+                ),
+                Step::Promoted { member, duration_ms } => event(
+                    EventType::Normal,
+                    "Promoted",
+                    "Failover",
+                    format!(
+                        "{member} takes writes; {:.2} s after the old primary was judged lost",
+                        *duration_ms as f64 / 1000.0
+                    ),
+                ),
+                Step::SwitchoverStarted { from, to } => event(
+                    EventType::Normal,
+                    "SwitchoverStarted",
+                    "Switchover",
+                    format!("switching the primary from {from} to {to}: demoting {from} cleanly first"),
+                ),
+                // Published when the instruction actually changes on the pod.
+                Step::Rejoining { .. } => return None,
+            })
+        })
+        .collect();
+    let reason = |s: &DatabaseMirrorStatus, t: &str| {
+        conditions::find(&s.replication.conditions, t).map(|c| (c.status.clone(), c.reason.clone()))
+    };
+    if let Some(c) = conditions::find(&new.replication.conditions, READY)
+        && reason(old, READY) != reason(new, READY)
+        && matches!(c.reason.as_str(), "FailoverBlocked" | "CredentialsMissing" | "CredentialsInvalid")
+    {
+        events.push(event(EventType::Warning, "NotReady", "Observe", c.message.clone()));
+    }
+    if let Some(c) = conditions::find(&new.replication.conditions, DEGRADED)
+        && reason(old, DEGRADED) != reason(new, DEGRADED)
+    {
+        let was = conditions::is_true(&old.replication.conditions, DEGRADED);
+        match (c.status.as_str(), was) {
+            ("True", _) => events.push(event(EventType::Warning, "Degraded", "Observe", c.message.clone())),
+            (_, true) => events.push(event(EventType::Normal, "Recovered", "Observe", c.message.clone())),
+            _ => {}
+        }
+    }
+    events
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,183 @@
+use std::collections::BTreeMap;
+
+use k8s_openapi::jiff::Timestamp;
+
+use super::*;
+use crate::api::DatabaseMirrorSpec;
+use crate::failover::{Policy, Report, step};
+
+fn dbm(yaml: &str) -> DatabaseMirror {
+    let spec: DatabaseMirrorSpec = serde_yaml::from_str(yaml).unwrap();
+    let mut d = DatabaseMirror::new("db", spec);
+    d.metadata.namespace = Some("shop".into());
+    d.metadata.generation = Some(3);
+    d
+}
+
+fn member(name: &str, role: ServerRole, position: u64, acting_on: Desired) -> Member {
+    Member {
+        name: name.into(),
+        report: Some(Report { at: 10_000, role, position: Some(position), acting_on }),
+        lease_expired: false,
+    }
+}
+
+fn lost(name: &str, position: u64) -> Member {
+    Member { lease_expired: true, ..member(name, ServerRole::Primary, position, Desired::Primary) }
+}
+
+fn policy(max_lag: u64) -> Policy {
+    Policy {
+        enabled: true,
+        delay_ms: 0,
+        max_lag_bytes: max_lag,
+        synchronous: false,
+        force: false,
+        requested_primary: None,
+    }
+}
+
+fn hashes(names: &[&str], hash: &str) -> BTreeMap<String, String> {
+    names.iter().map(|n| (n.to_string(), hash.to_string())).collect()
+}
+
+fn at(secs: i64) -> Time {
+    Time(Timestamp::from_second(secs).unwrap())
+}
+
+fn observe<'a>(
+    members: &'a [Member],
+    pods: &'a BTreeMap<String, String>,
+    credentials: &'a Credentials,
+) -> Observation<'a> {
+    Observation { members, pod_hashes: pods, template_hash: "h1", credentials, shrink_blocked: None }
+}
+
+fn condition<'a>(
+    s: &'a DatabaseMirrorStatus,
+    t: &str,
+) -> &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    conditions::find(&s.replication.conditions, t).unwrap()
+}
+
+fn healthy_trio() -> Vec<Member> {
+    vec![
+        member("db-1", ServerRole::Primary, 5_000, Desired::Primary),
+        member("db-2", ServerRole::Mirror, 4_000, Desired::Mirror),
+        member("db-3", ServerRole::Mirror, 5_000, Desired::Mirror),
+    ]
+}
+
+#[test]
+fn a_healthy_trio_is_ready_with_its_lag_reported() {
+    let d = dbm("instance: {storage: {size: 1Gi}}\nmirrors: 2");
+    let members = healthy_trio();
+    let decision = step(&State::Steady { primary: "db-1".into() }, &members, &policy(1 << 24), 20_000);
+    let pods = hashes(&["db-1", "db-2", "db-3"], "h1");
+    let s =
+        compute(&d, &decision, &observe(&members, &pods, &Credentials::Ready), &Default::default(), &at(1));
+    let r = &s.replication;
+    assert_eq!(r.phase, Some(StorePhase::Ready));
+    assert_eq!(r.current_primary.as_deref(), Some("db-1"));
+    assert_eq!(r.ready.as_deref(), Some("3/3"));
+    assert_eq!(s.max_lag_bytes, Some(1_000));
+    assert_eq!(r.members[1].lag_bytes, Some(1_000));
+    assert_eq!(s.equal_spec, Some(true));
+    assert_eq!(condition(&s, READY).reason, "PrimaryServing");
+    assert_eq!(condition(&s, DEGRADED).status, "False");
+    assert_eq!(condition(&s, READY).observed_generation, Some(3));
+    assert_eq!(s.credentials_secret.as_deref(), Some("db-credentials"));
+}
+
+#[test]
+fn a_mirror_too_far_behind_is_not_promoted_and_the_condition_says_why() {
+    let d = dbm("instance: {storage: {size: 1Gi}}\nmirrors: 1\nfailover: {maxLagBytes: 100}");
+    let members = vec![lost("db-1", 10_000), member("db-2", ServerRole::Mirror, 1_000, Desired::Mirror)];
+    let fencing =
+        State::Fencing { old: "db-1".into(), fenced_at: 1, started: 1, last_position: Some(10_000) };
+    let decision = step(&fencing, &members, &policy(100), 20_000);
+    let pods = hashes(&["db-1", "db-2"], "h1");
+    let s =
+        compute(&d, &decision, &observe(&members, &pods, &Credentials::Ready), &Default::default(), &at(1));
+    assert_eq!(s.replication.phase, Some(StorePhase::Failed));
+    let ready = condition(&s, READY);
+    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "FailoverBlocked"));
+    assert!(
+        ready.message.contains("db-2, lags 9000 bytes") && ready.message.contains("maxLagBytes (100)"),
+        "{}",
+        ready.message
+    );
+    let events = events(&d, &decision, &Default::default(), &s);
+    assert!(events.iter().any(|e| e.reason == "NotReady" && e.type_ == EventType::Warning), "{events:?}");
+}
+
+#[test]
+fn a_promotion_is_counted_timed_and_announced() {
+    let d = dbm("instance: {storage: {size: 1Gi}}\nmirrors: 1");
+    let members = vec![lost("db-1", 10_000), member("db-2", ServerRole::Primary, 10_000, Desired::Primary)];
+    let promoting = State::Promoting { old: "db-1".into(), candidate: "db-2".into(), started: 17_500 };
+    let decision = step(&promoting, &members, &policy(1 << 24), 20_000);
+    let pods = hashes(&["db-1", "db-2"], "h1");
+    let mut old = DatabaseMirrorStatus::default();
+    old.replication.failover.failover_count = 4;
+    let s = compute(&d, &decision, &observe(&members, &pods, &Credentials::Ready), &old, &at(1));
+    let f = &s.replication.failover;
+    assert_eq!((f.failover_count, f.last_failover_duration.as_deref()), (5, Some("2.50")));
+    assert_eq!(f.last_failover_time, Some(at(1)));
+    assert_eq!(s.replication.current_primary.as_deref(), Some("db-2"));
+    assert_eq!(s.replication.members[0].role, MemberRole::Pending, "a lost member reports nothing");
+    let events = events(&d, &decision, &old, &s);
+    assert!(events.iter().any(|e| e.reason == "Promoted" && e.note.contains("2.50 s")), "{events:?}");
+}
+
+#[test]
+fn deleted_credentials_are_refused_not_regenerated() {
+    let d = dbm("instance: {storage: {size: 1Gi}}\nmirrors: 2");
+    let members = healthy_trio();
+    let decision = step(&State::Steady { primary: "db-1".into() }, &members, &policy(1 << 24), 20_000);
+    let pods = hashes(&["db-1", "db-2", "db-3"], "h1");
+    let s =
+        compute(&d, &decision, &observe(&members, &pods, &Credentials::Missing), &Default::default(), &at(1));
+    let ready = condition(&s, READY);
+    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "CredentialsMissing"));
+    assert!(ready.message.contains("restore the Secret"), "{}", ready.message);
+    assert_eq!(s.replication.current_primary.as_deref(), Some("db-1"), "the primary keeps serving");
+}
+
+#[test]
+fn a_member_changed_by_hand_breaks_equal_spec() {
+    let d = dbm("instance: {storage: {size: 1Gi}}\nmirrors: 2");
+    let members = healthy_trio();
+    let decision = step(&State::Steady { primary: "db-1".into() }, &members, &policy(1 << 24), 20_000);
+    let mut pods = hashes(&["db-1", "db-2", "db-3"], "h1");
+    pods.insert("db-3".into(), "other".into());
+    let s =
+        compute(&d, &decision, &observe(&members, &pods, &Credentials::Ready), &Default::default(), &at(1));
+    assert_eq!(s.equal_spec, Some(false));
+    assert!(s.replication.members[2].spec_drift);
+    let degraded = condition(&s, DEGRADED);
+    assert_eq!(
+        (degraded.reason.as_str(), degraded.message.as_str()),
+        ("SpecDrift", "db-3 differ from the instance template")
+    );
+}
+
+#[test]
+fn moving_positions_alone_are_not_a_significant_change() {
+    let d = dbm("instance: {storage: {size: 1Gi}}\nmirrors: 2");
+    let pods = hashes(&["db-1", "db-2", "db-3"], "h1");
+    let first = healthy_trio();
+    let decision = step(&State::Steady { primary: "db-1".into() }, &first, &policy(1 << 24), 20_000);
+    let a = compute(&d, &decision, &observe(&first, &pods, &Credentials::Ready), &Default::default(), &at(1));
+    let mut later = healthy_trio();
+    for m in &mut later {
+        if let Some(r) = m.report.as_mut() {
+            r.position = r.position.map(|p| p + 777);
+            r.at += 300;
+        }
+    }
+    let decision = step(&State::Steady { primary: "db-1".into() }, &later, &policy(1 << 24), 20_300);
+    let b = compute(&d, &decision, &observe(&later, &pods, &Credentials::Ready), &a, &at(2));
+    assert_ne!(a, b);
+    assert_eq!(without_positions(&a), without_positions(&b));
+}
