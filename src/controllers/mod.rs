@@ -248,6 +248,10 @@ fn resource_name<K: Resource<DynamicType = ()>>() -> &'static str {
         "secrets" => "secrets",
         "pods" => "pods",
         "persistentvolumeclaims" => "persistentvolumeclaims",
+        "configmaps" => "configmaps",
+        "serviceaccounts" => "serviceaccounts",
+        "roles" => "roles",
+        "rolebindings" => "rolebindings",
         _ => "other",
     }
 }

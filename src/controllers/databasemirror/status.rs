@@ -223,7 +223,9 @@ pub fn compute(
                 "{member} is no longer wanted but is the primary: set spec.primary to another member first"
             ),
         )
-    } else if mirrors_healthy < wanted_mirrors && primary.is_some() {
+    } else if primary.is_none() {
+        Observed::new(DEGRADED, false, "NoPrimary", "no member takes writes yet: see the Ready condition")
+    } else if mirrors_healthy < wanted_mirrors {
         Observed::new(
             DEGRADED,
             true,

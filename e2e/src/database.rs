@@ -1,0 +1,232 @@
+//! Driving a DatabaseMirror from the outside, as its users do: through the
+//! `-rw` and `-ro` Services' EndpointSlices (the servers listen on the
+//! loopback twins of their pod IPs), with a writer that records every
+//! acknowledged write and a probe that tries to write on every member.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow};
+use hostwright::api::DatabaseMirror;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::Api;
+use kube::Client;
+use tokio::task::JoinHandle;
+
+use crate::testbed::{ready_endpoints, twin};
+
+/// How a user connects: the owner role of the credentials Secret.
+#[derive(Clone, Debug)]
+pub struct Credentials {
+    pub user: String,
+    pub password: String,
+    pub database: String,
+}
+
+impl Credentials {
+    /// Read `<name>-credentials`.
+    pub async fn read(client: &Client, namespace: &str, name: &str) -> Result<Self> {
+        let secret = Api::<Secret>::namespaced(client.clone(), namespace)
+            .get(&format!("{name}-credentials"))
+            .await
+            .context("the credentials Secret")?;
+        let data = secret.data.unwrap_or_default();
+        let get = |k: &str| -> Result<String> {
+            let v = data.get(k).ok_or_else(|| anyhow!("credentials without {k}"))?;
+            Ok(String::from_utf8(v.0.clone())?)
+        };
+        Ok(Self { user: get("username")?, password: get("password")?, database: get("database")? })
+    }
+
+    /// Connect to the server at `host` (port 5432), giving up after a second.
+    pub async fn connect(&self, host: &str) -> Result<tokio_postgres::Client> {
+        let config = format!(
+            "host={host} port=5432 user={} password={} dbname={} connect_timeout=1",
+            self.user, self.password, self.database
+        );
+        let (client, connection) = tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio_postgres::connect(&config, tokio_postgres::NoTls),
+        )
+        .await
+        .map_err(|_| anyhow!("connecting to {host} timed out"))??;
+        tokio::spawn(connection);
+        Ok(client)
+    }
+}
+
+/// A connection to whatever the `<name>-rw` Service routes to now.
+pub async fn connect_rw(client: &Client, namespace: &str, name: &str, creds: &Credentials) -> Result<tokio_postgres::Client> {
+    let endpoints = ready_endpoints(client, namespace, &format!("{name}-rw")).await?;
+    let host = endpoints.first().ok_or_else(|| anyhow!("{name}-rw has no ready endpoint"))?;
+    creds.connect(host).await
+}
+
+/// The loopback twin of a member pod's IP.
+pub async fn member_host(client: &Client, namespace: &str, member: &str) -> Result<String> {
+    let pod = Api::<Pod>::namespaced(client.clone(), namespace).get(member).await?;
+    let ip = pod.status.and_then(|s| s.pod_ip).ok_or_else(|| anyhow!("{member} has no IP"))?;
+    twin(&ip).ok_or_else(|| anyhow!("{member}'s IP {ip} has no loopback twin"))
+}
+
+/// Every member Ready, streaming and routed.
+pub fn all_healthy(dbm: &DatabaseMirror) -> bool {
+    let members = dbm.spec.mirrors + 1;
+    dbm.status.as_ref().is_some_and(|s| {
+        let r = &s.replication;
+        r.ready.as_deref() == Some(&format!("{members}/{members}"))
+            && r.phase == Some(hostwright::api::common::StorePhase::Ready)
+            && r.observed_generation == dbm.metadata.generation
+    })
+}
+
+/// The member taking writes, per status.
+pub fn current_primary(dbm: &DatabaseMirror) -> Option<String> {
+    dbm.status.as_ref().and_then(|s| s.replication.current_primary.clone())
+}
+
+/// Writes sequence numbers through `<name>-rw` every few milliseconds,
+/// reconnecting (re-resolving the Service) on any error, and records every
+/// write the server acknowledged.
+pub struct Writer {
+    acked: Arc<Mutex<Vec<(i64, Instant)>>>,
+    stop: Arc<AtomicBool>,
+    task: JoinHandle<()>,
+}
+
+impl Writer {
+    /// `table` must exist (`id bigint primary key`).
+    pub fn start(client: Client, namespace: String, name: String, creds: Credentials, table: &str) -> Self {
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let insert = format!("INSERT INTO {table} (id) VALUES ($1)");
+        let task = {
+            let (acked, stop) = (acked.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut next: i64 = 1;
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(db) = connect_rw(&client, &namespace, &name, &creds).await else {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    };
+                    while !stop.load(Ordering::Relaxed) {
+                        let id = next;
+                        next += 1;
+                        let write = tokio::time::timeout(Duration::from_secs(5), db.execute(&insert, &[&id]));
+                        match write.await {
+                            Ok(Ok(_)) => acked.lock().unwrap_or_else(|p| p.into_inner()).push((id, Instant::now())),
+                            _ => break,
+                        }
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            })
+        };
+        Self { acked, stop, task }
+    }
+
+    /// Acknowledged writes so far.
+    pub fn acked(&self) -> Vec<i64> {
+        self.acked.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(id, _)| *id).collect()
+    }
+
+    /// When the first write acknowledged after `t` was acknowledged.
+    pub fn first_ack_after(&self, t: Instant) -> Option<Instant> {
+        self.acked.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(_, at)| *at).find(|at| *at > t)
+    }
+
+    pub async fn stop(self) -> Vec<i64> {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.task.await;
+        self.acked()
+    }
+}
+
+/// Acknowledged ids missing from `table` on the current primary.
+pub async fn lost_writes(client: &Client, namespace: &str, name: &str, creds: &Credentials, table: &str, acked: &[i64]) -> Result<Vec<i64>> {
+    let db = connect_rw(client, namespace, name, creds).await?;
+    let rows = db.query(&format!("SELECT id FROM {table}"), &[]).await?;
+    let present: BTreeSet<i64> = rows.iter().map(|r| r.get(0)).collect();
+    Ok(acked.iter().copied().filter(|id| !present.contains(id)).collect())
+}
+
+/// A write one member accepted, and when the attempt began and ended.
+#[derive(Clone, Debug)]
+pub struct Accepted {
+    pub member: String,
+    pub start: Instant,
+    pub end: Instant,
+}
+
+/// Tries to write on every member directly (not through a Service), all the
+/// time and concurrently, and records every write a member accepted.
+pub struct SplitBrainProbe {
+    accepted: Arc<Mutex<Vec<Accepted>>>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl SplitBrainProbe {
+    /// `table` must exist on the primary (`member text, at timestamptz`).
+    pub async fn start(client: &Client, namespace: &str, members: &[String], creds: &Credentials, table: &str) -> Result<Self> {
+        let accepted = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for member in members {
+            let host = member_host(client, namespace, member).await?;
+            let (accepted, stop, creds, member) = (accepted.clone(), stop.clone(), creds.clone(), member.clone());
+            let insert = format!("INSERT INTO {table} (member) VALUES ($1)");
+            tasks.push(tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(db) = creds.connect(&host).await else {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    };
+                    // Accepting a write is the question, not whether a mirror confirmed it.
+                    let _ = db.batch_execute("SET synchronous_commit = local; SET statement_timeout = '1s'").await;
+                    while !stop.load(Ordering::Relaxed) {
+                        let start = Instant::now();
+                        match db.execute(&insert, &[&member]).await {
+                            Ok(_) => accepted.lock().unwrap_or_else(|p| p.into_inner()).push(Accepted {
+                                member: member.clone(),
+                                start,
+                                end: Instant::now(),
+                            }),
+                            Err(e) if e.is_closed() => break,
+                            Err(_) => {}
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }));
+        }
+        Ok(Self { accepted, stop, tasks })
+    }
+
+    /// Stop probing; returns every pair of writes two different members
+    /// accepted at overlapping moments (empty: never two writers).
+    pub async fn stop(self) -> (usize, Vec<(Accepted, Accepted)>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let mut all = self.accepted.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        all.sort_by_key(|a| a.start);
+        let mut overlaps = Vec::new();
+        for (i, a) in all.iter().enumerate() {
+            for b in all[i + 1..].iter().take_while(|b| b.start < a.end) {
+                if b.member != a.member {
+                    overlaps.push((a.clone(), b.clone()));
+                }
+            }
+        }
+        (all.len(), overlaps)
+    }
+}
+
+/// Names of a DatabaseMirror's members.
+pub fn member_names(dbm: &DatabaseMirror) -> Vec<String> {
+    hostwright::resources::databasemirror::member_names(dbm)
+}

@@ -1,0 +1,377 @@
+//! DatabaseMirror end to end: the operator, the API server, and behind every
+//! member pod a real PostgreSQL 15 with a real `hostwright agent` (run by the
+//! test bed, which plays kubelet and the storage driver). Clients reach the
+//! servers only through the Services' EndpointSlices.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use hostwright::api::common::condition_type::READY;
+use hostwright::api::common::{MemberRole, StorePhase};
+use hostwright::api::{DatabaseMirror, DatabaseMirrorSpec};
+use hostwright_e2e::database::{
+    Credentials, SplitBrainProbe, Writer, all_healthy, connect_rw, current_primary, lost_writes, member_host,
+};
+use hostwright_e2e::operator::Operator;
+use hostwright_e2e::testbed::Testbed;
+use hostwright_e2e::{TestNamespace, client, eventually, kubectl, wait_for};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+/// The data-path tests share two cores; run them one at a time so a slow
+/// neighbour cannot starve an agent past its lease.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+struct Site {
+    client: Client,
+    ns: TestNamespace,
+    api: Api<DatabaseMirror>,
+    testbed: Testbed,
+    _operator: Operator,
+}
+
+impl Site {
+    async fn start(prefix: &str) -> Result<Self> {
+        if !std::path::Path::new("/usr/lib/postgresql/15/bin/postgres").exists() {
+            bail!("PostgreSQL 15 is not installed (make deps)");
+        }
+        let client = client().await?;
+        let ns = TestNamespace::create(&client, prefix, &[]).await?;
+        let operator = Operator::start(&client, &ns.name, "solo").await?;
+        let root = std::env::temp_dir().join("hostwright-e2e").join(&ns.name);
+        let testbed = Testbed::start(client.clone(), Some(ns.name.clone()), root).await?;
+        Ok(Self { api: ns.api(), client, ns, testbed, _operator: operator })
+    }
+
+    async fn create(&self, name: &str, spec: &str) -> Result<()> {
+        let spec: DatabaseMirrorSpec = serde_yaml::from_str(spec)?;
+        self.api.create(&PostParams::default(), &DatabaseMirror::new(name, spec)).await?;
+        Ok(())
+    }
+
+    async fn patch_spec(&self, name: &str, spec: serde_json::Value) -> Result<()> {
+        self.api.patch(name, &PatchParams::default(), &Patch::Merge(json!({ "spec": spec }))).await?;
+        Ok(())
+    }
+
+    async fn wait(
+        &self,
+        name: &str,
+        what: &str,
+        cond: impl Fn(&DatabaseMirror) -> bool + Send + 'static,
+    ) -> Result<DatabaseMirror> {
+        wait_for(&self.api, name, TIMEOUT, what, move |o: Option<&DatabaseMirror>| o.is_some_and(&cond)).await
+    }
+
+    async fn healthy(&self, name: &str) -> Result<DatabaseMirror> {
+        self.wait(name, "every member healthy and streaming", all_healthy).await
+    }
+
+    async fn credentials(&self, name: &str) -> Result<Credentials> {
+        Credentials::read(&self.client, &self.ns.name, name).await
+    }
+
+    async fn sql(&self, name: &str, statement: &str) -> Result<Vec<tokio_postgres::Row>> {
+        let creds = self.credentials(name).await?;
+        let db = connect_rw(&self.client, &self.ns.name, name, &creds).await?;
+        Ok(db.query(statement, &[]).await?)
+    }
+}
+
+fn ready_reason(dbm: &DatabaseMirror) -> Option<String> {
+    let s = dbm.status.as_ref()?;
+    hostwright::conditions::find(&s.replication.conditions, READY).map(|c| c.reason.clone())
+}
+
+async fn count_on(creds: &Credentials, host: &str, table: &str) -> Result<i64> {
+    let db = creds.connect(host).await?;
+    Ok(db.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await?.get(0))
+}
+
+#[tokio::test]
+async fn a_new_database_streams_to_its_mirrors_grows_and_keeps_its_data() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let site = Site::start("dbm-grow").await?;
+    site.create("grow", "instance: {storage: {size: 1Gi}}\nmirrors: 1").await?;
+    let dbm = site.healthy("grow").await?;
+    assert_eq!(current_primary(&dbm).as_deref(), Some("grow-1"));
+
+    site.sql("grow", "CREATE TABLE items (id int)").await?;
+    site.sql("grow", "INSERT INTO items SELECT generate_series(1, 500)").await?;
+    let creds = site.credentials("grow").await?;
+    let ro = hostwright_e2e::testbed::ready_endpoints(&site.client, &site.ns.name, "grow-ro").await?;
+    ensure!(ro.len() == 1, "one mirror behind grow-ro: {ro:?}");
+    eventually(TIMEOUT, "the rows on the mirror behind grow-ro", || async {
+        Ok(count_on(&creds, &ro[0], "items").await.ok().filter(|n| *n == 500))
+    })
+    .await?;
+
+    // Lag is reported per member and in the printer columns.
+    let dbm = site
+        .wait("grow", "lag reported", |d| {
+            d.status.as_ref().is_some_and(|s| {
+                s.replication.members.iter().any(|m| m.role == MemberRole::Mirror && m.lag_bytes.is_some())
+            })
+        })
+        .await?;
+    assert_eq!(dbm.status.as_ref().and_then(|s| s.equal_spec), Some(true));
+    let table = kubectl(&["get", "databasemirrors", "-n", &site.ns.name])?;
+    let header: Vec<&str> = table.lines().next().unwrap_or_default().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "PRIMARY", "MIRRORS", "READY", "LAG", "PHASE", "LAST-FAILOVER", "AGE"]);
+    let row: Vec<&str> = table.lines().nth(1).unwrap_or_default().split_whitespace().collect();
+    assert_eq!(&row[..4], ["grow", "grow-1", "1", "2/2"], "{table}");
+    assert!(row.contains(&"Ready"), "{table}");
+
+    // Growing adds a member that copies the primary and streams from it.
+    site.patch_spec("grow", json!({"mirrors": 2})).await?;
+    site.healthy("grow").await?;
+    let host = member_host(&site.client, &site.ns.name, "grow-3").await?;
+    eventually(TIMEOUT, "the rows on the new mirror", || async {
+        Ok(count_on(&creds, &host, "items").await.ok().filter(|n| *n == 500))
+    })
+    .await?;
+
+    // Deleting the DatabaseMirror keeps the data volumes and the credentials.
+    site.api.delete("grow", &DeleteParams::foreground()).await?;
+    hostwright_e2e::wait_deleted(&site.api, "grow", TIMEOUT, "the DatabaseMirror").await?;
+    let volumes: Api<PersistentVolumeClaim> = site.ns.api();
+    for m in ["grow-1", "grow-2", "grow-3"] {
+        let pvc = volumes.get(m).await.with_context(|| format!("volume {m} kept"))?;
+        assert_eq!(pvc.status.and_then(|s| s.phase).as_deref(), Some("Bound"));
+    }
+    site.ns.api::<Secret>().get("grow-credentials").await.context("credentials kept with the data")?;
+    site.testbed.stop().await?;
+    Ok(())
+}
+
+/// What kind of loss a trial inflicts on the primary.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Loss {
+    /// kill -9 of the PostgreSQL server; the agent lives.
+    Process,
+    /// kill -9 of server and agent, as if the node died.
+    Member,
+}
+
+#[tokio::test]
+async fn failover_under_write_load_loses_no_acknowledged_write_in_sync_mode() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let trials: usize =
+        std::env::var("HOSTWRIGHT_E2E_FAILOVER_TRIALS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    let site = Site::start("dbm-failover").await?;
+    site.create(
+        "load",
+        "instance: {storage: {size: 1Gi}}\nmirrors: 2\nreplication: sync\nfailover: {delay: 1s}",
+    )
+    .await?;
+    let dbm = site.healthy("load").await?;
+    site.sql("load", "CREATE TABLE acked (id bigint PRIMARY KEY)").await?;
+    site.sql("load", "CREATE TABLE probe (member text, at timestamptz DEFAULT now())").await?;
+    let creds = site.credentials("load").await?;
+    let members = hostwright_e2e::database::member_names(&dbm);
+    // Let the tables reach every mirror before probing them.
+    site.healthy("load").await?;
+    let probe = SplitBrainProbe::start(&site.client, &site.ns.name, &members, &creds, "probe").await?;
+    let writer =
+        Writer::start(site.client.clone(), site.ns.name.clone(), "load".into(), creds.clone(), "acked");
+
+    let mut times: Vec<(Loss, f64)> = Vec::new();
+    for trial in 0..trials {
+        let loss = if trial % 2 == 0 { Loss::Process } else { Loss::Member };
+        let dbm = site.healthy("load").await?;
+        let old = current_primary(&dbm).context("a primary")?;
+        let count = dbm.status.as_ref().map_or(0, |s| s.replication.failover.failover_count);
+        eventually(TIMEOUT, "writes flowing before the kill", || async {
+            Ok(writer.first_ack_after(Instant::now() - Duration::from_millis(500)).map(|_| ()))
+        })
+        .await?;
+        let killed = Instant::now();
+        match loss {
+            Loss::Process => site.testbed.kill_server(&old).await?,
+            Loss::Member => site.testbed.kill_member(&old).await?,
+        }
+        let resumed = eventually(TIMEOUT, "a write acknowledged by the new primary", || async {
+            Ok(writer.first_ack_after(killed))
+        })
+        .await
+        .with_context(|| format!("trial {trial} ({loss:?} of {old})"))?;
+        let seconds = resumed.duration_since(killed).as_secs_f64();
+        times.push((loss, seconds));
+        let dbm = site
+            .wait("load", "a new primary", move |d| {
+                current_primary(d).is_some_and(|p| p != old)
+                    || d.status.as_ref().is_some_and(|s| s.replication.failover.failover_count > count)
+            })
+            .await?;
+        let new = current_primary(&dbm).unwrap_or_default();
+        println!(
+            "trial {trial}: {loss:?} loss of {}: writes resumed on {new} after {seconds:.2} s",
+            dbm.status
+                .as_ref()
+                .and_then(|s| s
+                    .replication
+                    .members
+                    .iter()
+                    .find(|m| m.role == MemberRole::Fenced)
+                    .map(|m| m.name.clone()))
+                .unwrap_or_default()
+        );
+        if loss == Loss::Member {
+            for m in &members {
+                site.testbed.revive(m)?;
+            }
+        }
+        // The old primary comes back as a mirror before the next trial.
+        site.healthy("load").await.with_context(|| format!("rejoin after trial {trial}"))?;
+    }
+
+    let acked = writer.stop().await;
+    let (accepted, overlaps) = probe.stop().await;
+    let lost = lost_writes(&site.client, &site.ns.name, "load", &creds, "acked", &acked).await?;
+    let dbm = site.healthy("load").await?;
+    let failovers = dbm.status.as_ref().map_or(0, |s| s.replication.failover.failover_count);
+    for loss in [Loss::Process, Loss::Member] {
+        let mut t: Vec<f64> = times.iter().filter(|(l, _)| *l == loss).map(|(_, s)| *s).collect();
+        t.sort_by(f64::total_cmp);
+        if !t.is_empty() {
+            println!(
+                "{loss:?} loss: {} trials, p50 {:.2} s, max {:.2} s",
+                t.len(),
+                t[t.len() / 2],
+                t[t.len() - 1]
+            );
+        }
+    }
+    println!(
+        "{} acknowledged writes, {} lost; {accepted} probe writes accepted, {} overlapping",
+        acked.len(),
+        lost.len(),
+        overlaps.len()
+    );
+    assert!(
+        overlaps.is_empty(),
+        "two members accepted writes at the same moment: {:?}",
+        &overlaps[..overlaps.len().min(3)]
+    );
+    assert!(lost.is_empty(), "acknowledged writes lost in sync mode: {lost:?}");
+    assert_eq!(failovers, trials as i64, "one failover per trial");
+    assert!(acked.len() > trials * 10, "the writer kept writing");
+    site.testbed.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn switchover_credentials_and_a_mirror_too_far_behind() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let site = Site::start("dbm-ops").await?;
+    site.create("ops", "instance: {storage: {size: 1Gi}}\nmirrors: 1\nfailover: {delay: 1s}").await?;
+    site.healthy("ops").await?;
+    site.sql("ops", "CREATE TABLE items (id int, pad text)").await?;
+    site.sql("ops", "INSERT INTO items SELECT generate_series(1, 1000), ''").await?;
+
+    // A planned switchover: clean demotion, nothing lost, the old primary a mirror.
+    site.patch_spec("ops", json!({"primary": "ops-2"})).await?;
+    let dbm = site
+        .wait("ops", "ops-2 primary after the switchover", |d| {
+            current_primary(d).as_deref() == Some("ops-2") && all_healthy(d)
+        })
+        .await?;
+    let status = dbm.status.clone().unwrap_or_default();
+    assert_eq!(status.replication.failover.failover_count, 1);
+    assert_eq!(
+        status.replication.members.iter().find(|m| m.name == "ops-1").map(|m| m.role),
+        Some(MemberRole::Mirror)
+    );
+    let n: i64 = site.sql("ops", "SELECT count(*) FROM items").await?[0].get(0);
+    assert_eq!(n, 1000, "a switchover loses nothing");
+    let events = kubectl(&[
+        "get",
+        "events",
+        "-n",
+        &site.ns.name,
+        "--field-selector",
+        "reason=SwitchoverStarted",
+        "-o",
+        "name",
+    ])?;
+    assert!(!events.trim().is_empty(), "a SwitchoverStarted event");
+
+    // The credentials Secret deleted by hand is refused, not regenerated:
+    // the data opens only with the old passwords.
+    let secrets: Api<Secret> = site.ns.api();
+    let saved = secrets.get("ops-credentials").await?;
+    secrets.delete("ops-credentials", &DeleteParams::default()).await?;
+    site.wait("ops", "Ready=False CredentialsMissing", |d| {
+        ready_reason(d).as_deref() == Some("CredentialsMissing")
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        secrets.get_opt("ops-credentials").await?.is_none(),
+        "the operator does not invent new passwords"
+    );
+    site.sql("ops", "INSERT INTO items VALUES (1001, '')").await.context("the primary keeps serving")?;
+    let mut restored = Secret { data: saved.data.clone(), type_: saved.type_.clone(), ..Secret::default() };
+    restored.metadata.name = Some("ops-credentials".into());
+    restored.metadata.labels = Some(saved.labels().clone());
+    secrets.create(&PostParams::default(), &restored).await?;
+    site.wait("ops", "Ready again once the Secret is restored", |d| {
+        ready_reason(d).as_deref() == Some("PrimaryServing")
+    })
+    .await?;
+
+    // Every mirror too far behind: no promotion, and a condition says why.
+    site.patch_spec("ops", json!({"failover": {"maxLagBytes": 1024}})).await?;
+    site.healthy("ops").await?;
+    let receiver = walreceiver_pid("ops_1")?;
+    signal(receiver, "STOP")?;
+    site.sql("ops", "INSERT INTO items SELECT generate_series(2001, 4000), repeat('x', 200)").await?;
+    site.wait("ops", "the mirror's lag above maxLagBytes", |d| {
+        d.status.as_ref().is_some_and(|s| {
+            s.replication.members.iter().any(|m| m.name == "ops-1" && m.lag_bytes.unwrap_or(0) > 1024)
+        })
+    })
+    .await?;
+    site.testbed.kill_member("ops-2").await?;
+    let dbm = site
+        .wait("ops", "FailoverBlocked", |d| ready_reason(d).as_deref() == Some("FailoverBlocked"))
+        .await?;
+    let status = dbm.status.clone().unwrap_or_default();
+    let message = hostwright::conditions::find(&status.replication.conditions, READY)
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    assert!(message.contains("maxLagBytes"), "{message}");
+    assert_eq!(status.replication.phase, Some(StorePhase::Failed));
+    assert_eq!(status.replication.failover.failover_count, 1, "no promotion");
+    signal(receiver, "CONT")?;
+    // The primary returns: nobody was promoted, so it simply serves again.
+    site.testbed.revive("ops-2")?;
+    let dbm = site
+        .wait("ops", "ops-2 serving again", |d| {
+            current_primary(d).as_deref() == Some("ops-2") && all_healthy(d)
+        })
+        .await?;
+    assert_eq!(dbm.status.map(|s| s.replication.failover.failover_count), Some(1));
+    let n: i64 = site.sql("ops", "SELECT count(*) FROM items").await?[0].get(0);
+    assert_eq!(n, 3001);
+    site.testbed.stop().await?;
+    Ok(())
+}
+
+/// The walreceiver of the server whose cluster_name is `cluster`.
+fn walreceiver_pid(cluster: &str) -> Result<u32> {
+    let out = std::process::Command::new("pgrep")
+        .args(["-f", &format!("postgres: {cluster}: walreceiver")])
+        .output()?;
+    let text = String::from_utf8(out.stdout)?;
+    text.lines().next().context("a walreceiver process")?.trim().parse().context("pid")
+}
+
+fn signal(pid: u32, sig: &str) -> Result<()> {
+    let status = std::process::Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status()?;
+    ensure!(status.success(), "kill -{sig} {pid}");
+    Ok(())
+}
