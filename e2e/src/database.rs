@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow};
 use hostwright::api::DatabaseMirror;
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::api::Api;
 use kube::Client;
+use kube::api::Api;
 use tokio::task::JoinHandle;
 
 use crate::testbed::{ready_endpoints, twin};
@@ -58,7 +58,12 @@ impl Credentials {
 }
 
 /// A connection to whatever the `<name>-rw` Service routes to now.
-pub async fn connect_rw(client: &Client, namespace: &str, name: &str, creds: &Credentials) -> Result<tokio_postgres::Client> {
+pub async fn connect_rw(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    creds: &Credentials,
+) -> Result<tokio_postgres::Client> {
     let endpoints = ready_endpoints(client, namespace, &format!("{name}-rw")).await?;
     let host = endpoints.first().ok_or_else(|| anyhow!("{name}-rw has no ready endpoint"))?;
     creds.connect(host).await
@@ -114,9 +119,13 @@ impl Writer {
                     while !stop.load(Ordering::Relaxed) {
                         let id = next;
                         next += 1;
-                        let write = tokio::time::timeout(Duration::from_secs(5), db.execute(&insert, &[&id]));
+                        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&id];
+                        let write =
+                            tokio::time::timeout(Duration::from_secs(5), db.execute(&insert, &params));
                         match write.await {
-                            Ok(Ok(_)) => acked.lock().unwrap_or_else(|p| p.into_inner()).push((id, Instant::now())),
+                            Ok(Ok(_)) => {
+                                acked.lock().unwrap_or_else(|p| p.into_inner()).push((id, Instant::now()))
+                            }
                             _ => break,
                         }
                         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -139,13 +148,21 @@ impl Writer {
 
     pub async fn stop(self) -> Vec<i64> {
         self.stop.store(true, Ordering::Relaxed);
+        let acked = self.acked.clone();
         let _ = self.task.await;
-        self.acked()
+        acked.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(id, _)| *id).collect()
     }
 }
 
 /// Acknowledged ids missing from `table` on the current primary.
-pub async fn lost_writes(client: &Client, namespace: &str, name: &str, creds: &Credentials, table: &str, acked: &[i64]) -> Result<Vec<i64>> {
+pub async fn lost_writes(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    creds: &Credentials,
+    table: &str,
+    acked: &[i64],
+) -> Result<Vec<i64>> {
     let db = connect_rw(client, namespace, name, creds).await?;
     let rows = db.query(&format!("SELECT id FROM {table}"), &[]).await?;
     let present: BTreeSet<i64> = rows.iter().map(|r| r.get(0)).collect();
@@ -170,13 +187,20 @@ pub struct SplitBrainProbe {
 
 impl SplitBrainProbe {
     /// `table` must exist on the primary (`member text, at timestamptz`).
-    pub async fn start(client: &Client, namespace: &str, members: &[String], creds: &Credentials, table: &str) -> Result<Self> {
+    pub async fn start(
+        client: &Client,
+        namespace: &str,
+        members: &[String],
+        creds: &Credentials,
+        table: &str,
+    ) -> Result<Self> {
         let accepted = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let mut tasks = Vec::new();
         for member in members {
             let host = member_host(client, namespace, member).await?;
-            let (accepted, stop, creds, member) = (accepted.clone(), stop.clone(), creds.clone(), member.clone());
+            let (accepted, stop, creds, member) =
+                (accepted.clone(), stop.clone(), creds.clone(), member.clone());
             let insert = format!("INSERT INTO {table} (member) VALUES ($1)");
             tasks.push(tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
@@ -185,7 +209,9 @@ impl SplitBrainProbe {
                         continue;
                     };
                     // Accepting a write is the question, not whether a mirror confirmed it.
-                    let _ = db.batch_execute("SET synchronous_commit = local; SET statement_timeout = '1s'").await;
+                    let _ = db
+                        .batch_execute("SET synchronous_commit = local; SET statement_timeout = '1s'")
+                        .await;
                     while !stop.load(Ordering::Relaxed) {
                         let start = Instant::now();
                         match db.execute(&insert, &[&member]).await {

@@ -38,17 +38,31 @@ pub async fn client_without_retries() -> Result<Client> {
     Client::try_from(config).context("building a client")
 }
 
-/// Wait up to `timeout` for `cond` to hold for the named object.
+/// Wait up to `timeout` for `cond` to hold for the named object. A watch
+/// that ends (e.g. its resourceVersion expired) is started again.
 pub async fn wait_for<K, C>(api: &Api<K>, name: &str, timeout: Duration, what: &str, cond: C) -> Result<K>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
-    C: Condition<K>,
+    C: Condition<K> + Clone,
 {
-    let found = tokio::time::timeout(timeout, await_condition(api.clone(), name, cond))
-        .await
-        .map_err(|_| anyhow!("timed out after {timeout:?} waiting for {what} ({name})"))?
-        .with_context(|| format!("watching {name} for {what}"))?;
-    found.ok_or_else(|| anyhow!("{name} was deleted while waiting for {what}"))
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, await_condition(api.clone(), name, cond.clone())).await {
+            Err(_) => bail!("timed out after {timeout:?} waiting for {what} ({name})"),
+            Ok(Ok(Some(found))) => return Ok(found),
+            Ok(Ok(None)) => bail!("{name} was deleted while waiting for {what}"),
+            Ok(Err(err)) => {
+                note_watch_restart(&err);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+/// A watch error while waiting is retried; say so on stderr for the log.
+fn note_watch_restart(err: &dyn std::fmt::Display) {
+    eprintln!("watch ended ({err}); watching again");
 }
 
 /// Wait up to `timeout` until the named object no longer exists.
@@ -198,7 +212,80 @@ where
     }
 }
 
+pub mod database;
 pub mod operator;
+pub mod testbed;
+
+/// Write `<dir>/kubeconfig`, authenticating as ServiceAccount
+/// `namespace/name` with a token from the TokenRequest API kept in
+/// `<dir>/token`; server and CA come from the current `KUBECONFIG`.
+///
+/// The kubeconfig names the token by file because clients re-read token
+/// files: calling this again for the same `dir` refreshes the token of a
+/// process that keeps running (a test-bed agent, a demo operator) past the
+/// token's hour.
+pub async fn write_service_account_kubeconfig(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    dir: &std::path::Path,
+) -> Result<std::path::PathBuf> {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec { expiration_seconds: Some(3600), ..TokenRequestSpec::default() }),
+        ..TokenRequest::default()
+    };
+    let token = sas
+        .create_token_request(name, &PostParams::default(), &request)
+        .await
+        .with_context(|| format!("requesting a token for ServiceAccount {namespace}/{name}"))?
+        .status
+        .and_then(|s| s.token)
+        .context("TokenRequest answered without a token")?;
+
+    let kubeconfig = kube::config::Kubeconfig::read().context("reading KUBECONFIG")?;
+    let context_name = kubeconfig.current_context.clone().context("KUBECONFIG has no current context")?;
+    let context = kubeconfig
+        .contexts
+        .iter()
+        .find(|c| c.name == context_name)
+        .and_then(|c| c.context.clone())
+        .context("current context not found")?;
+    let cluster = kubeconfig
+        .clusters
+        .iter()
+        .find(|c| c.name == context.cluster)
+        .and_then(|c| c.cluster.clone())
+        .context("current cluster not found")?;
+    let server = cluster.server.context("cluster without server")?;
+    let mut cluster_entry = serde_json::json!({ "server": server });
+    match (&cluster.certificate_authority_data, &cluster.certificate_authority) {
+        (Some(data), _) => cluster_entry["certificate-authority-data"] = data.as_str().into(),
+        (None, Some(path)) => cluster_entry["certificate-authority"] = path.as_str().into(),
+        (None, None) => cluster_entry["insecure-skip-tls-verify"] = true.into(),
+    }
+
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = std::fs::canonicalize(dir)?;
+    let token_path = dir.join("token");
+    // Write then rename: a client re-reading the token never sees half of one.
+    let partial = dir.join("token.partial");
+    std::fs::write(&partial, token).with_context(|| format!("writing {}", partial.display()))?;
+    std::fs::rename(&partial, &token_path)?;
+    let config = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{ "name": "c", "cluster": cluster_entry }],
+        "users": [{ "name": name, "user": { "tokenFile": token_path } }],
+        "contexts": [{ "name": "c", "context": { "cluster": "c", "user": name, "namespace": namespace } }],
+        "current-context": "c",
+    });
+    let path = dir.join("kubeconfig");
+    std::fs::write(&path, serde_yaml::to_string(&config)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
 
 use hostwright::api::WebCluster;
 use k8s_openapi::api::discovery::v1::EndpointSlice;

@@ -13,10 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::Client;
-use kube::api::{Api, PostParams};
 
 use crate::eventually;
 
@@ -34,55 +31,14 @@ fn binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/hostwright"))
 }
 
-/// A kubeconfig that authenticates as the chart's ServiceAccount, written to
-/// a temporary file. Server and CA come from the current `KUBECONFIG`.
+/// A kubeconfig that authenticates as the chart's ServiceAccount, in a
+/// temporary directory of its own.
 pub async fn service_account_kubeconfig(client: &Client) -> Result<PathBuf> {
     let (namespace, name) = chart_service_account();
-    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &namespace);
-    let request = TokenRequest {
-        spec: Some(TokenRequestSpec { expiration_seconds: Some(3600), ..TokenRequestSpec::default() }),
-        ..TokenRequest::default()
-    };
-    let token = sas
-        .create_token_request(&name, &PostParams::default(), &request)
+    let dir = std::env::temp_dir().join("hostwright-e2e").join(format!("sa-{}", rand::random::<u64>()));
+    crate::write_service_account_kubeconfig(client, &namespace, &name, &dir)
         .await
-        .with_context(|| {
-            format!("requesting a token for ServiceAccount {namespace}/{name} (is the Helm chart installed?)")
-        })?
-        .status
-        .and_then(|s| s.token)
-        .context("TokenRequest answered without a token")?;
-
-    let kubeconfig = kube::config::Kubeconfig::read().context("reading KUBECONFIG")?;
-    let context_name = kubeconfig.current_context.clone().context("KUBECONFIG has no current context")?;
-    let context = kubeconfig
-        .contexts
-        .iter()
-        .find(|c| c.name == context_name)
-        .and_then(|c| c.context.clone())
-        .context("current context not found")?;
-    let cluster = kubeconfig
-        .clusters
-        .iter()
-        .find(|c| c.name == context.cluster)
-        .and_then(|c| c.cluster.clone())
-        .context("current cluster not found")?;
-    let server = cluster.server.context("cluster without server")?;
-    let ca_line = match (&cluster.certificate_authority_data, &cluster.certificate_authority) {
-        (Some(data), _) => format!("certificate-authority-data: {data}"),
-        (None, Some(path)) => format!("certificate-authority: {path}"),
-        (None, None) => "insecure-skip-tls-verify: true".into(),
-    };
-    let yaml = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {server}\n    {ca_line}\n\
-         users:\n- name: {name}\n  user:\n    token: {token}\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: {name}\n    namespace: {namespace}\n\
-         current-context: c\n"
-    );
-    let dir = std::env::temp_dir().join("hostwright-e2e");
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join(format!("sa-{}.kubeconfig", rand::random::<u64>()));
-    std::fs::write(&path, yaml)?;
-    Ok(path)
+        .with_context(|| format!("a kubeconfig for {namespace}/{name} (is the Helm chart installed?)"))
 }
 
 /// One running `hostwright run` process.

@@ -14,6 +14,8 @@ use tokio::process::{Child, Command};
 /// Errors of the PostgreSQL driver, each naming the step that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PostgresError {
+    #[error("the server exited while starting ({status}); see its log")]
+    Exited { status: std::process::ExitStatus },
     #[error("running {program}: {source}")]
     Spawn {
         program: String,
@@ -279,7 +281,7 @@ impl Postgres {
         self.ensure_included().await?;
 
         let data = self.data_dir.to_string_lossy().into_owned();
-        let child = self
+        let mut child = self
             .command("postgres")
             .args(["-D", &data])
             .stdin(Stdio::null())
@@ -291,6 +293,11 @@ impl Postgres {
         loop {
             if self.connect().await.is_ok() {
                 return Ok(child);
+            }
+            // A server that failed at once (lock file, port in use, bad
+            // settings) must not hold the agent's loop, and its lease, for a minute.
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(PostgresError::Exited { status });
             }
             if tokio::time::Instant::now() > deadline {
                 return Err(PostgresError::StartTimeout(Duration::from_secs(60)));

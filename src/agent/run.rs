@@ -126,6 +126,18 @@ impl Agent {
             self.crashed_primary = false;
         }
         let local = self.observe().await;
+        if self.server.is_some() && !local.running {
+            // Our server runs but does not answer: starting, hung, or it just
+            // died (the next tick reaps it). Nothing is planned on a guess, but
+            // a fence is carried out whatever the server's state.
+            if instruction.as_ref().is_some_and(|(d, _)| *d == Desired::Fenced) {
+                warn!("fencing a server that does not answer");
+                let _ = self.stop().await;
+            }
+            let acting_on = instruction.map_or(Desired::Fenced, |(d, _)| d);
+            self.report(acting_on).await;
+            return;
+        }
         if let Some((desired, primary)) = &instruction {
             let action = plan(*desired, primary.as_ref(), &local, &self.options.member);
             if !matches!(action, Action::Wait(_)) {
@@ -252,7 +264,15 @@ impl Agent {
                 self.following = None;
             }
             Action::Stop => self.stop().await?,
-            Action::Rewind(primary) => pg.rewind(&self.conninfo(primary)?).await?,
+            Action::Rewind(primary) => {
+                // Start as a standby right away: after a clean switchover
+                // pg_rewind has nothing to do and leaves the data directory
+                // looking like a primary's, which would ask for a rewind again.
+                let conninfo = self.conninfo(primary)?;
+                pg.rewind(&conninfo).await?;
+                self.server = Some(pg.start(&StartAs::Standby { primary_conninfo: conninfo }).await?);
+                self.following = Some(primary.member.clone());
+            }
             Action::Repoint(primary) => {
                 // A restart with the new primary_conninfo; PostgreSQL 15 reloads
                 // it without one, but a restart also resets a stuck walreceiver.
@@ -280,9 +300,12 @@ impl Agent {
         let (role, position) = match (&self.server, self.options.postgres.position().await) {
             (Some(_), Ok((true, p))) => (ServerRole::Mirror, Some(p)),
             (Some(_), Ok((false, p))) => (ServerRole::Primary, Some(p)),
+            // Alive but not answering: a primary may still take writes, so it
+            // is not reported stopped (which would let it count as fenced).
+            (Some(_), Err(_)) if self.serving_primary => (ServerRole::Primary, None),
             _ => (ServerRole::Stopped, None),
         };
-        self.serving_primary = role == ServerRole::Primary;
+        self.serving_primary = role == ServerRole::Primary && self.server.is_some();
         let now = Timestamp::now();
         let report = Report { at: report::millis(now), role, position, acting_on };
         let lease = Lease {

@@ -1,0 +1,1055 @@
+//! What a real cluster has and the local control plane lacks, so that
+//! DatabaseMirror member pods become real PostgreSQL servers in tests and in
+//! `make demo`:
+//!
+//! - a **provisioner** for the default StorageClass `hostwright-local`
+//!   (`e2e/cluster up` creates it): each claim gets a host directory under
+//!   `<root>/volumes/`, and kube-controller-manager binds claim and volume as
+//!   it would on any cluster;
+//! - a **pod runner** playing the kubelet for database pods (KWOK pods run
+//!   no containers): it lays out the pod's Secret, ConfigMap and socket
+//!   directory under `<root>/pods/<ns>/<pod>/`, resolves the data volume to
+//!   its host directory, and runs `hostwright agent run` with the pod's
+//!   ServiceAccount identity. The agent supervises PostgreSQL as in the pod.
+//!
+//! The API server refuses loopback addresses in EndpointSlices, so pods keep
+//! their KWOK addresses 10.244.c.d and the server "behind" one listens on its
+//! loopback twin 127.244.c.d (Linux routes all of 127/8 to `lo`); [`twin`]
+//! maps one to the other.
+//!
+//! Tests start a [`Testbed`] for their namespace; `hostwright-testbed` runs
+//! one for all namespaces. The two must not serve the same namespace, so the
+//! all-namespaces one leaves test namespaces (label `hostwright.io/e2e`)
+//! alone.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Namespace, PersistentVolume, PersistentVolumeClaim, Pod, Secret,
+};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::{TEST_LABEL, write_service_account_kubeconfig};
+
+/// The default StorageClass of the local control plane.
+pub const STORAGE_CLASS: &str = "hostwright-local";
+/// Provisioner named by [`STORAGE_CLASS`]; this module plays it.
+pub const PROVISIONER: &str = "hostwright.io/e2e-local";
+/// Annotation by which kube-controller-manager leaves a volume's deletion to
+/// its (external) provisioner.
+const PROVISIONED_BY: &str = "pv.kubernetes.io/provisioned-by";
+/// Held locked in the root while a test bed runs: the root is one test
+/// bed's, and the volumes of a root nobody holds are free to reclaim.
+const LOCK_FILE: &str = ".testbed.lock";
+/// Pods the runner plays the kubelet for.
+const POD_SELECTOR: &str = "app.kubernetes.io/name=databasemirror";
+/// The port every member's server listens on (its twin address differs).
+const PORT: u16 = 5432;
+/// Between an agent's exit and its restart, like a kubelet's first back-off.
+const RESTART_DELAY: Duration = Duration::from_secs(1);
+/// The agent stops PostgreSQL with a fast shutdown (up to 30 s) on SIGTERM.
+const STOP_TIMEOUT: Duration = Duration::from_secs(60);
+/// ServiceAccount tokens last an hour; running agents get a fresh one well before.
+const TOKEN_REFRESH: Duration = Duration::from_secs(20 * 60);
+/// How soon a changed Secret or ConfigMap reaches a running pod's files.
+const FILE_SYNC: Duration = Duration::from_secs(5);
+/// How often the runner and the provisioner look again without an event
+/// (a failed step is retried on the next look).
+const RESYNC: Duration = Duration::from_millis(500);
+
+/// The loopback twin 127.244.c.d of a pod address 10.244.c.d, where the
+/// process "behind" the pod listens; `None` for any other address.
+pub fn twin(pod_ip: &str) -> Option<String> {
+    let ip: Ipv4Addr = pod_ip.parse().ok()?;
+    match ip.octets() {
+        [10, 244, c, d] => Some(Ipv4Addr::new(127, 244, c, d).to_string()),
+        _ => None,
+    }
+}
+
+/// Twin addresses of the ready endpoints of `service`, from its
+/// EndpointSlices: where a client of the Service would connect right now.
+pub async fn ready_endpoints(client: &Client, namespace: &str, service: &str) -> Result<Vec<String>> {
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), namespace);
+    let params = ListParams::default().labels(&format!("kubernetes.io/service-name={service}"));
+    let list = slices
+        .list(&params)
+        .await
+        .with_context(|| format!("listing EndpointSlices of {namespace}/{service}"))?;
+    let addresses: BTreeSet<String> = list
+        .items
+        .iter()
+        .flat_map(|s| s.endpoints.iter().flatten())
+        // The API defines an unknown readiness as ready.
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true))
+        .flat_map(|e| e.addresses.iter())
+        .filter_map(|a| twin(a))
+        .collect();
+    Ok(addresses.into_iter().collect())
+}
+
+/// Namespace and name of a pod.
+type Key = (String, String);
+
+/// The provisioner and pod runner of one scope (a namespace, or all).
+/// Stop it with [`Testbed::stop`]; dropping it stops the agents too, best
+/// effort, blocking until they are gone.
+pub struct Testbed {
+    shared: Arc<Shared>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+struct Shared {
+    /// Locked for the test bed's lifetime (see [`LOCK_FILE`]).
+    _lock: std::fs::File,
+    client: Client,
+    namespace: Option<String>,
+    root: PathBuf,
+    binary: PathBuf,
+    postgres: (u32, u32),
+    members: Mutex<HashMap<Key, Member>>,
+    /// Pods taken down by [`Testbed::kill_member`], by uid: a replacement
+    /// pod (another uid) runs, like a new pod on a healthy machine.
+    down: Mutex<HashMap<Key, String>>,
+    /// All-namespaces scope: whether a namespace is a test's (left alone).
+    test_namespaces: Mutex<HashMap<String, bool>>,
+    stopping: AtomicBool,
+}
+
+/// One pod the runner has taken on, and its supervising task.
+struct Member {
+    uid: String,
+    stop: watch::Sender<bool>,
+    /// The running agent.
+    agent: Option<u32>,
+    /// Host directory of the pod's data volume, once resolved.
+    volume: Option<PathBuf>,
+    task: Option<JoinHandle<()>>,
+}
+
+/// Where one pod's files live under the root.
+struct PodPaths {
+    dir: PathBuf,
+    log: PathBuf,
+}
+
+impl PodPaths {
+    fn new(root: &Path, (namespace, name): &Key) -> Self {
+        let pods = root.join("pods").join(namespace);
+        PodPaths { dir: pods.join(name), log: pods.join(format!("{name}.log")) }
+    }
+
+    fn credentials(&self) -> PathBuf {
+        self.dir.join("credentials")
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.join("config")
+    }
+
+    fn run(&self) -> PathBuf {
+        self.dir.join("run")
+    }
+
+    /// A line of the test bed's own in the pod's log, beside the agent's.
+    fn note(&self, message: &str) {
+        use std::io::Write;
+        let line = format!("{} testbed: {message}\n", Timestamp::now());
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+        if written.is_err() {
+            eprint!("{line}");
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere must not stop the clean-up of processes.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Testbed {
+    /// Start the provisioner and the pod runner for `namespace` (or all
+    /// namespaces but the tests'), keeping volumes and pod files under `root`.
+    ///
+    /// `root` must be reachable by the `postgres` user, which the servers run
+    /// as (`/tmp/...` is; a directory under a 0700 home is not).
+    pub async fn start(client: Client, namespace: Option<String>, root: PathBuf) -> Result<Testbed> {
+        let binary = std::env::var_os("HOSTWRIGHT_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/hostwright"));
+        if !binary.exists() {
+            bail!("{} does not exist: `cargo build --workspace --bins` first", binary.display());
+        }
+        let postgres = postgres_ids()?;
+        std::fs::create_dir_all(root.join("volumes"))
+            .and_then(|()| std::fs::create_dir_all(root.join("pods")))
+            .with_context(|| format!("creating {}", root.display()))?;
+        // Volume paths go into PersistentVolumes: absolute, no symlinks.
+        let root = std::fs::canonicalize(&root)?;
+        reachable_by(&root, postgres)?;
+        let lock_path = root.join(LOCK_FILE);
+        let lock =
+            std::fs::File::create(&lock_path).with_context(|| format!("creating {}", lock_path.display()))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => bail!("another test bed runs on {}", root.display()),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("locking {}", lock_path.display()));
+            }
+        }
+        let shared = Arc::new(Shared {
+            _lock: lock,
+            client,
+            namespace,
+            root,
+            binary,
+            postgres,
+            members: Mutex::default(),
+            down: Mutex::default(),
+            test_namespaces: Mutex::default(),
+            stopping: AtomicBool::new(false),
+        });
+        let provisioner = tokio::spawn(report_end("provisioner", provision(shared.clone())));
+        let runner = tokio::spawn(report_end("pod runner", run_pods(shared.clone())));
+        Ok(Testbed { shared, tasks: vec![provisioner, runner] })
+    }
+
+    /// Where volumes and pod files are kept.
+    pub fn root(&self) -> &Path {
+        &self.shared.root
+    }
+
+    /// SIGKILL the pod's PostgreSQL server (its postmaster), as a crash
+    /// would; the agent lives on and notices. Returns once it is dead.
+    pub async fn kill_server(&self, pod: &str) -> Result<()> {
+        let key = self.key(pod)?;
+        let volume = self.shared.member(&key, |m| m.volume.clone()).flatten();
+        let volume = volume.with_context(|| format!("pod {pod} has no volume yet"))?;
+        let pid = postmaster(&volume).with_context(|| format!("pod {pod} has no running server"))?;
+        signal("KILL", pid);
+        wait_gone(pid, Duration::from_secs(10)).await
+    }
+
+    /// SIGKILL the pod's agent and server, as a machine that lost power, and
+    /// keep them down (the member's Lease then expires) until [`revive`].
+    /// Returns once both are dead.
+    ///
+    /// [`revive`]: Testbed::revive
+    pub async fn kill_member(&self, pod: &str) -> Result<()> {
+        let key = self.key(pod)?;
+        let (uid, agent, volume) = self
+            .shared
+            .member(&key, |m| (m.uid.clone(), m.agent, m.volume.clone()))
+            .with_context(|| format!("pod {pod} is not running"))?;
+        lock(&self.shared.down).insert(key.clone(), uid);
+        // The server's pid first: once the agent is gone it is an orphan.
+        let server = volume.as_deref().and_then(postmaster);
+        if let Some(pid) = agent {
+            signal("KILL", pid);
+        }
+        if let Some(pid) = server {
+            signal("KILL", pid);
+            wait_gone(pid, Duration::from_secs(10)).await?;
+        }
+        crate::eventually(Duration::from_secs(10), "the killed agent to be reaped", || async {
+            Ok(self.shared.member(&key, |m| m.agent).flatten().is_none().then_some(()))
+        })
+        .await
+    }
+
+    /// Let a pod taken down by [`Testbed::kill_member`] run again.
+    pub fn revive(&self, pod: &str) -> Result<()> {
+        let key = self.key(pod)?;
+        lock(&self.shared.down).remove(&key);
+        Ok(())
+    }
+
+    /// The pid of the pod's running agent.
+    pub fn agent_pid(&self, pod: &str) -> Option<u32> {
+        let key = self.key(pod).ok()?;
+        self.shared.member(&key, |m| m.agent).flatten()
+    }
+
+    /// The pid of the pod's running PostgreSQL server (its postmaster).
+    pub fn postmaster_pid(&self, pod: &str) -> Option<u32> {
+        let key = self.key(pod).ok()?;
+        let volume = self.shared.member(&key, |m| m.volume.clone()).flatten()?;
+        postmaster(&volume)
+    }
+
+    /// The pod's log so far: the agent's output and the test bed's notes.
+    pub fn log(&self, pod: &str) -> String {
+        self.key(pod)
+            .and_then(|key| {
+                let path = PodPaths::new(&self.shared.root, &key).log;
+                std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+            })
+            .unwrap_or_else(|e| format!("(no log: {e:#})"))
+    }
+
+    /// SIGTERM every agent (each stops its server cleanly), wait for them,
+    /// and stop the provisioner and the runner.
+    pub async fn stop(mut self) -> Result<()> {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+        let supervisors: Vec<JoinHandle<()>> = lock(&self.shared.members)
+            .values_mut()
+            .filter_map(|m| {
+                let _ = m.stop.send(true);
+                m.task.take()
+            })
+            .collect();
+        // Every one is awaited, even after one failed: no agent is left running.
+        let mut outcome = Ok(());
+        for supervisor in supervisors {
+            if let Err(err) = supervisor.await {
+                outcome = Err(anyhow!(err).context("a pod supervisor failed"));
+            }
+        }
+        outcome
+    }
+
+    /// `namespace/name`, or a name in the test bed's namespace (or, for all
+    /// namespaces, the one running pod of that name).
+    fn key(&self, pod: &str) -> Result<Key> {
+        if let Some((namespace, name)) = pod.split_once('/') {
+            return Ok((namespace.into(), name.into()));
+        }
+        if let Some(namespace) = &self.shared.namespace {
+            return Ok((namespace.clone(), pod.into()));
+        }
+        let members = lock(&self.shared.members);
+        let mut found = members.keys().filter(|(_, name)| name == pod);
+        match (found.next(), found.next()) {
+            (Some(key), None) => Ok(key.clone()),
+            (Some(_), Some(_)) => bail!("pod {pod} runs in more than one namespace: say namespace/name"),
+            (None, _) => bail!("no pod {pod} runs: say namespace/name"),
+        }
+    }
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        if self.tasks.is_empty() {
+            return; // stopped
+        }
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        for task in &self.tasks {
+            task.abort();
+        }
+        // Drop cannot await the supervisors: signal the agents directly and
+        // wait for them here, so no server outlives the test.
+        let mut running = Vec::new();
+        for member in lock(&self.shared.members).values() {
+            let _ = member.stop.send(true);
+            if let Some(pid) = member.agent {
+                signal("TERM", pid);
+                running.push((pid, member.volume.clone()));
+            }
+        }
+        let deadline = std::time::Instant::now() + STOP_TIMEOUT;
+        for (pid, volume) in running {
+            while alive(pid) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if alive(pid) {
+                signal("KILL", pid);
+            }
+            if let Some(server) = volume.as_deref().and_then(postmaster) {
+                signal("KILL", server);
+            }
+        }
+    }
+}
+
+impl Shared {
+    fn api<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as Resource>::DynamicType: Default,
+    {
+        match &self.namespace {
+            Some(namespace) => Api::namespaced(self.client.clone(), namespace),
+            None => Api::all(self.client.clone()),
+        }
+    }
+
+    fn member<T>(&self, key: &Key, read: impl FnOnce(&Member) -> T) -> Option<T> {
+        lock(&self.members).get(key).map(read)
+    }
+
+    fn update(&self, key: &Key, uid: &str, write: impl FnOnce(&mut Member)) {
+        if let Some(member) = lock(&self.members).get_mut(key).filter(|m| m.uid == uid) {
+            write(member);
+        }
+    }
+
+    fn is_down(&self, key: &Key, uid: &str) -> bool {
+        lock(&self.down).get(key).is_some_and(|d| d == uid)
+    }
+
+    /// Whether objects in `namespace` are ours to serve.
+    async fn serves(&self, namespace: &str) -> bool {
+        if let Some(ours) = &self.namespace {
+            return ours == namespace;
+        }
+        if let Some(test) = lock(&self.test_namespaces).get(namespace) {
+            return !test;
+        }
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        match namespaces.get_opt(namespace).await {
+            Ok(Some(ns)) => {
+                let test = ns.labels().contains_key(TEST_LABEL);
+                lock(&self.test_namespaces).insert(namespace.into(), test);
+                !test
+            }
+            // Not yet known: decide on a later look.
+            _ => false,
+        }
+    }
+}
+
+/// Log why a background task ended (it only ends on an error or abort).
+async fn report_end(what: &'static str, task: impl Future<Output = Result<()>>) {
+    if let Err(err) = task.await {
+        eprintln!("{} testbed: the {what} stopped: {err:#}", Timestamp::now());
+    }
+}
+
+/// A reflector for `api`, and a stream that yields whenever it changed. The
+/// store is complete once `ready` (after the first list).
+fn reflect<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> (Store<K>, impl futures::Stream<Item = Result<(), watcher::Error>> + Send)
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    let (store, writer) = reflector::store();
+    let events = reflector::reflector(writer, watcher(api, config)).default_backoff().map(|e| e.map(drop));
+    (store, events)
+}
+
+/// The store holds a complete list (it fills as its stream is polled).
+fn ready<K>(store: &Store<K>) -> bool
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    use futures::FutureExt;
+    matches!(store.wait_until_ready().now_or_never(), Some(Ok(())))
+}
+
+// ---------------------------------------------------------------------------
+// Provisioner
+
+/// Provision claims of [`STORAGE_CLASS`]; reclaim released volumes.
+async fn provision(shared: Arc<Shared>) -> Result<()> {
+    let (claims, claim_events) = reflect(shared.api::<PersistentVolumeClaim>(), watcher::Config::default());
+    let volumes_api: Api<PersistentVolume> = Api::all(shared.client.clone());
+    let (volumes, volume_events) = reflect(volumes_api.clone(), watcher::Config::default());
+    let mut events = futures::stream::select(claim_events.boxed(), volume_events.boxed());
+    let mut tick = tokio::time::interval(RESYNC);
+    loop {
+        tokio::select! {
+            event = events.next() => match event {
+                Some(Ok(())) => {}
+                Some(Err(err)) => eprintln!("{} testbed: watching volumes: {err}", Timestamp::now()),
+                None => bail!("the volume watches ended"),
+            },
+            _ = tick.tick() => {}
+        }
+        if !ready(&claims) || !ready(&volumes) {
+            continue;
+        }
+        for claim in claims.state() {
+            if let Err(err) = provision_one(&shared, &claim, &volumes, &volumes_api).await {
+                eprintln!("{} testbed: provisioning {}: {err:#}", Timestamp::now(), claim.name_any());
+            }
+        }
+        for volume in volumes.state() {
+            if let Err(err) = reclaim(&shared, &volume, &volumes_api).await {
+                eprintln!("{} testbed: reclaiming {}: {err:#}", Timestamp::now(), volume.name_any());
+            }
+        }
+    }
+}
+
+/// Create the volume of an unbound claim, pre-bound to it by `claimRef`;
+/// kube-controller-manager's PV controller completes the binding.
+async fn provision_one(
+    shared: &Shared,
+    claim: &PersistentVolumeClaim,
+    volumes: &Store<PersistentVolume>,
+    api: &Api<PersistentVolume>,
+) -> Result<()> {
+    let spec = claim.spec.clone().unwrap_or_default();
+    let pending = claim.status.as_ref().and_then(|s| s.phase.as_deref()).is_none_or(|p| p == "Pending");
+    if spec.storage_class_name.as_deref() != Some(STORAGE_CLASS)
+        || !pending
+        || spec.volume_name.is_some()
+        || claim.metadata.deletion_timestamp.is_some()
+    {
+        return Ok(());
+    }
+    let (namespace, name) = (claim.namespace().unwrap_or_default(), claim.name_any());
+    let uid = claim.uid().context("claim without uid")?;
+    let volume_name = format!("pvc-{uid}");
+    if volumes.get(&ObjectRef::new(&volume_name)).is_some() || !shared.serves(&namespace).await {
+        return Ok(());
+    }
+    if spec.volume_mode.as_deref() == Some("Block") {
+        bail!("block volumes are not supported, only Filesystem");
+    }
+    let size = spec
+        .resources
+        .and_then(|r| r.requests)
+        .and_then(|r| r.get("storage").cloned())
+        .context("the claim requests no storage")?;
+    let dir = shared.root.join("volumes").join(format!("{namespace}-{name}-{}", &uid[..uid.len().min(8)]));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    own(&dir, shared.postgres, 0o700)?;
+    let volume: PersistentVolume = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {
+            "name": volume_name,
+            "annotations": { PROVISIONED_BY: PROVISIONER },
+        },
+        "spec": {
+            "capacity": { "storage": size },
+            "accessModes": spec.access_modes.unwrap_or_else(|| vec!["ReadWriteOnce".into()]),
+            "volumeMode": "Filesystem",
+            "hostPath": { "path": dir, "type": "Directory" },
+            "claimRef": {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "namespace": namespace,
+                "name": name,
+                "uid": uid,
+            },
+            "storageClassName": STORAGE_CLASS,
+            "persistentVolumeReclaimPolicy": "Delete",
+        },
+    }))?;
+    match api.create(&PostParams::default(), &volume).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            // Made meanwhile by another test bed: the empty directory is not used.
+            let existing = api.get(&volume_name).await?;
+            if host_path(&existing).as_deref() != Some(dir.as_path()) {
+                let _ = std::fs::remove_dir(&dir);
+            }
+            Ok(())
+        }
+        Err(e) => Err(e).context("creating the PersistentVolume"),
+    }
+}
+
+/// A volume directory no running test bed will reclaim: it is gone, or its
+/// root is not locked (its test bed stopped). A root without a lock file
+/// may belong to a running test bed of an older version: left alone.
+fn abandoned(dir: &Path) -> bool {
+    if !dir.exists() {
+        return true;
+    }
+    let root = dir.parent().filter(|p| p.file_name() == Some("volumes".as_ref())).and_then(Path::parent);
+    let Some(lock) = root.and_then(|r| std::fs::File::open(r.join(LOCK_FILE)).ok()) else { return false };
+    // Dropping the file releases the lock taken here.
+    lock.try_lock().is_ok()
+}
+
+fn host_path(volume: &PersistentVolume) -> Option<PathBuf> {
+    volume.spec.as_ref()?.host_path.as_ref().map(|h| PathBuf::from(&h.path))
+}
+
+/// Delete a volume its claim let go of, and its directory: the class's
+/// reclaim policy is Delete. Volumes under this root are ours; so are those
+/// of a test bed that stopped before its claims were released (typically:
+/// a test's namespace is deleted after the test), see [`abandoned`].
+async fn reclaim(shared: &Shared, volume: &PersistentVolume, api: &Api<PersistentVolume>) -> Result<()> {
+    let phase = volume.status.as_ref().and_then(|s| s.phase.as_deref());
+    let provisioned = volume.annotations().get(PROVISIONED_BY).is_some_and(|p| p == PROVISIONER);
+    let Some(dir) = host_path(volume) else { return Ok(()) };
+    let ours = dir.starts_with(shared.root.join("volumes"));
+    if !provisioned || !matches!(phase, Some("Released" | "Failed")) || (!ours && !abandoned(&dir)) {
+        return Ok(());
+    }
+    // A server may still be shutting down on it (a pod is gone from the API
+    // before its agent has stopped).
+    if lock(&shared.members).values().any(|m| m.volume.as_deref() == Some(dir.as_path())) {
+        return Ok(());
+    }
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing {}", dir.display())),
+    }
+    match api.delete(&volume.name_any(), &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e).context("deleting the PersistentVolume"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Pod runner
+
+/// Start a supervisor for every database pod that is scheduled and has an
+/// address; stop the supervisors of pods deleted or replaced.
+async fn run_pods(shared: Arc<Shared>) -> Result<()> {
+    let (pods, events) = reflect(shared.api::<Pod>(), watcher::Config::default().labels(POD_SELECTOR));
+    let mut events = std::pin::pin!(events);
+    let mut tick = tokio::time::interval(RESYNC);
+    loop {
+        tokio::select! {
+            event = events.next() => match event {
+                Some(Ok(())) => {}
+                Some(Err(err)) => eprintln!("{} testbed: watching pods: {err}", Timestamp::now()),
+                None => bail!("the pod watch ended"),
+            },
+            _ = tick.tick() => {}
+        }
+        // Before the first list the store is empty, and every pod would look gone.
+        if !ready(&pods) {
+            continue;
+        }
+        let mut wanted: HashMap<Key, Arc<Pod>> = HashMap::new();
+        for pod in pods.state() {
+            let scheduled = pod.spec.as_ref().is_some_and(|s| s.node_name.is_some());
+            let addressed = pod.status.as_ref().is_some_and(|s| s.pod_ip.is_some());
+            let key = (pod.namespace().unwrap_or_default(), pod.name_any());
+            if scheduled
+                && addressed
+                && pod.metadata.deletion_timestamp.is_none()
+                && shared.serves(&key.0).await
+            {
+                wanted.insert(key, pod);
+            }
+        }
+        let mut members = lock(&shared.members);
+        for (key, member) in members.iter() {
+            if wanted.get(key).and_then(|p| p.uid()).as_deref() != Some(member.uid.as_str()) {
+                let _ = member.stop.send(true);
+            }
+        }
+        if shared.stopping.load(Ordering::SeqCst) {
+            continue;
+        }
+        for (key, pod) in wanted {
+            // A replaced pod's supervisor must finish (its server stopped)
+            // before the new pod's starts on the same volume.
+            if members.contains_key(&key) {
+                continue;
+            }
+            let (stop, stopped) = watch::channel(false);
+            let uid = pod.uid().unwrap_or_default();
+            let task = tokio::spawn(supervise(shared.clone(), key.clone(), pod, stopped));
+            members.insert(key, Member { uid, stop, agent: None, volume: None, task: Some(task) });
+        }
+    }
+}
+
+/// Until the supervisor is to stop (or its sender is gone).
+async fn stop_wanted(stop: &mut watch::Receiver<bool>) {
+    // The guard wait_for returns must not live across an await: not Send.
+    let _ = stop.wait_for(|s| *s).await.map(drop);
+}
+
+/// Sleep for `duration`; true (at once) when the supervisor is to stop.
+async fn stop_requested(stop: &mut watch::Receiver<bool>, duration: Duration) -> bool {
+    tokio::time::timeout(duration, stop_wanted(stop)).await.is_ok()
+}
+
+/// Play the kubelet for one pod until it is deleted or replaced: set it up,
+/// run its agent, restart the agent when it exits (restartPolicy Always).
+async fn supervise(shared: Arc<Shared>, key: Key, pod: Arc<Pod>, mut stop: watch::Receiver<bool>) {
+    let paths = PodPaths::new(&shared.root, &key);
+    let uid = pod.uid().unwrap_or_default();
+    if let Err(err) = supervise_inner(&shared, &key, &uid, &pod, &paths, &mut stop).await {
+        paths.note(&format!("gave up on pod uid {uid} (retrying): {err:#}"));
+        // The runner starts a new supervisor for the pod; not at once.
+        stop_requested(&mut stop, RESTART_DELAY).await;
+    }
+    let mut members = lock(&shared.members);
+    if members.get(&key).is_some_and(|m| m.uid == uid) {
+        members.remove(&key);
+    }
+}
+
+async fn supervise_inner(
+    shared: &Shared,
+    key: &Key,
+    uid: &str,
+    pod: &Pod,
+    paths: &PodPaths,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<()> {
+    std::fs::create_dir_all(&paths.dir).with_context(|| format!("creating {}", paths.dir.display()))?;
+    paths.note(&format!(
+        "pod uid {uid} scheduled on {}",
+        pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).unwrap_or("?")
+    ));
+    // Like a kubelet mounting volumes: retried until it works or the pod goes.
+    let mut last_problem = String::new();
+    let setup = loop {
+        match set_up(shared, pod, paths).await {
+            Ok(setup) => break setup,
+            Err(err) => {
+                let problem = format!("{err:#}");
+                if problem != last_problem {
+                    paths.note(&format!("waiting: {problem}"));
+                    last_problem = problem;
+                }
+            }
+        }
+        if stop_requested(stop, RESYNC).await {
+            return Ok(());
+        }
+    };
+    shared.update(key, uid, |m| m.volume = Some(setup.volume.clone()));
+    loop {
+        while shared.is_down(key, uid) {
+            if stop_requested(stop, Duration::from_millis(200)).await {
+                return Ok(());
+            }
+        }
+        if *stop.borrow() {
+            return Ok(());
+        }
+        if let Err(err) =
+            write_service_account_kubeconfig(&shared.client, &key.0, &setup.service_account, &paths.dir).await
+        {
+            paths.note(&format!("waiting for a ServiceAccount token: {err:#}"));
+            if stop_requested(stop, RESTART_DELAY).await {
+                return Ok(());
+            }
+            continue;
+        }
+        let mut agent = spawn_agent(shared, key, &setup, paths)?;
+        let pid = agent.id().context("the agent has no pid")?;
+        shared.update(key, uid, |m| m.agent = Some(pid));
+        paths.note(&format!("agent started, pid {pid}"));
+        let mut refresh =
+            tokio::time::interval_at(tokio::time::Instant::now() + TOKEN_REFRESH, TOKEN_REFRESH);
+        let mut sync = tokio::time::interval_at(tokio::time::Instant::now() + FILE_SYNC, FILE_SYNC);
+        let exit = loop {
+            tokio::select! {
+                status = agent.wait() => break Some(status),
+                () = stop_wanted(stop) => break None,
+                _ = sync.tick() => {
+                    if let Err(err) = project(shared, pod, paths).await {
+                        let problem = format!("{err:#}");
+                        if problem != last_problem {
+                            paths.note(&format!("could not update the Secret and ConfigMap files: {problem}"));
+                            last_problem = problem;
+                        }
+                    }
+                }
+                _ = refresh.tick() => {
+                    let refreshed = write_service_account_kubeconfig(
+                        &shared.client, &key.0, &setup.service_account, &paths.dir,
+                    ).await;
+                    if let Err(err) = refreshed {
+                        paths.note(&format!("could not refresh the token: {err:#}"));
+                    }
+                }
+            }
+        };
+        let stopping = exit.is_none();
+        let status = match exit {
+            Some(status) => status,
+            None => {
+                paths.note("pod deleted: stopping the agent (SIGTERM)");
+                terminate(&mut agent, &setup.volume).await
+            }
+        };
+        shared.update(key, uid, |m| m.agent = None);
+        paths.note(&format!("agent exited: {}", status.map_or_else(|e| e.to_string(), |s| s.to_string())));
+        // The container is gone with its main process; so is what it started.
+        if let Some(server) = postmaster(&setup.volume) {
+            paths.note(&format!("killing the server the agent left behind (pid {server})"));
+            signal("KILL", server);
+            wait_gone(server, Duration::from_secs(10)).await?;
+        }
+        if stopping || stop_requested(stop, RESTART_DELAY).await {
+            return Ok(());
+        }
+    }
+}
+
+/// What a pod's agent is started with.
+struct Setup {
+    volume: PathBuf,
+    config: PathBuf,
+    twin: String,
+    service_account: String,
+    /// `--engine`, `--database-mirror`: passed on from the pod's own args.
+    extra_args: Vec<String>,
+}
+
+/// Lay out the pod's Secret, ConfigMap and socket directory, and find its
+/// data volume's directory. Fails (to be retried) while any is missing.
+async fn set_up(shared: &Shared, pod: &Pod, paths: &PodPaths) -> Result<Setup> {
+    let namespace = pod.namespace().unwrap_or_default();
+    let spec = pod.spec.as_ref().context("pod without spec")?;
+    let pod_ip = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref()).context("pod without address")?;
+    let twin = twin(pod_ip).with_context(|| format!("pod address {pod_ip} is not in 10.244.0.0/16"))?;
+    let volume = |name: &str| {
+        spec.volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == name)
+            .with_context(|| format!("pod has no volume {name}"))
+    };
+    let claim_name = volume("data")?
+        .persistent_volume_claim
+        .as_ref()
+        .map(|c| c.claim_name.clone())
+        .context("data is not a PersistentVolumeClaim")?;
+    project(shared, pod, paths).await?;
+    let run = paths.run();
+    std::fs::create_dir_all(&run)?;
+    own(&run, shared.postgres, 0o700)?;
+
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(shared.client.clone(), &namespace);
+    let claim = claims.get(&claim_name).await.with_context(|| format!("PVC {claim_name}"))?;
+    let bound = claim.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
+    let volume_name = claim.spec.and_then(|s| s.volume_name).filter(|_| bound);
+    let volume_name = volume_name.with_context(|| format!("PVC {claim_name} is not bound yet"))?;
+    let volumes: Api<PersistentVolume> = Api::all(shared.client.clone());
+    let volume = volumes.get(&volume_name).await.with_context(|| format!("PV {volume_name}"))?;
+    let volume = host_path(&volume).with_context(|| format!("PV {volume_name} is not a hostPath volume"))?;
+    if !volume.is_dir() {
+        bail!("the directory {} of PV {volume_name} does not exist", volume.display());
+    }
+
+    let service_account = spec.service_account_name.clone().unwrap_or_else(|| "default".into());
+    let extra_args = spec
+        .containers
+        .iter()
+        .flat_map(|c| c.args.iter().flatten())
+        .filter(|a| a.starts_with("--engine=") || a.starts_with("--database-mirror="))
+        .cloned()
+        .collect();
+    Ok(Setup { volume, config: paths.config().join("postgresql.conf"), twin, service_account, extra_args })
+}
+
+/// Write the pod's Secret and ConfigMap volumes as files, as a kubelet
+/// does; run again while the pod runs, so changes reach it (the kubelet
+/// takes up to a minute, this test bed [`FILE_SYNC`]).
+async fn project(shared: &Shared, pod: &Pod, paths: &PodPaths) -> Result<()> {
+    let namespace = pod.namespace().unwrap_or_default();
+    let volumes = pod.spec.as_ref().and_then(|s| s.volumes.as_ref());
+    let volume = |name: &str| {
+        volumes
+            .into_iter()
+            .flatten()
+            .find(|v| v.name == name)
+            .with_context(|| format!("pod has no volume {name}"))
+    };
+    let secret_name = volume("credentials")?
+        .secret
+        .as_ref()
+        .and_then(|s| s.secret_name.clone())
+        .context("credentials is not a Secret")?;
+    let config_name =
+        volume("config")?.config_map.as_ref().map(|c| c.name.clone()).context("config is not a ConfigMap")?;
+
+    let secrets: Api<Secret> = Api::namespaced(shared.client.clone(), &namespace);
+    let secret = secrets.get(&secret_name).await.with_context(|| format!("Secret {secret_name}"))?;
+    let dir = paths.credentials();
+    std::fs::create_dir_all(&dir)?;
+    own(&dir, shared.postgres, 0o700)?;
+    for (key, value) in secret.data.iter().flatten() {
+        write_owned(&dir.join(key), &value.0, shared.postgres, 0o600)?;
+    }
+
+    let config_maps: Api<ConfigMap> = Api::namespaced(shared.client.clone(), &namespace);
+    let config_map =
+        config_maps.get(&config_name).await.with_context(|| format!("ConfigMap {config_name}"))?;
+    let dir = paths.config();
+    std::fs::create_dir_all(&dir)?;
+    own(&dir, shared.postgres, 0o755)?;
+    for (key, value) in config_map.data.iter().flatten() {
+        write_owned(&dir.join(key), value.as_bytes(), shared.postgres, 0o644)?;
+    }
+    Ok(())
+}
+
+fn spawn_agent(
+    shared: &Shared,
+    (namespace, name): &Key,
+    setup: &Setup,
+    paths: &PodPaths,
+) -> Result<tokio::process::Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&paths.log)
+        .with_context(|| format!("opening {}", paths.log.display()))?;
+    let mut command = tokio::process::Command::new(&shared.binary);
+    command
+        .args(["agent", "run", "--member", name, "--namespace", namespace])
+        .args(&setup.extra_args)
+        .arg("--data-dir")
+        .arg(setup.volume.join("pgdata"))
+        .arg("--config")
+        .arg(&setup.config)
+        .arg("--socket-dir")
+        .arg(paths.run())
+        .args(["--listen-address", &setup.twin, "--advertise-address", &setup.twin])
+        .args(["--port", &PORT.to_string()])
+        .arg("--credentials-dir")
+        .arg(paths.credentials())
+        .args(["--run-as-user", "postgres"])
+        .env("KUBECONFIG", paths.dir.join("kubeconfig"))
+        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log.try_clone()?))
+        .stderr(Stdio::from(log))
+        // Its own process group: a Ctrl-C meant for the test bed reaches the
+        // agents through the test bed, in order.
+        .process_group(0);
+    command.spawn().with_context(|| format!("starting {}", shared.binary.display()))
+}
+
+/// SIGTERM the agent (it stops its server cleanly) and wait; SIGKILL both
+/// if it takes too long.
+async fn terminate(
+    agent: &mut tokio::process::Child,
+    volume: &Path,
+) -> std::io::Result<std::process::ExitStatus> {
+    if let Some(pid) = agent.id() {
+        signal("TERM", pid);
+    }
+    match tokio::time::timeout(STOP_TIMEOUT, agent.wait()).await {
+        Ok(status) => status,
+        Err(_) => {
+            if let Some(server) = postmaster(volume) {
+                signal("KILL", server);
+            }
+            agent.kill().await?;
+            agent.wait().await
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Processes and files
+
+/// The running postmaster of the data volume at `volume`: the pid in
+/// `pgdata/postmaster.pid`, if that process is a server on this data
+/// directory (a stale file may name a pid reused by anything).
+fn postmaster(volume: &Path) -> Option<u32> {
+    let data = volume.join("pgdata");
+    let text = std::fs::read_to_string(data.join("postmaster.pid")).ok()?;
+    let pid: u32 = text.lines().next()?.trim().parse().ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let data = data.to_string_lossy();
+    let serves = cmdline.split(|b| *b == 0).any(|arg| arg == data.as_bytes());
+    (serves && alive(pid)).then_some(pid)
+}
+
+/// The process exists and is not a zombie (dead, not yet reaped).
+fn alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    // "pid (comm) S ...": comm may hold spaces and parentheses.
+    stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()).is_some_and(|s| s != 'Z')
+}
+
+async fn wait_gone(pid: u32, timeout: Duration) -> Result<()> {
+    crate::eventually(timeout, &format!("process {pid} to end"), || async { Ok((!alive(pid)).then_some(())) })
+        .await
+}
+
+fn signal(name: &str, pid: u32) {
+    let _ = std::process::Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .stderr(Stdio::null())
+        .status();
+}
+
+fn postgres_ids() -> Result<(u32, u32)> {
+    let id = |flag: &str| -> Result<u32> {
+        let out = std::process::Command::new("id").args([flag, "postgres"]).output().context("running id")?;
+        String::from_utf8(out.stdout)?.trim().parse().context("a local user postgres (make deps)")
+    };
+    Ok((id("-u")?, id("-g")?))
+}
+
+fn own(path: &Path, (uid, gid): (u32, u32), mode: u32) -> Result<()> {
+    std::os::unix::fs::chown(path, Some(uid), Some(gid))
+        .with_context(|| format!("chown {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {}", path.display()))
+}
+
+/// Replace `path` in one step (a reader never sees half a file), unless it
+/// already holds `contents`.
+fn write_owned(path: &Path, contents: &[u8], owner: (u32, u32), mode: u32) -> Result<()> {
+    if std::fs::read(path).is_ok_and(|current| current == contents) {
+        return Ok(());
+    }
+    let partial = path.with_extension("partial");
+    std::fs::write(&partial, contents).with_context(|| format!("writing {}", partial.display()))?;
+    own(&partial, owner, mode)?;
+    std::fs::rename(&partial, path).with_context(|| format!("replacing {}", path.display()))
+}
+
+/// Fail early, with a way out, when the servers could not reach `root`.
+fn reachable_by(root: &Path, (uid, gid): (u32, u32)) -> Result<()> {
+    let status = std::process::Command::new("test")
+        .arg("-x")
+        .arg(root)
+        .uid(uid)
+        .gid(gid)
+        .status()
+        .context("running test as postgres")?;
+    if !status.success() {
+        return Err(anyhow!(
+            "the postgres user cannot reach {} (a parent directory is private, e.g. a 0700 home): \
+             choose a root under /tmp",
+            root.display()
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::twin;
+
+    #[test]
+    fn pod_addresses_have_loopback_twins() {
+        assert_eq!(twin("10.244.3.17").as_deref(), Some("127.244.3.17"));
+        assert_eq!(twin("10.96.0.1"), None, "service addresses have none");
+        assert_eq!(twin("10.244.1"), None);
+        assert_eq!(twin("fd00::1"), None);
+    }
+}

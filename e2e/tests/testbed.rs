@@ -1,0 +1,238 @@
+//! The test bed makes DatabaseMirror member pods real: a claim of the
+//! default class gets a volume, and a scheduled member pod (built by the
+//! operator's own builders) gets an agent and a PostgreSQL server on its
+//! twin address, with the pod's ServiceAccount identity. No operator runs
+//! here: the test writes the instruction annotations itself, and plays crash,
+//! power loss, return, pod deletion and claim deletion.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use hostwright::agent::report;
+use hostwright::api::{DatabaseMirror, DatabaseMirrorSpec};
+use hostwright::failover::{Report, ServerRole};
+use hostwright::resources::databasemirror::{Passwords, build, credentials, member_pod, member_volume};
+use hostwright_e2e::testbed::{Testbed, ready_endpoints, twin};
+use hostwright_e2e::{TestNamespace, client, eventually, wait_deleted, wait_for};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{
+    ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount,
+};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Client, Resource};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+const MEMBER: &str = "db-1";
+/// initdb and a first start take a few seconds; a debug build on 2 cores more.
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn testbed_provisions_volumes_and_runs_member_pods() -> Result<()> {
+    if !Path::new("/usr/lib/postgresql/15/bin/postgres").exists() {
+        bail!("PostgreSQL 15 is not installed (make deps)");
+    }
+    let client = client().await?;
+    let ns = TestNamespace::create(&client, "testbed", &[]).await?;
+    let root = std::env::temp_dir().join(format!("hostwright-testbed-{}", ns.name));
+    let testbed = Testbed::start(client.clone(), Some(ns.name.clone()), root.clone()).await?;
+    let result = exercise(&client, &ns, &testbed).await;
+    if result.is_err() {
+        eprintln!("--- log of {MEMBER} ---\n{}", testbed.log(MEMBER));
+    }
+    testbed.stop().await?;
+    let _ = std::fs::remove_dir_all(&root);
+    result
+}
+
+async fn exercise(client: &Client, ns: &TestNamespace, testbed: &Testbed) -> Result<()> {
+    let started = std::time::Instant::now();
+    let step = |what: &str| eprintln!("{:>6.1}s {what}", started.elapsed().as_secs_f64());
+    // The objects the DatabaseMirror controller would create, from its own
+    // builders. The DatabaseMirror exists in memory only; its made-up uid
+    // would dangle in owner references, so they are dropped.
+    let spec: DatabaseMirrorSpec = serde_yaml::from_str("instance: {storage: {size: 1Gi}}")?;
+    let mut dbm = DatabaseMirror::new("db", spec);
+    dbm.metadata.namespace = Some(ns.name.clone());
+    dbm.metadata.uid = Some("00000000-0000-4000-8000-000000000001".into());
+    let salt: u32 = rand::random();
+    let passwords = Passwords {
+        owner: format!("owner-{salt:08x}"),
+        replication: format!("repl-{salt:08x}"),
+        superuser: format!("su-{salt:08x}"),
+    };
+    let children = build(&dbm)?;
+    let credentials_secret = credentials(&dbm, &passwords)?;
+    create(ns.api::<ConfigMap>(), children.config).await?;
+    create(ns.api::<Secret>(), credentials_secret.clone()).await?;
+    create_agent_identity(ns).await?;
+    create(ns.api::<PersistentVolumeClaim>(), member_volume(&dbm, MEMBER)?).await?;
+    let mut pod = member_pod(&dbm, MEMBER, "hostwright:e2e")?;
+    let annotations = pod.metadata.annotations.get_or_insert_default();
+    annotations.insert("hostwright.io/desired-role".into(), "primary".into());
+    annotations.insert("hostwright.io/primary".into(), MEMBER.into());
+    create(ns.api::<Pod>(), pod).await?;
+
+    // The claim gets a volume of the default class, in a directory of its own.
+    let claims: Api<PersistentVolumeClaim> = ns.api();
+    let claim = wait_for(
+        &claims,
+        MEMBER,
+        Duration::from_secs(60),
+        "PVC Bound",
+        |c: Option<&PersistentVolumeClaim>| {
+            c.and_then(|c| c.status.as_ref()).and_then(|s| s.phase.as_deref()) == Some("Bound")
+        },
+    )
+    .await?;
+    step("the claim is bound");
+    let volume_name = claim.spec.and_then(|s| s.volume_name).context("bound claim without volume")?;
+    let volumes: Api<PersistentVolume> = Api::all(client.clone());
+    let volume = volumes.get(&volume_name).await?;
+    let spec = volume.spec.context("volume without spec")?;
+    assert_eq!(spec.storage_class_name.as_deref(), Some("hostwright-local"));
+    let dir = spec.host_path.context("a hostPath volume")?.path;
+    assert!(dir.starts_with(&testbed.root().join("volumes").to_string_lossy().into_owned()), "{dir}");
+
+    // The pod's agent bootstraps a primary and reports it on the member Lease.
+    let leases: Api<Lease> = ns.api();
+    wait_report(&leases, "primary", |r| r.role == ServerRole::Primary).await?;
+    step("the member reports primary");
+    let pods: Api<Pod> = ns.api();
+    let pod_ip = pods.get(MEMBER).await?.status.and_then(|s| s.pod_ip).context("pod without address")?;
+    let address = twin(&pod_ip).context("a 10.244.0.0/16 pod address")?;
+    let secret = |key: &str| -> Result<String> {
+        let data = credentials_secret.data.as_ref().context("Secret without data")?;
+        Ok(String::from_utf8(data.get(key).with_context(|| format!("Secret key {key}"))?.0.clone())?)
+    };
+    let conninfo = format!(
+        "host={address} port=5432 user={} password={} dbname={} connect_timeout=3",
+        secret("username")?,
+        secret("password")?,
+        secret("database")?
+    );
+    sql(&conninfo, "CREATE TABLE orders (id int)").await?;
+    sql(&conninfo, "INSERT INTO orders SELECT generate_series(1, 25)").await?;
+
+    step("rows written through the twin address");
+
+    // Clients find the server through the Service the operator routes by
+    // role label: its ready endpoint is the same twin address.
+    create(ns.api::<Service>(), children.read_write.clone()).await?;
+    let label = json!({"metadata": {"labels": {"hostwright.io/role": "primary"}}});
+    pods.patch(MEMBER, &PatchParams::default(), &Patch::Merge(label)).await?;
+    let rw = children.read_write.metadata.name.clone().context("Service without name")?;
+    eventually(Duration::from_secs(60), "the primary behind the rw Service", || async {
+        Ok((ready_endpoints(client, &ns.name, &rw).await? == [address.clone()]).then_some(()))
+    })
+    .await?;
+    step("the rw Service's endpoint is the twin address");
+
+    // A crashed server: the agent lives on and reports it stopped.
+    testbed.kill_server(MEMBER).await?;
+    wait_report(&leases, "stopped", |r| r.role == ServerRole::Stopped).await?;
+    step("the killed server is reported stopped");
+
+    // Power loss: nobody renews the Lease, so it expires.
+    testbed.kill_member(MEMBER).await?;
+    eventually(TIMEOUT, "the member Lease to expire", || async {
+        let lease = leases.get(MEMBER).await?;
+        Ok(report::decode(&lease, now()).1.then_some(()))
+    })
+    .await?;
+    assert!(testbed.agent_pid(MEMBER).is_none(), "a member taken down stays down");
+    step("the killed member's Lease expired");
+
+    // Back: a new agent starts the server on the same volume, data intact.
+    testbed.revive(MEMBER)?;
+    wait_report(&leases, "primary again", |r| r.role == ServerRole::Primary).await?;
+    let rows = sql(&conninfo, "SELECT count(*) FROM orders").await?;
+    assert_eq!(rows[0].get::<_, i64>(0), 25, "the volume kept every row");
+    step("the revived member reports primary, every row kept");
+
+    // Deleting the pod stops its agent, which stops its server: nothing is left.
+    let agent = testbed.agent_pid(MEMBER).context("a running agent")?;
+    let server = testbed.postmaster_pid(MEMBER).context("a running server")?;
+    pods.delete(MEMBER, &DeleteParams::default()).await?;
+    eventually(Duration::from_secs(60), "the agent and its server to end", || async {
+        Ok((testbed.agent_pid(MEMBER).is_none() && !alive(agent) && !alive(server)).then_some(()))
+    })
+    .await?;
+    step("the deleted pod's agent and server are gone");
+
+    // Deleting the claim releases the volume; its directory goes with it.
+    claims.delete(MEMBER, &DeleteParams::default()).await?;
+    wait_deleted(&volumes, &volume_name, Duration::from_secs(60), "the released volume").await?;
+    assert!(!Path::new(&dir).exists(), "{dir} is removed with its volume");
+    step("the released volume and its directory are gone");
+    Ok(())
+}
+
+/// The agent's own identity: what it reads and writes, nothing more.
+async fn create_agent_identity(ns: &TestNamespace) -> Result<()> {
+    create(ns.api::<ServiceAccount>(), from_json(json!({"metadata": {"name": "db-agent"}}))?).await?;
+    let role: Role = from_json(json!({
+        "metadata": {"name": "db-agent"},
+        "rules": [
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]},
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "patch", "update"]},
+        ],
+    }))?;
+    create(ns.api::<Role>(), role).await?;
+    let binding: RoleBinding = from_json(json!({
+        "metadata": {"name": "db-agent"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "db-agent"},
+        "subjects": [{"kind": "ServiceAccount", "name": "db-agent", "namespace": ns.name}],
+    }))?;
+    create(ns.api::<RoleBinding>(), binding).await
+}
+
+fn from_json<K: DeserializeOwned>(value: serde_json::Value) -> Result<K> {
+    Ok(serde_json::from_value(value)?)
+}
+
+/// Create `object` as built, without owner references (see `exercise`).
+async fn create<K>(api: Api<K>, mut object: K) -> Result<()>
+where
+    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+{
+    object.meta_mut().owner_references = None;
+    object.meta_mut().namespace = None;
+    let name = object.meta().name.clone().unwrap_or_default();
+    api.create(&PostParams::default(), &object)
+        .await
+        .with_context(|| format!("creating {} {name}", K::kind(&())))?;
+    Ok(())
+}
+
+fn now() -> u64 {
+    report::millis(k8s_openapi::jiff::Timestamp::now())
+}
+
+/// Wait until the member's Lease carries a live report that `ok` accepts.
+async fn wait_report(leases: &Api<Lease>, what: &str, ok: impl Fn(&Report) -> bool) -> Result<Report> {
+    eventually(TIMEOUT, &format!("{MEMBER} to report {what}"), || async {
+        let Some(lease) = leases.get_opt(MEMBER).await? else { return Ok(None) };
+        let (reported, expired) = report::decode(&lease, now());
+        Ok(reported.map(|(r, _)| r).filter(|r| !expired && ok(r)))
+    })
+    .await
+}
+
+async fn sql(conninfo: &str, statement: &str) -> Result<Vec<tokio_postgres::Row>> {
+    let (client, connection) =
+        tokio_postgres::connect(conninfo, tokio_postgres::NoTls).await.context("connecting to the member")?;
+    tokio::spawn(connection);
+    client.query(statement, &[]).await.with_context(|| format!("running {statement}"))
+}
+
+/// The process exists and is not a zombie.
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()))
+        .is_some_and(|state| state != 'Z')
+}
