@@ -96,7 +96,7 @@ pub fn current_primary(dbm: &DatabaseMirror) -> Option<String> {
 /// reconnecting (re-resolving the Service) on any error, and records every
 /// write the server acknowledged.
 pub struct Writer {
-    acked: Arc<Mutex<Vec<(i64, Instant)>>>,
+    acked: Arc<Mutex<Vec<(i64, Instant, Instant)>>>,
     stop: Arc<AtomicBool>,
     task: JoinHandle<()>,
 }
@@ -112,6 +112,7 @@ impl Writer {
             tokio::spawn(async move {
                 let mut next: i64 = 1;
                 while !stop.load(Ordering::Relaxed) {
+                    let connected = Instant::now();
                     let Ok(db) = connect_rw(&client, &namespace, &name, &creds).await else {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
@@ -123,9 +124,11 @@ impl Writer {
                         let write =
                             tokio::time::timeout(Duration::from_secs(5), db.execute(&insert, &params));
                         match write.await {
-                            Ok(Ok(_)) => {
-                                acked.lock().unwrap_or_else(|p| p.into_inner()).push((id, Instant::now()))
-                            }
+                            Ok(Ok(_)) => acked.lock().unwrap_or_else(|p| p.into_inner()).push((
+                                id,
+                                Instant::now(),
+                                connected,
+                            )),
                             _ => break,
                         }
                         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -138,19 +141,26 @@ impl Writer {
 
     /// Acknowledged writes so far.
     pub fn acked(&self) -> Vec<i64> {
-        self.acked.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(id, _)| *id).collect()
+        self.acked.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(id, _, _)| *id).collect()
     }
 
     /// When the first write acknowledged after `t` was acknowledged.
     pub fn first_ack_after(&self, t: Instant) -> Option<Instant> {
-        self.acked.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(_, at)| *at).find(|at| *at > t)
+        self.acked.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(_, at, _)| *at).find(|at| *at > t)
+    }
+
+    /// When the first write on a connection opened after `t` (so: on
+    /// whatever `-rw` routed to after `t`) was acknowledged.
+    pub fn first_ack_reconnected_after(&self, t: Instant) -> Option<Instant> {
+        let acked = self.acked.lock().unwrap_or_else(|p| p.into_inner());
+        acked.iter().find(|(_, _, connected)| *connected > t).map(|(_, at, _)| *at)
     }
 
     pub async fn stop(self) -> Vec<i64> {
         self.stop.store(true, Ordering::Relaxed);
         let acked = self.acked.clone();
         let _ = self.task.await;
-        acked.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(id, _)| *id).collect()
+        acked.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(id, _, _)| *id).collect()
     }
 }
 

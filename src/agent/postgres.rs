@@ -216,6 +216,9 @@ impl Postgres {
             "GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean) TO replication"
                 .into(),
         ];
+        // With `replication: sync` the settings make commits wait for a
+        // mirror, and no mirror can exist before this cluster does.
+        client.simple_query("SET synchronous_commit = local").await?;
         for statement in &statements {
             client.simple_query(statement).await?;
         }
