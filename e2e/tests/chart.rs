@@ -77,7 +77,7 @@ async fn the_cluster_role_grants_exactly_what_the_controllers_use() -> Result<()
     for (verb, resource) in [
         ("delete", "secrets"),
         ("update", "secrets"),
-        ("create", "pods/exec"),
+        ("delete", "namespaces"),
         ("delete", "persistentvolumes"),
         ("create", "clusterroles.rbac.authorization.k8s.io"),
         ("patch", "webclusters.hostwright.io"),
