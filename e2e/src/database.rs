@@ -32,7 +32,12 @@ impl Credentials {
             .get(&format!("{name}-credentials"))
             .await
             .context("the credentials Secret")?;
-        let data = secret.data.unwrap_or_default();
+        Self::from_secret(&secret)
+    }
+
+    /// The owner's login from a credentials Secret.
+    pub fn from_secret(secret: &Secret) -> Result<Self> {
+        let data = secret.data.clone().unwrap_or_default();
         let get = |k: &str| -> Result<String> {
             let v = data.get(k).ok_or_else(|| anyhow!("credentials without {k}"))?;
             Ok(String::from_utf8(v.0.clone())?)
@@ -57,16 +62,25 @@ impl Credentials {
     }
 }
 
-/// A connection to whatever the `<name>-rw` Service routes to now.
+/// A connection to whatever the `<name>-rw` Service routes to. A Service's
+/// EndpointSlice follows a relabelled pod a moment later, so this waits up
+/// to ten seconds for a ready endpoint, as a reconnecting client would.
 pub async fn connect_rw(
     client: &Client,
     namespace: &str,
     name: &str,
     creds: &Credentials,
 ) -> Result<tokio_postgres::Client> {
-    let endpoints = ready_endpoints(client, namespace, &format!("{name}-rw")).await?;
-    let host = endpoints.first().ok_or_else(|| anyhow!("{name}-rw has no ready endpoint"))?;
-    creds.connect(host).await
+    let service = format!("{name}-rw");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let endpoints = ready_endpoints(client, namespace, &service).await?;
+        match endpoints.first() {
+            Some(host) => return creds.connect(host).await,
+            None if Instant::now() >= deadline => return Err(anyhow!("{service} has no ready endpoint")),
+            None => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
 }
 
 /// The loopback twin of a member pod's IP.
@@ -260,9 +274,4 @@ impl SplitBrainProbe {
         }
         (all.len(), overlaps)
     }
-}
-
-/// Names of a DatabaseMirror's members.
-pub fn member_names(dbm: &DatabaseMirror) -> Vec<String> {
-    hostwright::resources::databasemirror::member_names(dbm)
 }

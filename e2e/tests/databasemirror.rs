@@ -171,7 +171,7 @@ async fn failover_under_write_load_loses_no_acknowledged_write_in_sync_mode() ->
     site.sql("load", "CREATE TABLE acked (id bigint PRIMARY KEY)").await?;
     site.sql("load", "CREATE TABLE probe (member text, at timestamptz DEFAULT now())").await?;
     let creds = site.credentials("load").await?;
-    let members = hostwright_e2e::database::member_names(&dbm);
+    let members = hostwright::resources::databasemirror::member_names(&dbm);
     // Let the tables reach every mirror before probing them.
     site.healthy("load").await?;
     let probe = SplitBrainProbe::start(&site.client, &site.ns.name, &members, &creds, "probe").await?;
@@ -303,15 +303,7 @@ async fn switchover_credentials_and_a_mirror_too_far_behind() -> Result<()> {
         secrets.get_opt("ops-credentials").await?.is_none(),
         "the operator does not invent new passwords"
     );
-    let creds = Credentials::read(&site.client, &site.ns.name, "ops").await.ok();
-    let creds = match creds {
-        Some(c) => c,
-        None => {
-            let data = saved.data.clone().unwrap_or_default();
-            let get = |k: &str| String::from_utf8(data.get(k).map(|v| v.0.clone()).unwrap_or_default());
-            Credentials { user: get("username")?, password: get("password")?, database: get("database")? }
-        }
-    };
+    let creds = Credentials::from_secret(&saved)?;
     let db = connect_rw(&site.client, &site.ns.name, "ops", &creds).await?;
     db.execute("INSERT INTO items VALUES (1001, '')", &[]).await.context("the primary keeps serving")?;
     let mut restored = Secret { data: saved.data.clone(), type_: saved.type_.clone(), ..Secret::default() };

@@ -202,6 +202,34 @@ impl Shared {
         Ok(Some(applied))
     }
 
+    /// [`Shared::apply`] against the cached copy `owner_uid` controls, if any.
+    pub async fn apply_owned<K>(
+        &self,
+        desired: &K,
+        cache: &Store<K>,
+        owner_uid: &str,
+    ) -> Result<Option<K>, Error>
+    where
+        K: Child,
+    {
+        let namespace = desired.namespace().unwrap_or_default();
+        let live = owned_child(cache, &namespace, &desired.name_any(), owner_uid);
+        self.apply(desired, live.as_ref()).await
+    }
+
+    /// The error policy of every controller: count the failure, log it, and
+    /// retry after the object's exponential backoff.
+    pub fn retry_after<K>(&self, obj: &K, error: &Error) -> kube::runtime::controller::Action
+    where
+        K: Resource,
+    {
+        let key = format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any());
+        self.metrics.failure(self.controller, error.metric_label());
+        let delay = self.backoff.failed(&key);
+        tracing::warn!(object = %key, error = %error, retry_in = ?delay, "reconcile failed");
+        kube::runtime::controller::Action::requeue(delay)
+    }
+
     /// Apply an optional child when it is wanted; delete it when it is not
     /// but still exists.
     pub async fn apply_or_prune<K>(&self, desired: Option<&K>, live: Option<Arc<K>>) -> Result<(), Error>

@@ -28,7 +28,7 @@ use kube::runtime::events::EventType;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, info, info_span};
 
 use super::{Error, RESYNC, Scope, Shared, cached, jittered, owned_child};
 use crate::agent::report;
@@ -272,39 +272,15 @@ async fn reconcile_inner(dbm: &DatabaseMirror, ctx: &Context, namespace: &str) -
 
     // Shared children and the agents' identity.
     let children = build(dbm).map_err(build_error)?;
-    let owned = |store: &Store<_>, child_name: String| owned_child(store, namespace, &child_name, &uid);
-    shared
-        .apply(&children.read_write, owned(&caches.services, children.read_write.name_any()).as_ref())
-        .await?;
-    shared
-        .apply(&children.read_only, owned(&caches.services, children.read_only.name_any()).as_ref())
-        .await?;
-    shared
-        .apply(
-            &children.primary_budget,
-            owned_child(&caches.budgets, namespace, &children.primary_budget.name_any(), &uid).as_ref(),
-        )
-        .await?;
-    shared
-        .apply(
-            &children.mirror_budget,
-            owned_child(&caches.budgets, namespace, &children.mirror_budget.name_any(), &uid).as_ref(),
-        )
-        .await?;
-    shared
-        .apply(
-            &children.config,
-            owned_child(&caches.config_maps, namespace, &children.config.name_any(), &uid).as_ref(),
-        )
-        .await?;
+    shared.apply_owned(&children.read_write, &caches.services, &uid).await?;
+    shared.apply_owned(&children.read_only, &caches.services, &uid).await?;
+    shared.apply_owned(&children.primary_budget, &caches.budgets, &uid).await?;
+    shared.apply_owned(&children.mirror_budget, &caches.budgets, &uid).await?;
+    shared.apply_owned(&children.config, &caches.config_maps, &uid).await?;
     let (account, role, binding) = agent_rbac(dbm).map_err(build_error)?;
-    shared
-        .apply(&account, owned_child(&caches.accounts, namespace, &account.name_any(), &uid).as_ref())
-        .await?;
-    shared.apply(&role, owned_child(&caches.roles, namespace, &role.name_any(), &uid).as_ref()).await?;
-    shared
-        .apply(&binding, owned_child(&caches.bindings, namespace, &binding.name_any(), &uid).as_ref())
-        .await?;
+    shared.apply_owned(&account, &caches.accounts, &uid).await?;
+    shared.apply_owned(&role, &caches.roles, &uid).await?;
+    shared.apply_owned(&binding, &caches.bindings, &uid).await?;
     for member in &members {
         if labelled(&caches.volumes, namespace, member, &name).is_none() {
             shared.apply(&member_volume(dbm, member).map_err(build_error)?, None).await?;
@@ -546,9 +522,5 @@ async fn route_pod(dbm: &DatabaseMirror, ctx: &Context, pod: &Pod, routing: &Rou
 }
 
 fn error_policy(dbm: Arc<DatabaseMirror>, error: &Error, ctx: Arc<Context>) -> Action {
-    let key = format!("{}/{}", dbm.namespace().unwrap_or_default(), dbm.name_any());
-    ctx.shared.metrics.failure(CONTROLLER, error.metric_label());
-    let delay = ctx.shared.backoff.failed(&key);
-    warn!(object = %key, error = %error, retry_in = ?delay, "reconcile failed");
-    Action::requeue(delay)
+    ctx.shared.retry_after(dbm.as_ref(), error)
 }

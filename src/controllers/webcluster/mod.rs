@@ -17,7 +17,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
-use tracing::{Instrument, info_span, warn};
+use tracing::{Instrument, info_span};
 
 pub use super::Scope;
 use super::{Error, RESYNC, Shared, cached, jittered, owned_child};
@@ -228,9 +228,8 @@ async fn apply_children(
             ctx.shared.event(wc, event.type_, event.reason, event.action, event.note).await;
         }
     }
-    ctx.shared.apply(&service, owned_child(&caches.services, namespace, &name, &uid).as_ref()).await?;
-    let live_pdb = owned_child(&caches.pdbs, namespace, &name, &uid);
-    ctx.shared.apply(&pod_disruption_budget, live_pdb.as_ref()).await?;
+    ctx.shared.apply_owned(&service, &caches.services, &uid).await?;
+    ctx.shared.apply_owned(&pod_disruption_budget, &caches.pdbs, &uid).await?;
     let live_autoscaler = owned_child(&caches.autoscalers, namespace, &name, &uid);
     ctx.shared.apply_or_prune(autoscaler.as_ref(), live_autoscaler).await?;
     let live_ingress = owned_child(&caches.ingresses, namespace, &name, &uid);
@@ -276,9 +275,5 @@ fn resolve_references(wc: &WebCluster, caches: &Caches, namespace: &str) -> Refe
 }
 
 fn error_policy(wc: Arc<WebCluster>, error: &Error, ctx: Arc<Context>) -> Action {
-    let key = format!("{}/{}", wc.namespace().unwrap_or_default(), wc.name_any());
-    ctx.shared.metrics.failure(CONTROLLER, error.metric_label());
-    let delay = ctx.shared.backoff.failed(&key);
-    warn!(object = %key, error = %error, retry_in = ?delay, "reconcile failed");
-    Action::requeue(delay)
+    ctx.shared.retry_after(wc.as_ref(), error)
 }
