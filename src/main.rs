@@ -163,9 +163,7 @@ fn run_agent(args: AgentArgs) -> Result<(), Box<dyn std::error::Error>> {
         Some(user) => Some(uid_gid(user)?),
         None => None,
     };
-    let read =
-        |key: &str| std::fs::read_to_string(args.credentials_dir.join(key)).map(|s| s.trim().to_string());
-    let options = hostwright::agent::run::Options {
+    let postgres = hostwright::agent::postgres::PostgresMember {
         postgres: hostwright::agent::postgres::Postgres {
             bin_dir: args.bin_dir,
             data_dir: args.data_dir,
@@ -176,16 +174,16 @@ fn run_agent(args: AgentArgs) -> Result<(), Box<dyn std::error::Error>> {
             application_name: args.member.replace('-', "_"),
             run_as,
         },
-        advertise: format!("{}:{}", args.advertise_address, args.port),
-        database: read("database")?,
-        owner: read("username")?,
         credentials_dir: args.credentials_dir,
+    };
+    let options = hostwright::agent::run::Options {
+        advertise: format!("{}:{}", args.advertise_address, args.port),
         member: args.member,
         namespace: args.namespace,
     };
     tracing::info!(member = %options.member, database_mirror = ?args.database_mirror, engine = %args.engine, "agent starting");
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    runtime.block_on(hostwright::agent::run::run(options))?;
+    runtime.block_on(hostwright::agent::run::run(options, postgres))?;
     Ok(())
 }
 

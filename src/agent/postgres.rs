@@ -11,6 +11,9 @@ use std::time::Duration;
 
 use tokio::process::{Child, Command};
 
+use super::plan::{DataState, Endpoint, data_state};
+use super::server::{Server, Start};
+
 /// Errors of the PostgreSQL driver, each naming the step that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PostgresError {
@@ -36,6 +39,12 @@ pub enum PostgresError {
     StartTimeout(Duration),
     #[error("unreadable replication position {0:?}")]
     Lsn(String),
+    #[error("reading {path}: {source}")]
+    Credentials {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Where and how one member's server runs.
@@ -374,6 +383,104 @@ impl Postgres {
         let in_recovery: bool = row.get(0);
         let lsn: Option<String> = row.get(1);
         Ok((in_recovery, lsn.as_deref().map(parse_lsn).transpose()?.unwrap_or(0)))
+    }
+}
+
+/// A PostgreSQL member as the agent drives it: the server, and the
+/// credentials files the pod's Secret is mounted as.
+#[derive(Clone, Debug)]
+pub struct PostgresMember {
+    pub postgres: Postgres,
+    /// Directory of the credentials Secret (files `username`, `password`,
+    /// `replication-password`, `superuser-password`, `database`).
+    pub credentials_dir: PathBuf,
+}
+
+impl PostgresMember {
+    fn secret(&self, key: &str) -> Result<String, PostgresError> {
+        let path = self.credentials_dir.join(key);
+        std::fs::read_to_string(&path)
+            .map(|s| s.trim().to_string())
+            .map_err(|source| PostgresError::Credentials { path, source })
+    }
+
+    fn conninfo(&self, primary: &Endpoint) -> Result<String, PostgresError> {
+        let password = self.secret("replication-password")?;
+        Ok(replication_conninfo(&primary.host, primary.port, &password, &self.postgres.application_name))
+    }
+
+    async fn start_standby(&self, primary: Option<&Endpoint>) -> Result<Child, PostgresError> {
+        let primary_conninfo = primary.map(|p| self.conninfo(p)).transpose()?.unwrap_or_default();
+        self.postgres.start(&StartAs::Standby { primary_conninfo }).await
+    }
+}
+
+impl Server for PostgresMember {
+    type Error = PostgresError;
+
+    async fn data_state(&self) -> DataState {
+        let pg = &self.postgres;
+        // A fresh clone or a rewound former primary carries a backup_label
+        // (and the primary's "in production" control file): it starts as a
+        // standby, nothing to rewind.
+        if pg.data_dir.join("backup_label").exists() {
+            return DataState::Standby;
+        }
+        if !pg.initialized() {
+            return DataState::Empty;
+        }
+        match Command::new(pg.bin("pg_controldata")).arg(&pg.data_dir).output().await {
+            Ok(out) => data_state(&String::from_utf8_lossy(&out.stdout)),
+            Err(_) => DataState::Primary,
+        }
+    }
+
+    async fn position(&self) -> Result<(bool, u64), PostgresError> {
+        self.postgres.position().await
+    }
+
+    async fn initialize(&self) -> Result<(), PostgresError> {
+        let bootstrap = Bootstrap {
+            superuser_password: self.secret("superuser-password")?,
+            replication_password: self.secret("replication-password")?,
+            database: self.secret("database")?,
+            owner: self.secret("username")?,
+            owner_password: self.secret("password")?,
+        };
+        self.postgres.initdb(&bootstrap).await
+    }
+
+    async fn clone_from(&self, primary: &Endpoint) -> Result<(), PostgresError> {
+        self.postgres.basebackup(&self.conninfo(primary)?).await
+    }
+
+    async fn start(&self, start: Start<'_>) -> Result<Child, PostgresError> {
+        match start {
+            Start::Primary => self.postgres.start(&StartAs::Primary).await,
+            Start::Replica(primary) => self.start_standby(primary).await,
+        }
+    }
+
+    async fn promote(&self) -> Result<(), PostgresError> {
+        self.postgres.promote().await
+    }
+
+    async fn rewind(&self, primary: &Endpoint) -> Result<(), PostgresError> {
+        self.postgres.rewind(&self.conninfo(primary)?).await
+    }
+
+    async fn repoint(&self, server: &mut Option<Child>, primary: &Endpoint) -> Result<(), PostgresError> {
+        // A restart with the new primary_conninfo; PostgreSQL 15 reloads it
+        // without one, but a restart also resets a stuck walreceiver.
+        if let Some(mut running) = server.take() {
+            self.postgres.stop(&mut running).await?;
+        }
+        *server = Some(self.start_standby(Some(primary)).await?);
+        Ok(())
+    }
+
+    async fn stop(&self, server: &mut Child) -> Result<(), PostgresError> {
+        self.postgres.stop(server).await
     }
 }
 

@@ -3,7 +3,6 @@
 //! when the Lease cannot be renewed.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -15,9 +14,9 @@ use kube::{Client, ResourceExt};
 use tokio::process::Child;
 use tracing::{info, warn};
 
-use super::plan::{Action, DataState, Endpoint, Local, data_state, plan};
-use super::postgres::{Bootstrap, Postgres, PostgresError, StartAs, replication_conninfo};
+use super::plan::{Action, Endpoint, Local, plan};
 use super::report::{self, LEASE_SECONDS, SELF_FENCE_AFTER_MS};
+use super::server::{Server, Start};
 use crate::failover::{Desired, Report, ServerRole};
 use crate::resources::databasemirror::MEMBER_LABEL;
 
@@ -29,18 +28,13 @@ const INTERVAL: Duration = Duration::from_millis(300);
 /// the self-fencing check past the lease.
 const API_TIMEOUT: Duration = Duration::from_millis(1_000);
 
-/// Where the agent finds its member's settings and secrets.
+/// Who the agent is and where its server is reached.
 #[derive(Clone, Debug)]
 pub struct Options {
     pub member: String,
     pub namespace: String,
-    pub postgres: Postgres,
     /// host:port other members reach this server at.
     pub advertise: String,
-    /// Directory of the credentials Secret (files `username`, `password`, …).
-    pub credentials_dir: PathBuf,
-    pub database: String,
-    pub owner: String,
 }
 
 /// Why the agent stopped.
@@ -48,16 +42,13 @@ pub struct Options {
 pub enum AgentError {
     #[error("connecting to the Kubernetes API: {0}")]
     Client(#[source] kube::Error),
-    #[error("reading {path}: {source}")]
-    Credentials {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("installing the SIGTERM handler: {0}")]
+    Signal(#[source] std::io::Error),
 }
 
-struct Agent {
+struct Agent<S> {
     options: Options,
+    server_driver: S,
     pods: Api<Pod>,
     leases: Api<Lease>,
     server: Option<Child>,
@@ -81,12 +72,13 @@ fn now_ms() -> u64 {
 }
 
 /// Run until SIGTERM; the server is stopped cleanly on the way out.
-pub async fn run(options: Options) -> Result<(), AgentError> {
+pub async fn run<S: Server>(options: Options, server: S) -> Result<(), AgentError> {
     let client = Client::try_default().await.map_err(AgentError::Client)?;
     let mut agent = Agent {
         pods: Api::namespaced(client.clone(), &options.namespace),
         leases: Api::namespaced(client, &options.namespace),
         options,
+        server_driver: server,
         server: None,
         following: None,
         serving_primary: false,
@@ -95,7 +87,7 @@ pub async fn run(options: Options) -> Result<(), AgentError> {
         lease_metadata: None,
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|source| AgentError::Credentials { path: "SIGTERM".into(), source })?;
+        .map_err(AgentError::Signal)?;
     loop {
         tokio::select! {
             _ = term.recv() => break,
@@ -103,13 +95,11 @@ pub async fn run(options: Options) -> Result<(), AgentError> {
             () = tokio::time::sleep(INTERVAL) => agent.tick().await,
         }
     }
-    if let Some(mut server) = agent.server.take() {
-        let _ = agent.options.postgres.stop(&mut server).await;
-    }
+    let _ = agent.stop().await;
     Ok(())
 }
 
-impl Agent {
+impl<S: Server> Agent<S> {
     async fn tick(&mut self) {
         // A server that exited is no longer ours to supervise.
         if let Some(server) = self.server.as_mut()
@@ -191,22 +181,8 @@ impl Agent {
     }
 
     async fn observe(&self) -> Local {
-        let pg = &self.options.postgres;
-        // A fresh clone or a rewound former primary carries a backup_label
-        // (and the primary's "in production" control file): it starts as a
-        // standby, nothing to rewind.
-        let data = if pg.data_dir.join("backup_label").exists() {
-            DataState::Standby
-        } else if pg.initialized() {
-            let bin = pg.bin_dir.join("pg_controldata");
-            match tokio::process::Command::new(bin).arg(&pg.data_dir).output().await {
-                Ok(out) => data_state(&String::from_utf8_lossy(&out.stdout)),
-                Err(_) => DataState::Primary,
-            }
-        } else {
-            DataState::Empty
-        };
-        let (running, in_recovery) = match (&self.server, pg.position().await) {
+        let data = self.server_driver.data_state().await;
+        let (running, in_recovery) = match (&self.server, self.server_driver.position().await) {
             (Some(_), Ok((in_recovery, _))) => (true, in_recovery),
             _ => (false, false),
         };
@@ -219,66 +195,34 @@ impl Agent {
         }
     }
 
-    fn conninfo(&self, primary: &Endpoint) -> Result<String, AgentError> {
-        let password = self.secret("replication-password")?;
-        Ok(replication_conninfo(
-            &primary.host,
-            primary.port,
-            &password,
-            &self.options.postgres.application_name,
-        ))
-    }
-
-    fn secret(&self, key: &str) -> Result<String, AgentError> {
-        let path = self.options.credentials_dir.join(key);
-        std::fs::read_to_string(&path)
-            .map(|s| s.trim().to_string())
-            .map_err(|source| AgentError::Credentials { path, source })
-    }
-
-    async fn act(&mut self, action: &Action) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        let pg = self.options.postgres.clone();
+    async fn act(&mut self, action: &Action) -> Result<(), S::Error> {
+        let driver = &self.server_driver;
         match action {
-            Action::Initdb => {
-                let bootstrap = Bootstrap {
-                    superuser_password: self.secret("superuser-password")?,
-                    replication_password: self.secret("replication-password")?,
-                    database: self.options.database.clone(),
-                    owner: self.options.owner.clone(),
-                    owner_password: self.secret("password")?,
-                };
-                pg.initdb(&bootstrap).await?;
-            }
-            Action::Clone(primary) => pg.basebackup(&self.conninfo(primary)?).await?,
+            Action::Initdb => driver.initialize().await?,
+            Action::Clone(primary) => driver.clone_from(primary).await?,
             Action::StartPrimary => {
-                self.server = Some(pg.start(&StartAs::Primary).await?);
+                self.server = Some(driver.start(Start::Primary).await?);
                 self.following = None;
             }
             Action::StartStandby(primary) => {
-                let conninfo = primary.as_ref().map(|p| self.conninfo(p)).transpose()?.unwrap_or_default();
-                self.server = Some(pg.start(&StartAs::Standby { primary_conninfo: conninfo }).await?);
+                self.server = Some(driver.start(Start::Replica(primary.as_ref())).await?);
                 self.following = primary.as_ref().map(|p| p.member.clone());
             }
             Action::Promote => {
-                pg.promote().await?;
+                driver.promote().await?;
                 self.following = None;
             }
             Action::Stop => self.stop().await?,
             Action::Rewind(primary) => {
-                // Start as a standby right away: after a clean switchover
-                // pg_rewind has nothing to do and leaves the data directory
+                // Start as a replica right away: after a clean switchover
+                // PostgreSQL's rewind has nothing to do and leaves the data
                 // looking like a primary's, which would ask for a rewind again.
-                let conninfo = self.conninfo(primary)?;
-                pg.rewind(&conninfo).await?;
-                self.server = Some(pg.start(&StartAs::Standby { primary_conninfo: conninfo }).await?);
+                driver.rewind(primary).await?;
+                self.server = Some(driver.start(Start::Replica(Some(primary))).await?);
                 self.following = Some(primary.member.clone());
             }
             Action::Repoint(primary) => {
-                // A restart with the new primary_conninfo; PostgreSQL 15 reloads
-                // it without one, but a restart also resets a stuck walreceiver.
-                self.stop().await?;
-                let conninfo = self.conninfo(primary)?;
-                self.server = Some(pg.start(&StartAs::Standby { primary_conninfo: conninfo }).await?);
+                driver.repoint(&mut self.server, primary).await?;
                 self.following = Some(primary.member.clone());
             }
             Action::Wait(_) => {}
@@ -286,9 +230,9 @@ impl Agent {
         Ok(())
     }
 
-    async fn stop(&mut self) -> Result<(), PostgresError> {
+    async fn stop(&mut self) -> Result<(), S::Error> {
         if let Some(mut server) = self.server.take() {
-            self.options.postgres.stop(&mut server).await?;
+            self.server_driver.stop(&mut server).await?;
         }
         self.following = None;
         Ok(())
@@ -297,7 +241,7 @@ impl Agent {
     /// Renew the member Lease with a fresh report; fence the server when
     /// renewals have failed for too long.
     async fn report(&mut self, acting_on: Desired) {
-        let (role, position) = match (&self.server, self.options.postgres.position().await) {
+        let (role, position) = match (&self.server, self.server_driver.position().await) {
             (Some(_), Ok((true, p))) => (ServerRole::Mirror, Some(p)),
             (Some(_), Ok((false, p))) => (ServerRole::Primary, Some(p)),
             // Alive but not answering: a primary may still take writes, so it
