@@ -17,7 +17,8 @@ use kube_lease_manager::LeaseManagerBuilder;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::controllers::{Scope, Shared, databasemirror, webcluster};
+use crate::api::DatabaseMirror;
+use crate::controllers::{Scope, Shared, members, webcluster};
 use crate::resources::FIELD_MANAGER;
 use crate::telemetry::{self, Health, Metrics};
 
@@ -219,7 +220,7 @@ async fn run_controllers(
             },
             shutdown.clone()
         ),
-        databasemirror::run(
+        members::run::<DatabaseMirror>(
             scope,
             database,
             options.agent_image.clone(),

@@ -18,7 +18,7 @@ use super::plan::{Action, Endpoint, Local, plan};
 use super::report::{self, LEASE_SECONDS, SELF_FENCE_AFTER_MS};
 use super::server::{Server, Start};
 use crate::failover::{Desired, Report, ServerRole};
-use crate::resources::databasemirror::MEMBER_LABEL;
+use crate::resources::members::{DESIRED_ROLE_ANNOTATION, MEMBER_LABEL};
 
 /// Annotation on a member's pod naming the member writes are routed to.
 pub const PRIMARY_ANNOTATION: &str = "hostwright.io/primary";
@@ -161,9 +161,7 @@ impl<S: Server> Agent<S> {
             self.lease_metadata = Some((labels, owner));
         }
         let annotations = pod.annotations();
-        let desired = report::parse_desired(
-            annotations.get(crate::resources::databasemirror::DESIRED_ROLE_ANNOTATION)?,
-        )?;
+        let desired = report::parse_desired(annotations.get(DESIRED_ROLE_ANNOTATION)?)?;
         let primary = match annotations.get(PRIMARY_ANNOTATION) {
             Some(member) if !member.is_empty() => self.endpoint(member).await,
             _ => None,

@@ -5,6 +5,7 @@
 //! what differs" so an idle fleet sends no writes at all.
 
 pub mod databasemirror;
+pub mod members;
 pub mod webcluster;
 
 use std::collections::HashMap;

@@ -4,6 +4,7 @@
 
 pub mod databasemirror;
 pub mod labels;
+pub mod members;
 pub mod subset;
 pub mod webcluster;
 

@@ -1,7 +1,8 @@
-//! The DatabaseMirror controller: keep the shared children and one pod and
-//! volume per member, run the failover engine on what the agents report,
-//! and carry its decision to the pods (instructions for the agents, role
-//! labels for the Services).
+//! The controller of every replicated store (DatabaseMirror, SessionStore):
+//! keep the shared children and one pod (and volume) per member, run the
+//! failover engine on what the agents report, and carry its decision to the
+//! pods (instructions for the agents, role labels for the Services). What
+//! differs between the kinds is behind [`Replicated`].
 //!
 //! The engine's state is written to status *before* any pod is told
 //! anything, so a crash between the two only repeats the instruction; and
@@ -16,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -28,28 +30,96 @@ use kube::runtime::events::EventType;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use tracing::{Instrument, info, info_span};
 
 use super::{Error, RESYNC, Scope, Shared, cached, jittered, owned_child};
 use crate::agent::report;
-use crate::api::databasemirror::Replication;
-use crate::api::{DatabaseMirror, DatabaseMirrorStatus};
+use crate::api::common::{FailoverSpec, ReplicationStatus};
 use crate::failover::{Decision, Member, Policy, Route, State, Step, step};
-use crate::resources::FIELD_MANAGER;
-use crate::resources::databasemirror::{
-    APP_NAME, DESIRED_ROLE_ANNOTATION, MEMBER_LABEL, Passwords, Routing, TEMPLATE_HASH_ANNOTATION,
-    agent_rbac, build, credentials, credentials_name, member_names, member_pod, member_volume, template_hash,
+use crate::resources::members::{
+    Blueprint, DESIRED_ROLE_ANNOTATION, INSTANCE_LABEL, MEMBER_LABEL, Routing, TEMPLATE_HASH_ANNOTATION,
 };
+use crate::resources::{BuildError, FIELD_MANAGER};
 use status::{Credentials, Observation};
 
-const CONTROLLER: &str = "databasemirror";
+/// The children besides members and credentials: built fresh on every
+/// reconcile and applied only where they differ from the cache.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SharedChildren {
+    pub services: Vec<Service>,
+    pub budgets: Vec<PodDisruptionBudget>,
+    pub config_maps: Vec<ConfigMap>,
+}
+
+/// Figures of the status that only some kinds print.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Bytes the furthest healthy member is behind the primary.
+    pub max_lag_bytes: Option<i64>,
+    /// Every member runs the template unchanged.
+    pub equal_spec: Option<bool>,
+}
+
+/// A kind's status: the shared replication part, and how to take out the
+/// fields that move with every report.
+pub trait StoreStatus:
+    Clone + Default + PartialEq + std::fmt::Debug + Serialize + Send + Sync + 'static
+{
+    fn replication(&self) -> &ReplicationStatus;
+    /// This status without positions, lag and report times.
+    fn without_positions(&self) -> Self;
+}
+
+/// A custom resource whose members are replicated servers under the failover
+/// engine: what the shared controller needs to know of it.
+pub trait Replicated:
+    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + Clone
+    + std::fmt::Debug
+    + DeserializeOwned
+    + Serialize
+    + Send
+    + Sync
+    + 'static
+{
+    /// Controller name in logs, metrics and Events; also its `app.kubernetes.io/name`.
+    const CONTROLLER: &'static str;
+    /// `<plural>/status`, for the write metrics.
+    const STATUS_RESOURCE: &'static str;
+    type Status: StoreStatus;
+    /// Generated once, kept in the credentials Secret.
+    type Passwords: Send + Sync;
+
+    fn current_status(&self) -> Option<&Self::Status>;
+    /// The status to write, from the shared part and the summary figures.
+    fn status(&self, replication: ReplicationStatus, summary: Summary) -> Self::Status;
+    fn blueprint(&self) -> Result<Blueprint, BuildError>;
+    fn shared_children(&self, blueprint: &Blueprint) -> Result<SharedChildren, BuildError>;
+    fn failover(&self) -> &FailoverSpec;
+    fn policy(&self) -> Policy;
+    /// The Service writes go through, for messages.
+    fn read_write_service(&self) -> String;
+    fn credentials_name(&self) -> String;
+    fn generate_passwords() -> Self::Passwords;
+    /// The passwords in an existing Secret, or the first key it lacks.
+    fn read_passwords(secret: &Secret) -> Result<Self::Passwords, &'static str>;
+    fn credentials(&self, passwords: &Self::Passwords) -> Result<Secret, BuildError>;
+    /// Nothing to deploy (an external store): reconciled by the kind itself.
+    fn external(
+        &self,
+        _ctx: &Context<Self>,
+    ) -> impl std::future::Future<Output = Option<Result<Action, Error>>> + Send {
+        async { None }
+    }
+}
 /// How often the engine is stepped while something is in motion (a
 /// failover, a member catching up): timeouts are judged on the clock, not
 /// only on events.
 const ACTIVE_INTERVAL: Duration = Duration::from_millis(250);
 /// Positions and lag alone are refreshed in status at most this often.
 const POSITION_REFRESH: Duration = Duration::from_secs(10);
-const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
 
 /// Caches of everything a reconcile reads.
 pub struct Caches {
@@ -68,24 +138,24 @@ pub struct Caches {
 /// The status this process last wrote for an object, and its
 /// resourceVersion: the reconciler steps the engine from here rather than
 /// from a cache that may not have caught up with its own write.
-struct Written {
-    status: DatabaseMirrorStatus,
+struct Written<S> {
+    status: S,
     resource_version: String,
     at: Instant,
 }
 
-/// The DatabaseMirror controller's context.
-pub struct Context {
+/// The controller's context.
+pub struct Context<K: Replicated> {
     pub shared: Shared,
     pub caches: Caches,
     pub caches_ready: AtomicBool,
     /// Image carrying `hostwright agent` (the operator's own).
     pub agent_image: String,
-    written: Mutex<HashMap<String, Written>>,
+    written: Mutex<HashMap<String, Written<K::Status>>>,
 }
 
-/// Run the DatabaseMirror controller until `shutdown` resolves.
-pub async fn run(
+/// Run the controller of `K` until `shutdown` resolves.
+pub async fn run<K: Replicated>(
     scope: Scope,
     shared: Shared,
     agent_image: String,
@@ -93,7 +163,7 @@ pub async fn run(
     ready: impl FnOnce() + Send + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let mine = format!("app.kubernetes.io/name={APP_NAME}");
+    let mine = format!("app.kubernetes.io/name={}", K::CONTROLLER);
     let (pods, pod_events) = cached::<Pod>(&scope, Some(&mine));
     let (volumes, volume_events) = cached::<PersistentVolumeClaim>(&scope, Some(&mine));
     let (services, service_events) = cached::<Service>(&scope, Some(&mine));
@@ -105,9 +175,8 @@ pub async fn run(
     let (bindings, binding_events) = cached::<RoleBinding>(&scope, Some(&mine));
     let (leases, lease_events) = cached::<Lease>(&scope, Some(&mine));
 
-    let controller =
-        Controller::new(scope.api::<DatabaseMirror>(), watcher::Config::default().any_semantic())
-            .with_config(kube::runtime::controller::Config::default().concurrency(concurrency));
+    let controller = Controller::new(scope.api::<K>(), watcher::Config::default().any_semantic())
+        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency));
     let objects = controller.store();
     let context = Arc::new(Context {
         shared,
@@ -138,9 +207,9 @@ pub async fn run(
         .owns_stream(account_events)
         .owns_stream(role_events)
         .owns_stream(binding_events)
-        .watches_stream(volume_events, by_instance)
-        .watches_stream(secret_events, by_instance)
-        .watches_stream(lease_events, by_instance)
+        .watches_stream(volume_events, by_instance::<K, _>)
+        .watches_stream(secret_events, by_instance::<K, _>)
+        .watches_stream(lease_events, by_instance::<K, _>)
         .graceful_shutdown_on(shutdown);
 
     let caches_ready = {
@@ -166,7 +235,7 @@ pub async fn run(
     tokio::spawn(caches_ready);
 
     controller
-        .run(reconcile, error_policy, context)
+        .run(reconcile::<K>, error_policy::<K>, context)
         .for_each(|result| async move {
             if let Err(err) = result {
                 tracing::debug!(%err, "controller event");
@@ -175,22 +244,25 @@ pub async fn run(
         .await;
 }
 
-/// The DatabaseMirror an object belongs to, by its instance label.
-fn by_instance<K: Resource>(obj: K) -> Option<ObjectRef<DatabaseMirror>> {
+/// The store an object belongs to, by its instance label.
+fn by_instance<K: Replicated, C: Resource>(obj: C) -> Option<ObjectRef<K>> {
     let instance = obj.labels().get(INSTANCE_LABEL)?;
     Some(ObjectRef::new(instance).within(&obj.namespace()?))
 }
 
-async fn reconcile(dbm: Arc<DatabaseMirror>, ctx: Arc<Context>) -> Result<Action, Error> {
+async fn reconcile<K: Replicated>(dbm: Arc<K>, ctx: Arc<Context<K>>) -> Result<Action, Error> {
     if !ctx.caches_ready.load(Ordering::Acquire) {
         return Ok(Action::requeue(Duration::from_millis(200)));
     }
     let namespace = dbm.namespace().unwrap_or_default();
     let name = dbm.name_any();
-    let span = info_span!("reconcile", controller = CONTROLLER, namespace = %namespace, name = %name);
-    let _timer = ctx.shared.metrics.reconcile_started(CONTROLLER);
+    let span = info_span!("reconcile", controller = K::CONTROLLER, namespace = %namespace, name = %name);
+    let _timer = ctx.shared.metrics.reconcile_started(K::CONTROLLER);
     let key = format!("{namespace}/{name}");
-    let result = reconcile_inner(&dbm, &ctx, &namespace).instrument(span).await;
+    let result = match dbm.external(&ctx).instrument(span.clone()).await {
+        Some(result) => result,
+        None => reconcile_inner(dbm.as_ref(), &ctx, &namespace).instrument(span).await,
+    };
     if result.is_ok() {
         ctx.shared.backoff.succeeded(&key);
     }
@@ -202,12 +274,12 @@ fn now_ms() -> u64 {
 }
 
 /// 32 random alphanumerics: safe in URIs and conninfo strings unquoted.
-fn random_password() -> String {
+pub fn random_password() -> String {
     use rand::distr::{Alphanumeric, SampleString};
     Alphanumeric.sample_string(&mut rand::rng(), 32)
 }
 
-/// A cached object of this DatabaseMirror (by name and instance label, as
+/// A cached object of this store (by name and instance label, as
 /// kept volumes and Secrets carry no owner).
 fn labelled<K>(store: &Store<K>, namespace: &str, name: &str, instance: &str) -> Option<Arc<K>>
 where
@@ -218,72 +290,76 @@ where
         .filter(|o| o.labels().get(INSTANCE_LABEL).map(String::as_str) == Some(instance))
 }
 
-async fn reconcile_inner(dbm: &DatabaseMirror, ctx: &Context, namespace: &str) -> Result<Action, Error> {
+async fn reconcile_inner<K: Replicated>(dbm: &K, ctx: &Context<K>, namespace: &str) -> Result<Action, Error> {
     let name = dbm.name_any();
     let uid = dbm.uid().unwrap_or_default();
     let object = format!("{namespace}/{name}");
     let caches = &ctx.caches;
     let shared = &ctx.shared;
     let build_error = |source| Error::Build { object: object.clone(), source };
-    let members = member_names(dbm);
+    let blueprint = dbm.blueprint().map_err(build_error)?;
+    let members = blueprint.members.clone();
 
     // What this process last wrote wins over a cache that has not caught up.
     let (old_status, resource_version) = {
         let written = ctx.written.lock().unwrap_or_else(|p| p.into_inner());
         match written.get(&uid) {
             Some(w) => (w.status.clone(), w.resource_version.clone()),
-            None => (dbm.status.clone().unwrap_or_default(), dbm.resource_version().unwrap_or_default()),
+            None => (
+                dbm.current_status().cloned().unwrap_or_default(),
+                dbm.resource_version().unwrap_or_default(),
+            ),
         }
     };
 
     // The credentials: generated once; never regenerated over existing data.
-    let live_secret = labelled(&caches.secrets, namespace, &credentials_name(dbm), &name);
+    let secret_name = dbm.credentials_name();
+    let live_secret = labelled(&caches.secrets, namespace, &secret_name, &name);
     let has_data = members.iter().any(|m| labelled(&caches.volumes, namespace, m, &name).is_some());
     let (passwords, credentials_state) = match &live_secret {
-        Some(secret) => match Passwords::from_secret(secret) {
+        Some(secret) => match K::read_passwords(secret) {
             Ok(p) => (Some(p), Credentials::Ready),
             Err(key) => (None, Credentials::Invalid { key }),
         },
-        None if has_data || old_status.replication.engine.is_some() => (None, Credentials::Missing),
-        None => (
-            Some(Passwords {
-                owner: random_password(),
-                replication: random_password(),
-                superuser: random_password(),
-            }),
-            Credentials::Ready,
-        ),
+        None if has_data || old_status.replication().engine.is_some() => (None, Credentials::Missing),
+        None => (Some(K::generate_passwords()), Credentials::Ready),
     };
     if let (Some(passwords), None) = (&passwords, &live_secret) {
-        shared.apply(&credentials(dbm, passwords).map_err(build_error)?, None).await?;
+        shared.apply(&dbm.credentials(passwords).map_err(build_error)?, None).await?;
         shared
             .event(
                 dbm,
                 EventType::Normal,
                 "CredentialsCreated",
                 "Create",
-                format!("generated Secret {}", credentials_name(dbm)),
+                format!("generated Secret {secret_name}"),
             )
             .await;
     } else if let (Some(passwords), Some(live)) = (&passwords, &live_secret) {
         // Keeps the passwords; brings the other keys (hosts, URIs) up to date.
-        shared.apply(&credentials(dbm, passwords).map_err(build_error)?, Some(live)).await?;
+        shared.apply(&dbm.credentials(passwords).map_err(build_error)?, Some(live)).await?;
     }
 
     // Shared children and the agents' identity.
-    let children = build(dbm).map_err(build_error)?;
-    shared.apply_owned(&children.read_write, &caches.services, &uid).await?;
-    shared.apply_owned(&children.read_only, &caches.services, &uid).await?;
-    shared.apply_owned(&children.primary_budget, &caches.budgets, &uid).await?;
-    shared.apply_owned(&children.mirror_budget, &caches.budgets, &uid).await?;
-    shared.apply_owned(&children.config, &caches.config_maps, &uid).await?;
-    let (account, role, binding) = agent_rbac(dbm).map_err(build_error)?;
+    let children = dbm.shared_children(&blueprint).map_err(build_error)?;
+    for service in &children.services {
+        shared.apply_owned(service, &caches.services, &uid).await?;
+    }
+    for budget in &children.budgets {
+        shared.apply_owned(budget, &caches.budgets, &uid).await?;
+    }
+    for config in &children.config_maps {
+        shared.apply_owned(config, &caches.config_maps, &uid).await?;
+    }
+    let (account, role, binding) = blueprint.agent_rbac();
     shared.apply_owned(&account, &caches.accounts, &uid).await?;
     shared.apply_owned(&role, &caches.roles, &uid).await?;
     shared.apply_owned(&binding, &caches.bindings, &uid).await?;
     for member in &members {
-        if labelled(&caches.volumes, namespace, member, &name).is_none() {
-            shared.apply(&member_volume(dbm, member).map_err(build_error)?, None).await?;
+        if let Some(volume) = blueprint.member_volume(member)
+            && labelled(&caches.volumes, namespace, member, &name).is_none()
+        {
+            shared.apply(&volume, None).await?;
         }
     }
 
@@ -291,10 +367,13 @@ async fn reconcile_inner(dbm: &DatabaseMirror, ctx: &Context, namespace: &str) -
     let now = now_ms();
     let (observed, expiries): (Vec<Member>, Vec<Option<u64>>) =
         members.iter().map(|m| observe(caches, namespace, m, now)).unzip();
-    let state = old_status.replication.engine.as_ref().and_then(|e| e.to_state()).unwrap_or_else(|| {
-        State::Bootstrapping { primary: dbm.spec.primary.clone().unwrap_or_else(|| members[0].clone()) }
+    let policy = dbm.policy();
+    let state = old_status.replication().engine.as_ref().and_then(|e| e.to_state()).unwrap_or_else(|| {
+        State::Bootstrapping {
+            primary: policy.requested_primary.clone().unwrap_or_else(|| members[0].clone()),
+        }
     });
-    let decision = step(&state, &observed, &policy(dbm), now);
+    let decision = step(&state, &observed, &policy, now);
 
     // Members beyond `mirrors`: removed, unless one is the primary.
     let extra: Vec<Arc<Pod>> = caches
@@ -324,11 +403,10 @@ async fn reconcile_inner(dbm: &DatabaseMirror, ctx: &Context, namespace: &str) -
             Some((m.clone(), pod.annotations().get(TEMPLATE_HASH_ANNOTATION).cloned().unwrap_or_default()))
         })
         .collect();
-    let hash = template_hash(dbm);
     let observation = Observation {
         members: &observed,
         pod_hashes: &pod_hashes,
-        template_hash: &hash,
+        template_hash: &blueprint.template_hash,
         credentials: &credentials_state,
         shrink_blocked: shrink_blocked.as_deref(),
     };
@@ -343,7 +421,7 @@ async fn reconcile_inner(dbm: &DatabaseMirror, ctx: &Context, namespace: &str) -
     for s in &decision.steps {
         if let Step::Promoted { member, duration_ms } = s {
             info!(%member, duration_ms, "promoted");
-            let labels = crate::telemetry::ControllerLabels { controller: CONTROLLER };
+            let labels = crate::telemetry::ControllerLabels { controller: K::CONTROLLER };
             shared.metrics.failovers.get_or_create(&labels).inc();
             shared.metrics.failover_duration.get_or_create(&labels).observe(*duration_ms as f64 / 1000.0);
         }
@@ -357,7 +435,7 @@ async fn reconcile_inner(dbm: &DatabaseMirror, ctx: &Context, namespace: &str) -
         match owned_child(&caches.pods, namespace, member, &uid) {
             Some(pod) => route_pod(dbm, ctx, &pod, &routing).await?,
             None => {
-                let mut pod = member_pod(dbm, member, &ctx.agent_image).map_err(build_error)?;
+                let mut pod = blueprint.member_pod(member, &ctx.agent_image);
                 let (labels, annotations) = routing.metadata();
                 pod.labels_mut().extend(labels);
                 pod.annotations_mut().extend(annotations);
@@ -368,7 +446,7 @@ async fn reconcile_inner(dbm: &DatabaseMirror, ctx: &Context, namespace: &str) -
     for pod in extra {
         if Some(pod.name_any()) != shrink_blocked {
             shared.delete(pod.as_ref()).await?;
-            if dbm.spec.instance.storage.delete_on_removal
+            if blueprint.storage.as_ref().is_some_and(|s| s.delete_on_removal)
                 && let Some(volume) = labelled(&caches.volumes, namespace, &pod.name_any(), &name)
             {
                 shared.delete(volume.as_ref()).await?;
@@ -380,15 +458,15 @@ async fn reconcile_inner(dbm: &DatabaseMirror, ctx: &Context, namespace: &str) -
 }
 
 /// When to step the engine again if no event comes first.
-fn next_look(
+fn next_look<S: StoreStatus>(
     decision: &Decision,
     expiries: &[Option<u64>],
-    status: &DatabaseMirrorStatus,
+    status: &S,
     now: u64,
 ) -> Duration {
     let settled = matches!(decision.state, State::Steady { .. })
         && decision.blocked.is_none()
-        && status.replication.members.iter().all(|m| m.healthy);
+        && status.replication().members.iter().all(|m| m.healthy);
     if !settled {
         return ACTIVE_INTERVAL;
     }
@@ -403,16 +481,16 @@ fn next_look(
         .min(jittered(RESYNC))
 }
 
-fn policy(dbm: &DatabaseMirror) -> Policy {
-    let failover = &dbm.spec.failover;
+/// The engine's policy from a store's failover settings.
+pub fn policy(failover: &FailoverSpec, synchronous: bool, requested_primary: Option<String>) -> Policy {
     let delay: Duration = failover.delay.into();
     Policy {
         enabled: failover.enabled,
         delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
         max_lag_bytes: u64::try_from(failover.max_lag_bytes).unwrap_or(0),
-        synchronous: dbm.spec.replication == Replication::Sync,
+        synchronous,
         force: false,
-        requested_primary: dbm.spec.primary.clone(),
+        requested_primary,
     }
 }
 
@@ -432,33 +510,33 @@ fn observe(caches: &Caches, namespace: &str, member: &str, now: u64) -> (Member,
 /// Write `new` unless it equals `old` (positions alone are refreshed at a
 /// slower pace). Returns an Action when the write lost a race and the
 /// reconcile must start over.
-async fn write_status(
-    dbm: &DatabaseMirror,
-    ctx: &Context,
-    old: &DatabaseMirrorStatus,
-    new: &DatabaseMirrorStatus,
+async fn write_status<K: Replicated>(
+    dbm: &K,
+    ctx: &Context<K>,
+    old: &K::Status,
+    new: &K::Status,
     resource_version: &str,
 ) -> Result<Option<Action>, Error> {
     let (namespace, name, uid) =
         (dbm.namespace().unwrap_or_default(), dbm.name_any(), dbm.uid().unwrap_or_default());
-    let significant = status::without_positions(old) != status::without_positions(new);
+    let significant = old.without_positions() != new.without_positions();
     let last_write = ctx.written.lock().unwrap_or_else(|p| p.into_inner()).get(&uid).map(|w| w.at);
     let stale = old != new && last_write.is_none_or(|at| at.elapsed() >= POSITION_REFRESH);
     if !significant && !stale {
         return Ok(None);
     }
-    let api: Api<DatabaseMirror> = Api::namespaced(ctx.shared.client.clone(), &namespace);
+    let api: Api<K> = Api::namespaced(ctx.shared.client.clone(), &namespace);
     let patch = serde_json::json!({
-        "apiVersion": "hostwright.io/v1alpha1",
-        "kind": "DatabaseMirror",
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
         // A precondition: the engine stepped from this version's state.
         "metadata": { "resourceVersion": resource_version },
         "status": new,
     });
     match api.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await {
         Ok(written) => {
-            ctx.shared.metrics.write(CONTROLLER, "databasemirrors/status", "apply");
-            let status = written.status.clone().unwrap_or_default();
+            ctx.shared.metrics.write(K::CONTROLLER, K::STATUS_RESOURCE, "apply");
+            let status = written.current_status().cloned().unwrap_or_default();
             ctx.written.lock().unwrap_or_else(|p| p.into_inner()).insert(
                 uid,
                 Written {
@@ -479,7 +557,7 @@ async fn write_status(
             ctx.written.lock().unwrap_or_else(|p| p.into_inner()).insert(
                 uid,
                 Written {
-                    status: fresh.status.clone().unwrap_or_default(),
+                    status: fresh.current_status().cloned().unwrap_or_default(),
                     resource_version: fresh.resource_version().unwrap_or_default(),
                     at: last_write.unwrap_or_else(Instant::now),
                 },
@@ -492,7 +570,12 @@ async fn write_status(
 
 /// Put `routing` on a member's pod: a metadata-only patch, since a pod's
 /// spec cannot change in place.
-async fn route_pod(dbm: &DatabaseMirror, ctx: &Context, pod: &Pod, routing: &Routing) -> Result<(), Error> {
+async fn route_pod<K: Replicated>(
+    dbm: &K,
+    ctx: &Context<K>,
+    pod: &Pod,
+    routing: &Routing,
+) -> Result<(), Error> {
     let (labels, annotations) = routing.metadata();
     let differs = labels.iter().any(|(k, v)| pod.labels().get(k) != Some(v))
         || annotations.iter().any(|(k, v)| pod.annotations().get(k) != Some(v));
@@ -508,7 +591,7 @@ async fn route_pod(dbm: &DatabaseMirror, ctx: &Context, pod: &Pod, routing: &Rou
         object: format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any()),
         source,
     })?;
-    ctx.shared.metrics.write(CONTROLLER, "pods", "patch");
+    ctx.shared.metrics.write(K::CONTROLLER, "pods", "patch");
     let now = report::desired_annotation(routing.desired);
     if was == "fenced" && now == "mirror" {
         let note = format!(
@@ -521,6 +604,6 @@ async fn route_pod(dbm: &DatabaseMirror, ctx: &Context, pod: &Pod, routing: &Rou
     Ok(())
 }
 
-fn error_policy(dbm: Arc<DatabaseMirror>, error: &Error, ctx: Arc<Context>) -> Action {
+fn error_policy<K: Replicated>(dbm: Arc<K>, error: &Error, ctx: Arc<Context<K>>) -> Action {
     ctx.shared.retry_after(dbm.as_ref(), error)
 }

@@ -1,4 +1,4 @@
-//! DatabaseMirror status from the engine's decision and the agents' reports:
+//! A replicated store's status from the engine's decision and the agents' reports:
 //! phase, per-member role/health/lag, failover history, conditions and the
 //! Events that tell a human on call what happened. Pure, so every rule is a
 //! unit test.
@@ -7,14 +7,13 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::ResourceExt;
 use kube::runtime::events::EventType;
 
+use super::{Replicated, StoreStatus, Summary};
 use crate::api::common::condition_type::{DEGRADED, PROGRESSING, READY};
 use crate::api::common::{
     EngineStatus, FailoverStatus, MemberRole, MemberStatus, ReplicationStatus, StorePhase,
 };
-use crate::api::{DatabaseMirror, DatabaseMirrorStatus};
 use crate::conditions::{self, Observed};
 use crate::controllers::Planned;
 use crate::failover::{Blocked, Decision, Desired, Member, Route, ServerRole, State, Step};
@@ -45,7 +44,7 @@ pub struct Observation<'a> {
 }
 
 /// Why a failover cannot go on, for conditions and Events.
-pub fn describe_blocked(blocked: &Blocked, dbm: &DatabaseMirror) -> String {
+pub fn describe_blocked<K: Replicated>(blocked: &Blocked, dbm: &K) -> String {
     match blocked {
         Blocked::Disabled => {
             "failover is disabled (spec.failover.enabled: false): the lost primary stays fenced \
@@ -56,7 +55,7 @@ pub fn describe_blocked(blocked: &Blocked, dbm: &DatabaseMirror) -> String {
         Blocked::LagTooHigh { best, lag_bytes } => format!(
             "not promoting: every healthy mirror is too far behind; the best, {best}, lags {lag_bytes} bytes, \
              more than failover.maxLagBytes ({}); promoting it would drop acknowledged writes",
-            dbm.spec.failover.max_lag_bytes
+            dbm.failover().max_lag_bytes
         ),
         Blocked::AwaitingPositions => {
             "waiting for every member to report its replication position after the fence".into()
@@ -99,13 +98,13 @@ fn member_status(
 }
 
 /// The status after `decision`, given the previous one.
-pub fn compute(
-    dbm: &DatabaseMirror,
+pub fn compute<K: Replicated>(
+    dbm: &K,
     decision: &Decision,
     o: &Observation,
-    old: &DatabaseMirrorStatus,
+    old: &K::Status,
     now: &Time,
-) -> DatabaseMirrorStatus {
+) -> K::Status {
     let primary = decision.read_write().map(str::to_string);
     let primary_position = primary
         .as_ref()
@@ -116,11 +115,11 @@ pub fn compute(
         o.members.iter().map(|m| member_status(m, decision, primary_position, o)).collect();
     let healthy = members.iter().filter(|m| m.healthy).count();
     let mirrors_healthy = members.iter().filter(|m| m.healthy && m.role == MemberRole::Mirror).count();
-    let wanted_mirrors = usize::try_from(dbm.spec.mirrors).unwrap_or(0);
+    let wanted_mirrors = o.members.len().saturating_sub(1);
     let drifted: Vec<String> = members.iter().filter(|m| m.spec_drift).map(|m| m.name.clone()).collect();
     let blocked = decision.blocked.as_ref().filter(|b| **b != Blocked::AwaitingPositions);
 
-    let mut failover = old.replication.failover.clone();
+    let mut failover = old.replication().failover.clone();
     for step in &decision.steps {
         if let Step::Promoted { duration_ms, .. } = step {
             failover = FailoverStatus {
@@ -133,7 +132,9 @@ pub fn compute(
 
     let switching = match &decision.state {
         State::Demoting { .. } => true,
-        State::Promoting { candidate, .. } => dbm.spec.primary.as_deref() == Some(candidate.as_str()),
+        State::Promoting { candidate, .. } => {
+            dbm.policy().requested_primary.as_deref() == Some(candidate.as_str())
+        }
         _ => false,
     };
     let anything_reported = o.members.iter().any(|m| m.report.is_some());
@@ -153,7 +154,7 @@ pub fn compute(
             "PrimaryUnhealthy",
             format!(
                 "{primary} is unhealthy; a mirror is promoted if it stays so for {}",
-                dbm.spec.failover.delay
+                dbm.failover().delay
             ),
         )),
         State::Fencing { old, .. } => {
@@ -169,7 +170,7 @@ pub fn compute(
         State::Steady { .. } => None,
     };
 
-    let secret = crate::resources::databasemirror::credentials_name(dbm);
+    let secret = dbm.credentials_name();
     let ready = match (o.credentials, &primary, blocked) {
         (Credentials::Missing, _, _) => Observed::new(
             READY,
@@ -254,50 +255,42 @@ pub fn compute(
         _ => None,
     };
     let max_lag = members.iter().filter_map(|m| m.lag_bytes).max();
-    DatabaseMirrorStatus {
-        replication: ReplicationStatus {
-            observed_generation: dbm.metadata.generation,
-            phase: Some(phase),
-            current_primary: primary,
-            target_primary,
-            ready: Some(format!("{healthy}/{}", o.members.len())),
-            members,
-            failover,
-            engine: Some(EngineStatus::from(&decision.state)),
-            conditions: conditions::merge(
-                &old.replication.conditions,
-                vec![ready, progressing, degraded],
-                dbm.metadata.generation,
-                now,
-            ),
-        },
+    let replication = ReplicationStatus {
+        observed_generation: dbm.meta().generation,
+        phase: Some(phase),
+        current_primary: primary,
+        target_primary,
+        ready: Some(format!("{healthy}/{}", o.members.len())),
+        members,
+        failover,
+        engine: Some(EngineStatus::from(&decision.state)),
+        conditions: conditions::merge(
+            &old.replication().conditions,
+            vec![ready, progressing, degraded],
+            dbm.meta().generation,
+            now,
+        ),
+    };
+    let summary = Summary {
         max_lag_bytes: max_lag,
         equal_spec: (!o.pod_hashes.is_empty()).then_some(drifted.is_empty()),
-        credentials_secret: Some(secret),
-    }
+    };
+    dbm.status(replication, summary)
 }
 
-/// The status with what moves on every report (positions, lag, report
+/// `replication` with what moves on every report (positions, lag, report
 /// times) taken out: when only those changed, the status is refreshed at a
-/// slower pace, so a busy database does not turn into a stream of writes.
-pub fn without_positions(status: &DatabaseMirrorStatus) -> DatabaseMirrorStatus {
-    let mut s = status.clone();
-    s.max_lag_bytes = None;
-    for m in &mut s.replication.members {
+/// slower pace, so a busy store does not turn into a stream of writes.
+pub fn clear_positions(replication: &mut ReplicationStatus) {
+    for m in &mut replication.members {
         m.position = None;
         m.lag_bytes = None;
         m.last_report_time = None;
     }
-    s
 }
 
 /// Events for the engine's steps and for conditions that turned.
-pub fn events(
-    dbm: &DatabaseMirror,
-    decision: &Decision,
-    old: &DatabaseMirrorStatus,
-    new: &DatabaseMirrorStatus,
-) -> Vec<Planned> {
+pub fn events<K: Replicated>(dbm: &K, decision: &Decision, old: &K::Status, new: &K::Status) -> Vec<Planned> {
     let event = |type_, reason, action, note: String| Planned { type_, reason, action, note };
     let mut events: Vec<Planned> = decision
         .steps
@@ -320,7 +313,10 @@ pub fn events(
                     EventType::Warning,
                     "Fenced",
                     "Failover",
-                    format!("{member} is fenced: out of {}-rw and told to take no writes", dbm.name_any()),
+                    format!(
+                        "{member} is fenced: out of {} and told to take no writes",
+                        dbm.read_write_service()
+                    ),
                 ),
                 Step::Promoting { member, position } => event(
                     EventType::Normal,
@@ -351,19 +347,19 @@ pub fn events(
             })
         })
         .collect();
-    let reason = |s: &DatabaseMirrorStatus, t: &str| {
-        conditions::find(&s.replication.conditions, t).map(|c| (c.status.clone(), c.reason.clone()))
+    let reason = |s: &K::Status, t: &str| {
+        conditions::find(&s.replication().conditions, t).map(|c| (c.status.clone(), c.reason.clone()))
     };
-    if let Some(c) = conditions::find(&new.replication.conditions, READY)
+    if let Some(c) = conditions::find(&new.replication().conditions, READY)
         && reason(old, READY) != reason(new, READY)
         && matches!(c.reason.as_str(), "FailoverBlocked" | "CredentialsMissing" | "CredentialsInvalid")
     {
         events.push(event(EventType::Warning, "NotReady", "Observe", c.message.clone()));
     }
-    if let Some(c) = conditions::find(&new.replication.conditions, DEGRADED)
+    if let Some(c) = conditions::find(&new.replication().conditions, DEGRADED)
         && reason(old, DEGRADED) != reason(new, DEGRADED)
     {
-        let was = conditions::is_true(&old.replication.conditions, DEGRADED);
+        let was = conditions::is_true(&old.replication().conditions, DEGRADED);
         match (c.status.as_str(), was) {
             ("True", _) => events.push(event(EventType::Warning, "Degraded", "Observe", c.message.clone())),
             (_, true) => events.push(event(EventType::Normal, "Recovered", "Observe", c.message.clone())),

@@ -1,0 +1,88 @@
+//! DatabaseMirror as a [`Replicated`] store: PostgreSQL members, a
+//! credentials Secret with three generated passwords, `-rw`/`-ro` Services.
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+
+use super::members::{Replicated, SharedChildren, StoreStatus, Summary, policy, random_password, status};
+use crate::api::common::{FailoverSpec, ReplicationStatus};
+use crate::api::databasemirror::Replication;
+use crate::api::{DatabaseMirror, DatabaseMirrorStatus};
+use crate::failover::Policy;
+use crate::resources::BuildError;
+use crate::resources::databasemirror::{Passwords, build, credentials, credentials_name};
+use crate::resources::members::Blueprint;
+
+impl StoreStatus for DatabaseMirrorStatus {
+    fn replication(&self) -> &ReplicationStatus {
+        &self.replication
+    }
+
+    fn without_positions(&self) -> Self {
+        let mut s = self.clone();
+        s.max_lag_bytes = None;
+        status::clear_positions(&mut s.replication);
+        s
+    }
+}
+
+impl Replicated for DatabaseMirror {
+    const CONTROLLER: &'static str = crate::resources::databasemirror::APP_NAME;
+    const STATUS_RESOURCE: &'static str = "databasemirrors/status";
+    type Status = DatabaseMirrorStatus;
+    type Passwords = Passwords;
+
+    fn current_status(&self) -> Option<&DatabaseMirrorStatus> {
+        self.status.as_ref()
+    }
+
+    fn status(&self, replication: ReplicationStatus, summary: Summary) -> DatabaseMirrorStatus {
+        DatabaseMirrorStatus {
+            replication,
+            max_lag_bytes: summary.max_lag_bytes,
+            equal_spec: summary.equal_spec,
+            credentials_secret: Some(credentials_name(self)),
+        }
+    }
+
+    fn blueprint(&self) -> Result<Blueprint, BuildError> {
+        crate::resources::databasemirror::blueprint(self)
+    }
+
+    fn shared_children(&self, _blueprint: &Blueprint) -> Result<SharedChildren, BuildError> {
+        let c = build(self)?;
+        Ok(SharedChildren {
+            services: vec![c.read_write, c.read_only],
+            budgets: vec![c.primary_budget, c.mirror_budget],
+            config_maps: vec![c.config],
+        })
+    }
+
+    fn failover(&self) -> &FailoverSpec {
+        &self.spec.failover
+    }
+
+    fn policy(&self) -> Policy {
+        policy(&self.spec.failover, self.spec.replication == Replication::Sync, self.spec.primary.clone())
+    }
+
+    fn read_write_service(&self) -> String {
+        format!("{}-rw", self.name_any())
+    }
+
+    fn credentials_name(&self) -> String {
+        credentials_name(self)
+    }
+
+    fn generate_passwords() -> Passwords {
+        Passwords { owner: random_password(), replication: random_password(), superuser: random_password() }
+    }
+
+    fn read_passwords(secret: &Secret) -> Result<Passwords, &'static str> {
+        Passwords::from_secret(secret)
+    }
+
+    fn credentials(&self, passwords: &Passwords) -> Result<Secret, BuildError> {
+        credentials(self, passwords)
+    }
+}

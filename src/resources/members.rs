@@ -1,0 +1,454 @@
+//! Builders shared by every replicated store (DatabaseMirror, SessionStore):
+//! one Pod and, with storage, one PersistentVolumeClaim per member, all from
+//! one template; Services and PodDisruptionBudgets that route and protect by
+//! role; the agents' ServiceAccount and least-privilege Role; and the pod
+//! metadata that carries the failover engine's decision.
+//!
+//! Members are managed as individual Pods (not a StatefulSet) so the operator,
+//! not a rollout controller, decides which member restarts when: a primary is
+//! only ever replaced after a switchover.
+//!
+//! Inside each pod an init container copies the operator's static binary
+//! into a shared volume, and the server container runs `hostwright agent`,
+//! which supervises the server as its child: it can stop, promote, rewind and
+//! restart it, and a dead agent means a dead server.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    EnvVarSource, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec, ResourceRequirements,
+    SeccompProfile, SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec,
+    TopologySpreadConstraint, Volume, VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::labels;
+use crate::agent::report::desired_annotation;
+use crate::agent::run::PRIMARY_ANNOTATION;
+use crate::api::common::StorageSpec;
+use crate::failover::{Decision, Desired, Route};
+
+/// Label naming the member a pod or volume belongs to.
+pub const MEMBER_LABEL: &str = "hostwright.io/member";
+/// Label the Services route on: `primary`, `mirror` or `none`.
+pub const ROLE_LABEL: &str = "hostwright.io/role";
+/// Annotation telling a member's agent what to make its server.
+pub const DESIRED_ROLE_ANNOTATION: &str = "hostwright.io/desired-role";
+/// Annotation with the hash of the template a pod was built from.
+pub const TEMPLATE_HASH_ANNOTATION: &str = "hostwright.io/template-hash";
+/// `app.kubernetes.io/instance`: maps kept volumes, Secrets and the agents'
+/// Leases (which may carry no owner) back to their object.
+pub const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
+const AGENT_PORT: i32 = 8000;
+const CONTROLLER_DIR: &str = "/controller";
+/// Where the credentials Secret is mounted; the agents read their passwords here.
+pub const CREDENTIALS_DIR: &str = "/etc/hostwright/credentials";
+/// Where the settings ConfigMap is mounted.
+pub const CONFIG_DIR: &str = "/etc/hostwright";
+
+/// What differs between the engines' member pods.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Engine {
+    /// `--engine` of the agent: `postgres` or `redis`.
+    pub name: &'static str,
+    /// Name of the server container and of its port.
+    pub container: &'static str,
+    pub port: i32,
+    /// Where the data volume is mounted.
+    pub data_dir: &'static str,
+    /// A writable emptyDir for sockets and lock files.
+    pub run_dir: &'static str,
+    /// UID and GID of the server's user in the official images.
+    pub uid: i64,
+    /// Seconds a clean shutdown may take.
+    pub grace_seconds: i64,
+}
+
+/// Everything the shared builders need to know about one store object: its
+/// identity, members, engine and the one template every member is built from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Blueprint {
+    /// `app.kubernetes.io/name` of the store's objects.
+    pub app: &'static str,
+    /// `app.kubernetes.io/component`.
+    pub component: &'static str,
+    /// What the non-primary members are called in names (`mirror`, `replica`).
+    pub mirror_word: &'static str,
+    pub name: String,
+    pub namespace: String,
+    pub owner: OwnerReference,
+    /// Member names, the first the initial primary.
+    pub members: Vec<String>,
+    pub engine: Engine,
+    pub image: String,
+    pub resources: Option<ResourceRequirements>,
+    /// None: members keep their data in an emptyDir (lost with the pod).
+    pub storage: Option<StorageSpec>,
+    /// Secret mounted at [`CREDENTIALS_DIR`].
+    pub credentials_secret: String,
+    /// ConfigMap mounted at [`CONFIG_DIR`].
+    pub config_map: String,
+    /// Agent arguments beyond the common ones (the object's name, settings file).
+    pub agent_args: Vec<String>,
+    /// Hash of the template ([`template_hash`]), on every pod.
+    pub template_hash: String,
+}
+
+impl Blueprint {
+    /// Metadata of a child: the common labels and a controller reference.
+    pub fn metadata(&self, name: String) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name),
+            namespace: Some(self.namespace.clone()),
+            labels: Some(labels::common(self.app, &self.name, self.component)),
+            owner_references: Some(vec![self.owner.clone()]),
+            ..ObjectMeta::default()
+        }
+    }
+
+    fn role_selector(&self, role: &str) -> BTreeMap<String, String> {
+        let mut selector = labels::selector(self.app, &self.name);
+        selector.insert(ROLE_LABEL.into(), role.into());
+        selector
+    }
+
+    /// A Service following the members labelled `role` (`primary` or
+    /// `mirror`). Names never change, so promotions never touch clients'
+    /// settings.
+    pub fn service(&self, name: String, role: &str) -> Service {
+        Service {
+            metadata: self.metadata(name),
+            spec: Some(ServiceSpec {
+                type_: Some("ClusterIP".into()),
+                selector: Some(self.role_selector(role)),
+                ports: Some(vec![ServicePort {
+                    name: Some(self.engine.container.into()),
+                    port: self.engine.port,
+                    target_port: Some(IntOrString::String(self.engine.container.into())),
+                    protocol: Some("TCP".into()),
+                    ..ServicePort::default()
+                }]),
+                ..ServiceSpec::default()
+            }),
+            status: None,
+        }
+    }
+
+    /// The primary may not be evicted (a drain waits for a switchover);
+    /// the others may go one at a time. Named `<name>-primary` and
+    /// `<name>-<mirror_word>`.
+    pub fn budgets(&self) -> [PodDisruptionBudget; 2] {
+        let budget = |suffix: &str, role: &str, max_unavailable: i32| PodDisruptionBudget {
+            metadata: self.metadata(format!("{}-{suffix}", self.name)),
+            spec: Some(PodDisruptionBudgetSpec {
+                max_unavailable: Some(IntOrString::Int(max_unavailable)),
+                selector: Some(LabelSelector {
+                    match_labels: Some(self.role_selector(role)),
+                    ..LabelSelector::default()
+                }),
+                unhealthy_pod_eviction_policy: Some("AlwaysAllow".into()),
+                ..PodDisruptionBudgetSpec::default()
+            }),
+            status: None,
+        };
+        [budget("primary", "primary", 0), budget(self.mirror_word, "mirror", 1)]
+    }
+
+    /// Name of the ServiceAccount, Role and RoleBinding of the members' agents.
+    pub fn agent_account_name(&self) -> String {
+        format!("{}-agent", self.name)
+    }
+
+    /// The agents' identity and the least they need: read their own pod (the
+    /// operator's instructions) and keep their own member Lease.
+    pub fn agent_rbac(&self) -> (ServiceAccount, Role, RoleBinding) {
+        let name = self.agent_account_name();
+        let rule = |resource: &str, verbs: &[&str], names: Option<&Vec<String>>| PolicyRule {
+            api_groups: Some(vec![if resource == "pods" { "" } else { "coordination.k8s.io" }.into()]),
+            resources: Some(vec![resource.into()]),
+            verbs: verbs.iter().map(|v| v.to_string()).collect(),
+            resource_names: names.cloned(),
+            ..PolicyRule::default()
+        };
+        let account = ServiceAccount {
+            metadata: self.metadata(name.clone()),
+            automount_service_account_token: Some(true),
+            ..ServiceAccount::default()
+        };
+        let role = Role {
+            metadata: self.metadata(name.clone()),
+            rules: Some(vec![
+                rule("pods", &["get"], Some(&self.members)),
+                rule("leases", &["get", "patch", "update"], Some(&self.members)),
+                // `create` cannot be limited by name: the API knows no name yet.
+                rule("leases", &["create"], None),
+            ]),
+        };
+        let binding = RoleBinding {
+            metadata: self.metadata(name.clone()),
+            role_ref: RoleRef {
+                api_group: Some("rbac.authorization.k8s.io".into()),
+                kind: "Role".into(),
+                name: name.clone(),
+            },
+            subjects: Some(vec![Subject {
+                kind: "ServiceAccount".into(),
+                name,
+                namespace: Some(self.namespace.clone()),
+                ..Subject::default()
+            }]),
+        };
+        (account, role, binding)
+    }
+
+    /// The data volume of `member`, when the template asks for storage.
+    /// Owned by the store (and so deleted with it) only when
+    /// `storage.deleteOnRemoval` is set: customer data outlives the object.
+    pub fn member_volume(&self, member: &str) -> Option<PersistentVolumeClaim> {
+        let storage = self.storage.as_ref()?;
+        let mut meta = self.metadata(member.to_string());
+        meta.labels.get_or_insert_default().insert(MEMBER_LABEL.into(), member.into());
+        if !storage.delete_on_removal {
+            meta.owner_references = None;
+        }
+        Some(PersistentVolumeClaim {
+            metadata: meta,
+            spec: Some(PersistentVolumeClaimSpec {
+                access_modes: Some(vec!["ReadWriteOnce".into()]),
+                storage_class_name: storage.storage_class_name.clone(),
+                resources: Some(VolumeResourceRequirements {
+                    requests: Some(BTreeMap::from([("storage".to_string(), storage.size.clone())])),
+                    ..VolumeResourceRequirements::default()
+                }),
+                ..PersistentVolumeClaimSpec::default()
+            }),
+            status: None,
+        })
+    }
+
+    /// The pod of `member`, built from the template. `agent_image` is the
+    /// operator's own image (it carries `hostwright agent`).
+    pub fn member_pod(&self, member: &str, agent_image: &str) -> Pod {
+        let engine = &self.engine;
+        let mut meta = self.metadata(member.to_string());
+        let pod_labels = meta.labels.get_or_insert_default();
+        pod_labels.insert(MEMBER_LABEL.into(), member.into());
+        pod_labels.insert(ROLE_LABEL.into(), "none".into());
+        meta.annotations =
+            Some(BTreeMap::from([(TEMPLATE_HASH_ANNOTATION.to_string(), self.template_hash.clone())]));
+
+        let mount = |name: &str, path: &str, read_only: bool| VolumeMount {
+            name: name.into(),
+            mount_path: path.into(),
+            read_only: read_only.then_some(true),
+            ..VolumeMount::default()
+        };
+        let field = |path: &str| EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        };
+        let env = |name: &str, path: &str| EnvVar {
+            name: name.into(),
+            value_from: Some(field(path)),
+            ..EnvVar::default()
+        };
+        let restricted = SecurityContext {
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Capabilities::default() }),
+            run_as_non_root: Some(true),
+            ..SecurityContext::default()
+        };
+        let install_agent = Container {
+            name: "install-agent".into(),
+            image: Some(agent_image.into()),
+            args: Some(vec!["agent".into(), "install".into(), format!("{CONTROLLER_DIR}/hostwright")]),
+            volume_mounts: Some(vec![mount("controller", CONTROLLER_DIR, false)]),
+            security_context: Some(restricted.clone()),
+            ..Container::default()
+        };
+        let mut args = vec![
+            "agent".to_string(),
+            "run".into(),
+            format!("--engine={}", engine.name),
+            format!("--port={}", engine.port),
+            format!("--credentials-dir={CREDENTIALS_DIR}"),
+        ];
+        args.extend(self.agent_args.iter().cloned());
+        let server = Container {
+            name: engine.container.into(),
+            image: Some(self.image.clone()),
+            command: Some(vec![format!("{CONTROLLER_DIR}/hostwright")]),
+            args: Some(args),
+            env: Some(vec![
+                env("POD_NAME", "metadata.name"),
+                env("POD_NAMESPACE", "metadata.namespace"),
+                env("POD_IP", "status.podIP"),
+            ]),
+            ports: Some(vec![
+                ContainerPort {
+                    name: Some(engine.container.into()),
+                    container_port: engine.port,
+                    ..ContainerPort::default()
+                },
+                ContainerPort {
+                    name: Some("agent".into()),
+                    container_port: AGENT_PORT,
+                    ..ContainerPort::default()
+                },
+            ]),
+            resources: self.resources.clone(),
+            volume_mounts: Some(vec![
+                mount("data", engine.data_dir, false),
+                mount("controller", CONTROLLER_DIR, true),
+                mount("config", CONFIG_DIR, true),
+                mount("credentials", CREDENTIALS_DIR, true),
+                mount("run", engine.run_dir, false),
+            ]),
+            security_context: Some(restricted),
+            ..Container::default()
+        };
+        let empty_dir = |name: &str| Volume {
+            name: name.into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        };
+        let data = match &self.storage {
+            Some(_) => Volume {
+                name: "data".into(),
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                    claim_name: member.into(),
+                    ..PersistentVolumeClaimVolumeSource::default()
+                }),
+                ..Volume::default()
+            },
+            None => empty_dir("data"),
+        };
+        let volumes = vec![
+            data,
+            empty_dir("controller"),
+            empty_dir("run"),
+            Volume {
+                name: "config".into(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: self.config_map.clone(),
+                    ..ConfigMapVolumeSource::default()
+                }),
+                ..Volume::default()
+            },
+            Volume {
+                name: "credentials".into(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(self.credentials_secret.clone()),
+                    ..SecretVolumeSource::default()
+                }),
+                ..Volume::default()
+            },
+        ];
+        Pod {
+            metadata: meta,
+            spec: Some(PodSpec {
+                init_containers: Some(vec![install_agent]),
+                containers: vec![server],
+                volumes: Some(volumes),
+                service_account_name: Some(self.agent_account_name()),
+                termination_grace_period_seconds: Some(engine.grace_seconds),
+                enable_service_links: Some(false),
+                security_context: Some(PodSecurityContext {
+                    run_as_non_root: Some(true),
+                    run_as_user: Some(engine.uid),
+                    run_as_group: Some(engine.uid),
+                    fs_group: Some(engine.uid),
+                    seccomp_profile: Some(SeccompProfile {
+                        type_: "RuntimeDefault".into(),
+                        ..SeccompProfile::default()
+                    }),
+                    ..PodSecurityContext::default()
+                }),
+                // Members of one store never share a node.
+                topology_spread_constraints: Some(vec![TopologySpreadConstraint {
+                    max_skew: 1,
+                    topology_key: "kubernetes.io/hostname".into(),
+                    when_unsatisfiable: "DoNotSchedule".into(),
+                    label_selector: Some(LabelSelector {
+                        match_labels: Some(labels::selector(self.app, &self.name)),
+                        ..LabelSelector::default()
+                    }),
+                    node_taints_policy: Some("Honor".into()),
+                    ..TopologySpreadConstraint::default()
+                }]),
+                ..PodSpec::default()
+            }),
+            status: None,
+        }
+    }
+}
+
+/// Member names: `<name>-1` … `<name>-<count>`.
+pub fn member_names(name: &str, count: i32) -> Vec<String> {
+    (1..=count.max(1)).map(|i| format!("{name}-{i}")).collect()
+}
+
+/// What the failover engine's decision means for one member's pod: the
+/// instruction its agent reads, the member it should stream from, and the
+/// role label the Services route on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Routing {
+    pub desired: Desired,
+    /// The member told to be primary, if any.
+    pub primary: Option<String>,
+    pub route: Route,
+}
+
+impl Routing {
+    /// `hostwright.io/role` label value: what the Services select on.
+    pub fn role_label(&self) -> &'static str {
+        match self.route {
+            Route::ReadWrite => "primary",
+            Route::ReadOnly => "mirror",
+            Route::None => "none",
+        }
+    }
+
+    /// The labels and annotations on a member's pod that carry this routing.
+    pub fn metadata(&self) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+        let labels = BTreeMap::from([(ROLE_LABEL.to_string(), self.role_label().to_string())]);
+        let annotations = BTreeMap::from([
+            (DESIRED_ROLE_ANNOTATION.to_string(), desired_annotation(self.desired).to_string()),
+            (PRIMARY_ANNOTATION.to_string(), self.primary.clone().unwrap_or_default()),
+        ]);
+        (labels, annotations)
+    }
+
+    /// The routing of `member` under `decision`.
+    pub fn of(decision: &Decision, member: &str) -> Self {
+        Self {
+            desired: decision.desired.get(member).copied().unwrap_or(Desired::Mirror),
+            primary: decision
+                .desired
+                .iter()
+                .find(|(_, d)| **d == Desired::Primary)
+                .map(|(name, _)| name.clone()),
+            route: decision.routes.get(member).copied().unwrap_or(Route::None),
+        }
+    }
+}
+
+/// A short, stable hash of the text of a template. Members carrying another
+/// hash were built from another template (or changed by hand): the spec is
+/// no longer equal.
+pub fn template_hash(template: &str) -> String {
+    format!("{:016x}", fnv1a(template.as_bytes()))
+}
+
+/// FNV-1a: tiny, stable across builds and platforms (std's hasher is not).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+}
