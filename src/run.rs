@@ -17,7 +17,7 @@ use kube_lease_manager::LeaseManagerBuilder;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::api::DatabaseMirror;
+use crate::api::{DatabaseMirror, SessionStore};
 use crate::controllers::{Scope, Shared, members, webcluster};
 use crate::resources::FIELD_MANAGER;
 use crate::telemetry::{self, Health, Metrics};
@@ -201,11 +201,13 @@ async fn run_controllers(
 ) {
     let scope = Scope { client: client.clone(), namespace: options.namespace.clone() };
     let web = Shared::new(client.clone(), metrics.clone(), "webcluster", &options.identity);
-    let database = Shared::new(client, metrics, "databasemirror", &options.identity);
+    let database = Shared::new(client.clone(), metrics.clone(), "databasemirror", &options.identity);
+    let sessions = Shared::new(client, metrics, "sessionstore", &options.identity);
     // Ready once every controller has filled its caches.
-    let (web_ready, database_ready) = (tokio::sync::oneshot::channel(), tokio::sync::oneshot::channel());
+    let (web_ready, database_ready, sessions_ready) =
+        (tokio::sync::oneshot::channel(), tokio::sync::oneshot::channel(), tokio::sync::oneshot::channel());
     tokio::spawn(async move {
-        let _ = tokio::join!(web_ready.1, database_ready.1);
+        let _ = tokio::join!(web_ready.1, database_ready.1, sessions_ready.1);
         info!("caches filled; reconciling");
         ready.store(true, Ordering::Relaxed);
     });
@@ -221,12 +223,22 @@ async fn run_controllers(
             shutdown.clone()
         ),
         members::run::<DatabaseMirror>(
-            scope,
+            scope.clone(),
             database,
             options.agent_image.clone(),
             options.concurrency,
             move || {
                 let _ = database_ready.0.send(());
+            },
+            shutdown.clone(),
+        ),
+        members::run::<SessionStore>(
+            scope,
+            sessions,
+            options.agent_image.clone(),
+            options.concurrency,
+            move || {
+                let _ = sessions_ready.0.send(());
             },
             shutdown,
         ),

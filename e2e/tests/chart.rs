@@ -58,7 +58,7 @@ async fn the_cluster_role_grants_exactly_what_the_controllers_use() -> Result<()
         ("", "persistentvolumeclaims", &["list", "watch", "create", "patch", "delete"]),
         ("", "configmaps", &["list", "watch", "create", "patch"]),
         ("", "serviceaccounts", &["list", "watch", "create", "patch"]),
-        ("", "secrets", &["list", "watch", "create", "patch"]),
+        ("", "secrets", &["get", "list", "watch", "create", "patch"]),
         ("rbac.authorization.k8s.io", "roles", &["list", "watch", "create", "patch"]),
         ("rbac.authorization.k8s.io", "rolebindings", &["list", "watch", "create", "patch"]),
         ("coordination.k8s.io", "leases", &["get", "list", "watch", "create", "patch", "update"]),

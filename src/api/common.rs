@@ -25,11 +25,19 @@ pub mod condition_type {
 }
 
 /// A reference to another Hostwright object in the same namespace.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 pub struct LocalObjectReference {
     /// Name of the object, in the same namespace as the referring object.
     #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
     pub name: String,
+    /// Not supported: named only so that a reference across namespaces is
+    /// refused with a reason instead of silently read as a local one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("false").message(
+        "references are same-namespace: the referenced object must live in this object's namespace \
+         (a site's stores belong to the site); remove namespace"
+    ))]
+    pub namespace: Option<String>,
 }
 
 /// A persistent volume for a member's data.

@@ -38,7 +38,14 @@ use super::common::{FailoverSpec, LocalObjectReference, ReplicationStatus, Resou
         description = "Ready members / desired members"
     ),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new(
+        "!has(self.spec.primary) || (self.spec.primary.startsWith(self.metadata.name + '-') \
+         && self.spec.primary.substring(size(self.metadata.name) + 1).matches('^[1-9][0-9]*$') \
+         && int(self.spec.primary.substring(size(self.metadata.name) + 1)) <= self.spec.replicas + 1)"
+    )
+    .message("spec.primary must name a member of this SessionStore: <name>-1 … <name>-<replicas + 1>")
+    .field_path(".spec.primary")
 )]
 #[x_kube(
     validation = Rule::new("!has(self.external) || !has(self.storage)")
@@ -80,6 +87,13 @@ pub struct SessionStoreSpec {
     /// When and how a replica is promoted after the primary fails.
     #[serde(default)]
     pub failover: FailoverSpec,
+
+    /// The member that should be primary. Set it to another member to switch
+    /// over on purpose (before maintenance); unset, the operator keeps
+    /// whichever member is primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub primary: Option<String>,
 
     /// Use an existing session store instead of deploying one. The operator
     /// checks that it answers and publishes it in `<name>-connection`.

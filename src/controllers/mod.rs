@@ -6,6 +6,7 @@
 
 pub mod databasemirror;
 pub mod members;
+pub mod sessionstore;
 pub mod webcluster;
 
 use std::collections::HashMap;

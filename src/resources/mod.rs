@@ -5,6 +5,7 @@
 pub mod databasemirror;
 pub mod labels;
 pub mod members;
+pub mod sessionstore;
 pub mod subset;
 pub mod webcluster;
 

@@ -300,17 +300,7 @@ async fn reconcile_inner<K: Replicated>(dbm: &K, ctx: &Context<K>, namespace: &s
     let blueprint = dbm.blueprint().map_err(build_error)?;
     let members = blueprint.members.clone();
 
-    // What this process last wrote wins over a cache that has not caught up.
-    let (old_status, resource_version) = {
-        let written = ctx.written.lock().unwrap_or_else(|p| p.into_inner());
-        match written.get(&uid) {
-            Some(w) => (w.status.clone(), w.resource_version.clone()),
-            None => (
-                dbm.current_status().cloned().unwrap_or_default(),
-                dbm.resource_version().unwrap_or_default(),
-            ),
-        }
-    };
+    let (old_status, resource_version) = last_written(dbm, ctx);
 
     // The credentials: generated once; never regenerated over existing data.
     let secret_name = dbm.credentials_name();
@@ -507,10 +497,22 @@ fn observe(caches: &Caches, namespace: &str, member: &str, now: u64) -> (Member,
     }
 }
 
+/// The status to step from and its resourceVersion: what this process last
+/// wrote, which wins over a cache that has not caught up with it.
+pub fn last_written<K: Replicated>(obj: &K, ctx: &Context<K>) -> (K::Status, String) {
+    let written = ctx.written.lock().unwrap_or_else(|p| p.into_inner());
+    match written.get(&obj.uid().unwrap_or_default()) {
+        Some(w) => (w.status.clone(), w.resource_version.clone()),
+        None => {
+            (obj.current_status().cloned().unwrap_or_default(), obj.resource_version().unwrap_or_default())
+        }
+    }
+}
+
 /// Write `new` unless it equals `old` (positions alone are refreshed at a
 /// slower pace). Returns an Action when the write lost a race and the
 /// reconcile must start over.
-async fn write_status<K: Replicated>(
+pub async fn write_status<K: Replicated>(
     dbm: &K,
     ctx: &Context<K>,
     old: &K::Status,

@@ -1,0 +1,309 @@
+//! SessionStore as a [`Replicated`] store: Redis members under the same
+//! failover engine as DatabaseMirror, one generated password in the
+//! connection Secret. An `external` store deploys nothing: the operator
+//! checks that it answers and publishes it in the same connection Secret.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use super::members::{
+    Context, Replicated, SharedChildren, StoreStatus, Summary, last_written, policy, random_password, status,
+    write_status,
+};
+use super::{Error, jittered};
+use crate::api::common::condition_type::{DEGRADED, PROGRESSING, READY};
+use crate::api::common::{FailoverSpec, ReplicationStatus, StorePhase};
+use crate::api::sessionstore::{Durability, ExternalSessionStore};
+use crate::api::{SessionStore, SessionStoreStatus};
+use crate::conditions::{self, Observed};
+use crate::failover::Policy;
+use crate::resources::BuildError;
+use crate::resources::members::Blueprint;
+use crate::resources::sessionstore::{
+    self, ExternalEndpoint, blueprint, config, connection, connection_name, external_endpoint,
+};
+
+/// How often an external store is checked again.
+const EXTERNAL_CHECK: Duration = Duration::from_secs(30);
+/// How long an external store may take to answer a check.
+const EXTERNAL_TIMEOUT: Duration = Duration::from_secs(3);
+
+impl StoreStatus for SessionStoreStatus {
+    fn replication(&self) -> &ReplicationStatus {
+        &self.replication
+    }
+
+    fn without_positions(&self) -> Self {
+        let mut s = self.clone();
+        status::clear_positions(&mut s.replication);
+        s
+    }
+}
+
+impl Replicated for SessionStore {
+    const CONTROLLER: &'static str = sessionstore::APP_NAME;
+    const STATUS_RESOURCE: &'static str = "sessionstores/status";
+    type Status = SessionStoreStatus;
+    type Passwords = String;
+
+    fn current_status(&self) -> Option<&SessionStoreStatus> {
+        self.status.as_ref()
+    }
+
+    fn status(&self, replication: ReplicationStatus, _summary: Summary) -> SessionStoreStatus {
+        SessionStoreStatus { replication, connection_secret: Some(connection_name(self)) }
+    }
+
+    fn blueprint(&self) -> Result<Blueprint, BuildError> {
+        blueprint(self)
+    }
+
+    fn shared_children(&self, blueprint: &Blueprint) -> Result<SharedChildren, BuildError> {
+        Ok(SharedChildren {
+            services: vec![
+                blueprint.service(self.name_any(), "primary"),
+                blueprint.service(format!("{}-replicas", self.name_any()), "mirror"),
+            ],
+            budgets: blueprint.budgets().into(),
+            config_maps: vec![config(self, blueprint)],
+        })
+    }
+
+    fn failover(&self) -> &FailoverSpec {
+        &self.spec.failover
+    }
+
+    fn policy(&self) -> Policy {
+        policy(&self.spec.failover, self.spec.durability == Durability::Wait, self.spec.primary.clone())
+    }
+
+    fn read_write_service(&self) -> String {
+        self.name_any()
+    }
+
+    fn credentials_name(&self) -> String {
+        connection_name(self)
+    }
+
+    fn generate_passwords() -> String {
+        random_password()
+    }
+
+    fn read_passwords(secret: &Secret) -> Result<String, &'static str> {
+        let password = secret.data.as_ref().and_then(|d| d.get(sessionstore::keys::PASSWORD));
+        password
+            .and_then(|v| String::from_utf8(v.0.clone()).ok())
+            .filter(|v| !v.is_empty())
+            .ok_or(sessionstore::keys::PASSWORD)
+    }
+
+    fn credentials(&self, password: &String) -> Result<Secret, BuildError> {
+        connection(self, password)
+    }
+
+    async fn external(&self, ctx: &Context<Self>) -> Option<Result<Action, Error>> {
+        let external = self.spec.external.as_ref()?;
+        Some(reconcile_external(self, external, ctx).await)
+    }
+}
+
+/// What the check of an external store found.
+#[derive(Debug)]
+enum Check {
+    SecretMissing,
+    SecretInvalid(String),
+    Unreachable(String),
+    Answers,
+}
+
+async fn reconcile_external(
+    store: &SessionStore,
+    external: &ExternalSessionStore,
+    ctx: &Context<SessionStore>,
+) -> Result<Action, Error> {
+    let namespace = store.namespace().unwrap_or_default();
+    let object = format!("{namespace}/{}", store.name_any());
+    let secret_name = &external.secret_ref.name;
+    let secrets: Api<Secret> = Api::namespaced(ctx.shared.client.clone(), &namespace);
+    let secret = secrets
+        .get_opt(secret_name)
+        .await
+        .map_err(|source| Error::Status { object: object.clone(), source })?;
+    let (check, endpoint) = match secret.as_ref().map(external_endpoint) {
+        None => (Check::SecretMissing, None),
+        Some(Err(problem)) => (Check::SecretInvalid(problem), None),
+        Some(Ok(endpoint)) => {
+            (probe(&endpoint).await.map_or_else(Check::Unreachable, |()| Check::Answers), Some(endpoint))
+        }
+    };
+    if let Some(endpoint) = &endpoint {
+        let blueprint = blueprint(store).map_err(|source| Error::Build { object: object.clone(), source })?;
+        let published = sessionstore::connection_secret(
+            blueprint.metadata(connection_name(store)),
+            &endpoint.host,
+            endpoint.port,
+            endpoint.password.as_deref(),
+        );
+        ctx.shared.apply_owned(&published, &ctx.caches.secrets, &store.uid().unwrap_or_default()).await?;
+    }
+
+    let (old, resource_version) = last_written(store, ctx);
+    let new = external_status(store, secret_name, &check, &old, &Time(Timestamp::now()));
+    if let Some(requeue) = write_status(store, ctx, &old, &new, &resource_version).await? {
+        return Ok(requeue);
+    }
+    let reason =
+        |s: &SessionStoreStatus| conditions::find(&s.replication.conditions, READY).map(|c| c.reason.clone());
+    if reason(&old) != reason(&new)
+        && let Some(ready) = conditions::find(&new.replication.conditions, READY)
+    {
+        let type_ = if ready.status == "True" { EventType::Normal } else { EventType::Warning };
+        ctx.shared.event(store, type_, &ready.reason, "Check", ready.message.clone()).await;
+    }
+    Ok(Action::requeue(jittered(EXTERNAL_CHECK)))
+}
+
+/// The status of an external store after a check. Pure.
+fn external_status(
+    store: &SessionStore,
+    secret_name: &str,
+    check: &Check,
+    old: &SessionStoreStatus,
+    now: &Time,
+) -> SessionStoreStatus {
+    let ready = match check {
+        Check::SecretMissing => Observed::new(
+            READY,
+            false,
+            "ExternalSecretNotFound",
+            format!("Secret {secret_name} (spec.external.secretRef) does not exist in this namespace"),
+        ),
+        Check::SecretInvalid(problem) => {
+            Observed::new(READY, false, "ExternalSecretInvalid", format!("Secret {secret_name}: {problem}"))
+        }
+        Check::Unreachable(why) => Observed::new(READY, false, "ExternalUnreachable", why.clone()),
+        Check::Answers => {
+            Observed::new(READY, true, "ExternalAnswers", "the external session store answers PING")
+        }
+    };
+    let answers = matches!(check, Check::Answers);
+    let progressing = Observed::new(PROGRESSING, false, "External", "nothing deployed: an external store");
+    let degraded = if answers {
+        Observed::new(DEGRADED, false, "ExternalAnswers", "the external session store answers")
+    } else {
+        Observed::new(DEGRADED, true, ready.reason, ready.message.clone())
+    };
+    let generation = store.metadata.generation;
+    SessionStoreStatus {
+        replication: ReplicationStatus {
+            observed_generation: generation,
+            phase: Some(if answers { StorePhase::Ready } else { StorePhase::Failed }),
+            current_primary: Some("external".into()),
+            ready: Some(if answers { "1/1" } else { "0/1" }.into()),
+            conditions: conditions::merge(
+                &old.replication.conditions,
+                vec![ready, progressing, degraded],
+                generation,
+                now,
+            ),
+            ..ReplicationStatus::default()
+        },
+        connection_secret: Some(connection_name(store)),
+    }
+}
+
+/// AUTH (when a password is given) and PING, each answered within
+/// [`EXTERNAL_TIMEOUT`]; the error says what went wrong in words.
+async fn probe(endpoint: &ExternalEndpoint) -> Result<(), String> {
+    let address = format!("{}:{}", endpoint.host, endpoint.port);
+    let exchange = async {
+        let stream = tokio::net::TcpStream::connect(&address)
+            .await
+            .map_err(|e| format!("cannot connect to {address}: {e}"))?;
+        let mut stream = BufReader::new(stream);
+        let mut request = Vec::new();
+        if let Some(password) = endpoint.password.as_deref().filter(|p| !p.is_empty()) {
+            request.extend(resp_command(&["AUTH", password]));
+        }
+        request.extend(resp_command(&["PING"]));
+        stream.get_mut().write_all(&request).await.map_err(|e| format!("writing to {address}: {e}"))?;
+        let replies = if endpoint.password.as_deref().is_some_and(|p| !p.is_empty()) { 2 } else { 1 };
+        for _ in 0..replies {
+            let mut line = String::new();
+            stream.read_line(&mut line).await.map_err(|e| format!("reading from {address}: {e}"))?;
+            let line = line.trim_end();
+            if line.is_empty() {
+                return Err(format!("{address} closed the connection without answering"));
+            }
+            if let Some(error) = line.strip_prefix('-') {
+                return Err(format!("{address} answered with an error: {error}"));
+            }
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(EXTERNAL_TIMEOUT, exchange).await {
+        Ok(result) => result,
+        Err(_) => Err(format!("{address} did not answer within {EXTERNAL_TIMEOUT:?}")),
+    }
+}
+
+/// One command in the Redis protocol (an array of bulk strings).
+fn resp_command(args: &[&str]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for arg in args {
+        out.extend(format!("${}\r\n", arg.len()).into_bytes());
+        out.extend(arg.as_bytes());
+        out.extend(b"\r\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::SessionStoreSpec;
+
+    fn store() -> SessionStore {
+        let spec: SessionStoreSpec = serde_yaml::from_str("external: {secretRef: {name: provider}}").unwrap();
+        let mut s = SessionStore::new("sessions", spec);
+        s.metadata.namespace = Some("customer-a".into());
+        s.metadata.generation = Some(2);
+        s
+    }
+
+    fn ready(status: &SessionStoreStatus) -> (String, String) {
+        let c = conditions::find(&status.replication.conditions, READY).unwrap();
+        (c.status.clone(), c.reason.clone())
+    }
+
+    #[test]
+    fn each_external_problem_is_a_condition_with_its_reason() {
+        let now = Time(Timestamp::now());
+        let old = SessionStoreStatus::default();
+        let cases = [
+            (Check::SecretMissing, "False", "ExternalSecretNotFound"),
+            (Check::SecretInvalid("no key url, or host and port".into()), "False", "ExternalSecretInvalid"),
+            (Check::Unreachable("cannot connect".into()), "False", "ExternalUnreachable"),
+            (Check::Answers, "True", "ExternalAnswers"),
+        ];
+        for (check, status, reason) in cases {
+            let s = external_status(&store(), "provider", &check, &old, &now);
+            assert_eq!(ready(&s), (status.to_string(), reason.to_string()), "{check:?}");
+            assert_eq!(s.replication.observed_generation, Some(2));
+            assert_eq!(s.replication.current_primary.as_deref(), Some("external"));
+        }
+    }
+
+    #[test]
+    fn commands_are_arrays_of_bulk_strings() {
+        assert_eq!(resp_command(&["AUTH", "pw"]), b"*2\r\n$4\r\nAUTH\r\n$2\r\npw\r\n");
+    }
+}
