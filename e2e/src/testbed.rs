@@ -1,16 +1,17 @@
 //! What a real cluster has and the local control plane lacks, so that
-//! DatabaseMirror member pods become real PostgreSQL servers in tests and in
-//! `make demo`:
+//! DatabaseMirror and SessionStore member pods become real PostgreSQL and
+//! Redis servers in tests and in `make demo`:
 //!
 //! - a **provisioner** for the default StorageClass `hostwright-local`
 //!   (`e2e/cluster up` creates it): each claim gets a host directory under
 //!   `<root>/volumes/`, and kube-controller-manager binds claim and volume as
 //!   it would on any cluster;
-//! - a **pod runner** playing the kubelet for database pods (KWOK pods run
+//! - a **pod runner** playing the kubelet for member pods (KWOK pods run
 //!   no containers): it lays out the pod's Secret, ConfigMap and socket
 //!   directory under `<root>/pods/<ns>/<pod>/`, resolves the data volume to
-//!   its host directory, and runs `hostwright agent run` with the pod's
-//!   ServiceAccount identity. The agent supervises PostgreSQL as in the pod.
+//!   its host directory (or an emptyDir of the pod's), and runs `hostwright
+//!   agent run` with the pod's own arguments and ServiceAccount identity. The
+//!   agent supervises PostgreSQL or Redis as in the pod.
 //!
 //! The API server refuses loopback addresses in EndpointSlices, so pods keep
 //! their KWOK addresses 10.244.c.d and the server "behind" one listens on its
@@ -60,9 +61,7 @@ const PROVISIONED_BY: &str = "pv.kubernetes.io/provisioned-by";
 /// bed's, and the volumes of a root nobody holds are free to reclaim.
 const LOCK_FILE: &str = ".testbed.lock";
 /// Pods the runner plays the kubelet for.
-const POD_SELECTOR: &str = "app.kubernetes.io/name=databasemirror";
-/// The port every member's server listens on (its twin address differs).
-const PORT: u16 = 5432;
+const POD_SELECTOR: &str = "app.kubernetes.io/name in (databasemirror,sessionstore)";
 /// Between an agent's exit and its restart, like a kubelet's first back-off.
 const RESTART_DELAY: Duration = Duration::from_secs(1);
 /// The agent stops PostgreSQL with a fast shutdown (up to 30 s) on SIGTERM.
@@ -124,7 +123,6 @@ struct Shared {
     namespace: Option<String>,
     root: PathBuf,
     binary: PathBuf,
-    postgres: (u32, u32),
     members: Mutex<HashMap<Key, Member>>,
     /// Pods taken down by [`Testbed::kill_member`], by uid: a replacement
     /// pod (another uid) runs, like a new pod on a healthy machine.
@@ -140,8 +138,8 @@ struct Member {
     stop: watch::Sender<bool>,
     /// The running agent.
     agent: Option<u32>,
-    /// Host directory of the pod's data volume, once resolved.
-    volume: Option<PathBuf>,
+    /// The pod's server, once its data directory is resolved.
+    server: Option<ServerFiles>,
     task: Option<JoinHandle<()>>,
 }
 
@@ -202,7 +200,7 @@ impl Testbed {
         if !binary.exists() {
             bail!("{} does not exist: `cargo build --workspace --bins` first", binary.display());
         }
-        let postgres = postgres_ids()?;
+        let postgres = user_ids("postgres")?;
         std::fs::create_dir_all(root.join("volumes"))
             .and_then(|()| std::fs::create_dir_all(root.join("pods")))
             .with_context(|| format!("creating {}", root.display()))?;
@@ -225,7 +223,6 @@ impl Testbed {
             namespace,
             root,
             binary,
-            postgres,
             members: Mutex::default(),
             down: Mutex::default(),
             test_namespaces: Mutex::default(),
@@ -241,13 +238,13 @@ impl Testbed {
         &self.shared.root
     }
 
-    /// SIGKILL the pod's PostgreSQL server (its postmaster), as a crash
-    /// would; the agent lives on and notices. Returns once it is dead.
+    /// SIGKILL the pod's server (PostgreSQL's postmaster, redis-server), as
+    /// a crash would; the agent lives on and notices. Returns once it is dead.
     pub async fn kill_server(&self, pod: &str) -> Result<()> {
         let key = self.key(pod)?;
-        let volume = self.shared.member(&key, |m| m.volume.clone()).flatten();
-        let volume = volume.with_context(|| format!("pod {pod} has no volume yet"))?;
-        let pid = postmaster(&volume).with_context(|| format!("pod {pod} has no running server"))?;
+        let server = self.shared.member(&key, |m| m.server.clone()).flatten();
+        let server = server.with_context(|| format!("pod {pod} has no data directory yet"))?;
+        let pid = server.pid().with_context(|| format!("pod {pod} has no running server"))?;
         signal("KILL", pid);
         wait_gone(pid, Duration::from_secs(10)).await
     }
@@ -259,13 +256,13 @@ impl Testbed {
     /// [`revive`]: Testbed::revive
     pub async fn kill_member(&self, pod: &str) -> Result<()> {
         let key = self.key(pod)?;
-        let (uid, agent, volume) = self
+        let (uid, agent, files) = self
             .shared
-            .member(&key, |m| (m.uid.clone(), m.agent, m.volume.clone()))
+            .member(&key, |m| (m.uid.clone(), m.agent, m.server.clone()))
             .with_context(|| format!("pod {pod} is not running"))?;
         lock(&self.shared.down).insert(key.clone(), uid);
         // The server's pid first: once the agent is gone it is an orphan.
-        let server = volume.as_deref().and_then(postmaster);
+        let server = files.as_ref().and_then(ServerFiles::pid);
         if let Some(pid) = agent {
             signal("KILL", pid);
         }
@@ -292,11 +289,10 @@ impl Testbed {
         self.shared.member(&key, |m| m.agent).flatten()
     }
 
-    /// The pid of the pod's running PostgreSQL server (its postmaster).
-    pub fn postmaster_pid(&self, pod: &str) -> Option<u32> {
+    /// The pid of the pod's running server (PostgreSQL's postmaster, redis-server).
+    pub fn server_pid(&self, pod: &str) -> Option<u32> {
         let key = self.key(pod).ok()?;
-        let volume = self.shared.member(&key, |m| m.volume.clone()).flatten()?;
-        postmaster(&volume)
+        self.shared.member(&key, |m| m.server.clone()).flatten()?.pid()
     }
 
     /// The pod's log so far: the agent's output and the test bed's notes.
@@ -368,18 +364,18 @@ impl Drop for Testbed {
             let _ = member.stop.send(true);
             if let Some(pid) = member.agent {
                 signal("TERM", pid);
-                running.push((pid, member.volume.clone()));
+                running.push((pid, member.server.clone()));
             }
         }
         let deadline = std::time::Instant::now() + STOP_TIMEOUT;
-        for (pid, volume) in running {
+        for (pid, files) in running {
             while alive(pid) && std::time::Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(100));
             }
             if alive(pid) {
                 signal("KILL", pid);
             }
-            if let Some(server) = volume.as_deref().and_then(postmaster) {
+            if let Some(server) = files.as_ref().and_then(ServerFiles::pid) {
                 signal("KILL", server);
             }
         }
@@ -533,7 +529,8 @@ async fn provision_one(
         .context("the claim requests no storage")?;
     let dir = shared.root.join("volumes").join(format!("{namespace}-{name}-{}", &uid[..uid.len().min(8)]));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    own(&dir, shared.postgres, 0o700)?;
+    // The pod runner hands it to the server's user when a pod mounts it (fsGroup).
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
     let volume: PersistentVolume = serde_json::from_value(serde_json::json!({
         "apiVersion": "v1",
         "kind": "PersistentVolume",
@@ -602,7 +599,7 @@ async fn reclaim(shared: &Shared, volume: &PersistentVolume, api: &Api<Persisten
     }
     // A server may still be shutting down on it (a pod is gone from the API
     // before its agent has stopped).
-    if lock(&shared.members).values().any(|m| m.volume.as_deref() == Some(dir.as_path())) {
+    if lock(&shared.members).values().any(|m| m.server.as_ref().is_some_and(|f| f.data.starts_with(&dir))) {
         return Ok(());
     }
     match std::fs::remove_dir_all(&dir) {
@@ -670,7 +667,7 @@ async fn run_pods(shared: Arc<Shared>) -> Result<()> {
             let (stop, stopped) = watch::channel(false);
             let uid = pod.uid().unwrap_or_default();
             let task = tokio::spawn(supervise(shared.clone(), key.clone(), pod, stopped));
-            members.insert(key, Member { uid, stop, agent: None, volume: None, task: Some(task) });
+            members.insert(key, Member { uid, stop, agent: None, server: None, task: Some(task) });
         }
     }
 }
@@ -732,7 +729,7 @@ async fn supervise_inner(
             return Ok(());
         }
     };
-    shared.update(key, uid, |m| m.volume = Some(setup.volume.clone()));
+    shared.update(key, uid, |m| m.server = Some(setup.server.clone()));
     loop {
         while shared.is_down(key, uid) {
             if stop_requested(stop, Duration::from_millis(200)).await {
@@ -763,7 +760,7 @@ async fn supervise_inner(
                 status = agent.wait() => break Some(status),
                 () = stop_wanted(stop) => break None,
                 _ = sync.tick() => {
-                    if let Err(err) = project(shared, pod, paths).await {
+                    if let Err(err) = project(shared, pod, paths, setup.owner).await {
                         let problem = format!("{err:#}");
                         if problem != last_problem {
                             paths.note(&format!("could not update the Secret and ConfigMap files: {problem}"));
@@ -786,13 +783,13 @@ async fn supervise_inner(
             Some(status) => status,
             None => {
                 paths.note("pod deleted: stopping the agent (SIGTERM)");
-                terminate(&mut agent, &setup.volume).await
+                terminate(&mut agent, &setup.server).await
             }
         };
         shared.update(key, uid, |m| m.agent = None);
         paths.note(&format!("agent exited: {}", status.map_or_else(|e| e.to_string(), |s| s.to_string())));
         // The container is gone with its main process; so is what it started.
-        if let Some(server) = postmaster(&setup.volume) {
+        if let Some(server) = setup.server.pid() {
             paths.note(&format!("killing the server the agent left behind (pid {server})"));
             signal("KILL", server);
             wait_gone(server, Duration::from_secs(10)).await?;
@@ -803,42 +800,144 @@ async fn supervise_inner(
     }
 }
 
+/// The server software behind a member pod, from its `--engine` argument.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Engine {
+    Postgres,
+    Redis,
+}
+
+impl Engine {
+    /// The local user the server runs as (Debian's packages create both).
+    fn user(self) -> &'static str {
+        match self {
+            Engine::Postgres => "postgres",
+            Engine::Redis => "redis",
+        }
+    }
+}
+
+/// Where a pod's server keeps its data, and so where its pid file is.
+#[derive(Clone, Debug)]
+struct ServerFiles {
+    engine: Engine,
+    /// Host directory given to the agent as `--data-dir`.
+    data: PathBuf,
+}
+
+impl ServerFiles {
+    /// The running server on this data directory: the pid in its pid file,
+    /// if that process is alive and is such a server (a stale file may name
+    /// a pid reused by anything).
+    fn pid(&self) -> Option<u32> {
+        let (file, name) = match self.engine {
+            Engine::Postgres => ("postmaster.pid", "postgres"),
+            Engine::Redis => ("redis-server.pid", "redis-server"),
+        };
+        let text = std::fs::read_to_string(self.data.join(file)).ok()?;
+        let pid: u32 = text.lines().next()?.trim().parse().ok()?;
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        // PostgreSQL names its data directory on the command line; Redis
+        // rewrites its title to its address, so its name must do.
+        let serves = match self.engine {
+            Engine::Postgres => std::fs::read(format!("/proc/{pid}/cmdline"))
+                .ok()?
+                .split(|b| *b == 0)
+                .any(|arg| arg == self.data.to_string_lossy().as_bytes()),
+            Engine::Redis => comm.trim().starts_with(name),
+        };
+        (serves && alive(pid)).then_some(pid)
+    }
+}
+
 /// What a pod's agent is started with.
 struct Setup {
-    volume: PathBuf,
+    server: ServerFiles,
+    /// The settings file (`--config`) under the pod's ConfigMap directory.
     config: PathBuf,
     twin: String,
+    port: String,
+    /// uid and gid the server runs as; its files are theirs.
+    owner: (u32, u32),
     service_account: String,
-    /// `--engine`, `--database-mirror`: passed on from the pod's own args.
+    /// `--engine`, `--database-mirror`, `--session-store`: from the pod's own args.
     extra_args: Vec<String>,
 }
 
+/// The value of `--name=value` among a pod's container arguments.
+fn pod_arg<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    args.iter().find_map(|a| a.strip_prefix(name)?.strip_prefix('='))
+}
+
 /// Lay out the pod's Secret, ConfigMap and socket directory, and find its
-/// data volume's directory. Fails (to be retried) while any is missing.
+/// data directory (a bound volume's or the pod's emptyDir). Fails (to be
+/// retried) while any is missing.
 async fn set_up(shared: &Shared, pod: &Pod, paths: &PodPaths) -> Result<Setup> {
     let namespace = pod.namespace().unwrap_or_default();
     let spec = pod.spec.as_ref().context("pod without spec")?;
     let pod_ip = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref()).context("pod without address")?;
     let twin = twin(pod_ip).with_context(|| format!("pod address {pod_ip} is not in 10.244.0.0/16"))?;
-    let volume = |name: &str| {
-        spec.volumes
-            .iter()
-            .flatten()
-            .find(|v| v.name == name)
-            .with_context(|| format!("pod has no volume {name}"))
+    let container = spec.containers.first().context("pod without containers")?;
+    let args = container.args.clone().unwrap_or_default();
+    let engine = match pod_arg(&args, "--engine") {
+        Some("postgres") => Engine::Postgres,
+        Some("redis") => Engine::Redis,
+        other => bail!("the pod's agent has engine {other:?}, not postgres or redis"),
     };
-    let claim_name = volume("data")?
-        .persistent_volume_claim
-        .as_ref()
-        .map(|c| c.claim_name.clone())
-        .context("data is not a PersistentVolumeClaim")?;
-    project(shared, pod, paths).await?;
+    let owner = user_ids(engine.user())?;
+    let port = pod_arg(&args, "--port").context("the pod's agent has no --port")?.to_string();
+    let data_arg = pod_arg(&args, "--data-dir").context("the pod's agent has no --data-dir")?;
+    let config_arg = pod_arg(&args, "--config").context("the pod's agent has no --config")?;
+    let mount = container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == "data")
+        .context("the server container does not mount data")?;
+    let within = Path::new(data_arg)
+        .strip_prefix(&mount.mount_path)
+        .with_context(|| format!("--data-dir {data_arg} is not under the data mount {}", mount.mount_path))?;
+    let data_volume =
+        spec.volumes.iter().flatten().find(|v| v.name == "data").context("pod has no volume data")?;
+
+    project(shared, pod, paths, owner).await?;
     let run = paths.run();
     std::fs::create_dir_all(&run)?;
-    own(&run, shared.postgres, 0o700)?;
+    own(&run, owner, 0o700)?;
 
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(shared.client.clone(), &namespace);
-    let claim = claims.get(&claim_name).await.with_context(|| format!("PVC {claim_name}"))?;
+    let volume = match (&data_volume.persistent_volume_claim, &data_volume.empty_dir) {
+        (Some(claim), _) => bound_directory(shared, &namespace, &claim.claim_name).await?,
+        // An emptyDir lives as long as the pod (this uid), not its name.
+        (None, Some(_)) => paths.dir.join("empty-dirs").join(pod.uid().unwrap_or_default()).join("data"),
+        (None, None) => bail!("data is neither a PersistentVolumeClaim nor an emptyDir"),
+    };
+    std::fs::create_dir_all(&volume)?;
+    // Like fsGroup: the server's user owns its volume.
+    own(&volume, owner, 0o700)?;
+    let data = volume.join(within);
+
+    let service_account = spec.service_account_name.clone().unwrap_or_else(|| "default".into());
+    let extra_args = args
+        .iter()
+        .filter(|a| ["--engine=", "--database-mirror=", "--session-store="].iter().any(|p| a.starts_with(p)))
+        .cloned()
+        .collect();
+    let config_file = Path::new(config_arg).file_name().context("--config names no file")?;
+    Ok(Setup {
+        server: ServerFiles { engine, data },
+        config: paths.config().join(config_file),
+        twin,
+        port,
+        owner,
+        service_account,
+        extra_args,
+    })
+}
+
+/// The host directory of the volume bound to claim `claim_name`.
+async fn bound_directory(shared: &Shared, namespace: &str, claim_name: &str) -> Result<PathBuf> {
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(shared.client.clone(), namespace);
+    let claim = claims.get(claim_name).await.with_context(|| format!("PVC {claim_name}"))?;
     let bound = claim.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
     let volume_name = claim.spec.and_then(|s| s.volume_name).filter(|_| bound);
     let volume_name = volume_name.with_context(|| format!("PVC {claim_name} is not bound yet"))?;
@@ -848,22 +947,13 @@ async fn set_up(shared: &Shared, pod: &Pod, paths: &PodPaths) -> Result<Setup> {
     if !volume.is_dir() {
         bail!("the directory {} of PV {volume_name} does not exist", volume.display());
     }
-
-    let service_account = spec.service_account_name.clone().unwrap_or_else(|| "default".into());
-    let extra_args = spec
-        .containers
-        .iter()
-        .flat_map(|c| c.args.iter().flatten())
-        .filter(|a| a.starts_with("--engine=") || a.starts_with("--database-mirror="))
-        .cloned()
-        .collect();
-    Ok(Setup { volume, config: paths.config().join("postgresql.conf"), twin, service_account, extra_args })
+    Ok(volume)
 }
 
 /// Write the pod's Secret and ConfigMap volumes as files, as a kubelet
 /// does; run again while the pod runs, so changes reach it (the kubelet
 /// takes up to a minute, this test bed [`FILE_SYNC`]).
-async fn project(shared: &Shared, pod: &Pod, paths: &PodPaths) -> Result<()> {
+async fn project(shared: &Shared, pod: &Pod, paths: &PodPaths, owner: (u32, u32)) -> Result<()> {
     let namespace = pod.namespace().unwrap_or_default();
     let volumes = pod.spec.as_ref().and_then(|s| s.volumes.as_ref());
     let volume = |name: &str| {
@@ -885,9 +975,9 @@ async fn project(shared: &Shared, pod: &Pod, paths: &PodPaths) -> Result<()> {
     let secret = secrets.get(&secret_name).await.with_context(|| format!("Secret {secret_name}"))?;
     let dir = paths.credentials();
     std::fs::create_dir_all(&dir)?;
-    own(&dir, shared.postgres, 0o700)?;
+    own(&dir, owner, 0o700)?;
     for (key, value) in secret.data.iter().flatten() {
-        write_owned(&dir.join(key), &value.0, shared.postgres, 0o600)?;
+        write_owned(&dir.join(key), &value.0, owner, 0o600)?;
     }
 
     let config_maps: Api<ConfigMap> = Api::namespaced(shared.client.clone(), &namespace);
@@ -895,9 +985,9 @@ async fn project(shared: &Shared, pod: &Pod, paths: &PodPaths) -> Result<()> {
         config_maps.get(&config_name).await.with_context(|| format!("ConfigMap {config_name}"))?;
     let dir = paths.config();
     std::fs::create_dir_all(&dir)?;
-    own(&dir, shared.postgres, 0o755)?;
+    own(&dir, owner, 0o755)?;
     for (key, value) in config_map.data.iter().flatten() {
-        write_owned(&dir.join(key), value.as_bytes(), shared.postgres, 0o644)?;
+        write_owned(&dir.join(key), value.as_bytes(), owner, 0o644)?;
     }
     Ok(())
 }
@@ -918,16 +1008,16 @@ fn spawn_agent(
         .args(["agent", "run", "--member", name, "--namespace", namespace])
         .args(&setup.extra_args)
         .arg("--data-dir")
-        .arg(setup.volume.join("pgdata"))
+        .arg(&setup.server.data)
         .arg("--config")
         .arg(&setup.config)
         .arg("--socket-dir")
         .arg(paths.run())
         .args(["--listen-address", &setup.twin, "--advertise-address", &setup.twin])
-        .args(["--port", &PORT.to_string()])
+        .args(["--port", &setup.port])
         .arg("--credentials-dir")
         .arg(paths.credentials())
-        .args(["--run-as-user", "postgres"])
+        .args(["--run-as-user", setup.server.engine.user()])
         .env("KUBECONFIG", paths.dir.join("kubeconfig"))
         .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
         .stdin(Stdio::null())
@@ -943,7 +1033,7 @@ fn spawn_agent(
 /// if it takes too long.
 async fn terminate(
     agent: &mut tokio::process::Child,
-    volume: &Path,
+    server: &ServerFiles,
 ) -> std::io::Result<std::process::ExitStatus> {
     if let Some(pid) = agent.id() {
         signal("TERM", pid);
@@ -951,8 +1041,8 @@ async fn terminate(
     match tokio::time::timeout(STOP_TIMEOUT, agent.wait()).await {
         Ok(status) => status,
         Err(_) => {
-            if let Some(server) = postmaster(volume) {
-                signal("KILL", server);
+            if let Some(pid) = server.pid() {
+                signal("KILL", pid);
             }
             agent.kill().await?;
             agent.wait().await
@@ -962,19 +1052,6 @@ async fn terminate(
 
 // ---------------------------------------------------------------------------
 // Processes and files
-
-/// The running postmaster of the data volume at `volume`: the pid in
-/// `pgdata/postmaster.pid`, if that process is a server on this data
-/// directory (a stale file may name a pid reused by anything).
-fn postmaster(volume: &Path) -> Option<u32> {
-    let data = volume.join("pgdata");
-    let text = std::fs::read_to_string(data.join("postmaster.pid")).ok()?;
-    let pid: u32 = text.lines().next()?.trim().parse().ok()?;
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let data = data.to_string_lossy();
-    let serves = cmdline.split(|b| *b == 0).any(|arg| arg == data.as_bytes());
-    (serves && alive(pid)).then_some(pid)
-}
 
 /// The process exists and is not a zombie (dead, not yet reaped).
 fn alive(pid: u32) -> bool {
@@ -995,10 +1072,13 @@ fn signal(name: &str, pid: u32) {
         .status();
 }
 
-fn postgres_ids() -> Result<(u32, u32)> {
+fn user_ids(user: &str) -> Result<(u32, u32)> {
     let id = |flag: &str| -> Result<u32> {
-        let out = std::process::Command::new("id").args([flag, "postgres"]).output().context("running id")?;
-        String::from_utf8(out.stdout)?.trim().parse().context("a local user postgres (make deps)")
+        let out = std::process::Command::new("id").args([flag, user]).output().context("running id")?;
+        String::from_utf8(out.stdout)?
+            .trim()
+            .parse()
+            .with_context(|| format!("a local user {user} (make deps)"))
     };
     Ok((id("-u")?, id("-g")?))
 }

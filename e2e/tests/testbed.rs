@@ -157,7 +157,7 @@ async fn exercise(client: &Client, ns: &TestNamespace, testbed: &Testbed) -> Res
 
     // Deleting the pod stops its agent, which stops its server: nothing is left.
     let agent = testbed.agent_pid(MEMBER).context("a running agent")?;
-    let server = testbed.postmaster_pid(MEMBER).context("a running server")?;
+    let server = testbed.server_pid(MEMBER).context("a running server")?;
     pods.delete(MEMBER, &DeleteParams::default()).await?;
     eventually(Duration::from_secs(60), "the agent and its server to end", || async {
         Ok((testbed.agent_pid(MEMBER).is_none() && !alive(agent) && !alive(server)).then_some(()))
