@@ -72,12 +72,16 @@ enum AgentCommand {
 
 #[derive(Args, Debug)]
 struct AgentArgs {
-    /// Database engine; only `postgres` today.
-    #[arg(long, default_value = "postgres", value_parser = ["postgres"])]
+    /// Database engine: `postgres` (DatabaseMirror members) or `redis`
+    /// (SessionStore members).
+    #[arg(long, default_value = "postgres", value_parser = ["postgres", "redis"])]
     engine: String,
     /// The DatabaseMirror this member belongs to (for logs).
     #[arg(long)]
     database_mirror: Option<String>,
+    /// The SessionStore this member belongs to (for logs).
+    #[arg(long)]
+    session_store: Option<String>,
     /// This member (its pod name).
     #[arg(long, env = "POD_NAME")]
     member: String,
@@ -90,8 +94,12 @@ struct AgentArgs {
     config: Option<std::path::PathBuf>,
     #[arg(long, default_value = "/var/run/postgresql")]
     socket_dir: std::path::PathBuf,
+    /// PostgreSQL's programs (`--engine postgres`).
     #[arg(long, default_value = "/usr/lib/postgresql/15/bin")]
     bin_dir: std::path::PathBuf,
+    /// The Redis server (`--engine redis`).
+    #[arg(long, default_value = "/usr/bin/redis-server")]
+    redis_server: std::path::PathBuf,
     #[arg(long, default_value = "0.0.0.0")]
     listen_address: String,
     #[arg(long, default_value_t = 5432)]
@@ -163,6 +171,34 @@ fn run_agent(args: AgentArgs) -> Result<(), Box<dyn std::error::Error>> {
         Some(user) => Some(uid_gid(user)?),
         None => None,
     };
+    let options = hostwright::agent::run::Options {
+        advertise: format!("{}:{}", args.advertise_address, args.port),
+        member: args.member.clone(),
+        namespace: args.namespace,
+    };
+    tracing::info!(
+        member = %options.member,
+        database_mirror = ?args.database_mirror,
+        session_store = ?args.session_store,
+        engine = %args.engine,
+        "agent starting"
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    if args.engine == "redis" {
+        let redis = hostwright::agent::redis::RedisMember {
+            redis: hostwright::agent::redis::Redis {
+                server_bin: args.redis_server,
+                data_dir: args.data_dir,
+                listen_address: args.listen_address,
+                port: args.port,
+                settings_file: args.config,
+                run_as,
+            },
+            credentials_dir: args.credentials_dir,
+        };
+        runtime.block_on(hostwright::agent::run::run(options, redis))?;
+        return Ok(());
+    }
     let postgres = hostwright::agent::postgres::PostgresMember {
         postgres: hostwright::agent::postgres::Postgres {
             bin_dir: args.bin_dir,
@@ -176,13 +212,6 @@ fn run_agent(args: AgentArgs) -> Result<(), Box<dyn std::error::Error>> {
         },
         credentials_dir: args.credentials_dir,
     };
-    let options = hostwright::agent::run::Options {
-        advertise: format!("{}:{}", args.advertise_address, args.port),
-        member: args.member,
-        namespace: args.namespace,
-    };
-    tracing::info!(member = %options.member, database_mirror = ?args.database_mirror, engine = %args.engine, "agent starting");
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(hostwright::agent::run::run(options, postgres))?;
     Ok(())
 }

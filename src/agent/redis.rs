@@ -1,0 +1,581 @@
+//! The Redis driver of `hostwright agent`: start a member's `redis-server` as
+//! primary or replica, promote it, point it at another primary, stop it, and
+//! read its replication offset.
+//!
+//! Redis copies a primary's data by itself once told `replicaof`, and a full
+//! resync throws away whatever history a replica had. So cloning and
+//! rewinding only record the member's role (see [`ROLE_FILE`]); the work is
+//! in the config file written on every start and in `REPLICAOF` at run time.
+//! Like PostgreSQL, the server is the agent's child: the agent learns of its
+//! death at once, and a dead agent means a dead server.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use redis::{AsyncConnectionConfig, ConnectionAddr, FromRedisValue, IntoConnectionInfo, RedisConnectionInfo};
+use tokio::process::{Child, Command};
+
+use super::plan::{DataState, Endpoint};
+use super::server::{Server, Start};
+
+/// The config file the agent writes into the data directory on every start.
+pub const CONFIG_FILE: &str = "hostwright-redis.conf";
+
+/// The member's last role, `primary` or `replica`, kept by the agent.
+///
+/// Redis has no control file saying how its data was left, yet the planner
+/// must tell a former primary from an empty member: a former primary started
+/// as a primary again (with whatever it did or did not persist) makes its
+/// replicas resync from it, which wipes what they held. A former primary is
+/// made to rejoin as a replica instead.
+pub const ROLE_FILE: &str = "hostwright.role";
+
+/// Every call to the server is bounded, so a hung server cannot hang the
+/// agent's loop (and with it the Lease renewals that keep it from fencing).
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+const PROMOTE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Redis 7 waits up to `shutdown-timeout` (10 s by default) for lagging
+/// replicas on SIGTERM; this leaves room for that and for a final save.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+const POLL: Duration = Duration::from_millis(50);
+
+/// Where a replica waiting for a primary points. Nothing can listen on port
+/// 0, so it stays a read-only replica with nothing to copy (logging a refused
+/// connection every second) until it is repointed. Started without
+/// `replicaof` it would be a writable primary.
+const NO_PRIMARY: (&str, u16) = ("127.0.0.1", 0);
+
+/// Errors of the Redis driver, each naming the step that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisError {
+    #[error("redis-server exited while starting ({status}); see its log")]
+    Exited { status: std::process::ExitStatus },
+    #[error("running {program}: {source}")]
+    Spawn {
+        program: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("writing {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("reading {path}: {source}")]
+    Credentials {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{command} on {address}: {source}")]
+    Command {
+        command: &'static str,
+        address: String,
+        #[source]
+        source: redis::RedisError,
+    },
+    #[error("{command} on {address}: no answer within {after:?}")]
+    Timeout { command: &'static str, address: String, after: Duration },
+    #[error("redis-server did not answer PING within {0:?}")]
+    StartTimeout(Duration),
+    #[error("the server was still a replica {0:?} after REPLICAOF NO ONE")]
+    PromoteTimeout(Duration),
+    #[error("unreadable INFO replication: {0}")]
+    Info(String),
+}
+
+/// Where and how one member's server runs.
+#[derive(Clone, Debug)]
+pub struct Redis {
+    /// The `redis-server` binary.
+    pub server_bin: PathBuf,
+    pub data_dir: PathBuf,
+    /// Address(es) the server listens on, as Redis's `bind` takes them
+    /// (space-separated); the agent connects to the first.
+    pub listen_address: String,
+    pub port: u16,
+    /// Settings rendered by the operator (`appendonly yes`, `maxmemory`, …),
+    /// included before the agent's own so that the agent's win.
+    pub settings_file: Option<PathBuf>,
+    /// When the agent runs as root (test beds), run the server as this uid/gid.
+    pub run_as: Option<(u32, u32)>,
+}
+
+/// The member's role as [`ROLE_FILE`] records it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Primary,
+    Replica,
+}
+
+impl Role {
+    fn as_str(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Replica => "replica",
+        }
+    }
+}
+
+/// What the data directory holds, from [`ROLE_FILE`]'s contents. Anything
+/// but `replica` counts as a former primary: rejoining through a full
+/// resync is safe, starting a former primary as an empty one is not.
+pub fn role_state(marker: &str) -> DataState {
+    match marker.trim() {
+        "replica" => DataState::Standby,
+        _ => DataState::Primary,
+    }
+}
+
+/// `(is a replica, replication offset)` from `INFO replication`.
+///
+/// A replica's offset is what it has processed, which is what it acks and
+/// what `WAIT` counts, so "the highest position wins" never drops a write a
+/// client confirmed with `WAIT`. Before its first sync a replica reports 1
+/// (Redis 7.0) or a negative offset; no command is one byte long, so either
+/// means nothing was processed and counts as 0 — below a replica that
+/// synced a primary's dataset at offset 0.
+pub fn parse_replication(info: &str) -> Result<(bool, u64), RedisError> {
+    let field =
+        |name: &str| info.lines().find_map(|line| line.trim_end().strip_prefix(name)?.strip_prefix(':'));
+    let replica = match field("role") {
+        Some("master") => false,
+        Some("slave") => true,
+        other => return Err(RedisError::Info(format!("role {other:?}"))),
+    };
+    let key = if replica { "slave_repl_offset" } else { "master_repl_offset" };
+    let value = field(key).ok_or_else(|| RedisError::Info(format!("no {key}")))?;
+    let offset: i64 = value.parse().map_err(|_| RedisError::Info(format!("{key}:{value}")))?;
+    let offset = u64::try_from(offset).unwrap_or(0);
+    Ok((replica, if replica && offset == 1 { 0 } else { offset }))
+}
+
+/// A value as Redis's config parser reads a double-quoted string.
+fn quote(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('"');
+    for c in value.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if c.is_ascii_control() => {
+                let _ = write!(out, "\\x{:02x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The host the agent connects to: the first listen address, with loopback
+/// for a wildcard one.
+pub fn client_host(listen_address: &str) -> String {
+    let first = listen_address.split_whitespace().next().unwrap_or("127.0.0.1");
+    match first.parse::<IpAddr>() {
+        Ok(IpAddr::V4(ip)) if ip.is_unspecified() => "127.0.0.1".into(),
+        Ok(IpAddr::V6(ip)) if ip.is_unspecified() => "::1".into(),
+        _ => first.into(),
+    }
+}
+
+/// The server's config file.
+///
+/// Redis keeps the last value of a directive, so the order is: defaults the
+/// operator's settings may override, the settings, then what the agent relies
+/// on. The one default is `save ""`: a session store is rebuilt from its
+/// replicas, and RDB snapshots every few minutes cost a fork each. Settings
+/// that want snapshots say `save …` (the first `save` line of a file resets
+/// the rules, so theirs replace ours) or `appendonly yes`.
+pub fn render_config(redis: &Redis, password: &str, start: Start<'_>) -> String {
+    let mut conf = String::from("# Written by hostwright agent on every start.\nsave \"\"\n");
+    if let Some(settings) = &redis.settings_file {
+        let _ = writeln!(conf, "include {}", quote(&settings.to_string_lossy()));
+    }
+    let bind: Vec<String> = redis.listen_address.split_whitespace().map(quote).collect();
+    let _ = writeln!(conf, "bind {}", bind.join(" "));
+    let _ = writeln!(conf, "port {}", redis.port);
+    let _ = writeln!(conf, "dir {}", quote(&redis.data_dir.to_string_lossy()));
+    conf.push_str("daemonize no\nprotected-mode no\n");
+    let _ = writeln!(conf, "requirepass {}", quote(password));
+    let _ = writeln!(conf, "masterauth {}", quote(password));
+    // A full resync streams the RDB straight to the replica, at once: the
+    // default 5 s delay would slow every rejoin.
+    conf.push_str(
+        "replica-read-only yes\nreplica-serve-stale-data yes\n\
+         repl-diskless-sync yes\nrepl-diskless-sync-delay 0\n",
+    );
+    match start {
+        Start::Primary => conf.push_str("replicaof no one\n"),
+        Start::Replica(primary) => {
+            let (host, port) = primary.map_or(NO_PRIMARY, |p| (p.host.as_str(), p.port));
+            let _ = writeln!(conf, "replicaof {} {port}", quote(host));
+        }
+    }
+    conf
+}
+
+/// Write `tmp` (mode 0600, owned by `run_as`), flush it, and rename it to
+/// `path`, so a crash leaves the old file or the new one, never half of one.
+fn replace_file(tmp: &Path, path: &Path, contents: &str, run_as: Option<(u32, u32)>) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    // A leftover from a crash may carry other permissions; start afresh.
+    let _ = std::fs::remove_file(tmp);
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(tmp)?;
+    file.write_all(contents.as_bytes())?;
+    file.sync_all()?;
+    if let Some((uid, gid)) = run_as {
+        std::os::unix::fs::chown(tmp, Some(uid), Some(gid))?;
+    }
+    std::fs::rename(tmp, path)
+}
+
+impl Redis {
+    fn address(&self) -> String {
+        format!("{}:{}", client_host(&self.listen_address), self.port)
+    }
+
+    /// Run one command on a fresh connection, authenticated with `password`,
+    /// within [`CALL_TIMEOUT`] for connecting and answering together.
+    pub async fn call<T: FromRedisValue>(
+        &self,
+        password: &str,
+        command: &'static str,
+        args: &[&str],
+    ) -> Result<T, RedisError> {
+        let addr = ConnectionAddr::Tcp(client_host(&self.listen_address), self.port);
+        let mut cmd = redis::cmd(command);
+        cmd.arg(args);
+        let work = async {
+            // CLIENT SETINFO, which the crate sends by default, is Redis 7.2's.
+            let settings = RedisConnectionInfo::default().set_password(password).set_skip_set_lib_name();
+            let client = redis::Client::open(addr.into_connection_info()?.set_redis_settings(settings))?;
+            // The outer timeout bounds the whole call; the crate's own
+            // defaults (0.5 s per answer) would cut WAIT short.
+            let config = AsyncConnectionConfig::new().set_connection_timeout(None).set_response_timeout(None);
+            let mut conn = client.get_multiplexed_async_connection_with_config(&config).await?;
+            cmd.query_async::<T>(&mut conn).await
+        };
+        match tokio::time::timeout(CALL_TIMEOUT, work).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(source)) => Err(RedisError::Command { command, address: self.address(), source }),
+            Err(_) => Err(RedisError::Timeout { command, address: self.address(), after: CALL_TIMEOUT }),
+        }
+    }
+
+    /// `(is a replica, replication offset)`; see [`parse_replication`].
+    pub async fn position(&self, password: &str) -> Result<(bool, u64), RedisError> {
+        let info: String = self.call(password, "INFO", &["replication"]).await?;
+        parse_replication(&info)
+    }
+
+    /// The data directory exists and belongs to the server's user.
+    async fn ensure_data_dir(&self) -> Result<(), RedisError> {
+        let write_err = |source| RedisError::Write { path: self.data_dir.clone(), source };
+        tokio::fs::create_dir_all(&self.data_dir).await.map_err(write_err)?;
+        if let Some((uid, gid)) = self.run_as {
+            std::os::unix::fs::chown(&self.data_dir, Some(uid), Some(gid)).map_err(write_err)?;
+        }
+        Ok(())
+    }
+
+    /// Replace `name` in the data directory atomically (write, then rename),
+    /// readable by the server's user only: the config file holds the password.
+    async fn write_private(&self, name: &str, contents: &str) -> Result<(), RedisError> {
+        self.ensure_data_dir().await?;
+        let path = self.data_dir.join(name);
+        let tmp = self.data_dir.join(format!(".{name}.tmp"));
+        let (target, contents, run_as) = (path.clone(), contents.to_owned(), self.run_as);
+        let written = tokio::task::spawn_blocking(move || replace_file(&tmp, &target, &contents, run_as))
+            .await
+            .unwrap_or_else(|join| Err(std::io::Error::other(join)));
+        written.map_err(|source| RedisError::Write { path, source })
+    }
+
+    /// Record the member's role in [`ROLE_FILE`].
+    pub async fn write_role(&self, role: Role) -> Result<(), RedisError> {
+        self.write_private(ROLE_FILE, &format!("{}\n", role.as_str())).await
+    }
+
+    /// The role [`ROLE_FILE`] records; [`DataState::Empty`] without one.
+    pub async fn data_state(&self) -> DataState {
+        match tokio::fs::read_to_string(self.data_dir.join(ROLE_FILE)).await {
+            Ok(marker) => role_state(&marker),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => DataState::Empty,
+            // Unreadable: the cautious answer, as for an unknown marker.
+            Err(_) => DataState::Primary,
+        }
+    }
+
+    /// Write the config, start the server as `start` says and wait until it
+    /// answers PING.
+    pub async fn start(&self, password: &str, start: Start<'_>) -> Result<Child, RedisError> {
+        let role = match start {
+            Start::Primary => Role::Primary,
+            Start::Replica(_) => Role::Replica,
+        };
+        self.write_role(role).await?;
+        self.write_private(CONFIG_FILE, &render_config(self, password, start)).await?;
+
+        let mut cmd = Command::new(&self.server_bin);
+        if let Some((uid, gid)) = self.run_as {
+            cmd.uid(uid).gid(gid);
+        }
+        let mut child = cmd
+            .arg(self.data_dir.join(CONFIG_FILE))
+            .current_dir(&self.data_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| RedisError::Spawn { program: self.server_bin.clone(), source })?;
+        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+        loop {
+            // Loading a large dataset answers -LOADING: not ready yet.
+            if self.call::<String>(password, "PING", &[]).await.is_ok() {
+                return Ok(child);
+            }
+            // A server that failed at once (port in use, bad settings) must
+            // not hold the agent's loop, and its lease, for a minute.
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(RedisError::Exited { status });
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(RedisError::StartTimeout(START_TIMEOUT));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Make the running replica a primary; returns once it says it is one.
+    pub async fn promote(&self, password: &str) -> Result<(), RedisError> {
+        // The marker first: if promotion half happens, a former primary
+        // rejoins by full resync, which is safe; the reverse is not.
+        self.write_role(Role::Primary).await?;
+        self.call::<()>(password, "REPLICAOF", &["NO", "ONE"]).await?;
+        let deadline = tokio::time::Instant::now() + PROMOTE_TIMEOUT;
+        while self.position(password).await?.0 {
+            if tokio::time::Instant::now() > deadline {
+                return Err(RedisError::PromoteTimeout(PROMOTE_TIMEOUT));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        Ok(())
+    }
+
+    /// Follow `primary` instead, in place: a replica that shares history with
+    /// it resyncs partially, any other fully.
+    pub async fn repoint(&self, password: &str, primary: &Endpoint) -> Result<(), RedisError> {
+        let port = primary.port.to_string();
+        self.call::<()>(password, "REPLICAOF", &[&primary.host, &port]).await?;
+        self.write_role(Role::Replica).await
+    }
+
+    /// SIGTERM: Redis stops taking writes, lets lagging replicas catch up
+    /// (`shutdown-timeout`), saves if persistence is configured, and exits.
+    /// Killed if it has not within [`STOP_TIMEOUT`].
+    pub async fn stop(&self, server: &mut Child) -> Result<(), RedisError> {
+        if let Some(pid) = server.id() {
+            let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status().await;
+        }
+        if tokio::time::timeout(STOP_TIMEOUT, server.wait()).await.is_err() {
+            let _ = server.kill().await;
+        }
+        Ok(())
+    }
+}
+
+/// A Redis member as the agent drives it: the server, and the credentials
+/// files the pod's Secret is mounted as.
+#[derive(Clone, Debug)]
+pub struct RedisMember {
+    pub redis: Redis,
+    /// Directory of the credentials Secret (file `password`: clients',
+    /// replicas' and the agent's).
+    pub credentials_dir: PathBuf,
+}
+
+impl RedisMember {
+    /// The password, read on every use so a rotated Secret is picked up on
+    /// the next start.
+    async fn password(&self) -> Result<String, RedisError> {
+        let path = self.credentials_dir.join("password");
+        match tokio::fs::read_to_string(&path).await {
+            Ok(password) => Ok(password.trim().to_string()),
+            Err(source) => Err(RedisError::Credentials { path, source }),
+        }
+    }
+
+    /// Run one command on the member's server (see [`Redis::call`]).
+    pub async fn call<T: FromRedisValue>(
+        &self,
+        command: &'static str,
+        args: &[&str],
+    ) -> Result<T, RedisError> {
+        self.redis.call(&self.password().await?, command, args).await
+    }
+}
+
+impl Server for RedisMember {
+    type Error = RedisError;
+
+    async fn data_state(&self) -> DataState {
+        self.redis.data_state().await
+    }
+
+    async fn position(&self) -> Result<(bool, u64), RedisError> {
+        self.redis.position(&self.password().await?).await
+    }
+
+    /// Nothing to create: an empty Redis is a new primary.
+    async fn initialize(&self) -> Result<(), RedisError> {
+        self.redis.write_role(Role::Primary).await
+    }
+
+    /// Redis copies the primary's data itself once started as its replica.
+    async fn clone_from(&self, _primary: &Endpoint) -> Result<(), RedisError> {
+        self.redis.write_role(Role::Replica).await
+    }
+
+    async fn start(&self, start: Start<'_>) -> Result<Child, RedisError> {
+        self.redis.start(&self.password().await?, start).await
+    }
+
+    async fn promote(&self) -> Result<(), RedisError> {
+        self.redis.promote(&self.password().await?).await
+    }
+
+    /// A diverged former primary cannot partially resync from the new one
+    /// (its history is not the new primary's), so starting it as a replica
+    /// discards that history by full resync.
+    async fn rewind(&self, _primary: &Endpoint) -> Result<(), RedisError> {
+        self.redis.write_role(Role::Replica).await
+    }
+
+    async fn repoint(&self, server: &mut Option<Child>, primary: &Endpoint) -> Result<(), RedisError> {
+        let password = self.password().await?;
+        match server {
+            Some(_) => self.redis.repoint(&password, primary).await,
+            None => {
+                *server = Some(self.redis.start(&password, Start::Replica(Some(primary))).await?);
+                Ok(())
+            }
+        }
+    }
+
+    async fn stop(&self, server: &mut Child) -> Result<(), RedisError> {
+        self.redis.stop(server).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn redis(settings: Option<&str>) -> Redis {
+        Redis {
+            server_bin: "/usr/bin/redis-server".into(),
+            data_dir: "/data/my redis".into(),
+            listen_address: "0.0.0.0".into(),
+            port: 6379,
+            settings_file: settings.map(PathBuf::from),
+            run_as: None,
+        }
+    }
+
+    #[test]
+    fn a_primary_reports_its_write_offset() {
+        let info = "# Replication\r\nrole:master\r\nconnected_slaves:1\r\n\
+                    slave0:ip=10.0.0.2,port=6379,state=online,offset=1234,lag=0\r\n\
+                    master_replid:abc\r\nmaster_repl_offset:1234\r\nsecond_repl_offset:-1\r\n";
+        assert_eq!(parse_replication(info).unwrap(), (false, 1234));
+    }
+
+    #[test]
+    fn a_replica_reports_what_it_processed() {
+        let info = "# Replication\r\nrole:slave\r\nmaster_host:10.0.0.1\r\nmaster_port:6379\r\n\
+                    slave_read_repl_offset:2000\r\nslave_repl_offset:1900\r\nmaster_repl_offset:1900\r\n";
+        assert_eq!(parse_replication(info).unwrap(), (true, 1900));
+    }
+
+    #[test]
+    fn a_replica_that_never_synced_kept_nothing() {
+        for offset in ["1", "0", "-1"] {
+            let info = format!("role:slave\nmaster_link_status:down\nslave_repl_offset:{offset}\n");
+            assert_eq!(parse_replication(&info).unwrap(), (true, 0), "{offset}");
+        }
+        assert_eq!(parse_replication("role:master\nmaster_repl_offset:0\n").unwrap(), (false, 0));
+    }
+
+    #[test]
+    fn unreadable_replication_info_is_an_error() {
+        assert!(parse_replication("").is_err());
+        assert!(parse_replication("role:sentinel\n").is_err());
+        assert!(parse_replication("role:master\n").is_err());
+        assert!(parse_replication("role:master\nmaster_repl_offset:lots\n").is_err());
+        // A longer key sharing the prefix is not the field.
+        assert!(parse_replication("role:master\nmaster_repl_offset_x:5\n").is_err());
+    }
+
+    #[test]
+    fn the_marker_tells_a_replica_from_a_former_primary() {
+        assert_eq!(role_state("replica\n"), DataState::Standby);
+        assert_eq!(role_state("primary\n"), DataState::Primary);
+        assert_eq!(role_state("garbage"), DataState::Primary);
+    }
+
+    #[test]
+    fn values_are_quoted_for_the_config_parser() {
+        assert_eq!(quote("plain"), "\"plain\"");
+        assert_eq!(quote("it's \"x\" \\ y"), "\"it's \\\"x\\\" \\\\ y\"");
+        assert_eq!(quote("a\nb"), "\"a\\x0ab\"");
+    }
+
+    #[test]
+    fn the_agent_connects_to_loopback_for_a_wildcard_address() {
+        assert_eq!(client_host("0.0.0.0"), "127.0.0.1");
+        assert_eq!(client_host("::"), "::1");
+        assert_eq!(client_host("10.1.2.3 ::1"), "10.1.2.3");
+        assert_eq!(client_host(""), "127.0.0.1");
+    }
+
+    #[test]
+    fn settings_come_between_the_defaults_and_what_the_agent_relies_on() {
+        let conf = render_config(&redis(Some("/etc/redis/settings.conf")), "s3cret", Start::Primary);
+        let lines: Vec<&str> = conf.lines().collect();
+        let at = |line: &str| lines.iter().position(|l| *l == line).unwrap();
+        assert!(at("save \"\"") < at("include \"/etc/redis/settings.conf\""));
+        assert!(at("include \"/etc/redis/settings.conf\"") < at("bind \"0.0.0.0\""));
+        for line in [
+            "port 6379",
+            "dir \"/data/my redis\"",
+            "daemonize no",
+            "protected-mode no",
+            "requirepass \"s3cret\"",
+            "masterauth \"s3cret\"",
+            "repl-diskless-sync-delay 0",
+            "replicaof no one",
+        ] {
+            assert!(at(line) > at("include \"/etc/redis/settings.conf\""), "{line}");
+        }
+    }
+
+    #[test]
+    fn a_replica_follows_its_primary_or_waits_read_only() {
+        let primary = Endpoint { member: "s-1".into(), host: "10.0.0.1".into(), port: 6380 };
+        let conf = render_config(&redis(None), "pw", Start::Replica(Some(&primary)));
+        assert!(conf.contains("\nreplicaof \"10.0.0.1\" 6380\n"));
+        assert!(!conf.contains("include"));
+        let waiting = render_config(&redis(None), "pw", Start::Replica(None));
+        assert!(waiting.contains("\nreplicaof \"127.0.0.1\" 0\n"));
+    }
+}

@@ -1,0 +1,201 @@
+//! The agent's Redis driver against real Redis 7 servers (Debian's
+//! redis-server, installed by `make deps`): a primary and a replica that
+//! acks writes for WAIT, a replica waiting read-only for a primary, a
+//! promotion, a replica repointed in place, and the old primary rejoining
+//! with its diverged write discarded.
+
+use std::net::TcpListener;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hostwright::agent::plan::{DataState, Endpoint};
+use hostwright::agent::redis::{CONFIG_FILE, Redis, RedisMember};
+use hostwright::agent::server::{Server, Start};
+use redis::{AsyncConnectionConfig, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
+
+const PASSWORD: &str = "s3cret \"quoted\" pass";
+
+fn server_bin() -> Option<PathBuf> {
+    let bin = std::env::var_os("HOSTWRIGHT_REDIS_SERVER")
+        .map_or_else(|| PathBuf::from("/usr/bin/redis-server"), PathBuf::from);
+    bin.exists().then_some(bin)
+}
+
+/// As root, run the servers as `redis` (Debian's package creates it), so the
+/// driver's ownership handling is exercised.
+fn run_as() -> Option<(u32, u32)> {
+    let id = |args: &[&str]| -> Option<u32> {
+        let out = std::process::Command::new("id").args(args).output().ok()?;
+        String::from_utf8(out.stdout).ok()?.trim().parse().ok()
+    };
+    if id(&["-u"])? != 0 {
+        return None;
+    }
+    Some((id(&["-u", "redis"]).expect("a redis user (Debian's package creates it)"), id(&["-g", "redis"])?))
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn member(root: &Path, name: &str, settings: Option<&str>) -> RedisMember {
+    let credentials_dir = root.join(format!("{name}-credentials"));
+    std::fs::create_dir_all(&credentials_dir).unwrap();
+    std::fs::write(credentials_dir.join("password"), format!("{PASSWORD}\n")).unwrap();
+    let settings_file = settings.map(|text| {
+        let path = root.join(format!("{name}-settings.conf"));
+        std::fs::write(&path, text).unwrap();
+        path
+    });
+    RedisMember {
+        redis: Redis {
+            server_bin: server_bin().unwrap(),
+            data_dir: root.join(name).join("data"),
+            listen_address: "127.0.0.1".into(),
+            port: free_port(),
+            settings_file,
+            run_as: run_as(),
+        },
+        credentials_dir,
+    }
+}
+
+fn endpoint(name: &str, m: &RedisMember) -> Endpoint {
+    Endpoint { member: name.into(), host: "127.0.0.1".into(), port: m.redis.port }
+}
+
+async fn get(m: &RedisMember, key: &str) -> Option<String> {
+    m.call("GET", &[key]).await.unwrap()
+}
+
+/// `key` reads `value` (a replica loading a full resync answers -LOADING).
+async fn holds(m: &RedisMember, key: &str, value: &str) -> bool {
+    m.call::<Option<String>>("GET", &[key]).await.is_ok_and(|v| v.as_deref() == Some(value))
+}
+
+/// A client's own connection: WAIT counts the replicas that acked this
+/// connection's last write.
+async fn client(m: &RedisMember) -> redis::aio::MultiplexedConnection {
+    let settings = RedisConnectionInfo::default().set_password(PASSWORD).set_skip_set_lib_name();
+    let info = ConnectionAddr::Tcp("127.0.0.1".into(), m.redis.port)
+        .into_connection_info()
+        .unwrap()
+        .set_redis_settings(settings);
+    // Room for WAIT's own timeout (the crate's default is half a second).
+    let config = AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(10)));
+    redis::Client::open(info).unwrap().get_multiplexed_async_connection_with_config(&config).await.unwrap()
+}
+
+async fn save_rules(m: &RedisMember) -> String {
+    let pair: (String, String) = m.call("CONFIG", &["GET", "save"]).await.unwrap();
+    pair.1
+}
+
+/// Poll `check` until it holds, for at most 20 s.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicate_wait_promote_repoint_rejoin() {
+    if server_bin().is_none() {
+        eprintln!("skipped: no /usr/bin/redis-server (e2e/install-deps installs Debian's redis-server)");
+        return;
+    }
+    let root = std::env::temp_dir().join(format!("hostwright-redis-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&root).unwrap();
+    // The operator's settings come first: snapshots on (ours default to
+    // off), and a port the agent's own setting must override.
+    let a = member(&root, "s-1", Some("save 900 1\nport 1\n"));
+    let (b, c) = (member(&root, "s-2", None), member(&root, "s-3", None));
+    let (ep_a, ep_b) = (endpoint("s-1", &a), endpoint("s-2", &b));
+
+    // The first primary.
+    assert_eq!(a.data_state().await, DataState::Empty);
+    a.initialize().await.unwrap();
+    assert_eq!(a.data_state().await, DataState::Primary);
+    let mut a_server = a.start(Start::Primary).await.unwrap();
+    assert_eq!(save_rules(&a).await, "900 1");
+    let conf = std::fs::metadata(a.redis.data_dir.join(CONFIG_FILE)).unwrap();
+    assert_eq!(conf.mode() & 0o777, 0o600, "the config file holds the password");
+    if let Some((uid, _)) = run_as() {
+        assert_eq!(conf.uid(), uid);
+    }
+
+    // A replica cloned from it acks what the primary wrote.
+    b.clone_from(&ep_a).await.unwrap();
+    assert_eq!(b.data_state().await, DataState::Standby);
+    let mut b_server = b.start(Start::Replica(Some(&ep_a))).await.unwrap();
+    assert_eq!(save_rules(&b).await, "");
+    let mut writer = client(&a).await;
+    for i in 0..100 {
+        redis::cmd("SET")
+            .arg(format!("k{i}"))
+            .arg(format!("v{i}"))
+            .query_async::<()>(&mut writer)
+            .await
+            .unwrap();
+    }
+    let (a_replica, a_pos) = a.position().await.unwrap();
+    assert!(!a_replica && a_pos > 0);
+    // The replica may still be loading its first full resync.
+    let acked: i64 = redis::cmd("WAIT").arg(1).arg(5000).query_async(&mut writer).await.unwrap();
+    assert_eq!(acked, 1, "the replica acked the writes");
+    eventually("the replica's offset to reach the primary's", || async {
+        b.position().await.is_ok_and(|(replica, pos)| replica && pos >= a_pos)
+    })
+    .await;
+    assert_eq!(get(&b, "k99").await.as_deref(), Some("v99"));
+
+    // A replica with no primary yet (its primary's Lease expired, say)
+    // waits read-only, having kept nothing.
+    c.clone_from(&ep_a).await.unwrap();
+    let mut c_server = Some(c.start(Start::Replica(None)).await.unwrap());
+    assert_eq!(c.position().await.unwrap(), (true, 0));
+    assert!(c.call::<()>("SET", &["x", "y"]).await.is_err(), "a waiting replica takes no writes");
+    c.repoint(&mut c_server, &ep_a).await.unwrap();
+    eventually("the third member to copy the primary", || holds(&c, "k0", "v0")).await;
+
+    // Promotion: the replica takes writes and keeps its position.
+    let (_, b_pos) = b.position().await.unwrap();
+    b.promote().await.unwrap();
+    assert_eq!(b.data_state().await, DataState::Primary);
+    let (b_replica, b_pos_after) = b.position().await.unwrap();
+    assert!(!b_replica && b_pos_after >= b_pos, "promoted at {b_pos_after}, was {b_pos}");
+    b.call::<()>("SET", &["after", "promotion"]).await.unwrap();
+
+    // The third member follows the new primary without a restart.
+    let c_pid = c_server.as_ref().and_then(|s| s.id());
+    c.repoint(&mut c_server, &ep_b).await.unwrap();
+    assert_eq!(c_server.as_ref().and_then(|s| s.id()), c_pid, "repointed in place");
+    eventually("the third member to follow the new primary", || holds(&c, "after", "promotion")).await;
+
+    // The old primary took a write nobody else has, then stops (saving it:
+    // its settings ask for snapshots), rewinds and rejoins: the full resync
+    // discards the diverged write and brings the new primary's.
+    a.call::<()>("SET", &["diverged", "lost"]).await.unwrap();
+    a.stop(&mut a_server).await.unwrap();
+    assert_eq!(a.data_state().await, DataState::Primary);
+    a.rewind(&ep_b).await.unwrap();
+    assert_eq!(a.data_state().await, DataState::Standby);
+    let mut a_again = a.start(Start::Replica(Some(&ep_b))).await.unwrap();
+    eventually("the old primary to copy the new one", || holds(&a, "after", "promotion")).await;
+    assert_eq!(get(&a, "diverged").await, None);
+    assert_eq!(get(&a, "k42").await.as_deref(), Some("v42"));
+
+    a.stop(&mut a_again).await.unwrap();
+    if let Some(mut server) = c_server.take() {
+        c.stop(&mut server).await.unwrap();
+    }
+    b.stop(&mut b_server).await.unwrap();
+    let _ = std::fs::remove_dir_all(&root);
+}
