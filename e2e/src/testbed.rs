@@ -832,7 +832,7 @@ impl ServerFiles {
     fn pid(&self) -> Option<u32> {
         let (file, name) = match self.engine {
             Engine::Postgres => ("postmaster.pid", "postgres"),
-            Engine::Redis => ("redis-server.pid", "redis-server"),
+            Engine::Redis => (hostwright::agent::redis::PID_FILE, "redis-server"),
         };
         let text = std::fs::read_to_string(self.data.join(file)).ok()?;
         let pid: u32 = text.lines().next()?.trim().parse().ok()?;

@@ -23,6 +23,8 @@ use super::server::{Server, Start};
 
 /// The config file the agent writes into the data directory on every start.
 pub const CONFIG_FILE: &str = "hostwright-redis.conf";
+/// The server's pid file in the data directory.
+pub const PID_FILE: &str = "redis-server.pid";
 
 /// The member's last role, `primary` or `replica`, kept by the agent.
 ///
@@ -203,6 +205,10 @@ pub fn render_config(redis: &Redis, password: &str, start: Start<'_>) -> String 
     let _ = writeln!(conf, "bind {}", bind.join(" "));
     let _ = writeln!(conf, "port {}", redis.port);
     let _ = writeln!(conf, "dir {}", quote(&redis.data_dir.to_string_lossy()));
+    // Redis retitles its process to its address; the pid file is how an
+    // outside observer (a test bed killing "the server") finds it.
+    let pidfile = redis.data_dir.join(PID_FILE);
+    let _ = writeln!(conf, "pidfile {}", quote(&pidfile.to_string_lossy()));
     conf.push_str("daemonize no\nprotected-mode no\n");
     let _ = writeln!(conf, "requirepass {}", quote(password));
     let _ = writeln!(conf, "masterauth {}", quote(password));

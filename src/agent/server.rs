@@ -3,7 +3,7 @@
 //! [`plan`](super::plan) decides in engine-neutral steps (initialise, clone,
 //! start, promote, stop, rewind, repoint); a [`Server`] carries each one out
 //! for its engine — PostgreSQL ([`super::postgres`]) or Redis
-//! (`redis`). The agent loop in [`super::run`] is written once
+//! ([`super::redis`]). The agent loop in [`super::run`] is written once
 //! against this trait.
 
 use std::future::Future;
