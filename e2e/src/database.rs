@@ -9,13 +9,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
-use hostwright::api::DatabaseMirror;
+use hostwright::controllers::members::{Replicated, StoreStatus};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::Client;
 use kube::api::Api;
 use tokio::task::JoinHandle;
 
 use crate::testbed::{ready_endpoints, twin};
+use crate::writer::Target;
+pub use crate::writer::Writer;
 
 /// How a user connects: the owner role of the credentials Secret.
 #[derive(Clone, Debug)]
@@ -90,91 +92,52 @@ pub async fn member_host(client: &Client, namespace: &str, member: &str) -> Resu
     twin(&ip).ok_or_else(|| anyhow!("{member}'s IP {ip} has no loopback twin"))
 }
 
-/// Every member Ready, streaming and routed.
-pub fn all_healthy(dbm: &DatabaseMirror) -> bool {
-    let members = dbm.spec.mirrors + 1;
-    dbm.status.as_ref().is_some_and(|s| {
-        let r = &s.replication;
+/// Every member Ready, replicating and routed, for the current generation
+/// (a DatabaseMirror or a SessionStore).
+pub fn all_healthy<K: Replicated>(store: &K) -> bool {
+    let Ok(members) = store.blueprint().map(|b| b.members.len()) else { return false };
+    store.current_status().is_some_and(|s| {
+        let r = s.replication();
         r.ready.as_deref() == Some(&format!("{members}/{members}"))
             && r.phase == Some(hostwright::api::common::StorePhase::Ready)
-            && r.observed_generation == dbm.metadata.generation
+            && r.observed_generation == store.meta().generation
     })
 }
 
 /// The member taking writes, per status.
-pub fn current_primary(dbm: &DatabaseMirror) -> Option<String> {
-    dbm.status.as_ref().and_then(|s| s.replication.current_primary.clone())
+pub fn current_primary<K: Replicated>(store: &K) -> Option<String> {
+    store.current_status().and_then(|s| s.replication().current_primary.clone())
 }
 
-/// Writes sequence numbers through `<name>-rw` every few milliseconds,
-/// reconnecting (re-resolving the Service) on any error, and records every
-/// write the server acknowledged.
-pub struct Writer {
-    acked: Arc<Mutex<Vec<(i64, Instant, Instant)>>>,
-    stop: Arc<AtomicBool>,
-    task: JoinHandle<()>,
+/// Rows `(id)` inserted through `<name>-rw`: what [`Writer`] writes to a
+/// DatabaseMirror.
+pub struct SqlTable {
+    client: Client,
+    namespace: String,
+    name: String,
+    creds: Credentials,
+    insert: String,
+}
+
+impl Target for SqlTable {
+    type Connection = tokio_postgres::Client;
+
+    async fn connect(&self) -> Result<tokio_postgres::Client> {
+        connect_rw(&self.client, &self.namespace, &self.name, &self.creds).await
+    }
+
+    async fn write(&self, db: &mut tokio_postgres::Client, id: i64) -> Result<()> {
+        db.execute(&self.insert, &[&id]).await?;
+        Ok(())
+    }
 }
 
 impl Writer {
-    /// `table` must exist (`id bigint primary key`).
+    /// Insert sequence numbers into `table` (`id bigint primary key`)
+    /// through `<name>-rw`, recording every acknowledged one.
     pub fn start(client: Client, namespace: String, name: String, creds: Credentials, table: &str) -> Self {
-        let acked = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
         let insert = format!("INSERT INTO {table} (id) VALUES ($1)");
-        let task = {
-            let (acked, stop) = (acked.clone(), stop.clone());
-            tokio::spawn(async move {
-                let mut next: i64 = 1;
-                while !stop.load(Ordering::Relaxed) {
-                    let connected = Instant::now();
-                    let Ok(db) = connect_rw(&client, &namespace, &name, &creds).await else {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    };
-                    while !stop.load(Ordering::Relaxed) {
-                        let id = next;
-                        next += 1;
-                        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&id];
-                        let write =
-                            tokio::time::timeout(Duration::from_secs(5), db.execute(&insert, &params));
-                        match write.await {
-                            Ok(Ok(_)) => acked.lock().unwrap_or_else(|p| p.into_inner()).push((
-                                id,
-                                Instant::now(),
-                                connected,
-                            )),
-                            _ => break,
-                        }
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                }
-            })
-        };
-        Self { acked, stop, task }
-    }
-
-    /// Acknowledged writes so far.
-    pub fn acked(&self) -> Vec<i64> {
-        self.acked.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(id, _, _)| *id).collect()
-    }
-
-    /// When the first write acknowledged after `t` was acknowledged.
-    pub fn first_ack_after(&self, t: Instant) -> Option<Instant> {
-        self.acked.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(_, at, _)| *at).find(|at| *at > t)
-    }
-
-    /// When the first write on a connection opened after `t` (so: on
-    /// whatever `-rw` routed to after `t`) was acknowledged.
-    pub fn first_ack_reconnected_after(&self, t: Instant) -> Option<Instant> {
-        let acked = self.acked.lock().unwrap_or_else(|p| p.into_inner());
-        acked.iter().find(|(_, _, connected)| *connected > t).map(|(_, at, _)| *at)
-    }
-
-    pub async fn stop(self) -> Vec<i64> {
-        self.stop.store(true, Ordering::Relaxed);
-        let acked = self.acked.clone();
-        let _ = self.task.await;
-        acked.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(id, _, _)| *id).collect()
+        Writer::run(SqlTable { client, namespace, name, creds, insert })
     }
 }
 

@@ -214,7 +214,9 @@ where
 
 pub mod database;
 pub mod operator;
+pub mod sessions;
 pub mod testbed;
+pub mod writer;
 
 /// Write `<dir>/kubeconfig`, authenticating as ServiceAccount
 /// `namespace/name` with a token from the TokenRequest API kept in
