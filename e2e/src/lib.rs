@@ -215,6 +215,7 @@ where
 pub mod database;
 pub mod operator;
 pub mod testbed;
+pub mod trials;
 
 /// Write `<dir>/kubeconfig`, authenticating as ServiceAccount
 /// `namespace/name` with a token from the TokenRequest API kept in
