@@ -24,8 +24,10 @@ use kube::api::{Api, PostParams};
 use serde_json::{Map, Value, json};
 
 use crate::operator::Operator;
-use crate::report::num;
-use crate::{Config, LoadSampler, Suite, create_namespace, delete_namespace, log, percentile, round};
+use crate::report::{missed_markdown, num};
+use crate::{
+    Config, LoadSampler, Suite, create_namespace, delete_namespace, log, log_suite_end, percentile, round,
+};
 
 /// Replication modes, measured in this order.
 const MODES: [&str; 2] = ["sync", "async"];
@@ -91,16 +93,7 @@ pub async fn run(cfg: &Config, client: &Client) -> Result<bool> {
         write(cfg, &runs, started.elapsed())?;
     }
     let missed = write(cfg, &runs, started.elapsed())?;
-    if missed.is_empty() {
-        log("failover: every target met");
-    } else {
-        log(format!("failover: targets missed: {}", missed.join("; ")));
-    }
-    log(format!(
-        "failover: done in {:.0} s; results in {}",
-        started.elapsed().as_secs_f64(),
-        cfg.results.display()
-    ));
+    log_suite_end(Suite::Failover, &missed, started, &cfg.results);
     Ok(complete)
 }
 
@@ -311,6 +304,12 @@ fn keys(cfg: &Config, runs: &[Value], elapsed: Duration) -> (Map<String, Value>,
     (out, missed)
 }
 
+/// Trials, p50, p99 and max of one kind, both modes pooled, as printed.
+fn pooled_figures(all: &Map<String, Value>, loss: Loss) -> [String; 4] {
+    ["trials", "p50_s", "p99_s", "max_s"]
+        .map(|f| num(all.get(&format!("failover.{loss}_{f}")).unwrap_or(&Value::Null)))
+}
+
 /// The failover section of `latest.md`, from the `failover.*` keys alone.
 pub fn markdown(all: &Map<String, Value>) -> String {
     let get = |key: &str| all.get(&format!("failover.{key}")).cloned().unwrap_or(Value::Null);
@@ -354,15 +353,8 @@ pub fn markdown(all: &Map<String, Value>) -> String {
                 num(&f["max_s"]),
             );
         }
-        let key = |f: &str| num(&get(&format!("{loss}_{f}")));
-        let _ = writeln!(
-            md,
-            "| {what} | **both** | {} | **{}** | **{}** | {} | {target} |",
-            key("trials"),
-            key("p50_s"),
-            key("p99_s"),
-            key("max_s"),
-        );
+        let [n, p50, p99, max] = pooled_figures(all, loss);
+        let _ = writeln!(md, "| {what} | **both** | {n} | **{p50}** | **{p99}** | {max} | {target} |");
     }
     md.push('\n');
 
@@ -392,30 +384,16 @@ pub fn markdown(all: &Map<String, Value>) -> String {
     let _ = writeln!(md, "| system | what | seconds |");
     let _ = writeln!(md, "|---|---|---|");
     for loss in [Loss::Process, Loss::Member] {
-        let key = |f: &str| num(&get(&format!("{loss}_{f}")));
+        let [_, p50, p99, max] = pooled_figures(all, loss);
         let _ = writeln!(
             md,
-            "| Hostwright (this run) | {loss} loss → first acknowledged write, p50 / p99 / max | {} / {} / {} |",
-            key("p50_s"),
-            key("p99_s"),
-            key("max_s"),
+            "| Hostwright (this run) | {loss} loss → first acknowledged write, p50 / p99 / max | {p50} / {p99} / {max} |",
         );
     }
     let _ = writeln!(md, "| CloudNativePG | failover after node loss, as reported | 40–80 |");
     let _ = writeln!(md, "| Patroni | failure detection alone, default settings | 30–40 |\n");
 
-    let missed = get("targets_missed");
-    let missed: Vec<&str> =
-        missed.as_array().map_or_else(Vec::new, |m| m.iter().filter_map(Value::as_str).collect());
-    if missed.is_empty() {
-        let _ = writeln!(md, "Every target met.\n");
-    } else {
-        let _ = writeln!(md, "Targets missed:\n");
-        for m in &missed {
-            let _ = writeln!(md, "- {m}");
-        }
-        md.push('\n');
-    }
+    missed_markdown(&mut md, &get("targets_missed"));
     for r in runs.iter().filter(|r| r.get("error").is_some()) {
         let _ = writeln!(
             md,

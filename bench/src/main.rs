@@ -242,17 +242,23 @@ async fn run_webcluster(cfg: &Config, client: &Client, more_follow: bool) -> Res
         report::write(cfg, &runs, started.elapsed())?;
     }
     let missed = report::write(cfg, &runs, started.elapsed())?;
+    log_suite_end(Suite::WebCluster, &missed, started, &cfg.results);
+    Ok(complete)
+}
+
+/// The closing lines of a suite: its targets, its time, where it wrote.
+pub fn log_suite_end(suite: Suite, missed: &[String], started: Instant, results: &std::path::Path) {
+    let name = suite.name();
     if missed.is_empty() {
-        log("webcluster: every target met");
+        log(format!("{name}: every target met"));
     } else {
-        log(format!("webcluster: targets missed: {}", missed.join("; ")));
+        log(format!("{name}: targets missed: {}", missed.join("; ")));
     }
     log(format!(
-        "webcluster: done in {:.0} s; results in {}",
+        "{name}: done in {:.0} s; results in {}",
         started.elapsed().as_secs_f64(),
-        cfg.results.display()
+        results.display()
     ));
-    Ok(complete)
 }
 
 fn namespace(phase: &str, n: usize) -> String {

@@ -147,6 +147,20 @@ pub fn num(v: &Value) -> String {
     }
 }
 
+/// "Every target met." or the list of `missed` (a JSON array of strings).
+pub fn missed_markdown(md: &mut String, missed: &Value) {
+    let missed: Vec<&str> = missed.as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    if missed.is_empty() {
+        let _ = writeln!(md, "Every target met.\n");
+    } else {
+        let _ = writeln!(md, "Targets missed:\n");
+        for m in missed {
+            let _ = writeln!(md, "- {m}");
+        }
+        md.push('\n');
+    }
+}
+
 /// The webcluster section, from its keys alone (so that it can be rendered
 /// again when only another suite ran).
 fn webcluster_markdown(out: &Map<String, Value>) -> String {
@@ -155,9 +169,6 @@ fn webcluster_markdown(out: &Map<String, Value>) -> String {
     let get = |key: &str| out.get(key).unwrap_or(&Value::Null);
     let settings = get("webcluster.settings");
     let runs: &[Value] = get("webcluster.runs").as_array().map_or(&[], |r| r.as_slice());
-    let missed: Vec<&str> = get("webcluster.targets_missed")
-        .as_array()
-        .map_or_else(Vec::new, |m| m.iter().filter_map(Value::as_str).collect());
     let _ = writeln!(md, "# WebCluster benchmark\n");
     let _ = writeln!(
         md,
@@ -221,15 +232,7 @@ fn webcluster_markdown(out: &Map<String, Value>) -> String {
         md.push('\n');
     }
     md.push('\n');
-    if missed.is_empty() {
-        let _ = writeln!(md, "Every target met.\n");
-    } else {
-        let _ = writeln!(md, "Targets missed:\n");
-        for m in &missed {
-            let _ = writeln!(md, "- {m}");
-        }
-        md.push('\n');
-    }
+    missed_markdown(&mut md, get("webcluster.targets_missed"));
     for r in runs.iter().filter(|r| r.get("error").is_some()) {
         let _ = writeln!(
             md,
