@@ -125,6 +125,7 @@ async fn run_mode(cfg: &Config, client: &Client, mode: &str, recorded: &mut Vec<
         Err(_) => log(format!("failover: namespace {ns} still terminating after 120 s; going on")),
     }
     op.stop()?;
+    keep_pod_logs(&root.join("pods").join(&ns), &cfg.work, mode);
     remove_dir(&root)?;
     let report = outcome?;
     stopped.context("stopping the test bed")?;
@@ -180,6 +181,22 @@ async fn measure(
         recorded.push(t.clone());
     })
     .await
+}
+
+/// Copy the members' logs (agent and test bed lines) to `work` as
+/// `failover-<mode>-<member>.log`, before their directory goes.
+fn keep_pod_logs(pods: &Path, work: &Path, mode: &str) {
+    let Ok(entries) = std::fs::read_dir(pods) else { return };
+    for path in entries.flatten().map(|e| e.path()) {
+        if path.extension().is_some_and(|e| e == "log")
+            && let Some(file) = path.file_name().and_then(|f| f.to_str())
+        {
+            let kept = work.join(format!("failover-{mode}-{file}"));
+            if let Err(e) = std::fs::copy(&path, &kept) {
+                log(format!("failover: keeping {}: {e}", path.display()));
+            }
+        }
+    }
 }
 
 fn remove_dir(dir: &Path) -> Result<()> {
