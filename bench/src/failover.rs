@@ -459,7 +459,7 @@ pub fn markdown(all: &Map<String, Value>) -> String {
          fresh operator (the release build, `hostwright run --leader-elect=false --namespace …`) and a test \
          bed of its own: one DatabaseMirror with `mirrors: {mirrors}` (so {members} members), `replication: \
          <mode>`, `failover: {{delay: {delay}}}` and `instance: {{storage: {{size: {storage}}}}}`. A writer \
-         inserts sequence numbers through the `-rw` Service without pause, reconnecting (and re-reading the \
+         inserts sequence numbers through the `-rw` Service one after another, reconnecting (and re-reading the \
          Service's EndpointSlice, as a client's resolver would) after any error, and records every write \
          the server acknowledged; a probe tries to insert on every member directly, all the time, with \
          `synchronous_commit = local`. Then {trials2} trials alternating the two kinds of loss. **Process \
