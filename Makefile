@@ -3,7 +3,8 @@
 #               (or on the cluster named by KUBECONFIG, if set)
 #   make demo   local control plane + CRDs + examples, then kubectl get
 #   make crds   regenerate crds/ and the chart's CRDs from the Rust types
-#   make bench  WebCluster benchmark on a control plane of its own (bench/run)
+#   make bench  benchmarks (WebCluster fleets, DatabaseMirror failover) on a
+#               control plane of its own (bench/run)
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
@@ -87,7 +88,8 @@ manifests:
 clean-cluster:
 	$(CLUSTER) down
 
-# Writes bench/results/latest.{json,md,png}; BENCH_SIZES, BENCH_IDLE_SECONDS
-# etc. are passed through (see bench/run). Runs its own cluster on port 17443.
+# Writes bench/results/latest.{json,md,png}; BENCH_SUITES, BENCH_FAILOVER_TRIALS,
+# BENCH_SIZES etc. are passed through (see bench/run). Runs its own cluster on
+# port 17443.
 bench: deps
 	bench/run

@@ -1,6 +1,7 @@
-//! `hostwright-bench`: the WebCluster benchmark behind `make bench`.
+//! `hostwright-bench`: the benchmarks behind `make bench`, run as suites
+//! (`BENCH_SUITES`, default `webcluster failover`).
 //!
-//! For each fleet size N (3-replica sites), on the cluster in KUBECONFIG:
+//! **webcluster** — for each fleet size N (3-replica sites), on the cluster in KUBECONFIG:
 //! 1. direct: apply the Deployments, Services and PDBs the operator would
 //!    build, and time until every Deployment is ready (the control plane's
 //!    own pace);
@@ -14,9 +15,15 @@
 //! 6. restart: a second fresh operator on the Ready fleet (as after a leader
 //!    handover or an upgrade): its peak RSS and its writes, which should be none.
 //!
-//! Results go to `$BENCH_RESULTS/latest.json` and `latest.md`; the curves for
-//! the plot go to `$BENCH_WORK`. See bench/README.md.
+//! **failover** — DatabaseMirror failover under write load, in sync and in
+//! async mode: see [`failover`].
+//!
+//! Each suite's figures are merged into `$BENCH_RESULTS/latest.json` (its own
+//! key prefix replaced, the other suites' keys kept) and `latest.md` is
+//! rendered from that file; the curves for the plot go to `$BENCH_WORK`.
+//! See bench/README.md.
 
+mod failover;
 mod fleet;
 mod operator;
 mod report;
@@ -38,9 +45,49 @@ use hostwright::api::WebCluster;
 use operator::{Operator, count};
 use track::Tracker;
 
+/// A group of measurements that runs on its own and owns one key prefix
+/// of `latest.json`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Suite {
+    WebCluster,
+    Failover,
+}
+
+impl Suite {
+    /// Its name in `BENCH_SUITES` and the prefix of its keys.
+    pub fn name(self) -> &'static str {
+        match self {
+            Suite::WebCluster => "webcluster",
+            Suite::Failover => "failover",
+        }
+    }
+}
+
+/// `BENCH_SUITES`: names separated by spaces or commas, run in the order
+/// given, each once.
+fn parse_suites(list: &str) -> Result<Vec<Suite>> {
+    let mut suites = Vec::new();
+    for name in list.split([' ', ',']).filter(|s| !s.is_empty()) {
+        let suite = [Suite::WebCluster, Suite::Failover]
+            .into_iter()
+            .find(|s| s.name() == name)
+            .with_context(|| format!("BENCH_SUITES: unknown suite {name:?} (webcluster, failover)"))?;
+        if !suites.contains(&suite) {
+            suites.push(suite);
+        }
+    }
+    if suites.is_empty() {
+        bail!("BENCH_SUITES names no suite (webcluster, failover)");
+    }
+    Ok(suites)
+}
+
 /// Settings, all from the environment (bench/run documents them).
 #[derive(Clone, Debug)]
 pub struct Config {
+    pub suites: Vec<Suite>,
+    /// Failover trials of each kind (process, member) in each replication mode.
+    pub failover_trials: usize,
     pub sizes: Vec<usize>,
     pub idle: Duration,
     pub change_sample: usize,
@@ -74,7 +121,15 @@ impl Config {
         if sizes.is_empty() || sizes.contains(&0) {
             bail!("BENCH_SIZES must list fleet sizes above 0");
         }
+        let failover_trials = env_or("BENCH_FAILOVER_TRIALS", 20)?;
+        if failover_trials == 0 {
+            bail!("BENCH_FAILOVER_TRIALS must be above 0");
+        }
         Ok(Config {
+            suites: parse_suites(
+                &std::env::var("BENCH_SUITES").unwrap_or_else(|_| "webcluster failover".into()),
+            )?,
+            failover_trials,
             sizes,
             idle: Duration::from_secs(env_or("BENCH_IDLE_SECONDS", 300)?),
             change_sample: env_or("BENCH_CHANGE_SAMPLE", 100)?,
@@ -97,7 +152,7 @@ impl Config {
     }
 }
 
-fn log(msg: impl AsRef<str>) {
+pub fn log(msg: impl AsRef<str>) {
     let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
     let (h, m, s) = ((t / 3600) % 24, (t / 60) % 60, t % 60);
     eprintln!("{h:02}:{m:02}:{s:02} bench: {}", msg.as_ref());
@@ -105,7 +160,13 @@ fn log(msg: impl AsRef<str>) {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> std::process::ExitCode {
-    match run().await {
+    // On a signal the run is dropped, and with it the operators and the
+    // failover suite's test bed, which stops its agents and servers.
+    let outcome = tokio::select! {
+        outcome = run() => outcome,
+        signal = interrupted() => Err(anyhow::anyhow!("interrupted by {signal}")),
+    };
+    match outcome {
         Ok(true) => std::process::ExitCode::SUCCESS,
         Ok(false) => std::process::ExitCode::from(1),
         Err(err) => {
@@ -115,11 +176,23 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-/// Ok(false) when some fleet size could not be measured (what was measured is written anyway).
+/// Resolves on SIGINT or SIGTERM (never, if they cannot be watched).
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+        (Ok(mut int), Ok(mut term)) => tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        },
+        _ => std::future::pending().await,
+    }
+}
+
+/// Ok(false) when something could not be measured (what was measured is written anyway).
 async fn run() -> Result<bool> {
     let cfg = Config::from_env()?;
-    std::fs::create_dir_all(&cfg.results)?;
-    std::fs::create_dir_all(&cfg.work)?;
+    std::fs::create_dir_all(&cfg.results).with_context(|| format!("creating {}", cfg.results.display()))?;
+    std::fs::create_dir_all(&cfg.work).with_context(|| format!("creating {}", cfg.work.display()))?;
     anyhow::ensure!(
         cfg.binary.exists(),
         "{} not found: cargo build --release --bin hostwright",
@@ -127,22 +200,38 @@ async fn run() -> Result<bool> {
     );
     let client = Client::try_default().await.context("connecting to KUBECONFIG")?;
     log(format!("config: {cfg:?}"));
+    let mut complete = true;
+    for (i, suite) in cfg.suites.iter().enumerate() {
+        let more_follow = i + 1 < cfg.suites.len();
+        log(format!("=== suite {} ===", suite.name()));
+        complete &= match suite {
+            Suite::WebCluster => run_webcluster(&cfg, &client, more_follow).await?,
+            Suite::Failover => failover::run(&cfg, &client).await?,
+        };
+    }
+    Ok(complete)
+}
+
+/// Every fleet size; Ok(false) when one could not be measured. With
+/// `more_follow`, the last size's namespace is also deleted before returning,
+/// so the next suite starts on a quiet cluster.
+async fn run_webcluster(cfg: &Config, client: &Client, more_follow: bool) -> Result<bool> {
     let started = Instant::now();
     let mut runs = Vec::new();
     let mut complete = true;
     for (i, &n) in cfg.sizes.iter().enumerate() {
-        let last = i + 1 == cfg.sizes.len();
+        let last = i + 1 == cfg.sizes.len() && !more_follow;
         let load = LoadSampler::start();
         let t = Instant::now();
         log(format!("=== N = {n} ==="));
-        let mut result = match run_size(&cfg, &client, n, last).await {
+        let mut result = match run_size(cfg, client, n, last).await {
             Ok(r) => r,
             Err(err) => {
                 log(format!("N = {n} failed: {err:#}"));
                 complete = false;
                 // Leave a clean cluster for the next size.
                 for ns in [namespace("direct", n), namespace("operator", n)] {
-                    let _ = delete_namespace(&client, &ns, !last).await;
+                    let _ = delete_namespace(client, &ns, !last).await;
                 }
                 json!({"n": n, "error": format!("{err:#}")})
             }
@@ -150,16 +239,26 @@ async fn run() -> Result<bool> {
         result["wall_s"] = json!(round(t.elapsed().as_secs_f64(), 1));
         result["host"] = load.finish();
         runs.push(result);
-        report::write(&cfg, &runs, started.elapsed())?;
+        report::write(cfg, &runs, started.elapsed())?;
     }
-    let missed = report::write(&cfg, &runs, started.elapsed())?;
-    if missed.is_empty() {
-        log("every target met");
-    } else {
-        log(format!("targets missed: {}", missed.join("; ")));
-    }
-    log(format!("done in {:.0} s; results in {}", started.elapsed().as_secs_f64(), cfg.results.display()));
+    let missed = report::write(cfg, &runs, started.elapsed())?;
+    log_suite_end(Suite::WebCluster, &missed, started, &cfg.results);
     Ok(complete)
+}
+
+/// The closing lines of a suite: its targets, its time, where it wrote.
+pub fn log_suite_end(suite: Suite, missed: &[String], started: Instant, results: &std::path::Path) {
+    let name = suite.name();
+    if missed.is_empty() {
+        log(format!("{name}: every target met"));
+    } else {
+        log(format!("{name}: targets missed: {}", missed.join("; ")));
+    }
+    log(format!(
+        "{name}: done in {:.0} s; results in {}",
+        started.elapsed().as_secs_f64(),
+        results.display()
+    ));
 }
 
 fn namespace(phase: &str, n: usize) -> String {
@@ -171,7 +270,7 @@ pub fn round(x: f64, digits: i32) -> f64 {
     (x * f).round() / f
 }
 
-fn secs(from: Instant, to: Instant) -> f64 {
+pub fn secs(from: Instant, to: Instant) -> f64 {
     to.saturating_duration_since(from).as_secs_f64()
 }
 
@@ -221,6 +320,7 @@ async fn run_size(cfg: &Config, client: &Client, n: usize, last: bool) -> Result
         &cfg.kubeconfig,
         &cfg.work.join(format!("operator-{n}.log")),
         &cfg.work.join("operator.pid"),
+        &[],
     )
     .await?;
     create_namespace(client, &ns).await?;
@@ -407,6 +507,7 @@ async fn restart(cfg: &Config, n: usize) -> Result<Value> {
         &cfg.kubeconfig,
         &cfg.work.join(format!("operator-{n}-restart.log")),
         &cfg.work.join("operator.pid"),
+        &[],
     )
     .await?;
     let ready_s = secs(t0, Instant::now());
@@ -515,7 +616,7 @@ fn write_curves(
     Ok(())
 }
 
-async fn create_namespace(client: &Client, name: &str) -> Result<()> {
+pub async fn create_namespace(client: &Client, name: &str) -> Result<()> {
     let api: Api<Namespace> = Api::all(client.clone());
     if api.get_opt(name).await?.is_some() {
         log(format!("namespace {name} exists from an earlier run; deleting it first"));
@@ -540,7 +641,7 @@ async fn create_namespace(client: &Client, name: &str) -> Result<()> {
 }
 
 /// Delete a namespace; with `wait`, until it is gone (seconds taken).
-async fn delete_namespace(client: &Client, name: &str, wait: bool) -> Result<f64> {
+pub async fn delete_namespace(client: &Client, name: &str, wait: bool) -> Result<f64> {
     let api: Api<Namespace> = Api::all(client.clone());
     let started = Instant::now();
     match api.delete(name, &DeleteParams::background()).await {
@@ -563,20 +664,20 @@ async fn delete_namespace(client: &Client, name: &str, wait: bool) -> Result<f64
 
 /// Samples the host's 1-minute load average while one fleet size runs, and
 /// notes whether the default (test) cluster was running beside the bench.
-struct LoadSampler {
+pub struct LoadSampler {
     samples: Arc<Mutex<Vec<f64>>>,
     other_cluster_at_start: bool,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl LoadSampler {
-    fn start() -> Self {
+    pub fn start() -> Self {
         let samples = Arc::new(Mutex::new(Vec::new()));
         let shared = samples.clone();
         let task = tokio::spawn(async move {
             loop {
                 if let Some(l) = loadavg() {
-                    shared.lock().unwrap().push(l);
+                    shared.lock().unwrap_or_else(|p| p.into_inner()).push(l);
                 }
                 tokio::time::sleep(Duration::from_secs(5)).await;
             }
@@ -584,9 +685,9 @@ impl LoadSampler {
         LoadSampler { samples, other_cluster_at_start: other_cluster_running(), task }
     }
 
-    fn finish(self) -> Value {
+    pub fn finish(self) -> Value {
         self.task.abort();
-        let s = self.samples.lock().unwrap().clone();
+        let s = self.samples.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let mean = if s.is_empty() { f64::NAN } else { s.iter().sum::<f64>() / s.len() as f64 };
         json!({
             "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
@@ -621,6 +722,18 @@ mod tests {
         assert_eq!(percentile(&v, 0.99), 99.0);
         assert_eq!(percentile(&v, 1.0), 100.0);
         assert_eq!(percentile(&[3.0], 0.99), 3.0);
+    }
+
+    #[test]
+    fn suites_are_named_once_in_order() {
+        assert_eq!(parse_suites("webcluster failover").unwrap(), [Suite::WebCluster, Suite::Failover]);
+        assert_eq!(
+            parse_suites(" failover,webcluster failover ").unwrap(),
+            [Suite::Failover, Suite::WebCluster]
+        );
+        assert_eq!(parse_suites("failover").unwrap(), [Suite::Failover]);
+        assert!(parse_suites("").is_err());
+        assert!(parse_suites("webclusters").is_err());
     }
 
     #[test]

@@ -18,13 +18,20 @@ pub struct Operator {
 }
 
 impl Operator {
-    /// Start `binary run` against `kubeconfig`, logging to `log`, and wait
-    /// until it reports ready (its caches are filled).
-    pub async fn start(binary: &Path, kubeconfig: &Path, log: &Path, pid_file: &Path) -> Result<Self> {
+    /// Start `binary run` (with `extra_args`) against `kubeconfig`, logging
+    /// to `log`, and wait until it reports ready (its caches are filled).
+    pub async fn start(
+        binary: &Path,
+        kubeconfig: &Path,
+        log: &Path,
+        pid_file: &Path,
+        extra_args: &[&str],
+    ) -> Result<Self> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let log_file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let child = Command::new(binary)
             .args(["run", "--leader-elect=false", "--metrics-addr", &format!("127.0.0.1:{port}")])
+            .args(extra_args)
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", std::env::var("BENCH_OPERATOR_LOG").unwrap_or_else(|_| "info".into()))
             .stdin(Stdio::null())

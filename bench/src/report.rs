@@ -1,13 +1,22 @@
-//! `latest.json` (flat dotted keys for the largest fleet, plus every run) and
-//! `latest.md` (tables, targets, method, the plot).
+//! `latest.json` and `latest.md`, shared by the suites.
+//!
+//! Each suite owns the keys that start with its name and a dot
+//! (`webcluster.*`, `failover.*`). A suite's results replace its own keys in
+//! `latest.json` and leave the other suites' alone, so running one suite
+//! keeps the figures of the last run of another. `latest.md` is rendered
+//! from the merged `latest.json` alone: one section per suite present.
+//!
+//! The webcluster suite's keys: flat ones for the largest fleet, plus every
+//! run; its section has tables, targets, method and the plot.
 
 use std::fmt::Write as _;
+use std::path::Path;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result, bail};
 use serde_json::{Map, Value, json};
 
-use crate::Config;
+use crate::{Config, Suite};
 
 /// (key, target, unit); every figure is better lower.
 const TARGETS: [(&str, f64, &str); 4] = [
@@ -27,7 +36,8 @@ fn missed_in(run: &Value) -> Vec<String> {
         .collect()
 }
 
-/// Write both files; returns the targets missed (by any fleet size).
+/// Merge the webcluster suite's figures into both files; returns the
+/// targets missed (by any fleet size).
 pub fn write(cfg: &Config, runs: &[Value], elapsed: Duration) -> Result<Vec<String>> {
     let complete: Vec<&Value> = runs.iter().filter(|r| r.get("error").is_none()).collect();
     let headline = complete.iter().max_by_key(|r| r["n"].as_u64().unwrap_or(0)).copied();
@@ -75,13 +85,61 @@ pub fn write(cfg: &Config, runs: &[Value], elapsed: Duration) -> Result<Vec<Stri
         }),
     );
     out.insert("webcluster.wall_s".into(), json!(elapsed.as_secs()));
-    let json = serde_json::to_string_pretty(&Value::Object(out.clone()))?;
-    std::fs::write(cfg.results.join("latest.json"), json + "\n")?;
-    std::fs::write(cfg.results.join("latest.md"), markdown(cfg, runs, &out, &all_missed))?;
+    merge(&cfg.results, Suite::WebCluster, out)?;
     Ok(all_missed)
 }
 
-fn num(v: &Value) -> String {
+/// Replace `suite`'s keys in `<results>/latest.json` by `keys` (which must
+/// all carry its prefix), keep every other key, and render `latest.md` from
+/// the result. A `latest.json` that is not a JSON object is left untouched
+/// (an error), never overwritten.
+pub fn merge(results: &Path, suite: Suite, keys: Map<String, Value>) -> Result<()> {
+    let prefix = format!("{}.", suite.name());
+    if let Some(stray) = keys.keys().find(|k| !k.starts_with(&prefix)) {
+        bail!("the {} suite may not write the key {stray}", suite.name());
+    }
+    let path = results.join("latest.json");
+    let mut all = match std::fs::read_to_string(&path) {
+        Ok(text) => match serde_json::from_str(&text) {
+            Ok(Value::Object(map)) => map,
+            Ok(_) => bail!("{} is not a JSON object: move it away to start afresh", path.display()),
+            Err(e) => bail!("{} does not parse ({e}): move it away to start afresh", path.display()),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Map::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    all.retain(|k, _| !k.starts_with(&prefix));
+    all.extend(keys);
+    let json = serde_json::to_string_pretty(&Value::Object(all.clone()))?;
+    replace(&path, &(json + "\n"))?;
+    replace(&results.join("latest.md"), &markdown(&all))
+}
+
+/// Write `path` through a temporary file beside it, so a reader (or an
+/// interrupted run) never sees half a report.
+fn replace(path: &Path, text: &str) -> Result<()> {
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(".tmp");
+    std::fs::write(&partial, text).with_context(|| format!("writing {}", Path::new(&partial).display()))?;
+    std::fs::rename(&partial, path).with_context(|| format!("replacing {}", path.display()))
+}
+
+/// `latest.md`: a section for every suite with figures in `all`.
+fn markdown(all: &Map<String, Value>) -> String {
+    let mut md = String::new();
+    if all.contains_key("webcluster.runs") {
+        md.push_str(&webcluster_markdown(all));
+    }
+    if all.contains_key("failover.runs") {
+        if !md.is_empty() {
+            md.push('\n');
+        }
+        md.push_str(&crate::failover::markdown(all));
+    }
+    md
+}
+
+pub fn num(v: &Value) -> String {
     match v {
         Value::Null => "–".into(),
         Value::Number(n) => n.to_string(),
@@ -89,9 +147,28 @@ fn num(v: &Value) -> String {
     }
 }
 
-fn markdown(cfg: &Config, runs: &[Value], out: &Map<String, Value>, missed: &[String]) -> String {
+/// "Every target met." or the list of `missed` (a JSON array of strings).
+pub fn missed_markdown(md: &mut String, missed: &Value) {
+    let missed: Vec<&str> = missed.as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    if missed.is_empty() {
+        let _ = writeln!(md, "Every target met.\n");
+    } else {
+        let _ = writeln!(md, "Targets missed:\n");
+        for m in missed {
+            let _ = writeln!(md, "- {m}");
+        }
+        md.push('\n');
+    }
+}
+
+/// The webcluster section, from its keys alone (so that it can be rendered
+/// again when only another suite ran).
+fn webcluster_markdown(out: &Map<String, Value>) -> String {
     let mut md = String::new();
-    let settings = &out["webcluster.settings"];
+    // A Map panics on a missing key; a hand-edited file may lack one.
+    let get = |key: &str| out.get(key).unwrap_or(&Value::Null);
+    let settings = get("webcluster.settings");
+    let runs: &[Value] = get("webcluster.runs").as_array().map_or(&[], |r| r.as_slice());
     let _ = writeln!(md, "# WebCluster benchmark\n");
     let _ = writeln!(
         md,
@@ -107,7 +184,7 @@ fn markdown(cfg: &Config, runs: &[Value], out: &Map<String, Value>, missed: &[St
         } else {
             ""
         },
-        num(&out["webcluster.wall_s"]),
+        num(get("webcluster.wall_s")),
     );
     let _ = writeln!(md, "![time to Ready and change latency](latest.png)\n");
 
@@ -155,15 +232,7 @@ fn markdown(cfg: &Config, runs: &[Value], out: &Map<String, Value>, missed: &[St
         md.push('\n');
     }
     md.push('\n');
-    if missed.is_empty() {
-        let _ = writeln!(md, "Every target met.\n");
-    } else {
-        let _ = writeln!(md, "Targets missed:\n");
-        for m in missed {
-            let _ = writeln!(md, "- {m}");
-        }
-        md.push('\n');
-    }
+    missed_markdown(&mut md, get("webcluster.targets_missed"));
     for r in runs.iter().filter(|r| r.get("error").is_some()) {
         let _ = writeln!(
             md,
@@ -272,10 +341,73 @@ fn markdown(cfg: &Config, runs: &[Value], out: &Map<String, Value>, missed: &[St
          Clocks are the bench driver's (monotonic), events are timestamped when the watch delivers them. \
          Percentiles are nearest-rank. The machine also runs the control plane itself, so the figures \
          include its contention for the CPUs.\n",
-        c = cfg.concurrency,
-        s = cfg.change_sample,
-        i = cfg.change_interval.as_millis(),
-        idle = cfg.idle.as_secs(),
+        c = num(&settings["concurrency"]),
+        s = num(&settings["change_sample"]),
+        i = num(&settings["change_interval_ms"]),
+        idle = num(&settings["idle_seconds"]),
     );
     md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fresh directory for one test.
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("hostwright-bench-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn keys(pairs: Value) -> Map<String, Value> {
+        pairs.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn a_suite_replaces_its_own_keys_and_keeps_the_others() {
+        let dir = scratch("merge");
+        let before = json!({
+            "webcluster.n": 1000,
+            "webcluster.runs": [],
+            "failover.trials": 20,
+            "failover.gone": true,
+        });
+        std::fs::write(dir.join("latest.json"), before.to_string()).unwrap();
+        merge(&dir, Suite::Failover, keys(json!({"failover.trials": 3, "failover.runs": []}))).unwrap();
+        let after: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("latest.json")).unwrap()).unwrap();
+        assert_eq!(
+            after,
+            json!({"webcluster.n": 1000, "webcluster.runs": [], "failover.trials": 3, "failover.runs": []})
+        );
+        let md = std::fs::read_to_string(dir.join("latest.md")).unwrap();
+        let web = md.find("# WebCluster benchmark").unwrap();
+        let failover = md.find("# DatabaseMirror failover benchmark").unwrap();
+        assert!(web < failover, "webcluster first");
+        assert!(!dir.join("latest.json.tmp").exists());
+
+        // The first suite to run in an empty directory renders only itself.
+        let empty = scratch("merge-empty");
+        merge(&empty, Suite::Failover, keys(json!({"failover.runs": []}))).unwrap();
+        let md = std::fs::read_to_string(empty.join("latest.md")).unwrap();
+        assert!(md.starts_with("# DatabaseMirror failover benchmark"));
+        assert!(!md.contains("WebCluster benchmark"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir_all(&empty);
+    }
+
+    #[test]
+    fn a_suite_writes_only_its_own_keys_and_never_over_a_broken_file() {
+        let dir = scratch("merge-refused");
+        let stray = merge(&dir, Suite::Failover, keys(json!({"webcluster.n": 1})));
+        assert!(stray.unwrap_err().to_string().contains("may not write the key webcluster.n"));
+        std::fs::write(dir.join("latest.json"), "{ half").unwrap();
+        let broken = merge(&dir, Suite::Failover, keys(json!({"failover.trials": 1})));
+        assert!(broken.unwrap_err().to_string().contains("does not parse"));
+        assert_eq!(std::fs::read_to_string(dir.join("latest.json")).unwrap(), "{ half");
+        assert!(!dir.join("latest.md").exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

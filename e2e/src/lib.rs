@@ -216,6 +216,7 @@ pub mod database;
 pub mod operator;
 pub mod sessions;
 pub mod testbed;
+pub mod trials;
 pub mod writer;
 
 /// Write `<dir>/kubeconfig`, authenticating as ServiceAccount

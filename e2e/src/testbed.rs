@@ -74,12 +74,15 @@ const FILE_SYNC: Duration = Duration::from_secs(5);
 /// (a failed step is retried on the next look).
 const RESYNC: Duration = Duration::from_millis(500);
 
-/// The loopback twin 127.244.c.d of a pod address 10.244.c.d, where the
-/// process "behind" the pod listens; `None` for any other address.
+/// The loopback twin 127.x.c.d of a pod address 10.x.c.d, where the
+/// process "behind" the pod listens; `None` for any other address. `x` is
+/// the pod network's second octet, 240 to 254 (`HOSTWRIGHT_POD_NET` of
+/// `e2e/cluster`: 244 for the test cluster, 245 for the bench's), so the
+/// servers of two clusters on one machine never share an address.
 pub fn twin(pod_ip: &str) -> Option<String> {
     let ip: Ipv4Addr = pod_ip.parse().ok()?;
     match ip.octets() {
-        [10, 244, c, d] => Some(Ipv4Addr::new(127, 244, c, d).to_string()),
+        [10, x @ 240..=254, c, d] => Some(Ipv4Addr::new(127, x, c, d).to_string()),
         _ => None,
     }
 }
@@ -1128,6 +1131,11 @@ mod tests {
     #[test]
     fn pod_addresses_have_loopback_twins() {
         assert_eq!(twin("10.244.3.17").as_deref(), Some("127.244.3.17"));
+        assert_eq!(twin("10.245.1.2").as_deref(), Some("127.245.1.2"), "the bench cluster's");
+        assert_eq!(twin("10.240.0.1").as_deref(), Some("127.240.0.1"));
+        assert_eq!(twin("10.254.9.9").as_deref(), Some("127.254.9.9"));
+        assert_eq!(twin("10.239.1.1"), None, "below the pod networks");
+        assert_eq!(twin("10.255.1.1"), None, "above the pod networks");
         assert_eq!(twin("10.96.0.1"), None, "service addresses have none");
         assert_eq!(twin("10.244.1"), None);
         assert_eq!(twin("fd00::1"), None);

@@ -3,17 +3,16 @@
 //! test bed, which plays kubelet and the storage driver). Clients reach the
 //! servers only through the Services' EndpointSlices.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use hostwright::api::common::condition_type::READY;
 use hostwright::api::common::{MemberRole, StorePhase};
 use hostwright::api::{DatabaseMirror, DatabaseMirrorSpec};
-use hostwright_e2e::database::{
-    Credentials, SplitBrainProbe, Writer, all_healthy, connect_rw, current_primary, lost_writes, member_host,
-};
+use hostwright_e2e::database::{Credentials, all_healthy, connect_rw, current_primary, member_host};
 use hostwright_e2e::operator::Operator;
 use hostwright_e2e::testbed::Testbed;
+use hostwright_e2e::trials::{Loss, failover_trials};
 use hostwright_e2e::{TestNamespace, client, eventually, kubectl, wait_for};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -147,15 +146,6 @@ async fn a_new_database_streams_to_its_mirrors_grows_and_keeps_its_data() -> Res
     Ok(())
 }
 
-/// What kind of loss a trial inflicts on the primary.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Loss {
-    /// kill -9 of the PostgreSQL server; the agent lives.
-    Process,
-    /// kill -9 of server and agent, as if the node died.
-    Member,
-}
-
 #[tokio::test]
 async fn failover_under_write_load_loses_no_acknowledged_write_in_sync_mode() -> Result<()> {
     let _serial = SERIAL.lock().await;
@@ -167,64 +157,24 @@ async fn failover_under_write_load_loses_no_acknowledged_write_in_sync_mode() ->
         "instance: {storage: {size: 1Gi}}\nmirrors: 2\nreplication: sync\nfailover: {delay: 1s}",
     )
     .await?;
-    let dbm = site.healthy("load").await?;
-    site.sql("load", "CREATE TABLE acked (id bigint PRIMARY KEY)").await?;
-    site.sql("load", "CREATE TABLE probe (member text, at timestamptz DEFAULT now())").await?;
-    let creds = site.credentials("load").await?;
-    let members = hostwright::resources::databasemirror::member_names(&dbm);
-    // Let the tables reach every mirror before probing them.
-    site.healthy("load").await?;
-    let probe = SplitBrainProbe::start(&site.client, &site.ns.name, &members, &creds, "probe").await?;
-    let writer =
-        Writer::start(site.client.clone(), site.ns.name.clone(), "load".into(), creds.clone(), "acked");
+    let report = failover_trials(
+        &site.client,
+        &site.ns.name,
+        "load",
+        &site.testbed,
+        &Loss::alternating(trials),
+        TIMEOUT,
+        |i, t| {
+            println!(
+                "trial {i}: {:?} loss of {}: writes resumed on {} after {:.2} s",
+                t.loss, t.old_primary, t.new_primary, t.seconds
+            )
+        },
+    )
+    .await?;
 
-    let mut times: Vec<(Loss, f64)> = Vec::new();
-    for trial in 0..trials {
-        let loss = if trial % 2 == 0 { Loss::Process } else { Loss::Member };
-        let dbm = site.healthy("load").await?;
-        let old = current_primary(&dbm).context("a primary")?;
-        let count = dbm.status.as_ref().map_or(0, |s| s.replication.failover.failover_count);
-        eventually(TIMEOUT, "writes flowing before the kill", || async {
-            Ok(writer.first_ack_after(Instant::now() - Duration::from_millis(500)).map(|_| ()))
-        })
-        .await?;
-        let killed = Instant::now();
-        match loss {
-            Loss::Process => site.testbed.kill_server(&old).await?,
-            Loss::Member => site.testbed.kill_member(&old).await?,
-        }
-        let resumed = eventually(TIMEOUT, "a write acknowledged by the new primary", || async {
-            Ok(writer.first_ack_reconnected_after(killed))
-        })
-        .await
-        .with_context(|| format!("trial {trial} ({loss:?} of {old})"))?;
-        let seconds = resumed.duration_since(killed).as_secs_f64();
-        times.push((loss, seconds));
-        let lost_primary = old.clone();
-        let dbm = site
-            .wait("load", "a new primary", move |d| {
-                current_primary(d).is_some_and(|p| p != lost_primary)
-                    && d.status.as_ref().is_some_and(|s| s.replication.failover.failover_count > count)
-            })
-            .await?;
-        let new = current_primary(&dbm).unwrap_or_default();
-        println!("trial {trial}: {loss:?} loss of {old}: writes resumed on {new} after {seconds:.2} s");
-        if loss == Loss::Member {
-            for m in &members {
-                site.testbed.revive(m)?;
-            }
-        }
-        // The old primary comes back as a mirror before the next trial.
-        site.healthy("load").await.with_context(|| format!("rejoin after trial {trial}"))?;
-    }
-
-    let acked = writer.stop().await;
-    let (accepted, overlaps) = probe.stop().await;
-    let lost = lost_writes(&site.client, &site.ns.name, "load", &creds, "acked", &acked).await?;
-    let dbm = site.healthy("load").await?;
-    let failovers = dbm.status.as_ref().map_or(0, |s| s.replication.failover.failover_count);
     for loss in [Loss::Process, Loss::Member] {
-        let mut t: Vec<f64> = times.iter().filter(|(l, _)| *l == loss).map(|(_, s)| *s).collect();
+        let mut t = report.seconds(loss);
         t.sort_by(f64::total_cmp);
         if !t.is_empty() {
             println!(
@@ -235,10 +185,12 @@ async fn failover_under_write_load_loses_no_acknowledged_write_in_sync_mode() ->
             );
         }
     }
+    let overlaps = &report.overlaps;
     println!(
-        "{} acknowledged writes, {} lost; {accepted} probe writes accepted, {} overlapping",
-        acked.len(),
-        lost.len(),
+        "{} acknowledged writes, {} lost; {} probe writes accepted, {} overlapping",
+        report.acked_writes,
+        report.lost.len(),
+        report.probe_accepted,
         overlaps.len()
     );
     assert!(
@@ -246,9 +198,9 @@ async fn failover_under_write_load_loses_no_acknowledged_write_in_sync_mode() ->
         "two members accepted writes at the same moment: {:?}",
         &overlaps[..overlaps.len().min(3)]
     );
-    assert!(lost.is_empty(), "acknowledged writes lost in sync mode: {lost:?}");
-    assert_eq!(failovers, trials as i64, "one failover per trial");
-    assert!(acked.len() > trials * 10, "the writer kept writing");
+    assert!(report.lost.is_empty(), "acknowledged writes lost in sync mode: {:?}", report.lost);
+    assert_eq!(report.failovers_after, trials as i64, "one failover per trial");
+    assert!(report.acked_writes > trials * 10, "the writer kept writing");
     site.testbed.stop().await?;
     Ok(())
 }

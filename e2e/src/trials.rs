@@ -1,0 +1,222 @@
+//! Failover trials under write load, the one implementation behind both the
+//! e2e test (`e2e/tests/databasemirror.rs`, which asserts on the outcome) and
+//! the failover benchmark (`bench/`, which reports it).
+//!
+//! A [`Writer`] keeps writing through the `-rw` Service and a
+//! [`SplitBrainProbe`] keeps trying to write on every member directly while
+//! each trial kills the primary one way or another ([`Loss`]) and times, from
+//! the kill, the first write acknowledged on a connection opened after it:
+//! what a reconnecting client of the Service experiences.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use hostwright::api::DatabaseMirror;
+use kube::Client;
+use kube::api::Api;
+
+use crate::database::{
+    Accepted, Credentials, SplitBrainProbe, Writer, all_healthy, connect_rw, current_primary, lost_writes,
+};
+use crate::testbed::Testbed;
+use crate::{eventually, wait_for};
+
+/// Table the writer fills (`id bigint primary key`).
+const ACKED_TABLE: &str = "acked";
+/// Table the split-brain probe writes to on every member.
+const PROBE_TABLE: &str = "probe";
+
+/// What kind of loss a trial inflicts on the primary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Loss {
+    /// kill -9 of the PostgreSQL server; the agent lives.
+    Process,
+    /// kill -9 of server and agent, as if the node died; the member stays
+    /// down until the new primary is in place, then comes back.
+    Member,
+}
+
+impl Loss {
+    /// `total` trials alternating process and member loss, process first.
+    pub fn alternating(total: usize) -> Vec<Loss> {
+        (0..total).map(|i| if i % 2 == 0 { Loss::Process } else { Loss::Member }).collect()
+    }
+
+    /// Lower-case name, as the bench's keys use it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Loss::Process => "process",
+            Loss::Member => "member",
+        }
+    }
+}
+
+impl fmt::Display for Loss {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One trial: which primary was lost how, who took over, and how long
+/// writes were refused.
+#[derive(Clone, Debug)]
+pub struct Trial {
+    pub loss: Loss,
+    pub old_primary: String,
+    pub new_primary: String,
+    /// From the kill to the first write acknowledged on a new connection.
+    pub seconds: f64,
+}
+
+/// What a run of trials observed.
+#[derive(Debug)]
+pub struct TrialReport {
+    pub trials: Vec<Trial>,
+    /// Writes the servers acknowledged to the writer, over the whole run.
+    pub acked_writes: usize,
+    /// Acknowledged ids missing from the primary at the end.
+    pub lost: Vec<i64>,
+    /// Writes a member accepted from the split-brain probe.
+    pub probe_accepted: usize,
+    /// Pairs of probe writes two different members accepted at overlapping moments.
+    pub overlaps: Vec<(Accepted, Accepted)>,
+    /// `status.replication.failover.failoverCount` before the first and after the last trial.
+    pub failovers_before: i64,
+    pub failovers_after: i64,
+}
+
+impl TrialReport {
+    /// Seconds of the trials of one kind, in trial order.
+    pub fn seconds(&self, loss: Loss) -> Vec<f64> {
+        self.trials.iter().filter(|t| t.loss == loss).map(|t| t.seconds).collect()
+    }
+}
+
+/// Run one trial per entry of `losses` on the DatabaseMirror `name`, which
+/// must exist and be served by `testbed`. Creates the writer's and the
+/// probe's tables, waits for every member to be healthy before each kill and
+/// for the old primary to rejoin after it; `timeout` bounds each wait.
+/// `on_trial` sees each trial as it completes (for progress output).
+///
+/// The writer and the probe are stopped also when a trial fails.
+pub async fn failover_trials(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    testbed: &Testbed,
+    losses: &[Loss],
+    timeout: Duration,
+    on_trial: impl FnMut(usize, &Trial),
+) -> Result<TrialReport> {
+    let api: Api<DatabaseMirror> = Api::namespaced(client.clone(), namespace);
+    let dbm = healthy(&api, name, timeout).await?;
+    let failovers_before = failover_count(&dbm);
+    let creds = Credentials::read(client, namespace, name).await?;
+    connect_rw(client, namespace, name, &creds)
+        .await?
+        .batch_execute(&format!(
+            "CREATE TABLE {ACKED_TABLE} (id bigint PRIMARY KEY); \
+             CREATE TABLE {PROBE_TABLE} (member text, at timestamptz DEFAULT now())"
+        ))
+        .await
+        .context("creating the writer's and the probe's tables")?;
+    let members = hostwright::resources::databasemirror::member_names(&dbm);
+    // Let the tables reach every mirror before probing them.
+    healthy(&api, name, timeout).await?;
+    let probe = SplitBrainProbe::start(client, namespace, &members, &creds, PROBE_TABLE).await?;
+    let writer = Writer::start(client.clone(), namespace.into(), name.into(), creds.clone(), ACKED_TABLE);
+
+    let run = run_trials(&api, name, testbed, &writer, &members, losses, timeout, on_trial).await;
+    let acked = writer.stop().await;
+    let (probe_accepted, overlaps) = probe.stop().await;
+    let trials = run?;
+
+    let lost = lost_writes(client, namespace, name, &creds, ACKED_TABLE, &acked).await?;
+    let dbm = healthy(&api, name, timeout).await?;
+    Ok(TrialReport {
+        trials,
+        acked_writes: acked.len(),
+        lost,
+        probe_accepted,
+        overlaps,
+        failovers_before,
+        failovers_after: failover_count(&dbm),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_trials(
+    api: &Api<DatabaseMirror>,
+    name: &str,
+    testbed: &Testbed,
+    writer: &Writer,
+    members: &[String],
+    losses: &[Loss],
+    timeout: Duration,
+    mut on_trial: impl FnMut(usize, &Trial),
+) -> Result<Vec<Trial>> {
+    let mut trials = Vec::with_capacity(losses.len());
+    for (i, &loss) in losses.iter().enumerate() {
+        let dbm = healthy(api, name, timeout).await?;
+        let old = current_primary(&dbm).context("a primary")?;
+        let count = failover_count(&dbm);
+        eventually(timeout, "writes flowing before the kill", || async {
+            Ok(writer.first_ack_after(Instant::now() - Duration::from_millis(500)).map(|_| ()))
+        })
+        .await?;
+        let killed = Instant::now();
+        match loss {
+            Loss::Process => testbed.kill_server(&old).await?,
+            Loss::Member => testbed.kill_member(&old).await?,
+        }
+        let resumed = eventually(timeout, "a write acknowledged by the new primary", || async {
+            Ok(writer.first_ack_reconnected_after(killed))
+        })
+        .await
+        .with_context(|| format!("trial {i} ({loss} loss of {old})"))?;
+        let seconds = resumed.duration_since(killed).as_secs_f64();
+        let lost_primary = old.clone();
+        let dbm = wait_for(api, name, timeout, "a new primary", move |d: Option<&DatabaseMirror>| {
+            d.is_some_and(|d| {
+                current_primary(d).is_some_and(|p| p != lost_primary) && failover_count(d) > count
+            })
+        })
+        .await?;
+        let trial =
+            Trial { loss, old_primary: old, new_primary: current_primary(&dbm).unwrap_or_default(), seconds };
+        on_trial(i, &trial);
+        trials.push(trial);
+        if loss == Loss::Member {
+            for m in members {
+                testbed.revive(m)?;
+            }
+        }
+        // The old primary comes back as a mirror before the next trial.
+        healthy(api, name, timeout).await.with_context(|| format!("rejoin after trial {i}"))?;
+    }
+    Ok(trials)
+}
+
+async fn healthy(api: &Api<DatabaseMirror>, name: &str, timeout: Duration) -> Result<DatabaseMirror> {
+    wait_for(api, name, timeout, "every member healthy and streaming", |o: Option<&DatabaseMirror>| {
+        o.is_some_and(all_healthy)
+    })
+    .await
+}
+
+fn failover_count(dbm: &DatabaseMirror) -> i64 {
+    dbm.status.as_ref().map_or(0, |s| s.replication.failover.failover_count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Loss;
+
+    #[test]
+    fn trials_alternate_starting_with_process_loss() {
+        assert_eq!(Loss::alternating(3), [Loss::Process, Loss::Member, Loss::Process]);
+        assert!(Loss::alternating(0).is_empty());
+        assert_eq!(Loss::alternating(40).iter().filter(|l| **l == Loss::Member).count(), 20);
+    }
+}
