@@ -12,9 +12,9 @@ use kube::api::Api;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
 
+pub use crate::database::{all_healthy, current_primary};
 use crate::testbed::ready_endpoints;
 use crate::writer::Target;
-pub use crate::database::{all_healthy, current_primary};
 pub use crate::writer::Writer;
 
 const PORT: u16 = 6379;
@@ -60,6 +60,7 @@ pub async fn connect_primary(
 
 /// Session keys `session:<id>` written through the `<name>` Service; with
 /// `confirm`, a write counts only once `WAIT 1` says a replica has it.
+#[derive(Clone)]
 pub struct Sessions {
     pub client: Client,
     pub namespace: String,

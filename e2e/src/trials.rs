@@ -12,14 +12,17 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use hostwright::api::DatabaseMirror;
+use hostwright::api::{DatabaseMirror, SessionStore};
+use hostwright::controllers::members::{Replicated, StoreStatus};
 use kube::Client;
 use kube::api::Api;
 
 use crate::database::{
-    Accepted, Credentials, SplitBrainProbe, Writer, all_healthy, connect_rw, current_primary, lost_writes,
+    Accepted, Credentials, SplitBrainProbe, all_healthy, connect_rw, current_primary, lost_writes,
 };
+use crate::sessions::{self, Sessions};
 use crate::testbed::Testbed;
+use crate::writer::Writer;
 use crate::{eventually, wait_for};
 
 /// Table the writer fills (`id bigint primary key`).
@@ -146,8 +149,8 @@ pub async fn failover_trials(
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn run_trials(
-    api: &Api<DatabaseMirror>,
+async fn run_trials<K: Replicated>(
+    api: &Api<K>,
     name: &str,
     testbed: &Testbed,
     writer: &Writer,
@@ -177,7 +180,7 @@ async fn run_trials(
         .with_context(|| format!("trial {i} ({loss} loss of {old})"))?;
         let seconds = resumed.duration_since(killed).as_secs_f64();
         let lost_primary = old.clone();
-        let dbm = wait_for(api, name, timeout, "a new primary", move |d: Option<&DatabaseMirror>| {
+        let dbm = wait_for(api, name, timeout, "a new primary", move |d: Option<&K>| {
             d.is_some_and(|d| {
                 current_primary(d).is_some_and(|p| p != lost_primary) && failover_count(d) > count
             })
@@ -198,15 +201,73 @@ async fn run_trials(
     Ok(trials)
 }
 
-async fn healthy(api: &Api<DatabaseMirror>, name: &str, timeout: Duration) -> Result<DatabaseMirror> {
-    wait_for(api, name, timeout, "every member healthy and streaming", |o: Option<&DatabaseMirror>| {
+async fn healthy<K: Replicated>(api: &Api<K>, name: &str, timeout: Duration) -> Result<K> {
+    wait_for(api, name, timeout, "every member healthy and streaming", |o: Option<&K>| {
         o.is_some_and(all_healthy)
     })
     .await
 }
 
-fn failover_count(dbm: &DatabaseMirror) -> i64 {
-    dbm.status.as_ref().map_or(0, |s| s.replication.failover.failover_count)
+fn failover_count<K: Replicated>(store: &K) -> i64 {
+    store.current_status().map_or(0, |s| s.replication().failover.failover_count)
+}
+
+/// What a run of session-store trials observed.
+#[derive(Debug)]
+pub struct SessionTrialReport {
+    pub trials: Vec<Trial>,
+    /// Session writes the store confirmed (with `WAIT 1` when `confirm`).
+    pub confirmed_writes: usize,
+    /// Confirmed sessions missing from the primary at the end.
+    pub lost: Vec<i64>,
+    pub failovers_before: i64,
+    pub failovers_after: i64,
+}
+
+impl SessionTrialReport {
+    /// Seconds of the trials of one kind, in trial order.
+    pub fn seconds(&self, loss: Loss) -> Vec<f64> {
+        self.trials.iter().filter(|t| t.loss == loss).map(|t| t.seconds).collect()
+    }
+}
+
+/// [`failover_trials`] for the SessionStore `name`: a session writer
+/// (confirming each write with `WAIT 1` when `confirm`) instead of rows.
+#[allow(clippy::too_many_arguments)]
+pub async fn session_failover_trials(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    testbed: &Testbed,
+    losses: &[Loss],
+    confirm: bool,
+    timeout: Duration,
+    on_trial: impl FnMut(usize, &Trial),
+) -> Result<SessionTrialReport> {
+    let api: Api<SessionStore> = Api::namespaced(client.clone(), namespace);
+    let store = healthy(&api, name, timeout).await?;
+    let failovers_before = failover_count(&store);
+    let members = store.blueprint()?.members;
+    let sessions = Sessions {
+        client: client.clone(),
+        namespace: namespace.into(),
+        name: name.into(),
+        password: sessions::password(client, namespace, name).await?,
+        confirm,
+    };
+    let writer = Writer::run(sessions.clone());
+    let run = run_trials(&api, name, testbed, &writer, &members, losses, timeout, on_trial).await;
+    let confirmed = writer.stop().await;
+    let trials = run?;
+    let lost = sessions.lost(&confirmed).await?;
+    let store = healthy(&api, name, timeout).await?;
+    Ok(SessionTrialReport {
+        trials,
+        confirmed_writes: confirmed.len(),
+        lost,
+        failovers_before,
+        failovers_after: failover_count(&store),
+    })
 }
 
 #[cfg(test)]
