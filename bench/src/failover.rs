@@ -101,34 +101,10 @@ pub async fn run(cfg: &Config, client: &Client) -> Result<bool> {
 /// Trials are added to `recorded` as they complete.
 async fn run_mode(cfg: &Config, client: &Client, mode: &str, recorded: &mut Vec<Trial>) -> Result<Value> {
     let ns = format!("bench-failover-{mode}");
-    let root = Path::new(ROOT).join(&ns);
-    // What a killed earlier run left; its cluster is gone.
-    remove_dir(&root)?;
-    create_namespace(client, &ns).await?;
-    let mut op = Operator::start(
-        &cfg.binary,
-        &cfg.kubeconfig,
-        &cfg.work.join(format!("operator-failover-{mode}.log")),
-        &cfg.work.join("operator.pid"),
-        &["--namespace", &ns],
-    )
+    let report = in_namespace(cfg, client, &ns, &format!("failover-{mode}"), async |testbed| {
+        measure(cfg, client, &ns, testbed, mode, recorded).await
+    })
     .await?;
-    let testbed = Testbed::start(client.clone(), Some(ns.clone()), root.clone())
-        .await
-        .with_context(|| format!("starting the test bed in {}", root.display()))?;
-    let outcome = measure(cfg, client, &ns, &testbed, mode, recorded).await;
-
-    let stopped = testbed.stop().await;
-    match tokio::time::timeout(Duration::from_secs(120), delete_namespace(client, &ns, true)).await {
-        Ok(Ok(s)) => log(format!("failover: namespace {ns} deleted in {s:.0} s")),
-        Ok(Err(e)) => log(format!("failover: deleting namespace {ns}: {e:#}")),
-        Err(_) => log(format!("failover: namespace {ns} still terminating after 120 s; going on")),
-    }
-    op.stop()?;
-    keep_pod_logs(&root.join("pods").join(&ns), &cfg.work, mode);
-    remove_dir(&root)?;
-    let report = outcome?;
-    stopped.context("stopping the test bed")?;
     Ok(json!({
         "replication": mode,
         "namespace": ns,
@@ -146,6 +122,48 @@ async fn run_mode(cfg: &Config, client: &Client, mode: &str, recorded: &mut Vec<
         "failovers": report.failovers_after - report.failovers_before,
         "trials": trials_json(&report.trials),
     }))
+}
+
+/// Run `measure` in namespace `ns` with a fresh operator and a test bed of
+/// its own, and clean up after it also when it fails: the test bed stopped
+/// (servers down), the namespace deleted, the members' logs kept in the
+/// work directory as `<label>-<member>.log`.
+pub async fn in_namespace<T>(
+    cfg: &Config,
+    client: &Client,
+    ns: &str,
+    label: &str,
+    measure: impl AsyncFnOnce(&Testbed) -> Result<T>,
+) -> Result<T> {
+    let root = Path::new(ROOT).join(ns);
+    // What a killed earlier run left; its cluster is gone.
+    remove_dir(&root)?;
+    create_namespace(client, ns).await?;
+    let mut op = Operator::start(
+        &cfg.binary,
+        &cfg.kubeconfig,
+        &cfg.work.join(format!("operator-{label}.log")),
+        &cfg.work.join("operator.pid"),
+        &["--namespace", ns],
+    )
+    .await?;
+    let testbed = Testbed::start(client.clone(), Some(ns.to_string()), root.clone())
+        .await
+        .with_context(|| format!("starting the test bed in {}", root.display()))?;
+    let outcome = measure(&testbed).await;
+
+    let stopped = testbed.stop().await;
+    match tokio::time::timeout(Duration::from_secs(120), delete_namespace(client, ns, true)).await {
+        Ok(Ok(s)) => log(format!("{label}: namespace {ns} deleted in {s:.0} s")),
+        Ok(Err(e)) => log(format!("{label}: deleting namespace {ns}: {e:#}")),
+        Err(_) => log(format!("{label}: namespace {ns} still terminating after 120 s; going on")),
+    }
+    op.stop()?;
+    keep_pod_logs(&root.join("pods").join(ns), &cfg.work, label);
+    remove_dir(&root)?;
+    let result = outcome?;
+    stopped.context("stopping the test bed")?;
+    Ok(result)
 }
 
 async fn measure(
@@ -184,14 +202,14 @@ async fn measure(
 }
 
 /// Copy the members' logs (agent and test bed lines) to `work` as
-/// `failover-<mode>-<member>.log`, before their directory goes.
-fn keep_pod_logs(pods: &Path, work: &Path, mode: &str) {
+/// `<label>-<member>.log`, before their directory goes.
+fn keep_pod_logs(pods: &Path, work: &Path, label: &str) {
     let Ok(entries) = std::fs::read_dir(pods) else { return };
     for path in entries.flatten().map(|e| e.path()) {
         if path.extension().is_some_and(|e| e == "log")
             && let Some(file) = path.file_name().and_then(|f| f.to_str())
         {
-            let kept = work.join(format!("failover-{mode}-{file}"));
+            let kept = work.join(format!("{label}-{file}"));
             if let Err(e) = std::fs::copy(&path, &kept) {
                 log(format!("failover: keeping {}: {e}", path.display()));
             }
@@ -208,12 +226,12 @@ fn remove_dir(dir: &Path) -> Result<()> {
     }
 }
 
-fn seconds_of(trials: &[Trial], loss: Loss) -> Vec<f64> {
+pub fn seconds_of(trials: &[Trial], loss: Loss) -> Vec<f64> {
     trials.iter().filter(|t| t.loss == loss).map(|t| t.seconds).collect()
 }
 
 /// Count, nearest-rank p50 and p99, and max of one kind's seconds.
-fn kind_figures(seconds: &[f64]) -> Value {
+pub fn kind_figures(seconds: &[f64]) -> Value {
     json!({
         "trials": seconds.len(),
         "p50_s": round(percentile(seconds, 0.50), 3),
@@ -222,7 +240,7 @@ fn kind_figures(seconds: &[f64]) -> Value {
     })
 }
 
-fn trials_json(trials: &[Trial]) -> Vec<Value> {
+pub fn trials_json(trials: &[Trial]) -> Vec<Value> {
     trials
         .iter()
         .map(|t| {
@@ -245,7 +263,7 @@ fn write(cfg: &Config, runs: &[Value], elapsed: Duration) -> Result<Vec<String>>
 }
 
 /// Seconds of every recorded trial of `loss`, in any mode.
-fn pooled(runs: &[Value], loss: Loss) -> Vec<f64> {
+pub fn pooled(runs: &[Value], loss: Loss) -> Vec<f64> {
     runs.iter()
         .filter_map(|r| r["trials"].as_array())
         .flatten()

@@ -27,6 +27,7 @@ mod failover;
 mod fleet;
 mod operator;
 mod report;
+mod sessionstore;
 mod snapshot;
 mod track;
 
@@ -51,6 +52,7 @@ use track::Tracker;
 pub enum Suite {
     WebCluster,
     Failover,
+    SessionStore,
 }
 
 impl Suite {
@@ -59,6 +61,7 @@ impl Suite {
         match self {
             Suite::WebCluster => "webcluster",
             Suite::Failover => "failover",
+            Suite::SessionStore => "sessionstore",
         }
     }
 }
@@ -68,16 +71,18 @@ impl Suite {
 fn parse_suites(list: &str) -> Result<Vec<Suite>> {
     let mut suites = Vec::new();
     for name in list.split([' ', ',']).filter(|s| !s.is_empty()) {
-        let suite = [Suite::WebCluster, Suite::Failover]
+        let suite = [Suite::WebCluster, Suite::Failover, Suite::SessionStore]
             .into_iter()
             .find(|s| s.name() == name)
-            .with_context(|| format!("BENCH_SUITES: unknown suite {name:?} (webcluster, failover)"))?;
+            .with_context(|| {
+                format!("BENCH_SUITES: unknown suite {name:?} (webcluster, failover, sessionstore)")
+            })?;
         if !suites.contains(&suite) {
             suites.push(suite);
         }
     }
     if suites.is_empty() {
-        bail!("BENCH_SUITES names no suite (webcluster, failover)");
+        bail!("BENCH_SUITES names no suite (webcluster, failover, sessionstore)");
     }
     Ok(suites)
 }
@@ -207,6 +212,7 @@ async fn run() -> Result<bool> {
         complete &= match suite {
             Suite::WebCluster => run_webcluster(&cfg, &client, more_follow).await?,
             Suite::Failover => failover::run(&cfg, &client).await?,
+            Suite::SessionStore => sessionstore::run(&cfg, &client).await?,
         };
     }
     Ok(complete)

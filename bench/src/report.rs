@@ -136,6 +136,12 @@ fn markdown(all: &Map<String, Value>) -> String {
         }
         md.push_str(&crate::failover::markdown(all));
     }
+    if all.contains_key("sessionstore.runs") {
+        if !md.is_empty() {
+            md.push('\n');
+        }
+        md.push_str(&crate::sessionstore::markdown(all));
+    }
     md
 }
 
