@@ -57,24 +57,37 @@ install-chart:
 
 test: unit e2e
 
-# Leaves the cluster and the operator running so you can look around;
-# `make demo-down` stops both.
+# Leaves the cluster, the operator and (on the local control plane) the test
+# bed running so you can look around; `make demo-down` stops them all. On
+# the local control plane KWOK pods run no containers, so the test bed plays
+# the kubelet for the stores' member pods: real PostgreSQL and Redis servers
+# with real agents (its root is under /tmp: the servers' users must reach it).
 DEMO_DIR := $(HOME)/.cache/hostwright/demo
+DEMO_TESTBED_ROOT := /tmp/hostwright-demo-testbed
 demo: deps build
-	@if [ -z "$${KUBECONFIG:-}" ]; then $(CLUSTER) up; fi
-	@export KUBECONFIG=$${KUBECONFIG:-$$($(CLUSTER) kubeconfig)} PATH="$(TOOLS_PATH):$$PATH"; \
+	@local=0; if [ -z "$${KUBECONFIG:-}" ]; then local=1; $(CLUSTER) up; fi; \
+	  export KUBECONFIG=$${KUBECONFIG:-$$($(CLUSTER) kubeconfig)} PATH="$(TOOLS_PATH):$$PATH"; \
 	  $(MAKE) --no-print-directory install-chart; \
 	  e2e/run-operator "$(DEMO_DIR)"; \
+	  if [ $$local = 1 ] && ! { [ -f "$(DEMO_DIR)/testbed.pid" ] && kill -0 "$$(cat $(DEMO_DIR)/testbed.pid)" 2>/dev/null; }; then \
+	    setsid target/debug/hostwright-testbed --root "$(DEMO_TESTBED_ROOT)" >"$(DEMO_DIR)/testbed.log" 2>&1 </dev/null & \
+	    echo $$! >"$(DEMO_DIR)/testbed.pid"; \
+	  fi; \
 	  kubectl apply -f manifests/examples/; \
-	  echo ">> waiting for the sites (WebClusters that reference stores wait for them)"; \
-	  kubectl wait --for=condition=Ready webcluster/blog --timeout=120s >/dev/null || true; \
+	  echo ">> waiting for the stores, then the sites that use them"; \
+	  kubectl wait --for=condition=Ready sessionstores,databasemirrors --all --timeout=300s || true; \
+	  kubectl wait --for=condition=Ready webclusters --all --timeout=180s || true; \
 	  echo; kubectl get webclusters,sessionstores,databasemirrors; \
 	  echo; kubectl get webclusters -o custom-columns='NAME:.metadata.name,READY CONDITION:.status.conditions[?(@.type=="Ready")].message'; \
 	  echo; echo "KUBECONFIG=$$KUBECONFIG"; \
-	  echo "operator log: $(DEMO_DIR)/operator.log   stop everything: make demo-down"
+	  echo "operator log: $(DEMO_DIR)/operator.log   test bed log: $(DEMO_DIR)/testbed.log   stop everything: make demo-down"
 
 demo-down:
 	-@[ -f "$(DEMO_DIR)/operator.pid" ] && kill "$$(cat $(DEMO_DIR)/operator.pid)" 2>/dev/null; rm -f "$(DEMO_DIR)/operator.pid"
+	-@if [ -f "$(DEMO_DIR)/testbed.pid" ]; then \
+	  pid=$$(cat "$(DEMO_DIR)/testbed.pid"); kill "$$pid" 2>/dev/null; \
+	  for _ in $$(seq 60); do kill -0 "$$pid" 2>/dev/null || break; sleep 1; done; \
+	fi; rm -f "$(DEMO_DIR)/testbed.pid"
 	$(CLUSTER) down
 
 crds:
