@@ -65,21 +65,40 @@ pub async fn run(cfg: &Config, client: &Client) -> Result<bool> {
             cfg.binary.display()
         );
     }
+    each_mode(cfg, client, Suite::Failover, "replication", &MODES, run_mode, |runs, elapsed| {
+        write(cfg, runs, elapsed)
+    })
+    .await
+}
+
+/// Run `run_mode` for each mode in turn, recording what a failed mode
+/// measured before it failed, and `write` the report after each; Ok(false)
+/// when a mode could not be measured completely.
+pub async fn each_mode(
+    cfg: &Config,
+    client: &Client,
+    suite: Suite,
+    mode_key: &str,
+    modes: &[&str],
+    run_mode: impl AsyncFn(&Config, &Client, &str, &mut Vec<Trial>) -> Result<Value>,
+    write: impl Fn(&[Value], Duration) -> Result<Vec<String>>,
+) -> Result<bool> {
+    let name = suite.name();
     let started = Instant::now();
     let mut runs = Vec::new();
     let mut complete = true;
-    for mode in MODES {
+    for &mode in modes {
         let load = LoadSampler::start();
         let t = Instant::now();
-        log(format!("failover: {mode} replication, {} trials of each kind", cfg.failover_trials));
+        log(format!("{name}: {mode_key} {mode}, {} trials of each kind", cfg.failover_trials));
         let mut recorded = Vec::new();
         let mut result = match run_mode(cfg, client, mode, &mut recorded).await {
             Ok(r) => r,
             Err(err) => {
-                log(format!("failover: {mode} failed: {err:#}"));
+                log(format!("{name}: {mode} failed: {err:#}"));
                 complete = false;
                 json!({
-                    "replication": mode,
+                    mode_key: mode,
                     "error": format!("{err:#}"),
                     "process": kind_figures(&seconds_of(&recorded, Loss::Process)),
                     "member": kind_figures(&seconds_of(&recorded, Loss::Member)),
@@ -90,10 +109,10 @@ pub async fn run(cfg: &Config, client: &Client) -> Result<bool> {
         result["wall_s"] = json!(round(t.elapsed().as_secs_f64(), 1));
         result["host"] = load.finish();
         runs.push(result);
-        write(cfg, &runs, started.elapsed())?;
+        write(&runs, started.elapsed())?;
     }
-    let missed = write(cfg, &runs, started.elapsed())?;
-    log_suite_end(Suite::Failover, &missed, started, &cfg.results);
+    let missed = write(&runs, started.elapsed())?;
+    log_suite_end(suite, &missed, started, &cfg.results);
     Ok(complete)
 }
 

@@ -14,7 +14,7 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use hostwright::agent::report::LEASE_SECONDS;
@@ -24,9 +24,9 @@ use kube::Client;
 use kube::api::{Api, PostParams};
 use serde_json::{Map, Value, json};
 
-use crate::failover::{in_namespace, kind_figures, pooled, seconds_of, trials_json};
+use crate::failover::{each_mode, in_namespace, kind_figures, pooled, trials_json};
 use crate::report::{missed_markdown, num};
-use crate::{Config, LoadSampler, Suite, log, log_suite_end, round};
+use crate::{Config, Suite, log};
 
 /// Durability modes, measured in this order.
 const MODES: [&str; 2] = ["wait", "async"];
@@ -48,36 +48,10 @@ pub async fn run(cfg: &Config, client: &Client) -> Result<bool> {
     if !Path::new(REDIS).exists() {
         bail!("{REDIS} is missing: the sessionstore suite runs real Redis servers (e2e/install-deps)");
     }
-    let started = Instant::now();
-    let mut runs = Vec::new();
-    let mut complete = true;
-    for mode in MODES {
-        let load = LoadSampler::start();
-        let t = Instant::now();
-        log(format!("sessionstore: durability {mode}, {} trials of each kind", cfg.failover_trials));
-        let mut recorded = Vec::new();
-        let mut result = match run_mode(cfg, client, mode, &mut recorded).await {
-            Ok(r) => r,
-            Err(err) => {
-                log(format!("sessionstore: {mode} failed: {err:#}"));
-                complete = false;
-                json!({
-                    "durability": mode,
-                    "error": format!("{err:#}"),
-                    "process": kind_figures(&seconds_of(&recorded, Loss::Process)),
-                    "member": kind_figures(&seconds_of(&recorded, Loss::Member)),
-                    "trials": trials_json(&recorded),
-                })
-            }
-        };
-        result["wall_s"] = json!(round(t.elapsed().as_secs_f64(), 1));
-        result["host"] = load.finish();
-        runs.push(result);
-        write(cfg, &runs, started.elapsed())?;
-    }
-    let missed = write(cfg, &runs, started.elapsed())?;
-    log_suite_end(Suite::SessionStore, &missed, started, &cfg.results);
-    Ok(complete)
+    each_mode(cfg, client, Suite::SessionStore, "durability", &MODES, run_mode, |runs, elapsed| {
+        write(cfg, runs, elapsed)
+    })
+    .await
 }
 
 async fn run_mode(cfg: &Config, client: &Client, mode: &str, recorded: &mut Vec<Trial>) -> Result<Value> {
