@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::NamespaceResourceScope;
+use futures::TryStreamExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -326,6 +327,8 @@ where
         config = config.labels(selector);
     }
     let stream = watcher(scope.api::<K>(), config)
+        // A failing watch keeps the caches (and readiness) back: say so.
+        .inspect_err(|err| tracing::warn!(kind = %K::kind(&()), %err, "watch failed; retrying with backoff"))
         .default_backoff()
         .modify(|obj| {
             obj.managed_fields_mut().clear();
