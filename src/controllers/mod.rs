@@ -14,8 +14,8 @@ use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::NamespaceResourceScope;
 use futures::TryStreamExt;
+use k8s_openapi::NamespaceResourceScope;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -337,6 +337,20 @@ where
         .reflect(writer)
         .applied_objects();
     (reader, stream)
+}
+
+/// Wait until `store` has been filled by its first list.
+///
+/// kube's `Store::wait_until_ready` wakes one waiter per store (a oneshot
+/// channel keeps one waker), and the Controller awaits its own store too: of
+/// two concurrent waiters one may sleep forever, and the operator never turns
+/// ready. Asking again every 100 ms does not depend on being woken.
+pub async fn filled<K>(store: &Store<K>)
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    while tokio::time::timeout(Duration::from_millis(100), store.wait_until_ready()).await.is_err() {}
 }
 
 /// The cached child `name` in `namespace`, if `owner_uid` controls it.

@@ -34,7 +34,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{Instrument, info, info_span};
 
-use super::{Error, RESYNC, Scope, Shared, cached, jittered, owned_child};
+use super::{Error, RESYNC, Scope, Shared, cached, filled, jittered, owned_child};
 use crate::agent::report;
 use crate::api::common::{FailoverSpec, ReplicationStatus};
 use crate::failover::{Decision, Member, Policy, Route, State, Step, step};
@@ -215,18 +215,18 @@ pub async fn run<K: Replicated>(
     let caches_ready = {
         let context = context.clone();
         async move {
-            let _ = futures::join!(
-                objects.wait_until_ready(),
-                pods.wait_until_ready(),
-                volumes.wait_until_ready(),
-                services.wait_until_ready(),
-                budgets.wait_until_ready(),
-                config_maps.wait_until_ready(),
-                secrets.wait_until_ready(),
-                accounts.wait_until_ready(),
-                roles.wait_until_ready(),
-                bindings.wait_until_ready(),
-                leases.wait_until_ready(),
+            futures::join!(
+                filled(&objects),
+                filled(&pods),
+                filled(&volumes),
+                filled(&services),
+                filled(&budgets),
+                filled(&config_maps),
+                filled(&secrets),
+                filled(&accounts),
+                filled(&roles),
+                filled(&bindings),
+                filled(&leases),
             );
             context.caches_ready.store(true, Ordering::Release);
             ready();

@@ -20,7 +20,7 @@ use kube::{Resource, ResourceExt};
 use tracing::{Instrument, info_span};
 
 pub use super::Scope;
-use super::{Error, RESYNC, Shared, cached, jittered, owned_child};
+use super::{Error, RESYNC, Shared, cached, filled, jittered, owned_child};
 use crate::api::common::condition_type::READY;
 use crate::api::{DatabaseMirror, SessionStore, WebCluster};
 use crate::conditions;
@@ -107,17 +107,16 @@ pub async fn run(
         let web_clusters = web_clusters.clone();
         let context = context.clone();
         async move {
-            let results = futures::join!(
-                web_clusters.wait_until_ready(),
-                deployments.wait_until_ready(),
-                services.wait_until_ready(),
-                pdbs.wait_until_ready(),
-                autoscalers.wait_until_ready(),
-                ingresses.wait_until_ready(),
-                session_stores.wait_until_ready(),
-                database_mirrors.wait_until_ready(),
+            futures::join!(
+                filled(&web_clusters),
+                filled(&deployments),
+                filled(&services),
+                filled(&pdbs),
+                filled(&autoscalers),
+                filled(&ingresses),
+                filled(&session_stores),
+                filled(&database_mirrors),
             );
-            let _ = results;
             context.caches_ready.store(true, std::sync::atomic::Ordering::Release);
             ready();
         }
