@@ -18,7 +18,7 @@ use anyhow::{Context, Result, bail};
 use hostwright::agent::report::LEASE_SECONDS;
 use hostwright::api::{DatabaseMirror, DatabaseMirrorSpec};
 use hostwright_e2e::testbed::Testbed;
-use hostwright_e2e::trials::{Loss, Trial, TrialReport, failover_trials};
+use hostwright_e2e::trials::{Loss, Trial, TrialReport, failover_trials, seconds_of};
 use kube::Client;
 use kube::api::{Api, PostParams};
 use serde_json::{Map, Value, json};
@@ -243,10 +243,6 @@ fn remove_dir(dir: &Path) -> Result<()> {
         }
         _ => Ok(()),
     }
-}
-
-pub fn seconds_of(trials: &[Trial], loss: Loss) -> Vec<f64> {
-    trials.iter().filter(|t| t.loss == loss).map(|t| t.seconds).collect()
 }
 
 /// Count, nearest-rank p50 and p99, and max of one kind's seconds.

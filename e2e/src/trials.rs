@@ -92,8 +92,26 @@ pub struct TrialReport {
 impl TrialReport {
     /// Seconds of the trials of one kind, in trial order.
     pub fn seconds(&self, loss: Loss) -> Vec<f64> {
-        self.trials.iter().filter(|t| t.loss == loss).map(|t| t.seconds).collect()
+        seconds_of(&self.trials, loss)
     }
+}
+
+/// Seconds of the trials of one kind, in trial order.
+pub fn seconds_of(trials: &[Trial], loss: Loss) -> Vec<f64> {
+    trials.iter().filter(|t| t.loss == loss).map(|t| t.seconds).collect()
+}
+
+/// One line per kind of loss: count, median and worst, for test output.
+pub fn summary(trials: &[Trial]) -> Vec<String> {
+    [Loss::Process, Loss::Member]
+        .into_iter()
+        .filter_map(|loss| {
+            let mut t = seconds_of(trials, loss);
+            t.sort_by(f64::total_cmp);
+            let (p50, max) = (t.get(t.len() / 2)?, t.last()?);
+            Some(format!("{loss} loss: {} trials, p50 {p50:.2} s, max {max:.2} s", t.len()))
+        })
+        .collect()
 }
 
 /// Run one trial per entry of `losses` on the DatabaseMirror `name`, which
@@ -227,7 +245,7 @@ pub struct SessionTrialReport {
 impl SessionTrialReport {
     /// Seconds of the trials of one kind, in trial order.
     pub fn seconds(&self, loss: Loss) -> Vec<f64> {
-        self.trials.iter().filter(|t| t.loss == loss).map(|t| t.seconds).collect()
+        seconds_of(&self.trials, loss)
     }
 }
 

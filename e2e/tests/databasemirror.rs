@@ -12,7 +12,7 @@ use hostwright::api::{DatabaseMirror, DatabaseMirrorSpec};
 use hostwright_e2e::database::{Credentials, all_healthy, connect_rw, current_primary, member_host};
 use hostwright_e2e::operator::Operator;
 use hostwright_e2e::testbed::Testbed;
-use hostwright_e2e::trials::{Loss, failover_trials};
+use hostwright_e2e::trials::{Loss, failover_trials, summary};
 use hostwright_e2e::{TestNamespace, client, eventually, kubectl, wait_for};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -173,17 +173,8 @@ async fn failover_under_write_load_loses_no_acknowledged_write_in_sync_mode() ->
     )
     .await?;
 
-    for loss in [Loss::Process, Loss::Member] {
-        let mut t = report.seconds(loss);
-        t.sort_by(f64::total_cmp);
-        if !t.is_empty() {
-            println!(
-                "{loss:?} loss: {} trials, p50 {:.2} s, max {:.2} s",
-                t.len(),
-                t[t.len() / 2],
-                t[t.len() - 1]
-            );
-        }
+    for line in summary(&report.trials) {
+        println!("{line}");
     }
     let overlaps = &report.overlaps;
     println!(

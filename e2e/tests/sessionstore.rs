@@ -11,7 +11,7 @@ use hostwright::api::{SessionStore, SessionStoreSpec, WebCluster};
 use hostwright_e2e::operator::Operator;
 use hostwright_e2e::sessions::{Sessions, Writer, all_healthy, current_primary};
 use hostwright_e2e::testbed::Testbed;
-use hostwright_e2e::trials::{Loss, session_failover_trials};
+use hostwright_e2e::trials::{Loss, session_failover_trials, summary};
 use hostwright_e2e::{EndpointWatch, TestNamespace, client, eventually, wait_for, wait_web_ready};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
@@ -104,12 +104,8 @@ async fn primary_loss_under_session_load_loses_no_confirmed_session() -> Result<
         },
     )
     .await?;
-    for loss in [Loss::Process, Loss::Member] {
-        let mut t = report.seconds(loss);
-        t.sort_by(f64::total_cmp);
-        if let (Some(p50), Some(max)) = (t.get(t.len() / 2), t.last()) {
-            println!("{loss} loss: {} trials, p50 {p50:.2} s, max {max:.2} s", t.len());
-        }
+    for line in summary(&report.trials) {
+        println!("{line}");
     }
     println!("{} confirmed session writes, {} lost", report.confirmed_writes, report.lost.len());
     assert!(report.lost.is_empty(), "confirmed sessions lost with durability: wait: {:?}", report.lost);

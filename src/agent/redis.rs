@@ -438,6 +438,13 @@ impl Server for RedisMember {
         self.redis.data_state().await
     }
 
+    /// Only with persistence on disk: an append-only file or a snapshot.
+    async fn keeps_data(&self) -> bool {
+        let dir = &self.redis.data_dir;
+        tokio::fs::try_exists(dir.join("appendonlydir")).await.unwrap_or(false)
+            || tokio::fs::try_exists(dir.join("dump.rdb")).await.unwrap_or(false)
+    }
+
     async fn position(&self) -> Result<(bool, u64), RedisError> {
         self.redis.position(&self.password().await?).await
     }

@@ -14,7 +14,7 @@ use kube::{Client, ResourceExt};
 use tokio::process::Child;
 use tracing::{info, warn};
 
-use super::plan::{Action, Endpoint, Local, plan};
+use super::plan::{Action, DataState, Endpoint, Local, plan};
 use super::report::{self, LEASE_SECONDS, SELF_FENCE_AFTER_MS};
 use super::server::{Server, Start};
 use crate::failover::{Desired, Report, ServerRole};
@@ -86,6 +86,15 @@ pub async fn run<S: Server>(options: Options, server: S) -> Result<(), AgentErro
         last_renewal: tokio::time::Instant::now(),
         lease_metadata: None,
     };
+    // A former primary whose data did not survive (a Redis without
+    // persistence, its container restarted) waits for the operator as a
+    // crashed primary does: started as primary on its own it would hand its
+    // replicas an empty data set.
+    if agent.server_driver.data_state().await == DataState::Primary && !agent.server_driver.keeps_data().await
+    {
+        warn!("former primary without its data: waiting for the operator before starting");
+        agent.crashed_primary = true;
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(AgentError::Signal)?;
     loop {

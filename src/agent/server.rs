@@ -28,6 +28,13 @@ pub trait Server: Send + Sync {
     /// How the data on the member's volume was left.
     fn data_state(&self) -> impl Future<Output = DataState> + Send;
 
+    /// A stopped server starts again with the data it had. False for a
+    /// server that keeps its data in memory only: restarted as primary it
+    /// would be empty, and its replicas would copy the emptiness.
+    fn keeps_data(&self) -> impl Future<Output = bool> + Send {
+        async { true }
+    }
+
     /// While the server answers: (it is a replica, its replication position
     /// in bytes). A primary's position is what it has written; a replica's
     /// is what a promotion would keep.
