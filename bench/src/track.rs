@@ -72,18 +72,18 @@ impl Tracker {
                 let obj = match event {
                     Ok(watcher::Event::Apply(obj) | watcher::Event::InitApply(obj)) => obj,
                     Ok(watcher::Event::Delete(obj)) => {
-                        shared.lock().unwrap().objects.remove(&obj.name_any());
+                        shared.lock().unwrap_or_else(|p| p.into_inner()).objects.remove(&obj.name_any());
                         continue;
                     }
                     Ok(_) => continue,
                     Err(_) => {
-                        shared.lock().unwrap().errors += 1;
+                        shared.lock().unwrap_or_else(|p| p.into_inner()).errors += 1;
                         continue;
                     }
                 };
                 let values: Vec<bool> = predicates.iter().map(|p| p(&obj)).collect();
                 let img = image.and_then(|f| f(&obj));
-                let mut state = shared.lock().unwrap();
+                let mut state = shared.lock().unwrap_or_else(|p| p.into_inner());
                 let seen = state
                     .objects
                     .entry(obj.name_any())
@@ -105,16 +105,16 @@ impl Tracker {
 
     /// A copy of what is known about `name`.
     pub fn get(&self, name: &str) -> Option<Seen> {
-        self.state.lock().unwrap().objects.get(name).cloned()
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).objects.get(name).cloned()
     }
 
     pub fn watch_errors(&self) -> usize {
-        self.state.lock().unwrap().errors
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).errors
     }
 
     /// First time predicate `idx` held, for every object where it did.
     pub fn first_times(&self, idx: usize) -> Vec<Instant> {
-        let state = self.state.lock().unwrap();
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         state.objects.values().filter_map(|s| s.first.get(idx).copied().flatten()).collect()
     }
 
@@ -147,7 +147,7 @@ impl Tracker {
         let deadline = Instant::now() + timeout;
         loop {
             let missing = {
-                let state = self.state.lock().unwrap();
+                let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
                 names.iter().filter(|n| !state.objects.get(*n).is_some_and(&check)).count()
             };
             if missing == 0 {

@@ -12,7 +12,7 @@ use kube::ResourceExt;
 
 use super::members::{self, Blueprint, Engine};
 use super::webcluster::secret_keys;
-use super::{BuildError, controller_ref};
+use super::{BuildError, controller_ref, namespace_of};
 use crate::api::DatabaseMirror;
 use crate::api::databasemirror::Replication;
 
@@ -95,7 +95,7 @@ pub fn blueprint(dbm: &DatabaseMirror) -> Result<Blueprint, BuildError> {
         component: "database",
         mirror_word: "mirror",
         name: dbm.name_any(),
-        namespace: namespace(dbm)?,
+        namespace: namespace_of(dbm)?,
         owner: controller_ref(dbm)?,
         members: member_names(dbm),
         engine: POSTGRES,
@@ -128,13 +128,6 @@ pub fn build(dbm: &DatabaseMirror) -> Result<DatabaseMirrorChildren, BuildError>
             data: Some(BTreeMap::from([("postgresql.conf".to_string(), postgresql_conf(dbm))])),
             ..ConfigMap::default()
         },
-    })
-}
-
-fn namespace(dbm: &DatabaseMirror) -> Result<String, BuildError> {
-    dbm.namespace().ok_or_else(|| BuildError::MissingMetadata {
-        kind: "DatabaseMirror".into(),
-        field: "metadata.namespace",
     })
 }
 
@@ -187,7 +180,7 @@ fn is_bare_word(v: &str) -> bool {
 /// The Secret the web tier and the agents read. Host names are the stable
 /// Services, so a promotion changes nothing here.
 pub fn credentials(dbm: &DatabaseMirror, passwords: &Passwords) -> Result<Secret, BuildError> {
-    let ns = namespace(dbm)?;
+    let ns = namespace_of(dbm)?;
     let name = dbm.name_any();
     let (db, user) = (&dbm.spec.database, &dbm.spec.owner);
     let host = |suffix: &str| format!("{name}-{suffix}.{ns}.svc");

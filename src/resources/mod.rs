@@ -27,6 +27,17 @@ where
     })
 }
 
+/// The namespace of a namespaced owner; objects read from the API have one.
+pub fn namespace_of<K>(owner: &K) -> Result<String, BuildError>
+where
+    K: Resource<DynamicType = ()>,
+{
+    owner.meta().namespace.clone().ok_or_else(|| BuildError::MissingMetadata {
+        kind: K::kind(&()).into_owned(),
+        field: "metadata.namespace",
+    })
+}
+
 /// Why a spec could not be turned into objects.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {

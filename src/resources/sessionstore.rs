@@ -11,7 +11,7 @@ use kube::ResourceExt;
 
 use super::members::{self, Blueprint, Engine};
 use super::webcluster::secret_keys;
-use super::{BuildError, controller_ref};
+use super::{BuildError, controller_ref, namespace_of};
 use crate::api::SessionStore;
 use crate::api::sessionstore::Durability;
 
@@ -53,13 +53,6 @@ fn config_name(store: &SessionStore) -> String {
     format!("{}-redis", store.name_any())
 }
 
-fn namespace(store: &SessionStore) -> Result<String, BuildError> {
-    store.namespace().ok_or_else(|| BuildError::MissingMetadata {
-        kind: "SessionStore".into(),
-        field: "metadata.namespace",
-    })
-}
-
 /// The members' engine, identity and template.
 pub fn blueprint(store: &SessionStore) -> Result<Blueprint, BuildError> {
     let spec = &store.spec;
@@ -68,7 +61,7 @@ pub fn blueprint(store: &SessionStore) -> Result<Blueprint, BuildError> {
         component: "session-store",
         mirror_word: "replica",
         name: store.name_any(),
-        namespace: namespace(store)?,
+        namespace: namespace_of(store)?,
         owner: controller_ref(store)?,
         members: member_names(store),
         engine: REDIS,
@@ -121,7 +114,7 @@ pub fn config(store: &SessionStore, blueprint: &Blueprint) -> ConfigMap {
 /// The connection Secret of a deployed store: the agents read `password`,
 /// the web pods `url`. Kept with the volumes unless they go with the object.
 pub fn connection(store: &SessionStore, password: &str) -> Result<Secret, BuildError> {
-    let host = format!("{}.{}.svc", store.name_any(), namespace(store)?);
+    let host = format!("{}.{}.svc", store.name_any(), namespace_of(store)?);
     let mut meta = blueprint(store)?.metadata(connection_name(store));
     if store.spec.storage.as_ref().is_some_and(|s| !s.delete_on_removal) {
         meta.owner_references = None;
