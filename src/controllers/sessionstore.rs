@@ -303,6 +303,17 @@ mod tests {
     }
 
     #[test]
+    fn the_password_is_read_back_and_a_missing_one_is_named() {
+        let mut managed = SessionStore::new("sessions", serde_yaml::from_str("{}").unwrap());
+        managed.metadata.namespace = Some("customer-a".into());
+        managed.metadata.uid = Some("uid".into());
+        let secret = managed.credentials(&"s3cret".to_string()).unwrap();
+        assert_eq!(SessionStore::read_passwords(&secret), Ok("s3cret".to_string()));
+        let emptied = crate::resources::sessionstore::connection(&managed, "").unwrap();
+        assert_eq!(SessionStore::read_passwords(&emptied), Err("password"));
+    }
+
+    #[test]
     fn commands_are_arrays_of_bulk_strings() {
         assert_eq!(resp_command(&["AUTH", "pw"]), b"*2\r\n$4\r\nAUTH\r\n$2\r\npw\r\n");
     }
