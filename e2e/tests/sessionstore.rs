@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use hostwright::api::common::condition_type::READY;
-use hostwright::api::{SessionStore, SessionStoreSpec, WebCluster};
+use hostwright::api::{DatabaseMirror, DatabaseMirrorSpec, SessionStore, SessionStoreSpec, WebCluster};
 use hostwright_e2e::operator::Operator;
 use hostwright_e2e::sessions::{Sessions, Writer, all_healthy, current_primary};
 use hostwright_e2e::testbed::Testbed;
@@ -122,21 +122,38 @@ async fn web_template(client: &Client, namespace: &str, name: &str) -> Result<se
 }
 
 #[tokio::test]
-async fn sessions_outlive_a_web_rollout_and_a_store_promotion_never_restarts_the_web_tier() -> Result<()> {
+async fn sessions_outlive_a_web_rollout_and_store_promotions_never_restart_the_web_tier() -> Result<()> {
     let _serial = SERIAL.lock().await;
     let site = Site::start("sst-web").await?;
     site.create("sessions", "replicas: 1\ndurability: wait\nfailover: {delay: 1s}").await?;
+    let databases: Api<DatabaseMirror> = site.ns.api();
+    let db: DatabaseMirrorSpec = serde_yaml::from_str(
+        "instance: {storage: {size: 1Gi}}\nmirrors: 1\nreplication: sync\nfailover: {delay: 1s}",
+    )?;
+    databases.create(&PostParams::default(), &DatabaseMirror::new("db", db)).await?;
     site.wait("sessions", "every member healthy", all_healthy).await?;
+    let database_healthy = |what: &'static str| {
+        let databases = databases.clone();
+        async move {
+            wait_for(&databases, "db", TIMEOUT, what, |o: Option<&DatabaseMirror>| o.is_some_and(all_healthy))
+                .await
+        }
+    };
+    database_healthy("every database member healthy").await?;
     let webs: Api<WebCluster> = site.ns.api();
     let web: WebCluster = serde_json::from_value(json!({
         "apiVersion": "hostwright.io/v1alpha1", "kind": "WebCluster", "metadata": {"name": "shop"},
-        "spec": {"image": "shop:1", "replicas": 3, "sessionStoreRef": {"name": "sessions"}},
+        "spec": {"image": "shop:1", "replicas": 3, "sessionStoreRef": {"name": "sessions"}, "databaseRef": {"name": "db"}},
     }))?;
     webs.create(&PostParams::default(), &web).await?;
     wait_web_ready(&webs, "shop", TIMEOUT).await?;
     let template = web_template(&site.client, &site.ns.name, "shop").await?;
     let env = template.pointer("/spec/containers/0/env").cloned().unwrap_or_default().to_string();
     ensure!(env.contains("SESSION_STORE_URL") && env.contains("sessions-connection"), "{env}");
+    ensure!(
+        env.contains("DATABASE_URL") && env.contains("DATABASE_RO_URL") && env.contains("db-credentials"),
+        "{env}"
+    );
     ensure!(!env.contains(&site.sessions("sessions", true).await?.password), "a password in the Deployment");
 
     let sessions = site.sessions("sessions", true).await?;
@@ -175,11 +192,23 @@ async fn sessions_outlive_a_web_rollout_and_a_store_promotion_never_restarts_the
     let lost = sessions.lost(&confirmed).await?;
     ensure!(lost.is_empty(), "confirmed sessions lost: {lost:?}");
     let after = web_template(&site.client, &site.ns.name, "shop").await?;
-    ensure!(after == rolled, "the promotion changed the web pod template");
+    ensure!(after == rolled, "the session store's promotion changed the web pod template");
+
+    // The database's primary dies too; its mirror is promoted; still no change.
+    let dbm = database_healthy("every database member healthy").await?;
+    let old_db = current_primary(&dbm).context("a database primary")?;
+    site.testbed.kill_server(&old_db).await?;
+    let lost_db = old_db.clone();
+    wait_for(&databases, "db", TIMEOUT, "a promoted mirror", move |o: Option<&DatabaseMirror>| {
+        o.is_some_and(|d| current_primary(d).is_some_and(|p| p != lost_db) && all_healthy(d))
+    })
+    .await?;
+    let after_db = web_template(&site.client, &site.ns.name, "shop").await?;
+    ensure!(after_db == rolled, "the database's promotion changed the web pod template");
     let wc = wait_web_ready(&webs, "shop", TIMEOUT).await?;
     ensure!(wc.status.and_then(|s| s.image).as_deref() == Some("shop:2"));
     println!(
-        "{} confirmed sessions across a rollout and a promotion of {old}; web floor {floor}",
+        "{} confirmed sessions across a rollout and promotions of {old} and {old_db}; web floor {floor}",
         confirmed.len()
     );
     site.testbed.stop().await?;
