@@ -188,6 +188,41 @@ pub fn client_host(listen_address: &str) -> String {
     }
 }
 
+/// Run one command on a fresh connection to `host:port`, authenticated with
+/// `password` when given, within `timeout` for connecting and answering
+/// together. Also how the operator checks an external session store.
+pub async fn command<T: FromRedisValue>(
+    host: &str,
+    port: u16,
+    password: Option<&str>,
+    command: &'static str,
+    args: &[&str],
+    timeout: Duration,
+) -> Result<T, RedisError> {
+    let address = format!("{host}:{port}");
+    let mut cmd = redis::cmd(command);
+    cmd.arg(args);
+    let work = async {
+        // CLIENT SETINFO, which the crate sends by default, is Redis 7.2's.
+        let mut settings = RedisConnectionInfo::default().set_skip_set_lib_name();
+        if let Some(password) = password.filter(|p| !p.is_empty()) {
+            settings = settings.set_password(password);
+        }
+        let addr = ConnectionAddr::Tcp(host.to_string(), port);
+        let client = redis::Client::open(addr.into_connection_info()?.set_redis_settings(settings))?;
+        // The outer timeout bounds the whole call; the crate's own
+        // defaults (0.5 s per answer) would cut WAIT short.
+        let config = AsyncConnectionConfig::new().set_connection_timeout(None).set_response_timeout(None);
+        let mut conn = client.get_multiplexed_async_connection_with_config(&config).await?;
+        cmd.query_async::<T>(&mut conn).await
+    };
+    match tokio::time::timeout(timeout, work).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(source)) => Err(RedisError::Command { command, address, source }),
+        Err(_) => Err(RedisError::Timeout { command, address, after: timeout }),
+    }
+}
+
 /// The server's config file.
 ///
 /// Redis keeps the last value of a directive, so the order is: defaults the
@@ -245,36 +280,15 @@ fn replace_file(tmp: &Path, path: &Path, contents: &str, run_as: Option<(u32, u3
 }
 
 impl Redis {
-    fn address(&self) -> String {
-        format!("{}:{}", client_host(&self.listen_address), self.port)
-    }
-
-    /// Run one command on a fresh connection, authenticated with `password`,
-    /// within [`CALL_TIMEOUT`] for connecting and answering together.
+    /// Run one command on this server (see [`command`]), within [`CALL_TIMEOUT`].
     pub async fn call<T: FromRedisValue>(
         &self,
         password: &str,
-        command: &'static str,
+        command_name: &'static str,
         args: &[&str],
     ) -> Result<T, RedisError> {
-        let addr = ConnectionAddr::Tcp(client_host(&self.listen_address), self.port);
-        let mut cmd = redis::cmd(command);
-        cmd.arg(args);
-        let work = async {
-            // CLIENT SETINFO, which the crate sends by default, is Redis 7.2's.
-            let settings = RedisConnectionInfo::default().set_password(password).set_skip_set_lib_name();
-            let client = redis::Client::open(addr.into_connection_info()?.set_redis_settings(settings))?;
-            // The outer timeout bounds the whole call; the crate's own
-            // defaults (0.5 s per answer) would cut WAIT short.
-            let config = AsyncConnectionConfig::new().set_connection_timeout(None).set_response_timeout(None);
-            let mut conn = client.get_multiplexed_async_connection_with_config(&config).await?;
-            cmd.query_async::<T>(&mut conn).await
-        };
-        match tokio::time::timeout(CALL_TIMEOUT, work).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(source)) => Err(RedisError::Command { command, address: self.address(), source }),
-            Err(_) => Err(RedisError::Timeout { command, address: self.address(), after: CALL_TIMEOUT }),
-        }
+        let host = client_host(&self.listen_address);
+        command(&host, self.port, Some(password), command_name, args, CALL_TIMEOUT).await
     }
 
     /// `(is a replica, replication offset)`; see [`parse_replication`].

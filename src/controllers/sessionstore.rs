@@ -12,13 +12,13 @@ use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use super::members::{
     Context, Replicated, SharedChildren, StoreStatus, Summary, last_written, policy, random_password, status,
     write_status,
 };
 use super::{Error, jittered};
+use crate::agent::redis::command;
 use crate::api::common::condition_type::{DEGRADED, PROGRESSING, READY};
 use crate::api::common::{FailoverSpec, ReplicationStatus, StorePhase};
 use crate::api::sessionstore::{Durability, ExternalSessionStore};
@@ -149,7 +149,7 @@ async fn reconcile_external(
         let published = sessionstore::connection_secret(
             blueprint.metadata(connection_name(store)),
             &endpoint.host,
-            endpoint.port,
+            i32::from(endpoint.port),
             endpoint.password.as_deref(),
         );
         ctx.shared.apply_owned(&published, &ctx.caches.secrets, &store.uid().unwrap_or_default()).await?;
@@ -220,50 +220,13 @@ fn external_status(
     }
 }
 
-/// AUTH (when a password is given) and PING, each answered within
+/// PING (after AUTH, when a password is given), answered within
 /// [`EXTERNAL_TIMEOUT`]; the error says what went wrong in words.
 async fn probe(endpoint: &ExternalEndpoint) -> Result<(), String> {
-    let address = format!("{}:{}", endpoint.host, endpoint.port);
-    let exchange = async {
-        let stream = tokio::net::TcpStream::connect(&address)
-            .await
-            .map_err(|e| format!("cannot connect to {address}: {e}"))?;
-        let mut stream = BufReader::new(stream);
-        let mut request = Vec::new();
-        if let Some(password) = endpoint.password.as_deref().filter(|p| !p.is_empty()) {
-            request.extend(resp_command(&["AUTH", password]));
-        }
-        request.extend(resp_command(&["PING"]));
-        stream.get_mut().write_all(&request).await.map_err(|e| format!("writing to {address}: {e}"))?;
-        let replies = if endpoint.password.as_deref().is_some_and(|p| !p.is_empty()) { 2 } else { 1 };
-        for _ in 0..replies {
-            let mut line = String::new();
-            stream.read_line(&mut line).await.map_err(|e| format!("reading from {address}: {e}"))?;
-            let line = line.trim_end();
-            if line.is_empty() {
-                return Err(format!("{address} closed the connection without answering"));
-            }
-            if let Some(error) = line.strip_prefix('-') {
-                return Err(format!("{address} answered with an error: {error}"));
-            }
-        }
-        Ok(())
-    };
-    match tokio::time::timeout(EXTERNAL_TIMEOUT, exchange).await {
-        Ok(result) => result,
-        Err(_) => Err(format!("{address} did not answer within {EXTERNAL_TIMEOUT:?}")),
-    }
-}
-
-/// One command in the Redis protocol (an array of bulk strings).
-fn resp_command(args: &[&str]) -> Vec<u8> {
-    let mut out = format!("*{}\r\n", args.len()).into_bytes();
-    for arg in args {
-        out.extend(format!("${}\r\n", arg.len()).into_bytes());
-        out.extend(arg.as_bytes());
-        out.extend(b"\r\n");
-    }
-    out
+    let pong: Result<String, _> =
+        command(&endpoint.host, endpoint.port, endpoint.password.as_deref(), "PING", &[], EXTERNAL_TIMEOUT)
+            .await;
+    pong.map(drop).map_err(|err| err.to_string())
 }
 
 #[cfg(test)]
@@ -311,10 +274,5 @@ mod tests {
         assert_eq!(SessionStore::read_passwords(&secret), Ok("s3cret".to_string()));
         let emptied = crate::resources::sessionstore::connection(&managed, "").unwrap();
         assert_eq!(SessionStore::read_passwords(&emptied), Err("password"));
-    }
-
-    #[test]
-    fn commands_are_arrays_of_bulk_strings() {
-        assert_eq!(resp_command(&["AUTH", "pw"]), b"*2\r\n$4\r\nAUTH\r\n$2\r\npw\r\n");
     }
 }

@@ -150,7 +150,7 @@ pub fn connection_secret(
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExternalEndpoint {
     pub host: String,
-    pub port: i32,
+    pub port: u16,
     pub password: Option<String>,
 }
 
@@ -178,12 +178,8 @@ pub fn external_endpoint(secret: &Secret) -> Result<ExternalEndpoint, String> {
     }
 }
 
-fn parse_port(text: &str) -> Result<i32, String> {
-    text.parse::<u16>()
-        .ok()
-        .filter(|p| *p > 0)
-        .map(i32::from)
-        .ok_or_else(|| format!("port {text:?} is not a TCP port"))
+fn parse_port(text: &str) -> Result<u16, String> {
+    text.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| format!("port {text:?} is not a TCP port"))
 }
 
 fn parse_url(url: &str) -> Result<ExternalEndpoint, String> {
@@ -200,7 +196,7 @@ fn parse_url(url: &str) -> Result<ExternalEndpoint, String> {
         credentials.map(|c| c.rsplit_once(':').map_or(c, |(_, p)| p).to_string()).filter(|p| !p.is_empty());
     let (host, port) = match address.rsplit_once(':') {
         Some((h, p)) => (h, parse_port(p)?),
-        None => (address, PORT),
+        None => (address, PORT as u16),
     };
     if host.is_empty() {
         return Err("url has no host".into());
