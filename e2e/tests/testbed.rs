@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use hostwright::agent::report;
 use hostwright::api::{DatabaseMirror, DatabaseMirrorSpec};
 use hostwright::failover::{Report, ServerRole};
-use hostwright::resources::databasemirror::{Passwords, blueprint, build, credentials};
+use hostwright::resources::databasemirror::{Passwords, blueprint, children, credentials};
 use hostwright_e2e::testbed::{Testbed, ready_endpoints, twin};
 use hostwright_e2e::{TestNamespace, client, eventually, wait_deleted, wait_for};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -64,12 +64,12 @@ async fn exercise(client: &Client, ns: &TestNamespace, testbed: &Testbed) -> Res
         replication: format!("repl-{salt:08x}"),
         superuser: format!("su-{salt:08x}"),
     };
-    let children = build(&dbm)?;
-    let credentials_secret = credentials(&dbm, &passwords)?;
+    let blueprint = blueprint(&dbm)?;
+    let children = children(&dbm, &blueprint);
+    let credentials_secret = credentials(&dbm, &blueprint, &passwords);
     create(ns.api::<ConfigMap>(), children.config).await?;
     create(ns.api::<Secret>(), credentials_secret.clone()).await?;
     create_agent_identity(ns).await?;
-    let blueprint = blueprint(&dbm)?;
     let volume = blueprint.member_volume(MEMBER).context("a DatabaseMirror always has storage")?;
     create(ns.api::<PersistentVolumeClaim>(), volume).await?;
     let mut pod = blueprint.member_pod(MEMBER, "hostwright:e2e");

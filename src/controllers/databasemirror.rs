@@ -10,7 +10,7 @@ use crate::api::databasemirror::Replication;
 use crate::api::{DatabaseMirror, DatabaseMirrorStatus};
 use crate::failover::Policy;
 use crate::resources::BuildError;
-use crate::resources::databasemirror::{Passwords, build, credentials, credentials_name};
+use crate::resources::databasemirror::{Passwords, children, credentials, credentials_name};
 use crate::resources::members::Blueprint;
 
 impl StoreStatus for DatabaseMirrorStatus {
@@ -49,13 +49,13 @@ impl Replicated for DatabaseMirror {
         crate::resources::databasemirror::blueprint(self)
     }
 
-    fn shared_children(&self, _blueprint: &Blueprint) -> Result<SharedChildren, BuildError> {
-        let c = build(self)?;
-        Ok(SharedChildren {
+    fn shared_children(&self, blueprint: &Blueprint) -> SharedChildren {
+        let c = children(self, blueprint);
+        SharedChildren {
             services: vec![c.read_write, c.read_only],
             budgets: vec![c.primary_budget, c.mirror_budget],
             config_maps: vec![c.config],
-        })
+        }
     }
 
     fn failover(&self) -> &FailoverSpec {
@@ -82,7 +82,7 @@ impl Replicated for DatabaseMirror {
         Passwords::from_secret(secret)
     }
 
-    fn credentials(&self, passwords: &Passwords) -> Result<Secret, BuildError> {
-        credentials(self, passwords)
+    fn credentials(&self, blueprint: &Blueprint, passwords: &Passwords) -> Secret {
+        credentials(self, blueprint, passwords)
     }
 }

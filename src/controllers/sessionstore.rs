@@ -66,15 +66,15 @@ impl Replicated for SessionStore {
         blueprint(self)
     }
 
-    fn shared_children(&self, blueprint: &Blueprint) -> Result<SharedChildren, BuildError> {
-        Ok(SharedChildren {
+    fn shared_children(&self, blueprint: &Blueprint) -> SharedChildren {
+        SharedChildren {
             services: vec![
                 blueprint.service(self.name_any(), "primary"),
                 blueprint.service(format!("{}-replicas", self.name_any()), "mirror"),
             ],
             budgets: blueprint.budgets().into(),
             config_maps: vec![config(self, blueprint)],
-        })
+        }
     }
 
     fn failover(&self) -> &FailoverSpec {
@@ -105,8 +105,8 @@ impl Replicated for SessionStore {
             .ok_or(sessionstore::keys::PASSWORD)
     }
 
-    fn credentials(&self, password: &String) -> Result<Secret, BuildError> {
-        connection(self, password)
+    fn credentials(&self, blueprint: &Blueprint, password: &String) -> Secret {
+        connection(self, blueprint, password)
     }
 
     async fn external(&self, ctx: &Context<Self>) -> Option<Result<Action, Error>> {
@@ -270,9 +270,10 @@ mod tests {
         let mut managed = SessionStore::new("sessions", serde_yaml::from_str("{}").unwrap());
         managed.metadata.namespace = Some("customer-a".into());
         managed.metadata.uid = Some("uid".into());
-        let secret = managed.credentials(&"s3cret".to_string()).unwrap();
+        let blueprint = managed.blueprint().unwrap();
+        let secret = managed.credentials(&blueprint, &"s3cret".to_string());
         assert_eq!(SessionStore::read_passwords(&secret), Ok("s3cret".to_string()));
-        let emptied = crate::resources::sessionstore::connection(&managed, "").unwrap();
+        let emptied = connection(&managed, &blueprint, "");
         assert_eq!(SessionStore::read_passwords(&emptied), Err("password"));
     }
 }

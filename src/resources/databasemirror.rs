@@ -116,9 +116,13 @@ pub fn blueprint(dbm: &DatabaseMirror) -> Result<Blueprint, BuildError> {
 /// Build the shared children of `dbm` (the credentials Secret is built on
 /// its own by [`credentials`]: its passwords are generated only once).
 pub fn build(dbm: &DatabaseMirror) -> Result<DatabaseMirrorChildren, BuildError> {
-    let blueprint = blueprint(dbm)?;
+    Ok(children(dbm, &blueprint(dbm)?))
+}
+
+/// [`build`] from the blueprint the reconciler already has.
+pub fn children(dbm: &DatabaseMirror, blueprint: &Blueprint) -> DatabaseMirrorChildren {
     let [primary_budget, mirror_budget] = blueprint.budgets();
-    Ok(DatabaseMirrorChildren {
+    DatabaseMirrorChildren {
         read_write: blueprint.service(format!("{}-rw", dbm.name_any()), "primary"),
         read_only: blueprint.service(format!("{}-ro", dbm.name_any()), "mirror"),
         primary_budget,
@@ -128,7 +132,7 @@ pub fn build(dbm: &DatabaseMirror) -> Result<DatabaseMirrorChildren, BuildError>
             data: Some(BTreeMap::from([("postgresql.conf".to_string(), postgresql_conf(dbm))])),
             ..ConfigMap::default()
         },
-    })
+    }
 }
 
 /// `postgresql.conf` settings of every member: the user's parameters, then
@@ -179,9 +183,8 @@ fn is_bare_word(v: &str) -> bool {
 
 /// The Secret the web tier and the agents read. Host names are the stable
 /// Services, so a promotion changes nothing here.
-pub fn credentials(dbm: &DatabaseMirror, passwords: &Passwords) -> Result<Secret, BuildError> {
-    let ns = namespace_of(dbm)?;
-    let name = dbm.name_any();
+pub fn credentials(dbm: &DatabaseMirror, blueprint: &Blueprint, passwords: &Passwords) -> Secret {
+    let (name, ns) = (&blueprint.name, &blueprint.namespace);
     let (db, user) = (&dbm.spec.database, &dbm.spec.owner);
     let host = |suffix: &str| format!("{name}-{suffix}.{ns}.svc");
     let uri = |suffix: &str| format!("postgresql://{user}:{}@{}:{PORT}/{db}", passwords.owner, host(suffix));
@@ -200,13 +203,10 @@ pub fn credentials(dbm: &DatabaseMirror, passwords: &Passwords) -> Result<Secret
     .into_iter()
     .map(|(k, v)| (k.to_string(), ByteString(v.into_bytes())))
     .collect();
-    let mut meta = blueprint(dbm)?.metadata(credentials_name(dbm));
     // The members' data only opens with these passwords: the Secret is kept
     // with the volumes, and a DatabaseMirror re-created over them adopts it.
-    if !dbm.spec.instance.storage.delete_on_removal {
-        meta.owner_references = None;
-    }
-    Ok(Secret { metadata: meta, type_: Some("Opaque".into()), data: Some(data), ..Secret::default() })
+    let metadata = blueprint.kept_metadata(credentials_name(dbm));
+    Secret { metadata, type_: Some("Opaque".into()), data: Some(data), ..Secret::default() }
 }
 
 /// A short, stable hash of everything in the instance template that shapes a
@@ -321,9 +321,10 @@ mod tests {
 
     #[test]
     fn credentials_point_at_the_stable_services() {
-        let secret =
-            credentials(&dbm("instance: {storage: {size: 1Gi}}\ndatabase: shop\nowner: shop"), &passwords())
-                .unwrap();
+        let secret = {
+            let d = dbm("instance: {storage: {size: 1Gi}}\ndatabase: shop\nowner: shop");
+            credentials(&d, &blueprint(&d).unwrap(), &passwords())
+        };
         assert!(secret.metadata.owner_references.is_none(), "kept with the volumes");
         assert_eq!(Passwords::from_secret(&secret), Ok(passwords()));
         let data = secret.data.unwrap();

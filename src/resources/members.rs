@@ -206,16 +206,24 @@ impl Blueprint {
         (account, role, binding)
     }
 
-    /// The data volume of `member`, when the template asks for storage.
-    /// Owned by the store (and so deleted with it) only when
-    /// `storage.deleteOnRemoval` is set: customer data outlives the object.
-    pub fn member_volume(&self, member: &str) -> Option<PersistentVolumeClaim> {
-        let storage = self.storage.as_ref()?;
-        let mut meta = self.metadata(member.to_string());
-        meta.labels.get_or_insert_default().insert(MEMBER_LABEL.into(), member.into());
-        if !storage.delete_on_removal {
+    /// Metadata of what is kept with the data (volumes, and the Secret
+    /// whose passwords open it): owned by the store, and so deleted with it,
+    /// only without storage or when `storage.deleteOnRemoval` is set, as
+    /// customer data outlives the object.
+    pub fn kept_metadata(&self, name: String) -> ObjectMeta {
+        let mut meta = self.metadata(name);
+        if self.storage.as_ref().is_some_and(|s| !s.delete_on_removal) {
             meta.owner_references = None;
         }
+        meta
+    }
+
+    /// The data volume of `member`, when the template asks for storage
+    /// (kept: see [`Blueprint::kept_metadata`]).
+    pub fn member_volume(&self, member: &str) -> Option<PersistentVolumeClaim> {
+        let storage = self.storage.as_ref()?;
+        let mut meta = self.kept_metadata(member.to_string());
+        meta.labels.get_or_insert_default().insert(MEMBER_LABEL.into(), member.into());
         Some(PersistentVolumeClaim {
             metadata: meta,
             spec: Some(PersistentVolumeClaimSpec {

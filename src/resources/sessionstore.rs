@@ -113,13 +113,9 @@ pub fn config(store: &SessionStore, blueprint: &Blueprint) -> ConfigMap {
 
 /// The connection Secret of a deployed store: the agents read `password`,
 /// the web pods `url`. Kept with the volumes unless they go with the object.
-pub fn connection(store: &SessionStore, password: &str) -> Result<Secret, BuildError> {
-    let host = format!("{}.{}.svc", store.name_any(), namespace_of(store)?);
-    let mut meta = blueprint(store)?.metadata(connection_name(store));
-    if store.spec.storage.as_ref().is_some_and(|s| !s.delete_on_removal) {
-        meta.owner_references = None;
-    }
-    Ok(connection_secret(meta, &host, PORT, Some(password)))
+pub fn connection(store: &SessionStore, blueprint: &Blueprint, password: &str) -> Secret {
+    let host = format!("{}.{}.svc", blueprint.name, blueprint.namespace);
+    connection_secret(blueprint.kept_metadata(connection_name(store)), &host, PORT, Some(password))
 }
 
 /// The connection Secret from its parts (also what an external store is
@@ -253,7 +249,7 @@ mod tests {
         assert!(redis_conf(&s).contains("appendonly yes"));
         let volume = blueprint(&s).unwrap().member_volume("sessions-1").unwrap();
         assert!(volume.metadata.owner_references.is_none());
-        assert!(connection(&s, "pw").unwrap().metadata.owner_references.is_none());
+        assert!(connection(&s, &blueprint(&s).unwrap(), "pw").metadata.owner_references.is_none());
     }
 
     #[test]
@@ -265,7 +261,9 @@ mod tests {
 
     #[test]
     fn the_connection_names_the_primary_service_not_a_member() {
-        let secret = connection(&store("{}"), "s3cret").unwrap();
+        let s = store("{}");
+        let secret = connection(&s, &blueprint(&s).unwrap(), "s3cret");
+        assert!(secret.metadata.owner_references.is_some(), "without storage it goes with the store");
         let data = secret.data.unwrap();
         let text = |k: &str| String::from_utf8(data[k].0.clone()).unwrap();
         assert_eq!(text("url"), "redis://:s3cret@sessions.customer-a.svc:6379/0");

@@ -96,7 +96,7 @@ pub trait Replicated:
     /// The status to write, from the shared part and the summary figures.
     fn status(&self, replication: ReplicationStatus, summary: Summary) -> Self::Status;
     fn blueprint(&self) -> Result<Blueprint, BuildError>;
-    fn shared_children(&self, blueprint: &Blueprint) -> Result<SharedChildren, BuildError>;
+    fn shared_children(&self, blueprint: &Blueprint) -> SharedChildren;
     fn failover(&self) -> &FailoverSpec;
     fn policy(&self) -> Policy;
     /// The Service writes go through, for messages.
@@ -105,7 +105,7 @@ pub trait Replicated:
     fn generate_passwords() -> Self::Passwords;
     /// The passwords in an existing Secret, or the first key it lacks.
     fn read_passwords(secret: &Secret) -> Result<Self::Passwords, &'static str>;
-    fn credentials(&self, passwords: &Self::Passwords) -> Result<Secret, BuildError>;
+    fn credentials(&self, blueprint: &Blueprint, passwords: &Self::Passwords) -> Secret;
     /// Nothing to deploy (an external store): reconciled by the kind itself.
     fn external(
         &self,
@@ -315,7 +315,7 @@ async fn reconcile_inner<K: Replicated>(dbm: &K, ctx: &Context<K>, namespace: &s
         None => (Some(K::generate_passwords()), Credentials::Ready),
     };
     if let (Some(passwords), None) = (&passwords, &live_secret) {
-        shared.apply(&dbm.credentials(passwords).map_err(build_error)?, None).await?;
+        shared.apply(&dbm.credentials(&blueprint, passwords), None).await?;
         shared
             .event(
                 dbm,
@@ -327,11 +327,11 @@ async fn reconcile_inner<K: Replicated>(dbm: &K, ctx: &Context<K>, namespace: &s
             .await;
     } else if let (Some(passwords), Some(live)) = (&passwords, &live_secret) {
         // Keeps the passwords; brings the other keys (hosts, URIs) up to date.
-        shared.apply(&dbm.credentials(passwords).map_err(build_error)?, Some(live)).await?;
+        shared.apply(&dbm.credentials(&blueprint, passwords), Some(live)).await?;
     }
 
     // Shared children and the agents' identity.
-    let children = dbm.shared_children(&blueprint).map_err(build_error)?;
+    let children = dbm.shared_children(&blueprint);
     for service in &children.services {
         shared.apply_owned(service, &caches.services, &uid).await?;
     }
