@@ -254,7 +254,7 @@ fn resolve_references(wc: &WebCluster, caches: &Caches, namespace: &str) -> Refe
             None => Reference::NotFound,
             Some(s) => state(
                 s.status.as_ref().map(|st| st.replication.conditions.as_slice()),
-                format!("{}-connection", r.name),
+                crate::resources::sessionstore::connection_name(&s),
             ),
         };
         (r.name.clone(), reference)
@@ -265,7 +265,7 @@ fn resolve_references(wc: &WebCluster, caches: &Caches, namespace: &str) -> Refe
             None => Reference::NotFound,
             Some(d) => state(
                 d.status.as_ref().map(|st| st.replication.conditions.as_slice()),
-                format!("{}-credentials", r.name),
+                crate::resources::databasemirror::credentials_name(&d),
             ),
         };
         (r.name.clone(), reference)
