@@ -250,18 +250,18 @@ fn by_instance<K: Replicated, C: Resource>(obj: C) -> Option<ObjectRef<K>> {
     Some(ObjectRef::new(instance).within(&obj.namespace()?))
 }
 
-async fn reconcile<K: Replicated>(dbm: Arc<K>, ctx: Arc<Context<K>>) -> Result<Action, Error> {
+async fn reconcile<K: Replicated>(store: Arc<K>, ctx: Arc<Context<K>>) -> Result<Action, Error> {
     if !ctx.caches_ready.load(Ordering::Acquire) {
         return Ok(Action::requeue(Duration::from_millis(200)));
     }
-    let namespace = dbm.namespace().unwrap_or_default();
-    let name = dbm.name_any();
+    let namespace = store.namespace().unwrap_or_default();
+    let name = store.name_any();
     let span = info_span!("reconcile", controller = K::CONTROLLER, namespace = %namespace, name = %name);
     let _timer = ctx.shared.metrics.reconcile_started(K::CONTROLLER);
     let key = format!("{namespace}/{name}");
-    let result = match dbm.external(&ctx).instrument(span.clone()).await {
+    let result = match store.external(&ctx).instrument(span.clone()).await {
         Some(result) => result,
-        None => reconcile_inner(dbm.as_ref(), &ctx, &namespace).instrument(span).await,
+        None => reconcile_inner(store.as_ref(), &ctx, &namespace).instrument(span).await,
     };
     if result.is_ok() {
         ctx.shared.backoff.succeeded(&key);
@@ -290,20 +290,20 @@ where
         .filter(|o| o.labels().get(INSTANCE_LABEL).map(String::as_str) == Some(instance))
 }
 
-async fn reconcile_inner<K: Replicated>(dbm: &K, ctx: &Context<K>, namespace: &str) -> Result<Action, Error> {
-    let name = dbm.name_any();
-    let uid = dbm.uid().unwrap_or_default();
+async fn reconcile_inner<K: Replicated>(store: &K, ctx: &Context<K>, namespace: &str) -> Result<Action, Error> {
+    let name = store.name_any();
+    let uid = store.uid().unwrap_or_default();
     let object = format!("{namespace}/{name}");
     let caches = &ctx.caches;
     let shared = &ctx.shared;
     let build_error = |source| Error::Build { object: object.clone(), source };
-    let blueprint = dbm.blueprint().map_err(build_error)?;
+    let blueprint = store.blueprint().map_err(build_error)?;
     let members = blueprint.members.clone();
 
-    let (old_status, resource_version) = last_written(dbm, ctx);
+    let (old_status, resource_version) = last_written(store, ctx);
 
     // The credentials: generated once; never regenerated over existing data.
-    let secret_name = dbm.credentials_name();
+    let secret_name = store.credentials_name();
     let live_secret = labelled(&caches.secrets, namespace, &secret_name, &name);
     let has_data = members.iter().any(|m| labelled(&caches.volumes, namespace, m, &name).is_some());
     let (passwords, credentials_state) = match &live_secret {
@@ -315,10 +315,10 @@ async fn reconcile_inner<K: Replicated>(dbm: &K, ctx: &Context<K>, namespace: &s
         None => (Some(K::generate_passwords()), Credentials::Ready),
     };
     if let (Some(passwords), None) = (&passwords, &live_secret) {
-        shared.apply(&dbm.credentials(&blueprint, passwords), None).await?;
+        shared.apply(&store.credentials(&blueprint, passwords), None).await?;
         shared
             .event(
-                dbm,
+                store,
                 EventType::Normal,
                 "CredentialsCreated",
                 "Create",
@@ -327,11 +327,11 @@ async fn reconcile_inner<K: Replicated>(dbm: &K, ctx: &Context<K>, namespace: &s
             .await;
     } else if let (Some(passwords), Some(live)) = (&passwords, &live_secret) {
         // Keeps the passwords; brings the other keys (hosts, URIs) up to date.
-        shared.apply(&dbm.credentials(&blueprint, passwords), Some(live)).await?;
+        shared.apply(&store.credentials(&blueprint, passwords), Some(live)).await?;
     }
 
     // Shared children and the agents' identity.
-    let children = dbm.shared_children(&blueprint);
+    let children = store.shared_children(&blueprint);
     for service in &children.services {
         shared.apply_owned(service, &caches.services, &uid).await?;
     }
@@ -357,7 +357,7 @@ async fn reconcile_inner<K: Replicated>(dbm: &K, ctx: &Context<K>, namespace: &s
     let now = now_ms();
     let (observed, expiries): (Vec<Member>, Vec<Option<u64>>) =
         members.iter().map(|m| observe(caches, namespace, m, now)).unzip();
-    let policy = dbm.policy();
+    let policy = store.policy();
     let state = old_status.replication().engine.as_ref().and_then(|e| e.to_state()).unwrap_or_else(|| {
         State::Bootstrapping {
             primary: policy.requested_primary.clone().unwrap_or_else(|| members[0].clone()),
@@ -401,12 +401,12 @@ async fn reconcile_inner<K: Replicated>(dbm: &K, ctx: &Context<K>, namespace: &s
         shrink_blocked: shrink_blocked.as_deref(),
     };
     let time = Time(Timestamp::now());
-    let new_status = status::compute(dbm, &decision, &observation, &old_status, &time);
-    if let Some(requeue) = write_status(dbm, ctx, &old_status, &new_status, &resource_version).await? {
+    let new_status = status::compute(store, &decision, &observation, &old_status, &time);
+    if let Some(requeue) = write_status(store, ctx, &old_status, &new_status, &resource_version).await? {
         return Ok(requeue);
     }
-    for event in status::events(dbm, &decision, &old_status, &new_status) {
-        shared.event(dbm, event.type_, event.reason, event.action, event.note).await;
+    for event in status::events(store, &decision, &old_status, &new_status) {
+        shared.event(store, event.type_, event.reason, event.action, event.note).await;
     }
     for s in &decision.steps {
         if let Step::Promoted { member, duration_ms } = s {
@@ -423,7 +423,7 @@ async fn reconcile_inner<K: Replicated>(dbm: &K, ctx: &Context<K>, namespace: &s
     for member in order {
         let routing = Routing::of(&decision, member);
         match owned_child(&caches.pods, namespace, member, &uid) {
-            Some(pod) => route_pod(dbm, ctx, &pod, &routing).await?,
+            Some(pod) => route_pod(store, ctx, &pod, &routing).await?,
             None => {
                 let mut pod = blueprint.member_pod(member, &ctx.agent_image);
                 let (labels, annotations) = routing.metadata();
@@ -513,14 +513,14 @@ pub fn last_written<K: Replicated>(obj: &K, ctx: &Context<K>) -> (K::Status, Str
 /// slower pace). Returns an Action when the write lost a race and the
 /// reconcile must start over.
 pub async fn write_status<K: Replicated>(
-    dbm: &K,
+    store: &K,
     ctx: &Context<K>,
     old: &K::Status,
     new: &K::Status,
     resource_version: &str,
 ) -> Result<Option<Action>, Error> {
     let (namespace, name, uid) =
-        (dbm.namespace().unwrap_or_default(), dbm.name_any(), dbm.uid().unwrap_or_default());
+        (store.namespace().unwrap_or_default(), store.name_any(), store.uid().unwrap_or_default());
     let significant = old.without_positions() != new.without_positions();
     let last_write = ctx.written.lock().unwrap_or_else(|p| p.into_inner()).get(&uid).map(|w| w.at);
     let stale = old != new && last_write.is_none_or(|at| at.elapsed() >= POSITION_REFRESH);
@@ -573,7 +573,7 @@ pub async fn write_status<K: Replicated>(
 /// Put `routing` on a member's pod: a metadata-only patch, since a pod's
 /// spec cannot change in place.
 async fn route_pod<K: Replicated>(
-    dbm: &K,
+    store: &K,
     ctx: &Context<K>,
     pod: &Pod,
     routing: &Routing,
@@ -601,11 +601,11 @@ async fn route_pod<K: Replicated>(
             pod.name_any(),
             routing.primary.clone().unwrap_or_default()
         );
-        ctx.shared.event(dbm, EventType::Normal, "Rejoining", "Failover", note).await;
+        ctx.shared.event(store, EventType::Normal, "Rejoining", "Failover", note).await;
     }
     Ok(())
 }
 
-fn error_policy<K: Replicated>(dbm: Arc<K>, error: &Error, ctx: Arc<Context<K>>) -> Action {
-    ctx.shared.retry_after(dbm.as_ref(), error)
+fn error_policy<K: Replicated>(store: Arc<K>, error: &Error, ctx: Arc<Context<K>>) -> Action {
+    ctx.shared.retry_after(store.as_ref(), error)
 }

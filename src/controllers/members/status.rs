@@ -44,7 +44,7 @@ pub struct Observation<'a> {
 }
 
 /// Why a failover cannot go on, for conditions and Events.
-pub fn describe_blocked<K: Replicated>(blocked: &Blocked, dbm: &K) -> String {
+pub fn describe_blocked<K: Replicated>(blocked: &Blocked, store: &K) -> String {
     match blocked {
         Blocked::Disabled => {
             "failover is disabled (spec.failover.enabled: false): the lost primary stays fenced \
@@ -55,7 +55,7 @@ pub fn describe_blocked<K: Replicated>(blocked: &Blocked, dbm: &K) -> String {
         Blocked::LagTooHigh { best, lag_bytes } => format!(
             "not promoting: every healthy mirror is too far behind; the best, {best}, lags {lag_bytes} bytes, \
              more than failover.maxLagBytes ({}); promoting it would drop acknowledged writes",
-            dbm.failover().max_lag_bytes
+            store.failover().max_lag_bytes
         ),
         Blocked::AwaitingPositions => {
             "waiting for every member to report its replication position after the fence".into()
@@ -99,7 +99,7 @@ fn member_status(
 
 /// The status after `decision`, given the previous one.
 pub fn compute<K: Replicated>(
-    dbm: &K,
+    store: &K,
     decision: &Decision,
     o: &Observation,
     old: &K::Status,
@@ -133,7 +133,7 @@ pub fn compute<K: Replicated>(
     let switching = match &decision.state {
         State::Demoting { .. } => true,
         State::Promoting { candidate, .. } => {
-            dbm.policy().requested_primary.as_deref() == Some(candidate.as_str())
+            store.policy().requested_primary.as_deref() == Some(candidate.as_str())
         }
         _ => false,
     };
@@ -154,7 +154,7 @@ pub fn compute<K: Replicated>(
             "PrimaryUnhealthy",
             format!(
                 "{primary} is unhealthy; a mirror is promoted if it stays so for {}",
-                dbm.failover().delay
+                store.failover().delay
             ),
         )),
         State::Fencing { old, .. } => {
@@ -170,7 +170,7 @@ pub fn compute<K: Replicated>(
         State::Steady { .. } => None,
     };
 
-    let secret = dbm.credentials_name();
+    let secret = store.credentials_name();
     let ready = match (o.credentials, &primary, blocked) {
         (Credentials::Missing, _, _) => Observed::new(
             READY,
@@ -194,7 +194,7 @@ pub fn compute<K: Replicated>(
             "PrimaryServing",
             format!("{p} takes writes; {healthy}/{} members healthy", o.members.len()),
         ),
-        (_, None, Some(b)) => Observed::new(READY, false, "FailoverBlocked", describe_blocked(b, dbm)),
+        (_, None, Some(b)) => Observed::new(READY, false, "FailoverBlocked", describe_blocked(b, store)),
         (_, None, None) => match &in_motion {
             Some((reason, message)) => Observed::new(READY, false, reason, message.clone()),
             None => Observed::new(READY, false, "PrimaryNotServing", "no member takes writes yet"),
@@ -214,7 +214,7 @@ pub fn compute<K: Replicated>(
         (None, None) => Observed::new(PROGRESSING, false, "Stable", "nothing to do"),
     };
     let degraded = if let Some(b) = blocked {
-        Observed::new(DEGRADED, true, "FailoverBlocked", describe_blocked(b, dbm))
+        Observed::new(DEGRADED, true, "FailoverBlocked", describe_blocked(b, store))
     } else if let Some(member) = o.shrink_blocked {
         Observed::new(
             DEGRADED,
@@ -256,7 +256,7 @@ pub fn compute<K: Replicated>(
     };
     let max_lag = members.iter().filter_map(|m| m.lag_bytes).max();
     let replication = ReplicationStatus {
-        observed_generation: dbm.meta().generation,
+        observed_generation: store.meta().generation,
         phase: Some(phase),
         current_primary: primary,
         target_primary,
@@ -267,7 +267,7 @@ pub fn compute<K: Replicated>(
         conditions: conditions::merge(
             &old.replication().conditions,
             vec![ready, progressing, degraded],
-            dbm.meta().generation,
+            store.meta().generation,
             now,
         ),
     };
@@ -275,7 +275,7 @@ pub fn compute<K: Replicated>(
         max_lag_bytes: max_lag,
         equal_spec: (!o.pod_hashes.is_empty()).then_some(drifted.is_empty()),
     };
-    dbm.status(replication, summary)
+    store.status(replication, summary)
 }
 
 /// `replication` with what moves on every report (positions, lag, report
@@ -290,7 +290,7 @@ pub fn clear_positions(replication: &mut ReplicationStatus) {
 }
 
 /// Events for the engine's steps and for conditions that turned.
-pub fn events<K: Replicated>(dbm: &K, decision: &Decision, old: &K::Status, new: &K::Status) -> Vec<Planned> {
+pub fn events<K: Replicated>(store: &K, decision: &Decision, old: &K::Status, new: &K::Status) -> Vec<Planned> {
     let event = |type_, reason, action, note: String| Planned { type_, reason, action, note };
     let mut events: Vec<Planned> = decision
         .steps
@@ -315,7 +315,7 @@ pub fn events<K: Replicated>(dbm: &K, decision: &Decision, old: &K::Status, new:
                     "Failover",
                     format!(
                         "{member} is fenced: out of {} and told to take no writes",
-                        dbm.read_write_service()
+                        store.read_write_service()
                     ),
                 ),
                 Step::Promoting { member, position } => event(
