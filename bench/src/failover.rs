@@ -97,13 +97,9 @@ pub async fn each_mode(
             Err(err) => {
                 log(format!("{name}: {mode} failed: {err:#}"));
                 complete = false;
-                json!({
-                    mode_key: mode,
-                    "error": format!("{err:#}"),
-                    "process": kind_figures(&seconds_of(&recorded, Loss::Process)),
-                    "member": kind_figures(&seconds_of(&recorded, Loss::Member)),
-                    "trials": trials_json(&recorded),
-                })
+                let mut figures = mode_figures(mode_key, mode, &recorded);
+                figures.insert("error".into(), json!(format!("{err:#}")));
+                Value::Object(figures)
             }
         };
         result["wall_s"] = json!(round(t.elapsed().as_secs_f64(), 1));
@@ -124,23 +120,40 @@ async fn run_mode(cfg: &Config, client: &Client, mode: &str, recorded: &mut Vec<
         measure(cfg, client, &ns, testbed, mode, recorded).await
     })
     .await?;
-    Ok(json!({
-        "replication": mode,
-        "namespace": ns,
-        "trials_per_kind": cfg.failover_trials,
-        "process": kind_figures(&report.seconds(Loss::Process)),
-        "member": kind_figures(&report.seconds(Loss::Member)),
-        "acked_writes": report.acked_writes,
-        "lost_acked_writes": report.lost.len(),
-        "lost_ids_sample": report.lost.iter().take(20).collect::<Vec<_>>(),
-        "probe_writes_accepted": report.probe_accepted,
-        "overlapping_writers": report.overlaps.len(),
-        "overlaps_sample": report.overlaps.iter().take(3)
-            .map(|(a, b)| format!("{} and {}", a.member, b.member))
-            .collect::<Vec<_>>(),
-        "failovers": report.failovers_after - report.failovers_before,
-        "trials": trials_json(&report.trials),
-    }))
+    let mut figures = mode_figures("replication", mode, &report.trials);
+    figures.extend([
+        ("namespace".into(), json!(ns)),
+        ("trials_per_kind".into(), json!(cfg.failover_trials)),
+        ("acked_writes".into(), json!(report.acked_writes)),
+        ("lost_acked_writes".into(), json!(report.lost.len())),
+        ("lost_ids_sample".into(), json!(report.lost.iter().take(20).collect::<Vec<_>>())),
+        ("probe_writes_accepted".into(), json!(report.probe_accepted)),
+        ("overlapping_writers".into(), json!(report.overlaps.len())),
+        (
+            "overlaps_sample".into(),
+            json!(
+                report
+                    .overlaps
+                    .iter()
+                    .take(3)
+                    .map(|(a, b)| format!("{} and {}", a.member, b.member))
+                    .collect::<Vec<_>>()
+            ),
+        ),
+        ("failovers".into(), json!(report.failovers_after - report.failovers_before)),
+    ]);
+    Ok(Value::Object(figures))
+}
+
+/// What every mode reports, also one that failed part way: its name, each
+/// kind's figures and every trial.
+pub fn mode_figures(mode_key: &str, mode: &str, trials: &[Trial]) -> Map<String, Value> {
+    let mut figures = Map::new();
+    figures.insert(mode_key.into(), json!(mode));
+    figures.insert("process".into(), kind_figures(&seconds_of(trials, Loss::Process)));
+    figures.insert("member".into(), kind_figures(&seconds_of(trials, Loss::Member)));
+    figures.insert("trials".into(), json!(trials_json(trials)));
+    figures
 }
 
 /// Run `measure` in namespace `ns` with a fresh operator and a test bed of

@@ -24,7 +24,7 @@ use kube::Client;
 use kube::api::{Api, PostParams};
 use serde_json::{Map, Value, json};
 
-use crate::failover::{each_mode, in_namespace, kind_figures, pooled, trials_json};
+use crate::failover::{each_mode, in_namespace, kind_figures, mode_figures, pooled};
 use crate::report::{missed_markdown, num};
 use crate::{Config, Suite, log};
 
@@ -84,18 +84,16 @@ async fn run_mode(cfg: &Config, client: &Client, mode: &str, recorded: &mut Vec<
         .await
     })
     .await?;
-    Ok(json!({
-        "durability": mode,
-        "namespace": ns,
-        "trials_per_kind": cfg.failover_trials,
-        "process": kind_figures(&report.seconds(Loss::Process)),
-        "member": kind_figures(&report.seconds(Loss::Member)),
-        "confirmed_writes": report.confirmed_writes,
-        "lost_writes": report.lost.len(),
-        "lost_ids_sample": report.lost.iter().take(20).collect::<Vec<_>>(),
-        "failovers": report.failovers_after - report.failovers_before,
-        "trials": trials_json(&report.trials),
-    }))
+    let mut figures = mode_figures("durability", mode, &report.trials);
+    figures.extend([
+        ("namespace".into(), json!(ns)),
+        ("trials_per_kind".into(), json!(cfg.failover_trials)),
+        ("confirmed_writes".into(), json!(report.confirmed_writes)),
+        ("lost_writes".into(), json!(report.lost.len())),
+        ("lost_ids_sample".into(), json!(report.lost.iter().take(20).collect::<Vec<_>>())),
+        ("failovers".into(), json!(report.failovers_after - report.failovers_before)),
+    ]);
+    Ok(Value::Object(figures))
 }
 
 fn write(cfg: &Config, runs: &[Value], elapsed: Duration) -> Result<Vec<String>> {

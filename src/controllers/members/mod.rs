@@ -290,7 +290,11 @@ where
         .filter(|o| o.labels().get(INSTANCE_LABEL).map(String::as_str) == Some(instance))
 }
 
-async fn reconcile_inner<K: Replicated>(store: &K, ctx: &Context<K>, namespace: &str) -> Result<Action, Error> {
+async fn reconcile_inner<K: Replicated>(
+    store: &K,
+    ctx: &Context<K>,
+    namespace: &str,
+) -> Result<Action, Error> {
     let name = store.name_any();
     let uid = store.uid().unwrap_or_default();
     let object = format!("{namespace}/{name}");

@@ -290,7 +290,12 @@ pub fn clear_positions(replication: &mut ReplicationStatus) {
 }
 
 /// Events for the engine's steps and for conditions that turned.
-pub fn events<K: Replicated>(store: &K, decision: &Decision, old: &K::Status, new: &K::Status) -> Vec<Planned> {
+pub fn events<K: Replicated>(
+    store: &K,
+    decision: &Decision,
+    old: &K::Status,
+    new: &K::Status,
+) -> Vec<Planned> {
     let event = |type_, reason, action, note: String| Planned { type_, reason, action, note };
     let mut events: Vec<Planned> = decision
         .steps
