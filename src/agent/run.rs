@@ -124,7 +124,7 @@ impl<S: Server> Agent<S> {
             // The operator has decided; the latch has done its job.
             self.crashed_primary = false;
         }
-        let local = self.observe().await;
+        let (local, position) = self.observe().await;
         if self.server.is_some() && !local.running {
             // Our server runs but does not answer: starting, hung, or it just
             // died (the next tick reaps it). Nothing is planned on a guess, but
@@ -134,9 +134,11 @@ impl<S: Server> Agent<S> {
                 let _ = self.stop().await;
             }
             let acting_on = instruction.map_or(Desired::Fenced, |(d, _)| d);
-            self.report(acting_on).await;
+            // Not answering: no position (observed just now) to report.
+            self.report(acting_on, position).await;
             return;
         }
+        let mut position = position;
         if let Some((desired, primary)) = &instruction {
             let action = plan(*desired, primary.as_ref(), &local, &self.options.member);
             if !matches!(action, Action::Wait(_)) {
@@ -144,10 +146,20 @@ impl<S: Server> Agent<S> {
                 if let Err(err) = self.act(&action).await {
                     warn!(%err, ?action, "step failed; retrying");
                 }
+                // The step changed the server: report what it is now.
+                position = self.position().await;
             }
         }
         let acting_on = instruction.map_or(Desired::Fenced, |(d, _)| d);
-        self.report(acting_on).await;
+        self.report(acting_on, position).await;
+    }
+
+    /// (is a replica, replication position) while our server answers.
+    async fn position(&self) -> Option<(bool, u64)> {
+        match &self.server {
+            Some(_) => self.server_driver.position().await.ok(),
+            None => None,
+        }
     }
 
     /// The instruction on our pod, and where the primary is.
@@ -187,19 +199,19 @@ impl<S: Server> Agent<S> {
         Some(Endpoint { member: member.into(), host: host.into(), port: port.parse().ok()? })
     }
 
-    async fn observe(&self) -> Local {
+    /// Our server as it is now, and its position (asked once per tick: the
+    /// report reuses it unless a step changed the server).
+    async fn observe(&self) -> (Local, Option<(bool, u64)>) {
         let data = self.server_driver.data_state().await;
-        let (running, in_recovery) = match (&self.server, self.server_driver.position().await) {
-            (Some(_), Ok((in_recovery, _))) => (true, in_recovery),
-            _ => (false, false),
-        };
-        Local {
+        let position = self.position().await;
+        let local = Local {
             data,
-            running,
-            in_recovery,
+            running: position.is_some(),
+            in_recovery: position.is_some_and(|(in_recovery, _)| in_recovery),
             following: self.following.clone(),
             crashed_primary: self.crashed_primary,
-        }
+        };
+        (local, position)
     }
 
     async fn act(&mut self, action: &Action) -> Result<(), S::Error> {
@@ -247,13 +259,13 @@ impl<S: Server> Agent<S> {
 
     /// Renew the member Lease with a fresh report; fence the server when
     /// renewals have failed for too long.
-    async fn report(&mut self, acting_on: Desired) {
-        let (role, position) = match (&self.server, self.server_driver.position().await) {
-            (Some(_), Ok((true, p))) => (ServerRole::Mirror, Some(p)),
-            (Some(_), Ok((false, p))) => (ServerRole::Primary, Some(p)),
+    async fn report(&mut self, acting_on: Desired, position: Option<(bool, u64)>) {
+        let (role, position) = match (&self.server, position) {
+            (Some(_), Some((true, p))) => (ServerRole::Mirror, Some(p)),
+            (Some(_), Some((false, p))) => (ServerRole::Primary, Some(p)),
             // Alive but not answering: a primary may still take writes, so it
             // is not reported stopped (which would let it count as fenced).
-            (Some(_), Err(_)) if self.serving_primary => (ServerRole::Primary, None),
+            (Some(_), None) if self.serving_primary => (ServerRole::Primary, None),
             _ => (ServerRole::Stopped, None),
         };
         self.serving_primary = role == ServerRole::Primary && self.server.is_some();
