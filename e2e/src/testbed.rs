@@ -833,13 +833,12 @@ impl ServerFiles {
     /// if that process is alive and is such a server (a stale file may name
     /// a pid reused by anything).
     fn pid(&self) -> Option<u32> {
-        let (file, name) = match self.engine {
-            Engine::Postgres => ("postmaster.pid", "postgres"),
-            Engine::Redis => (hostwright::agent::redis::PID_FILE, "redis-server"),
+        let file = match self.engine {
+            Engine::Postgres => "postmaster.pid",
+            Engine::Redis => hostwright::agent::redis::PID_FILE,
         };
         let text = std::fs::read_to_string(self.data.join(file)).ok()?;
         let pid: u32 = text.lines().next()?.trim().parse().ok()?;
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
         // PostgreSQL names its data directory on the command line; Redis
         // rewrites its title to its address, so its name must do.
         let serves = match self.engine {
@@ -847,7 +846,9 @@ impl ServerFiles {
                 .ok()?
                 .split(|b| *b == 0)
                 .any(|arg| arg == self.data.to_string_lossy().as_bytes()),
-            Engine::Redis => comm.trim().starts_with(name),
+            Engine::Redis => {
+                std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?.trim().starts_with("redis-server")
+            }
         };
         (serves && alive(pid)).then_some(pid)
     }
