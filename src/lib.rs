@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod api;
 pub mod conditions;
+pub mod contract;
 pub mod controllers;
 pub mod failover;
 pub mod resources;

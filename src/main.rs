@@ -68,6 +68,9 @@ enum AgentCommand {
     /// Supervise the database server of this member and carry out the
     /// operator's instructions.
     Run(Box<AgentArgs>),
+    /// The agent's watchdog (started by `agent run`): kills the server's
+    /// process group when the agent stops renewing its Lease.
+    Watchdog,
 }
 
 #[derive(Args, Debug)]
@@ -85,6 +88,9 @@ struct AgentArgs {
     /// This member (its pod name).
     #[arg(long, env = "POD_NAME")]
     member: String,
+    /// The uid of this member's pod: the agent acts on no other pod.
+    #[arg(long, env = "POD_UID")]
+    pod_uid: Option<String>,
     #[arg(long, env = "POD_NAMESPACE")]
     namespace: String,
     #[arg(long)]
@@ -122,6 +128,10 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::Agent(AgentCommand::Install { path }) => install_agent(&path),
         Command::Agent(AgentCommand::Run(args)) => run_agent(*args),
+        Command::Agent(AgentCommand::Watchdog) => {
+            hostwright::agent::watchdog::run();
+            Ok(())
+        }
         Command::Crds => print_crds(),
         Command::Version => {
             println!("hostwright {}", env!("CARGO_PKG_VERSION"));
@@ -175,6 +185,9 @@ fn run_agent(args: AgentArgs) -> Result<(), Box<dyn std::error::Error>> {
         advertise: format!("{}:{}", args.advertise_address, args.port),
         member: args.member.clone(),
         namespace: args.namespace,
+        pod_uid: args.pod_uid.filter(|u| !u.is_empty()),
+        run_as,
+        binary: std::env::current_exe()?,
     };
     tracing::info!(
         member = %options.member,

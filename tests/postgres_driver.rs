@@ -109,18 +109,17 @@ async fn bootstrap_stream_crash_promote_rewind_rejoin() {
     b.basebackup(&conninfo_a).await.unwrap();
     let mut b_server = b.start(&StartAs::Standby { primary_conninfo: conninfo_a.clone() }).await.unwrap();
     a.connect().await.unwrap().batch_execute("INSERT INTO t VALUES (2);").await.unwrap();
-    let (primary_in_recovery, primary_pos) = a.position().await.unwrap();
-    assert!(!primary_in_recovery);
+    let primary = a.observe().await.unwrap();
+    assert!(!primary.replica);
     wait_until("the mirror to catch up", || async {
-        b.position().await.is_ok_and(|(r, p)| r && p >= primary_pos)
+        b.observe().await.is_ok_and(|o| o.replica && o.streaming && o.position >= primary.position)
     })
     .await;
 
     // The primary crashes (kill -9); the mirror is promoted and takes writes.
     a_server.kill().await.unwrap();
     b.promote().await.unwrap();
-    let (b_in_recovery, _) = b.position().await.unwrap();
-    assert!(!b_in_recovery, "promoted");
+    assert!(!b.observe().await.unwrap().replica, "promoted");
     let new_primary = b.connect().await.unwrap();
     new_primary.batch_execute("INSERT INTO t VALUES (3);").await.unwrap();
     let count: i64 = new_primary.query_one("SELECT count(*) FROM t", &[]).await.unwrap().get(0);
@@ -130,15 +129,78 @@ async fn bootstrap_stream_crash_promote_rewind_rejoin() {
     let conninfo_b = replication_conninfo("127.0.0.1", b.port, &bootstrap.replication_password, "db_1");
     a.rewind(&conninfo_b).await.unwrap();
     let mut a_again = a.start(&StartAs::Standby { primary_conninfo: conninfo_b }).await.unwrap();
-    let (_, b_pos) = b.position().await.unwrap();
+    let b_pos = b.observe().await.unwrap().position;
     wait_until("the old primary to follow", || async {
-        a.position().await.is_ok_and(|(r, p)| r && p >= b_pos)
+        a.observe().await.is_ok_and(|o| o.replica && o.position >= b_pos)
     })
     .await;
     let seen: i64 = a.connect().await.unwrap().query_one("SELECT count(*) FROM t", &[]).await.unwrap().get(0);
     assert_eq!(seen, 3);
 
     a.stop(&mut a_again).await.unwrap();
+    let last = b.observe().await.unwrap().position;
+    let stopped_at = b.stop(&mut b_server).await.unwrap();
+    assert!(
+        stopped_at.is_some_and(|p| p >= last),
+        "a clean stop says where WAL ends: {stopped_at:?} vs {last}"
+    );
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// With synchronous commits: a mirror told to detach stops acknowledging at
+/// once (so a primary that is still alive cannot gather acknowledgements a
+/// new primary would lack); a relaxed primary commits without a mirror.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_detached_mirror_acknowledges_nothing_and_a_relaxed_primary_needs_none() {
+    let root = temp_root();
+    let settings = root.join("sync.conf");
+    std::fs::write(&settings, "synchronous_standby_names = 'ANY 1 (db_2)'\nsynchronous_commit = on\n")
+        .unwrap();
+    let (mut a, b) = (member(&root, "db-1"), member(&root, "db-2"));
+    a.settings_file = Some(settings);
+    let bootstrap = Bootstrap {
+        superuser_password: "su".into(),
+        replication_password: "repl".into(),
+        database: "shop".into(),
+        owner: "shop".into(),
+        owner_password: "shop".into(),
+    };
+    a.initdb(&bootstrap).await.unwrap();
+    let mut a_server = a.start(&StartAs::Primary).await.unwrap();
+    let conninfo = replication_conninfo("127.0.0.1", a.port, "repl", "db_2");
+    b.basebackup(&conninfo).await.unwrap();
+    let mut b_server = b.start(&StartAs::Standby { primary_conninfo: conninfo.clone() }).await.unwrap();
+    wait_until("the mirror to stream", || async { b.observe().await.is_ok_and(|o| o.streaming) }).await;
+    let db = a.connect().await.unwrap();
+    db.batch_execute("CREATE TABLE t (v int); INSERT INTO t VALUES (1)").await.unwrap();
+
+    // Detached: the WAL receiver stops; a commit on the primary waits.
+    b.reconfigure(&StartAs::Standby { primary_conninfo: String::new() }, false).await.unwrap();
+    wait_until("the mirror to stop receiving", || async { b.observe().await.is_ok_and(|o| !o.streaming) })
+        .await;
+    let blocked =
+        tokio::time::timeout(Duration::from_millis(1_500), db.batch_execute("INSERT INTO t VALUES (2)"))
+            .await;
+    assert!(blocked.is_err(), "a commit was acknowledged with the only mirror detached");
+
+    // Relaxed, the primary commits alone (the waiting commit returns too).
+    a.reconfigure(&StartAs::Primary, true).await.unwrap();
+    let db2 = a.connect().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), db2.batch_execute("INSERT INTO t VALUES (3)"))
+        .await
+        .expect("a relaxed primary commits without a mirror")
+        .unwrap();
+    a.reconfigure(&StartAs::Primary, false).await.unwrap();
+
+    // Repointed by a reload, the mirror streams again and commits go through.
+    b.reconfigure(&StartAs::Standby { primary_conninfo: conninfo }, false).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), db2.batch_execute("INSERT INTO t VALUES (4)"))
+        .await
+        .expect("the mirror acknowledges again once repointed")
+        .unwrap();
+
+    drop((db, db2));
     b.stop(&mut b_server).await.unwrap();
+    a.stop(&mut a_server).await.unwrap();
     let _ = std::fs::remove_dir_all(&root);
 }

@@ -9,9 +9,10 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use hostwright::agent::plan::{DataState, Endpoint};
+use hostwright::agent::plan::Endpoint;
 use hostwright::agent::redis::{CONFIG_FILE, Redis, RedisMember};
 use hostwright::agent::server::{Server, Start};
+use hostwright::contract::DataState;
 use redis::{AsyncConnectionConfig, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
 
 const PASSWORD: &str = "s3cret \"quoted\" pass";
@@ -62,7 +63,7 @@ fn member(root: &Path, name: &str, settings: Option<&str>) -> RedisMember {
 }
 
 fn endpoint(name: &str, m: &RedisMember) -> Endpoint {
-    Endpoint { member: name.into(), host: "127.0.0.1".into(), port: m.redis.port }
+    Endpoint { member: name.into(), host: "127.0.0.1".into(), port: m.redis.port, lineage: None }
 }
 
 async fn get(m: &RedisMember, key: &str) -> Option<String> {
@@ -145,13 +146,14 @@ async fn replicate_wait_promote_repoint_rejoin() {
             .await
             .unwrap();
     }
-    let (a_replica, a_pos) = a.position().await.unwrap();
+    let seen = a.observe().await.unwrap();
+    let (a_replica, a_pos) = (seen.replica, seen.position);
     assert!(!a_replica && a_pos > 0);
     // The replica may still be loading its first full resync.
     let acked: i64 = redis::cmd("WAIT").arg(1).arg(5000).query_async(&mut writer).await.unwrap();
     assert_eq!(acked, 1, "the replica acked the writes");
     eventually("the replica's offset to reach the primary's", || async {
-        b.position().await.is_ok_and(|(replica, pos)| replica && pos >= a_pos)
+        b.observe().await.is_ok_and(|o| o.replica && o.streaming && o.position >= a_pos)
     })
     .await;
     assert_eq!(get(&b, "k99").await.as_deref(), Some("v99"));
@@ -160,22 +162,43 @@ async fn replicate_wait_promote_repoint_rejoin() {
     // waits read-only, having kept nothing.
     c.clone_from(&ep_a).await.unwrap();
     let mut c_server = Some(c.start(Start::Replica(None)).await.unwrap());
-    assert_eq!(c.position().await.unwrap(), (true, 0));
+    let waiting = c.observe().await.unwrap();
+    assert_eq!((waiting.replica, waiting.position, waiting.streaming), (true, 0, false));
     assert!(c.call::<()>("SET", &["x", "y"]).await.is_err(), "a waiting replica takes no writes");
-    c.repoint(&mut c_server, &ep_a).await.unwrap();
+    c.repoint(&mut c_server, Some(&ep_a)).await.unwrap();
     eventually("the third member to copy the primary", || holds(&c, "k0", "v0")).await;
 
+    // Detached, a replica stops receiving (the primary's WAIT gets no ack
+    // from it) and keeps what it has, read-only.
+    b.repoint(&mut Some(tokio::process::Command::new("true").spawn().unwrap()), None).await.unwrap();
+    eventually("the detached replica's link to drop", || async {
+        b.observe().await.is_ok_and(|o| o.replica && !o.streaming)
+    })
+    .await;
+    let kept = b.observe().await.unwrap().position;
+    redis::cmd("SET").arg("after-detach").arg("only-on-a").query_async::<()>(&mut writer).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(get(&b, "after-detach").await, None, "a detached replica receives nothing");
+    assert_eq!(b.observe().await.unwrap().position, kept);
+
     // Promotion: the replica takes writes and keeps its position.
-    let (_, b_pos) = b.position().await.unwrap();
+    let b_pos = b.observe().await.unwrap().position;
     b.promote().await.unwrap();
     assert_eq!(b.data_state().await, DataState::Primary);
-    let (b_replica, b_pos_after) = b.position().await.unwrap();
-    assert!(!b_replica && b_pos_after >= b_pos, "promoted at {b_pos_after}, was {b_pos}");
+    let promoted = b.observe().await.unwrap();
+    assert!(
+        !promoted.replica && promoted.position >= b_pos,
+        "promoted at {}, was {b_pos}",
+        promoted.position
+    );
+    // Relaxed and back: min-replicas-to-write follows (the settings say 0 here).
+    b.set_relaxed(true).await.unwrap();
+    b.set_relaxed(false).await.unwrap();
     b.call::<()>("SET", &["after", "promotion"]).await.unwrap();
 
     // The third member follows the new primary without a restart.
     let c_pid = c_server.as_ref().and_then(|s| s.id());
-    c.repoint(&mut c_server, &ep_b).await.unwrap();
+    c.repoint(&mut c_server, Some(&ep_b)).await.unwrap();
     assert_eq!(c_server.as_ref().and_then(|s| s.id()), c_pid, "repointed in place");
     eventually("the third member to follow the new primary", || holds(&c, "after", "promotion")).await;
 
@@ -183,7 +206,9 @@ async fn replicate_wait_promote_repoint_rejoin() {
     // its settings ask for snapshots), rewinds and rejoins: the full resync
     // discards the diverged write and brings the new primary's.
     a.call::<()>("SET", &["diverged", "lost"]).await.unwrap();
-    a.stop(&mut a_server).await.unwrap();
+    let a_final = a.observe().await.unwrap().position;
+    let stopped_at = a.stop(&mut a_server).await.unwrap();
+    assert_eq!(stopped_at, Some(a_final), "a clean stop says where the primary's writes ended");
     assert_eq!(a.data_state().await, DataState::Primary);
     a.rewind(&ep_b).await.unwrap();
     assert_eq!(a.data_state().await, DataState::Standby);

@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use hostwright::agent::report::LEASE_SECONDS;
 use hostwright::api::{DatabaseMirror, DatabaseMirrorSpec};
+use hostwright::contract::timing::LEASE;
 use hostwright_e2e::testbed::Testbed;
 use hostwright_e2e::trials::{Loss, Trial, TrialReport, failover_trials, seconds_of};
 use kube::Client;
@@ -354,7 +354,7 @@ fn keys(cfg: &Config, runs: &[Value], elapsed: Duration) -> (Map<String, Value>,
             "mirrors": MIRRORS,
             "failover_delay": FAILOVER_DELAY,
             "storage": STORAGE,
-            "lease_seconds": LEASE_SECONDS,
+            "lease_seconds": LEASE.as_secs_f64(),
             "trial_timeout_s": TRIAL_TIMEOUT.as_secs(),
             "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
             "pod_net": std::env::var("HOSTWRIGHT_POD_NET").ok(),

@@ -17,8 +17,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use hostwright::agent::report::LEASE_SECONDS;
 use hostwright::api::{SessionStore, SessionStoreSpec};
+use hostwright::contract::timing::LEASE;
 use hostwright_e2e::trials::{Loss, Trial, session_failover_trials};
 use kube::Client;
 use kube::api::{Api, PostParams};
@@ -145,7 +145,7 @@ fn keys(cfg: &Config, runs: &[Value], elapsed: Duration) -> (Map<String, Value>,
             "modes": MODES,
             "replicas": REPLICAS,
             "failover_delay": FAILOVER_DELAY,
-            "lease_seconds": LEASE_SECONDS,
+            "lease_seconds": LEASE.as_secs_f64(),
             "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
             "git_commit": std::env::var("BENCH_GIT_COMMIT").ok(),
             "started_at": std::env::var("BENCH_STARTED_AT").ok(),
@@ -180,10 +180,11 @@ pub fn markdown(all: &Map<String, Value>) -> String {
     );
     let _ = writeln!(
         md,
-        "| member lost (server and agent): p50 / p99 / max | {} / {} / {} s | – | bounded below by the {LEASE_SECONDS} s member lease |",
+        "| member lost (server and agent): p50 / p99 / max | {} / {} / {} s | – | bounded below by the {} s member lease |",
         num(&get("member_p50_s")),
         num(&get("member_p99_s")),
-        num(&get("member_max_s"))
+        num(&get("member_max_s")),
+        LEASE.as_secs_f64()
     );
     let _ = writeln!(
         md,

@@ -9,8 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use hostwright::agent::report;
-use hostwright::failover::{Desired, Report, ServerRole};
+use hostwright::contract::{Desired, Instruction, Report, ServerRole, decode_report, keys};
 use hostwright_e2e::{TestNamespace, client, eventually};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
@@ -85,10 +84,11 @@ fn start_agent(root: &Path, namespace: &str, name: &str) -> Result<Member> {
     Ok(Member { port, data_dir: data.join("pgdata"), agent })
 }
 
-async fn instruct(pods: &Api<Pod>, member: &str, desired: &str, primary: &str) -> Result<()> {
-    let patch = json!({"metadata": {"annotations": {
-        "hostwright.io/desired-role": desired, "hostwright.io/primary": primary,
-    }}});
+/// Write `desired` (with `upstream`) at `epoch` on a member's pod, as the engine would.
+async fn instruct(pods: &Api<Pod>, member: &str, desired: Desired, upstream: &str, epoch: u64) -> Result<()> {
+    let instruction = Instruction { initialize: epoch == 1, ..Instruction::new(desired, epoch) }
+        .upstream(Some(upstream.to_string()).filter(|u| !u.is_empty()));
+    let patch = json!({"metadata": {"annotations": { keys::INSTRUCTION_ANNOTATION: instruction.encode() }}});
     pods.patch(member, &PatchParams::default(), &Patch::Merge(patch)).await?;
     Ok(())
 }
@@ -101,9 +101,8 @@ async fn wait_report(
 ) -> Result<Report> {
     eventually(TIMEOUT, what, || async {
         let Some(lease) = leases.get_opt(member).await? else { return Ok(None) };
-        let now = report::millis(k8s_openapi::jiff::Timestamp::now());
-        let (reported, expired) = report::decode(&lease, now);
-        Ok(reported.map(|(r, _)| r).filter(|r| !expired && ok(r)))
+        let reported = lease.metadata.annotations.as_ref().and_then(decode_report);
+        Ok(reported.map(|(r, _)| r).filter(|r| ok(r)))
     })
     .await
 }
@@ -155,15 +154,17 @@ async fn agents_bootstrap_mirror_promote_and_rejoin_on_instruction() -> Result<(
     let two = start_agent(&root, &ns.name, "db-2")?;
 
     // Bootstrap: db-1 primary, db-2 a mirror cloned from it.
-    instruct(&pods, "db-1", "primary", "db-1").await?;
+    instruct(&pods, "db-1", Desired::Primary, "", 1).await?;
     wait_report(&leases, "db-1", "db-1 primary", |r| r.role == ServerRole::Primary).await?;
     sql(one.port, "CREATE TABLE orders (id int)").await?;
     sql(one.port, "INSERT INTO orders SELECT generate_series(1, 100)").await?;
-    instruct(&pods, "db-2", "mirror", "db-1").await?;
+    instruct(&pods, "db-2", Desired::Mirror, "db-1", 1).await?;
     let primary = wait_report(&leases, "db-1", "db-1 position", |r| r.position.is_some()).await?;
     let target = primary.position.unwrap_or_default();
     wait_report(&leases, "db-2", "db-2 streaming", |r| {
-        r.role == ServerRole::Mirror && r.position.unwrap_or(0) >= target
+        r.role == ServerRole::Mirror
+            && r.streaming_from.as_deref() == Some("db-1")
+            && r.position.unwrap_or(0) >= target
     })
     .await?;
 
@@ -172,19 +173,32 @@ async fn agents_bootstrap_mirror_promote_and_rejoin_on_instruction() -> Result<(
     Command::new("kill").args(["-KILL", &pid.to_string()]).status()?;
     wait_report(&leases, "db-1", "db-1 stopped", |r| r.role == ServerRole::Stopped).await?;
 
-    // Fence db-1, promote db-2.
-    instruct(&pods, "db-1", "fenced", "").await?;
+    // The agent does not bring its primary back on the same instruction.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let still = wait_report(&leases, "db-1", "db-1's report", |_| true).await?;
+    assert_eq!(still.role, ServerRole::Stopped, "a crashed primary waits for a newer instruction");
+
+    // Fence db-1 (epoch 2), detach db-2, then promote db-2 (epoch 3).
+    instruct(&pods, "db-1", Desired::Fenced, "", 2).await?;
+    instruct(&pods, "db-2", Desired::Mirror, "", 2).await?;
     wait_report(&leases, "db-1", "db-1 fenced", |r| {
-        r.acting_on == Desired::Fenced && r.role != ServerRole::Primary
+        r.acting_on == Desired::Fenced && r.epoch == 2 && r.role != ServerRole::Primary
     })
     .await?;
-    instruct(&pods, "db-2", "primary", "db-2").await?;
-    instruct(&pods, "db-1", "fenced", "db-2").await?;
+    wait_report(&leases, "db-2", "db-2 detached", |r| r.epoch == 2 && r.streaming_from.is_none()).await?;
+    instruct(&pods, "db-2", Desired::Primary, "", 3).await?;
+    instruct(&pods, "db-1", Desired::Fenced, "", 3).await?;
     wait_report(&leases, "db-2", "db-2 promoted", |r| r.role == ServerRole::Primary).await?;
+
+    // An instruction older than one seen (a former leader resuming) is ignored.
+    instruct(&pods, "db-1", Desired::Primary, "", 1).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ignored = wait_report(&leases, "db-1", "db-1's report", |_| true).await?;
+    assert_eq!((ignored.role, ignored.epoch), (ServerRole::Stopped, 3), "a stale instruction was acted on");
     sql(two.port, "INSERT INTO orders SELECT generate_series(101, 150)").await?;
 
     // The old primary rewinds and rejoins as a mirror of db-2.
-    instruct(&pods, "db-1", "mirror", "db-2").await?;
+    instruct(&pods, "db-1", Desired::Mirror, "db-2", 4).await?;
     let new_primary = wait_report(&leases, "db-2", "db-2 position", |r| r.position.is_some()).await?;
     let target = new_primary.position.unwrap_or_default();
     wait_report(&leases, "db-1", "db-1 rejoined", |r| {

@@ -9,9 +9,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use hostwright::agent::report;
 use hostwright::api::{DatabaseMirror, DatabaseMirrorSpec};
-use hostwright::failover::{Report, ServerRole};
+use hostwright::contract::timing::LEASE;
+use hostwright::contract::{Desired, Instruction, Report, ServerRole, decode_report, keys};
 use hostwright::resources::databasemirror::{Passwords, blueprint, children, credentials};
 use hostwright_e2e::testbed::{Testbed, ready_endpoints, twin};
 use hostwright_e2e::{TestNamespace, client, eventually, wait_deleted, wait_for};
@@ -74,8 +74,8 @@ async fn exercise(client: &Client, ns: &TestNamespace, testbed: &Testbed) -> Res
     create(ns.api::<PersistentVolumeClaim>(), volume).await?;
     let mut pod = blueprint.member_pod(MEMBER, "hostwright:e2e");
     let annotations = pod.metadata.annotations.get_or_insert_default();
-    annotations.insert("hostwright.io/desired-role".into(), "primary".into());
-    annotations.insert("hostwright.io/primary".into(), MEMBER.into());
+    let first = Instruction { initialize: true, ..Instruction::new(Desired::Primary, 1) };
+    annotations.insert(keys::INSTRUCTION_ANNOTATION.into(), first.encode());
     create(ns.api::<Pod>(), pod).await?;
 
     // The claim gets a volume of the default class, in a directory of its own.
@@ -138,11 +138,12 @@ async fn exercise(client: &Client, ns: &TestNamespace, testbed: &Testbed) -> Res
     wait_report(&leases, "stopped", |r| r.role == ServerRole::Stopped).await?;
     step("the killed server is reported stopped");
 
-    // Power loss: nobody renews the Lease, so it expires.
+    // Power loss: nobody renews the Lease any more.
     testbed.kill_member(MEMBER).await?;
-    eventually(TIMEOUT, "the member Lease to expire", || async {
+    eventually(TIMEOUT, "the member Lease to go unrenewed", || async {
         let lease = leases.get(MEMBER).await?;
-        Ok(report::decode(&lease, now()).1.then_some(()))
+        let renewed = lease.spec.and_then(|s| s.renew_time).map_or(0, |t| t.0.as_millisecond());
+        Ok((now() as i64 - renewed > LEASE.as_millis() as i64).then_some(()))
     })
     .await?;
     assert!(testbed.agent_pid(MEMBER).is_none(), "a member taken down stays down");
@@ -211,15 +212,15 @@ where
 }
 
 fn now() -> u64 {
-    report::millis(k8s_openapi::jiff::Timestamp::now())
+    k8s_openapi::jiff::Timestamp::now().as_millisecond().max(0) as u64
 }
 
 /// Wait until the member's Lease carries a live report that `ok` accepts.
 async fn wait_report(leases: &Api<Lease>, what: &str, ok: impl Fn(&Report) -> bool) -> Result<Report> {
     eventually(TIMEOUT, &format!("{MEMBER} to report {what}"), || async {
         let Some(lease) = leases.get_opt(MEMBER).await? else { return Ok(None) };
-        let (reported, expired) = report::decode(&lease, now());
-        Ok(reported.map(|(r, _)| r).filter(|r| !expired && ok(r)))
+        let reported = lease.metadata.annotations.as_ref().and_then(decode_report);
+        Ok(reported.map(|(r, _)| r).filter(|r| ok(r)))
     })
     .await
 }

@@ -1,15 +1,23 @@
 //! `hostwright agent`: runs beside the database server in every member pod,
 //! carries out what the failover engine decides, and reports back.
 //!
+//! - [`run`]: the step loop and the lease loop.
 //! - [`server`]: what the loop needs of a server, whatever the engine.
 //! - [`postgres`]: the PostgreSQL driver (the server is the agent's child).
 //! - [`redis`]: the Redis driver (likewise; roles switch in place).
-//! - [`plan`]: the next step towards the role the engine asked for (pure).
-//! - [`report`]: the member Lease the agent renews and reports through.
+//! - [`plan`]: the next step towards what the engine asked (pure).
+//! - [`lease`]: the member Lease, renewed by compare-and-swap.
+//! - [`watchdog`]: the process that kills the server when renewals stop.
+//! - [`marker`]: what the agent keeps beside the data.
+//!
+//! What the agent and the operator share (keys, encodings, timings) is in
+//! [`crate::contract`].
 
+pub mod lease;
+pub mod marker;
 pub mod plan;
 pub mod postgres;
 pub mod redis;
-pub mod report;
 pub mod run;
 pub mod server;
+pub mod watchdog;

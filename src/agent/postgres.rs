@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use tokio::process::{Child, Command};
 
-use super::plan::{DataState, Endpoint, data_state};
-use super::server::{Server, Start};
+use super::plan::Endpoint;
+use super::server::{Observed, Server, Start, shut_down};
+use crate::contract::DataState;
 
 /// Errors of the PostgreSQL driver, each naming the step that failed.
 #[derive(Debug, thiserror::Error)]
@@ -232,7 +233,7 @@ impl Postgres {
             client.simple_query(statement).await?;
         }
         drop(client);
-        self.stop(&mut server).await
+        self.stop(&mut server).await.map(drop)
     }
 
     /// Clone a running primary into the (empty) data directory.
@@ -261,14 +262,15 @@ impl Postgres {
         .await
     }
 
-    /// Start the server as `role` and wait until it accepts connections.
-    pub async fn start(&self, role: &StartAs) -> Result<Child, PostgresError> {
-        let mut conf = String::from("# Written by hostwright agent on every start.\n");
+    /// `hostwright.conf`: what the agent's own work relies on, written on
+    /// every start and rewritten (then reloaded) to repoint, detach or relax.
+    fn render_conf(&self, role: &StartAs, relaxed: bool) -> String {
+        let mut conf = String::from("# Written by hostwright agent.\n");
         if let Some(settings) = &self.settings_file {
             conf.push_str(&format!("include_if_exists {}\n", quote_sql_literal(&settings.to_string_lossy())));
         }
-        // What the agent's own work relies on: pg_rewind needs hint bits in WAL
-        // and the WAL back to the last common checkpoint, so segments are kept.
+        // pg_rewind needs hint bits in WAL and the WAL back to the last
+        // common checkpoint, so segments are kept.
         conf.push_str("wal_log_hints = on\nwal_keep_size = '512MB'\nhot_standby = on\n");
         conf.push_str(&format!(
             "listen_addresses = {}\nport = {}\nunix_socket_directories = {}\ncluster_name = {}\n",
@@ -277,25 +279,37 @@ impl Postgres {
             quote_sql_literal(&self.socket_dir.to_string_lossy()),
             quote_sql_literal(&self.application_name),
         ));
-        let standby_signal = self.data_dir.join("standby.signal");
+        let conninfo = match role {
+            StartAs::Primary => "",
+            StartAs::Standby { primary_conninfo } => primary_conninfo,
+        };
+        conf.push_str(&format!("primary_conninfo = {}\n", quote_sql_literal(conninfo)));
+        if relaxed {
+            // No mirror is healthy and the store prefers taking writes.
+            conf.push_str("synchronous_standby_names = ''\n");
+        }
+        conf
+    }
+
+    /// Start the server as `role` and wait until it accepts connections.
+    pub async fn start(&self, role: &StartAs) -> Result<Child, PostgresError> {
         match role {
             StartAs::Primary => {
-                let _ = tokio::fs::remove_file(&standby_signal).await;
-                conf.push_str("primary_conninfo = ''\n");
+                let _ = tokio::fs::remove_file(self.data_dir.join("standby.signal")).await;
             }
-            StartAs::Standby { primary_conninfo } => {
-                self.write("standby.signal", "").await?;
-                conf.push_str(&format!("primary_conninfo = {}\n", quote_sql_literal(primary_conninfo)));
-            }
+            StartAs::Standby { .. } => self.write("standby.signal", "").await?,
         }
         // Our settings come last so they win over anything the template set.
-        self.write("hostwright.conf", &conf).await?;
+        self.write("hostwright.conf", &self.render_conf(role, false)).await?;
         self.ensure_included().await?;
 
         let data = self.data_dir.to_string_lossy().into_owned();
         let mut child = self
             .command("postgres")
             .args(["-D", &data])
+            // A group of its own: the watchdog kills the postmaster and
+            // every backend at once, cutting every client connection.
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::inherit())
             .stderr(Stdio::inherit())
@@ -307,15 +321,25 @@ impl Postgres {
                 return Ok(child);
             }
             // A server that failed at once (lock file, port in use, bad
-            // settings) must not hold the agent's loop, and its lease, for a minute.
+            // settings) must not hold the agent's loop for a minute.
             if let Ok(Some(status)) = child.try_wait() {
                 return Err(PostgresError::Exited { status });
             }
             if tokio::time::Instant::now() > deadline {
+                let _ = shut_down(&mut child, libc::SIGKILL, Duration::from_secs(5)).await;
                 return Err(PostgresError::StartTimeout(Duration::from_secs(60)));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Rewrite `hostwright.conf` for `role` and have the running server
+    /// reload it (PostgreSQL 13 and later reload `primary_conninfo`: the
+    /// WAL receiver restarts towards the new upstream, or stops for none).
+    pub async fn reconfigure(&self, role: &StartAs, relaxed: bool) -> Result<(), PostgresError> {
+        self.write("hostwright.conf", &self.render_conf(role, relaxed)).await?;
+        self.connect().await?.simple_query("SELECT pg_reload_conf()").await?;
+        Ok(())
     }
 
     /// Make `postgresql.conf` include `hostwright.conf` last (once).
@@ -328,19 +352,26 @@ impl Postgres {
         self.write("postgresql.conf", &format!("{current}\ninclude 'hostwright.conf'\n")).await
     }
 
-    /// Fast shutdown (clean: a checkpoint, mirrors get all WAL), then wait.
-    pub async fn stop(&self, server: &mut Child) -> Result<(), PostgresError> {
-        if let Some(pid) = server.id() {
-            // SIGINT is PostgreSQL's fast shutdown.
-            let _ = Command::new("kill").args(["-INT", &pid.to_string()]).status().await;
+    /// Fast shutdown (clean: a checkpoint, mirrors get all WAL), then wait;
+    /// killed after 30 s. Returns where WAL ends after a clean shutdown (the
+    /// shutdown checkpoint), which a successor must have reached.
+    pub async fn stop(&self, server: &mut Child) -> Result<Option<u64>, PostgresError> {
+        // SIGINT is PostgreSQL's fast shutdown.
+        if !shut_down(server, libc::SIGINT, Duration::from_secs(30)).await {
+            return Ok(None);
         }
-        match tokio::time::timeout(Duration::from_secs(30), server.wait()).await {
-            Ok(_) => Ok(()),
-            Err(_) => {
-                let _ = server.kill().await;
-                Ok(())
-            }
-        }
+        Ok(self.controldata().await.as_deref().and_then(checkpoint_location))
+    }
+
+    /// `pg_controldata`'s report on the data directory.
+    pub async fn controldata(&self) -> Option<String> {
+        let out = Command::new(self.bin("pg_controldata"))
+            .arg(&self.data_dir)
+            .env("LC_ALL", "C")
+            .output()
+            .await
+            .ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// A connection over the unix socket as the superuser.
@@ -368,22 +399,44 @@ impl Postgres {
         Ok(())
     }
 
-    /// (in recovery, position): a primary's write position, or the WAL a
-    /// standby has received (what a promotion would keep).
-    pub async fn position(&self) -> Result<(bool, u64), PostgresError> {
+    /// A primary's write position, or the WAL a standby has received (what
+    /// a promotion would keep), and whether its WAL receiver streams.
+    pub async fn observe(&self) -> Result<Observed, PostgresError> {
         let client = self.connect().await?;
         let row = client
             .query_one(
                 "SELECT pg_is_in_recovery(), (CASE WHEN pg_is_in_recovery() \
                  THEN greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) \
-                 ELSE pg_current_wal_lsn() END)::text",
+                 ELSE pg_current_wal_lsn() END)::text, \
+                 coalesce((SELECT status = 'streaming' FROM pg_stat_wal_receiver LIMIT 1), false)",
                 &[],
             )
             .await?;
-        let in_recovery: bool = row.get(0);
+        let replica: bool = row.get(0);
         let lsn: Option<String> = row.get(1);
-        Ok((in_recovery, lsn.as_deref().map(parse_lsn).transpose()?.unwrap_or(0)))
+        let position = lsn.as_deref().map(parse_lsn).transpose()?.unwrap_or(0);
+        Ok(Observed { replica, position, streaming: row.get(2) })
     }
+}
+
+/// How `pg_controldata` says the data directory was left.
+pub fn data_state(controldata: &str) -> DataState {
+    let state = controldata
+        .lines()
+        .find_map(|l| l.strip_prefix("Database cluster state:"))
+        .map(str::trim)
+        .unwrap_or_default();
+    match state {
+        "" => DataState::Empty,
+        s if s.contains("recovery") => DataState::Standby,
+        _ => DataState::Primary,
+    }
+}
+
+/// The shutdown checkpoint's position from `pg_controldata`'s report.
+pub fn checkpoint_location(controldata: &str) -> Option<u64> {
+    let text = controldata.lines().find_map(|l| l.strip_prefix("Latest checkpoint location:"))?;
+    parse_lsn(text).ok()
 }
 
 /// A PostgreSQL member as the agent drives it: the server, and the
@@ -429,14 +482,21 @@ impl Server for PostgresMember {
         if !pg.initialized() {
             return DataState::Empty;
         }
-        match Command::new(pg.bin("pg_controldata")).arg(&pg.data_dir).output().await {
-            Ok(out) => data_state(&String::from_utf8_lossy(&out.stdout)),
-            Err(_) => DataState::Primary,
+        match pg.controldata().await {
+            Some(report) => data_state(&report),
+            None => DataState::Primary,
         }
     }
 
-    async fn position(&self) -> Result<(bool, u64), PostgresError> {
-        self.postgres.position().await
+    fn marker_path(&self) -> PathBuf {
+        // Beside the data directory, on the same volume: pg_basebackup and
+        // pg_rewind copy the data directory whole, the marker is the member's.
+        let data = &self.postgres.data_dir;
+        data.parent().map_or_else(|| data.with_extension("hostwright"), |p| p.join("hostwright.state"))
+    }
+
+    async fn observe(&self) -> Result<Observed, PostgresError> {
+        self.postgres.observe().await
     }
 
     async fn initialize(&self) -> Result<(), PostgresError> {
@@ -469,18 +529,26 @@ impl Server for PostgresMember {
         self.postgres.rewind(&self.conninfo(primary)?).await
     }
 
-    async fn repoint(&self, server: &mut Option<Child>, primary: &Endpoint) -> Result<(), PostgresError> {
-        // A restart with the new primary_conninfo; PostgreSQL 15 reloads it
-        // without one, but a restart also resets a stuck walreceiver.
-        if let Some(mut running) = server.take() {
-            self.postgres.stop(&mut running).await?;
+    /// A reload with the new `primary_conninfo` (empty: receive from nobody).
+    async fn repoint(
+        &self,
+        server: &mut Option<Child>,
+        primary: Option<&Endpoint>,
+    ) -> Result<(), PostgresError> {
+        if server.is_none() {
+            *server = Some(self.start_standby(primary).await?);
+            return Ok(());
         }
-        *server = Some(self.start_standby(Some(primary)).await?);
-        Ok(())
+        let primary_conninfo = primary.map(|p| self.conninfo(p)).transpose()?.unwrap_or_default();
+        self.postgres.reconfigure(&StartAs::Standby { primary_conninfo }, false).await
     }
 
-    async fn stop(&self, server: &mut Child) -> Result<(), PostgresError> {
+    async fn stop(&self, server: &mut Child) -> Result<Option<u64>, PostgresError> {
         self.postgres.stop(server).await
+    }
+
+    async fn set_relaxed(&self, relaxed: bool) -> Result<(), PostgresError> {
+        self.postgres.reconfigure(&StartAs::Primary, relaxed).await
     }
 }
 

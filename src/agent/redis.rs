@@ -18,8 +18,9 @@ use std::time::Duration;
 use redis::{AsyncConnectionConfig, ConnectionAddr, FromRedisValue, IntoConnectionInfo, RedisConnectionInfo};
 use tokio::process::{Child, Command};
 
-use super::plan::{DataState, Endpoint};
-use super::server::{Server, Start};
+use super::plan::Endpoint;
+use super::server::{Observed, Server, Start, shut_down};
+use crate::contract::DataState;
 
 /// The config file the agent writes into the data directory on every start.
 pub const CONFIG_FILE: &str = "hostwright-redis.conf";
@@ -134,7 +135,8 @@ pub fn role_state(marker: &str) -> DataState {
     }
 }
 
-/// `(is a replica, replication offset)` from `INFO replication`.
+/// What `INFO replication` says: a replica or not, the replication offset
+/// and whether the link to its primary is up.
 ///
 /// A replica's offset is what it has processed, which is what it acks and
 /// what `WAIT` counts, so "the highest position wins" never drops a write a
@@ -142,7 +144,7 @@ pub fn role_state(marker: &str) -> DataState {
 /// (Redis 7.0) or a negative offset; no command is one byte long, so either
 /// means nothing was processed and counts as 0 — below a replica that
 /// synced a primary's dataset at offset 0.
-pub fn parse_replication(info: &str) -> Result<(bool, u64), RedisError> {
+pub fn parse_replication(info: &str) -> Result<Observed, RedisError> {
     let field =
         |name: &str| info.lines().find_map(|line| line.trim_end().strip_prefix(name)?.strip_prefix(':'));
     let replica = match field("role") {
@@ -154,7 +156,21 @@ pub fn parse_replication(info: &str) -> Result<(bool, u64), RedisError> {
     let value = field(key).ok_or_else(|| RedisError::Info(format!("no {key}")))?;
     let offset: i64 = value.parse().map_err(|_| RedisError::Info(format!("{key}:{value}")))?;
     let offset = u64::try_from(offset).unwrap_or(0);
-    Ok((replica, if replica && offset == 1 { 0 } else { offset }))
+    Ok(Observed {
+        replica,
+        position: if replica && offset == 1 { 0 } else { offset },
+        streaming: replica && field("master_link_status") == Some("up"),
+    })
+}
+
+/// `min-replicas-to-write` as the settings file sets it (0 when it does not).
+pub fn configured_min_replicas(settings: &str) -> u32 {
+    settings
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("min-replicas-to-write"))
+        .filter_map(|v| v.trim().parse().ok())
+        .next_back()
+        .unwrap_or(0)
 }
 
 /// A value as Redis's config parser reads a double-quoted string.
@@ -291,8 +307,8 @@ impl Redis {
         command(&host, self.port, Some(password), command_name, args, CALL_TIMEOUT).await
     }
 
-    /// `(is a replica, replication offset)`; see [`parse_replication`].
-    pub async fn position(&self, password: &str) -> Result<(bool, u64), RedisError> {
+    /// See [`parse_replication`].
+    pub async fn observe(&self, password: &str) -> Result<Observed, RedisError> {
         let info: String = self.call(password, "INFO", &["replication"]).await?;
         parse_replication(&info)
     }
@@ -352,6 +368,8 @@ impl Redis {
         let mut child = cmd
             .arg(self.data_dir.join(CONFIG_FILE))
             .current_dir(&self.data_dir)
+            // A group of its own, so the watchdog kills all of it.
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::inherit())
             .stderr(Stdio::inherit())
@@ -383,7 +401,7 @@ impl Redis {
         self.write_role(Role::Primary).await?;
         self.call::<()>(password, "REPLICAOF", &["NO", "ONE"]).await?;
         let deadline = tokio::time::Instant::now() + PROMOTE_TIMEOUT;
-        while self.position(password).await?.0 {
+        while self.observe(password).await?.replica {
             if tokio::time::Instant::now() > deadline {
                 return Err(RedisError::PromoteTimeout(PROMOTE_TIMEOUT));
             }
@@ -393,24 +411,37 @@ impl Redis {
     }
 
     /// Follow `primary` instead, in place: a replica that shares history with
-    /// it resyncs partially, any other fully.
-    pub async fn repoint(&self, password: &str, primary: &Endpoint) -> Result<(), RedisError> {
-        let port = primary.port.to_string();
-        self.call::<()>(password, "REPLICAOF", &[&primary.host, &port]).await?;
+    /// it resyncs partially, any other fully. None: drop the link and stay a
+    /// read-only replica of nobody, keeping what it has.
+    pub async fn repoint(&self, password: &str, primary: Option<&Endpoint>) -> Result<(), RedisError> {
+        let (host, port) = primary.map_or(NO_PRIMARY, |p| (p.host.as_str(), p.port));
+        let port = port.to_string();
+        self.call::<()>(password, "REPLICAOF", &[host, &port]).await?;
         self.write_role(Role::Replica).await
     }
 
-    /// SIGTERM: Redis stops taking writes, lets lagging replicas catch up
-    /// (`shutdown-timeout`), saves if persistence is configured, and exits.
-    /// Killed if it has not within [`STOP_TIMEOUT`].
-    pub async fn stop(&self, server: &mut Child) -> Result<(), RedisError> {
-        if let Some(pid) = server.id() {
-            let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status().await;
-        }
-        if tokio::time::timeout(STOP_TIMEOUT, server.wait()).await.is_err() {
-            let _ = server.kill().await;
-        }
-        Ok(())
+    /// Stop taking writes, note the final offset (a primary's), then SIGTERM:
+    /// Redis lets lagging replicas catch up (`shutdown-timeout`), saves if
+    /// persistence is configured, and exits. Killed after [`STOP_TIMEOUT`].
+    pub async fn stop(&self, password: &str, server: &mut Child) -> Result<Option<u64>, RedisError> {
+        let pause = STOP_TIMEOUT.as_millis().to_string();
+        let paused = self.call::<()>(password, "CLIENT", &["PAUSE", &pause, "WRITE"]).await.is_ok();
+        let last = match self.observe(password).await {
+            Ok(o) if paused && !o.replica => Some(o.position),
+            _ => None,
+        };
+        let clean = shut_down(server, libc::SIGTERM, STOP_TIMEOUT).await;
+        Ok(last.filter(|_| clean))
+    }
+
+    /// `min-replicas-to-write`: 0 while relaxed, else what the settings say.
+    pub async fn set_relaxed(&self, password: &str, relaxed: bool) -> Result<(), RedisError> {
+        let configured = match &self.settings_file {
+            Some(path) => configured_min_replicas(&tokio::fs::read_to_string(path).await.unwrap_or_default()),
+            None => 0,
+        };
+        let value = if relaxed { 0 } else { configured }.to_string();
+        self.call::<()>(password, "CONFIG", &["SET", "min-replicas-to-write", &value]).await
     }
 }
 
@@ -459,8 +490,12 @@ impl Server for RedisMember {
             || tokio::fs::try_exists(dir.join("dump.rdb")).await.unwrap_or(false)
     }
 
-    async fn position(&self) -> Result<(bool, u64), RedisError> {
-        self.redis.position(&self.password().await?).await
+    fn marker_path(&self) -> PathBuf {
+        self.redis.data_dir.join("hostwright.state")
+    }
+
+    async fn observe(&self) -> Result<Observed, RedisError> {
+        self.redis.observe(&self.password().await?).await
     }
 
     /// Nothing to create: an empty Redis is a new primary.
@@ -488,19 +523,29 @@ impl Server for RedisMember {
         self.redis.write_role(Role::Replica).await
     }
 
-    async fn repoint(&self, server: &mut Option<Child>, primary: &Endpoint) -> Result<(), RedisError> {
+    async fn repoint(
+        &self,
+        server: &mut Option<Child>,
+        primary: Option<&Endpoint>,
+    ) -> Result<(), RedisError> {
         let password = self.password().await?;
         match server {
             Some(_) => self.redis.repoint(&password, primary).await,
             None => {
-                *server = Some(self.redis.start(&password, Start::Replica(Some(primary))).await?);
+                *server = Some(self.redis.start(&password, Start::Replica(primary)).await?);
                 Ok(())
             }
         }
     }
 
-    async fn stop(&self, server: &mut Child) -> Result<(), RedisError> {
-        self.redis.stop(server).await
+    async fn stop(&self, server: &mut Child) -> Result<Option<u64>, RedisError> {
+        // Without the password the server can still be stopped, not paused.
+        let password = self.password().await.unwrap_or_default();
+        self.redis.stop(&password, server).await
+    }
+
+    async fn set_relaxed(&self, relaxed: bool) -> Result<(), RedisError> {
+        self.redis.set_relaxed(&self.password().await?, relaxed).await
     }
 }
 
@@ -524,23 +569,31 @@ mod tests {
         let info = "# Replication\r\nrole:master\r\nconnected_slaves:1\r\n\
                     slave0:ip=10.0.0.2,port=6379,state=online,offset=1234,lag=0\r\n\
                     master_replid:abc\r\nmaster_repl_offset:1234\r\nsecond_repl_offset:-1\r\n";
-        assert_eq!(parse_replication(info).unwrap(), (false, 1234));
+        assert_eq!(
+            parse_replication(info).unwrap(),
+            Observed { replica: false, position: 1234, streaming: false }
+        );
     }
 
     #[test]
     fn a_replica_reports_what_it_processed() {
         let info = "# Replication\r\nrole:slave\r\nmaster_host:10.0.0.1\r\nmaster_port:6379\r\n\
+                    master_link_status:up\r\n\
                     slave_read_repl_offset:2000\r\nslave_repl_offset:1900\r\nmaster_repl_offset:1900\r\n";
-        assert_eq!(parse_replication(info).unwrap(), (true, 1900));
+        assert_eq!(
+            parse_replication(info).unwrap(),
+            Observed { replica: true, position: 1900, streaming: true }
+        );
     }
 
     #[test]
     fn a_replica_that_never_synced_kept_nothing() {
         for offset in ["1", "0", "-1"] {
             let info = format!("role:slave\nmaster_link_status:down\nslave_repl_offset:{offset}\n");
-            assert_eq!(parse_replication(&info).unwrap(), (true, 0), "{offset}");
+            let o = parse_replication(&info).unwrap();
+            assert_eq!((o.replica, o.position, o.streaming), (true, 0, false), "{offset}");
         }
-        assert_eq!(parse_replication("role:master\nmaster_repl_offset:0\n").unwrap(), (false, 0));
+        assert_eq!(parse_replication("role:master\nmaster_repl_offset:0\n").unwrap().position, 0);
     }
 
     #[test]
@@ -558,6 +611,15 @@ mod tests {
         assert_eq!(role_state("replica\n"), DataState::Standby);
         assert_eq!(role_state("primary\n"), DataState::Primary);
         assert_eq!(role_state("garbage"), DataState::Primary);
+    }
+
+    #[test]
+    fn relaxing_restores_what_the_settings_say() {
+        assert_eq!(
+            configured_min_replicas("appendonly no\nmin-replicas-to-write 1\nmin-replicas-max-lag 10\n"),
+            1
+        );
+        assert_eq!(configured_min_replicas("appendonly no\n"), 0);
     }
 
     #[test]
@@ -598,7 +660,7 @@ mod tests {
 
     #[test]
     fn a_replica_follows_its_primary_or_waits_read_only() {
-        let primary = Endpoint { member: "s-1".into(), host: "10.0.0.1".into(), port: 6380 };
+        let primary = Endpoint { member: "s-1".into(), host: "10.0.0.1".into(), port: 6380, lineage: None };
         let conf = render_config(&redis(None), "pw", Start::Replica(Some(&primary)));
         assert!(conf.contains("\nreplicaof \"10.0.0.1\" 6380\n"));
         assert!(!conf.contains("include"));

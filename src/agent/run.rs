@@ -1,32 +1,39 @@
-//! The agent loop: observe the local server, read the instruction on the
-//! pod, take one step, report on the member Lease; and fence the server
-//! when the Lease cannot be renewed.
+//! The agent: two loops and a watchdog.
+//!
+//! - The **step loop** observes the local server, reads the instruction on
+//!   its pod, takes one step at a time and publishes a report.
+//! - The **lease loop** renews the member Lease with the latest report,
+//!   every [`RENEW_INTERVAL`] and at once when the report changes, and moves
+//!   the watchdog's deadline on every success. It runs beside the step loop,
+//!   so a long step (a large clone, a slow promotion) never looks like a
+//!   lost member.
+//! - The **watchdog** ([`super::watchdog`]) kills the server when renewals
+//!   stop, whatever the two loops are doing.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
-use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::{Client, ResourceExt};
 use tokio::process::Child;
-use tracing::{info, warn};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
 
-use super::plan::{Action, DataState, Endpoint, Local, plan};
-use super::report::{self, LEASE_SECONDS, SELF_FENCE_AFTER_MS};
-use super::server::{Server, Start};
-use crate::failover::{Desired, Report, ServerRole};
-use crate::resources::members::{DESIRED_ROLE_ANNOTATION, MEMBER_LABEL};
-
-/// Annotation on a member's pod naming the member writes are routed to.
-pub const PRIMARY_ANNOTATION: &str = "hostwright.io/primary";
-const FIELD_MANAGER: &str = "hostwright-agent";
-const INTERVAL: Duration = Duration::from_millis(300);
-/// Every API call of a tick is bounded, so a hung API server cannot delay
-/// the self-fencing check past the lease.
-const API_TIMEOUT: Duration = Duration::from_millis(1_000);
+use super::lease::{Holder, Renewal};
+use super::marker::{Marker, MarkerError};
+use super::plan::{Action, Endpoint, Local, plan};
+use super::server::{Observed, Server, Start};
+use super::watchdog::{Watchdog, WatchdogError, boottime_ms};
+use crate::contract::timing::{FENCE_AFTER, RENEW_INTERVAL, RENEW_TIMEOUT, TICK};
+use crate::contract::{
+    DataState, Desired, Epoch, Instruction, Millis, Report, ServerRole, decode_report, encode_report, keys,
+};
 
 /// Who the agent is and where its server is reached.
 #[derive(Clone, Debug)]
@@ -35,6 +42,14 @@ pub struct Options {
     pub namespace: String,
     /// host:port other members reach this server at.
     pub advertise: String,
+    /// The uid of the pod the agent was started for; instructions on any
+    /// other pod of the same name are not ours.
+    pub pod_uid: Option<String>,
+    /// Owner of files the agent writes beside the data (test beds run the
+    /// agent as root and the server as its own user).
+    pub run_as: Option<(u32, u32)>,
+    /// This executable, which the watchdog runs as.
+    pub binary: PathBuf,
 }
 
 /// Why the agent stopped.
@@ -44,265 +59,529 @@ pub enum AgentError {
     Client(#[source] kube::Error),
     #[error("installing the SIGTERM handler: {0}")]
     Signal(#[source] std::io::Error),
+    #[error(transparent)]
+    Watchdog(#[from] WatchdogError),
 }
 
-struct Agent<S> {
-    options: Options,
-    server_driver: S,
-    pods: Api<Pod>,
-    leases: Api<Lease>,
-    server: Option<Child>,
-    following: Option<String>,
-    /// The server was running as primary at the last report.
-    serving_primary: bool,
-    /// See [`Local::crashed_primary`].
-    crashed_primary: bool,
-    last_renewal: tokio::time::Instant,
-    /// Labels and owner reference the Lease carries, from our pod: the
-    /// operator watches member Leases by label, and the Lease goes when the
-    /// pod goes.
-    lease_metadata: Option<(BTreeMap<String, String>, OwnerReference)>,
+/// Why one step failed (it is retried on a later tick).
+#[derive(Debug, thiserror::Error)]
+enum StepError<E: std::error::Error + 'static> {
+    #[error(transparent)]
+    Server(E),
+    #[error(transparent)]
+    Marker(#[from] MarkerError),
 }
 
-/// Pod labels copied onto the member Lease.
-const LEASE_LABELS: &[&str] = &["app.kubernetes.io/name", "app.kubernetes.io/instance", MEMBER_LABEL];
-
-fn now_ms() -> u64 {
-    report::millis(Timestamp::now())
+/// A report and the address other members reach the server at.
+#[derive(Clone, Debug, PartialEq)]
+struct Published {
+    report: Report,
+    address: String,
 }
 
-/// Run until SIGTERM; the server is stopped cleanly on the way out.
-pub async fn run<S: Server>(options: Options, server: S) -> Result<(), AgentError> {
+/// What the two loops share.
+struct Shared {
+    watchdog: Mutex<Watchdog>,
+    /// The Lease is held: the watchdog's deadline is in the future, so the
+    /// step loop may start a server.
+    held: AtomicBool,
+    /// Our pod is gone or is another pod of the same name: act on nothing,
+    /// renew nothing.
+    orphaned: AtomicBool,
+    /// Labels and owner reference the Lease carries, from our pod.
+    lease_metadata: Mutex<Option<(BTreeMap<String, String>, OwnerReference)>>,
+}
+
+impl Shared {
+    fn watchdog(&self) -> std::sync::MutexGuard<'_, Watchdog> {
+        self.watchdog.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn wall_ms() -> Millis {
+    Timestamp::now().as_millisecond().max(0) as u64
+}
+
+/// Run until SIGTERM; the server is stopped cleanly on the way out and the
+/// Lease released, so the operator need not wait for it to go stale.
+pub async fn run<S: Server>(options: Options, driver: S) -> Result<(), AgentError> {
     let client = Client::try_default().await.map_err(AgentError::Client)?;
+    let shared = Arc::new(Shared {
+        watchdog: Mutex::new(Watchdog::spawn(&options.binary)?),
+        held: AtomicBool::new(false),
+        orphaned: AtomicBool::new(false),
+        lease_metadata: Mutex::new(None),
+    });
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &options.namespace);
+    let (publish, published) = watch::channel(None);
+    let lease_loop =
+        tokio::spawn(keep_lease(Holder::new(leases.clone(), &options.member), published, shared.clone()));
+    let marker_path = driver.marker_path();
     let mut agent = Agent {
-        pods: Api::namespaced(client.clone(), &options.namespace),
-        leases: Api::namespaced(client, &options.namespace),
+        pods: Api::namespaced(client, &options.namespace),
+        leases,
+        marker: Marker::read(&marker_path),
+        marker_path,
         options,
-        server_driver: server,
+        driver,
+        shared: shared.clone(),
+        publish,
         server: None,
         following: None,
         serving_primary: false,
-        crashed_primary: false,
-        last_renewal: tokio::time::Instant::now(),
-        lease_metadata: None,
+        relaxed: None,
+        instruction: None,
+        upstream: None,
+        last_position: None,
     };
-    // A former primary whose data did not survive (a Redis without
-    // persistence, its container restarted) waits for the operator as a
-    // crashed primary does: started as primary on its own it would hand its
-    // replicas an empty data set.
-    if agent.server_driver.data_state().await == DataState::Primary && !agent.server_driver.keeps_data().await
-    {
-        warn!("former primary without its data: waiting for the operator before starting");
-        agent.crashed_primary = true;
-    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(AgentError::Signal)?;
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
-            () = tokio::time::sleep(INTERVAL) => agent.tick().await,
+            () = tokio::time::sleep(TICK) => agent.tick().await,
         }
     }
+    info!("stopping: the server first, then the lease");
     let _ = agent.stop().await;
+    lease_loop.abort();
+    agent.release().await;
     Ok(())
+}
+
+struct Agent<S> {
+    options: Options,
+    driver: S,
+    pods: Api<Pod>,
+    leases: Api<Lease>,
+    shared: Arc<Shared>,
+    publish: watch::Sender<Option<Published>>,
+    marker: Option<Marker>,
+    marker_path: PathBuf,
+    server: Option<Child>,
+    following: Option<Endpoint>,
+    /// The server ran as primary at the last report.
+    serving_primary: bool,
+    /// While running as primary: what `set_relaxed` last made it.
+    relaxed: Option<bool>,
+    /// The newest instruction accepted, and its upstream's endpoint.
+    instruction: Option<Instruction>,
+    upstream: Option<Endpoint>,
+    /// The highest position this member's current history reached.
+    last_position: Option<u64>,
 }
 
 impl<S: Server> Agent<S> {
     async fn tick(&mut self) {
-        // A server that exited is no longer ours to supervise.
-        if let Some(server) = self.server.as_mut()
-            && let Ok(Some(status)) = server.try_wait()
-        {
-            warn!(%status, was_primary = self.serving_primary, "the database server exited");
-            self.crashed_primary |= self.serving_primary;
-            self.server = None;
-            self.following = None;
-        }
-        let instruction = self.instruction().await;
-        if instruction.as_ref().is_some_and(|(d, _)| *d != Desired::Primary) {
-            // The operator has decided; the latch has done its job.
-            self.crashed_primary = false;
-        }
-        let (local, position) = self.observe().await;
-        if self.server.is_some() && !local.running {
+        self.reap();
+        self.keep_watchdog();
+        self.read_instruction().await;
+        let observed = self.observe().await;
+        if self.server.is_some() && observed.is_none() {
             // Our server runs but does not answer: starting, hung, or it just
-            // died (the next tick reaps it). Nothing is planned on a guess, but
-            // a fence is carried out whatever the server's state.
-            if instruction.as_ref().is_some_and(|(d, _)| *d == Desired::Fenced) {
+            // died (the next tick reaps it). Nothing is planned on a guess,
+            // but a fence is carried out whatever the server's state.
+            if self.told(Desired::Fenced) || self.shared.orphaned.load(Ordering::SeqCst) {
                 warn!("fencing a server that does not answer");
                 let _ = self.stop().await;
             }
-            let acting_on = instruction.map_or(Desired::Fenced, |(d, _)| d);
-            // Not answering: no position (observed just now) to report.
-            self.report(acting_on, position).await;
+            self.publish(None).await;
             return;
         }
-        let mut position = position;
-        if let Some((desired, primary)) = &instruction {
-            let action = plan(*desired, primary.as_ref(), &local, &self.options.member);
-            if !matches!(action, Action::Wait(_)) {
-                info!(?action, ?desired, "acting");
-                if let Err(err) = self.act(&action).await {
-                    warn!(%err, ?action, "step failed; retrying");
-                }
-                // The step changed the server: report what it is now.
-                position = self.position().await;
+        let mut observed = observed;
+        if let Some(action) = self.next_action(observed).await {
+            info!(?action, instruction = ?self.instruction.as_ref().map(Instruction::encode), "acting");
+            if let Err(err) = self.act(&action).await {
+                warn!(%err, ?action, "step failed; retrying");
             }
+            // The step changed the server: report what it is now.
+            observed = self.observe().await;
         }
-        let acting_on = instruction.map_or(Desired::Fenced, |(d, _)| d);
-        self.report(acting_on, position).await;
+        self.publish(observed).await;
     }
 
-    /// (is a replica, replication position) while our server answers.
-    async fn position(&self) -> Option<(bool, u64)> {
-        match &self.server {
-            Some(_) => self.server_driver.position().await.ok(),
-            None => None,
+    fn told(&self, desired: Desired) -> bool {
+        self.instruction.as_ref().is_some_and(|i| i.desired == desired)
+    }
+
+    /// A server that exited is no longer ours to supervise.
+    fn reap(&mut self) {
+        if let Some(server) = self.server.as_mut()
+            && let Ok(Some(status)) = server.try_wait()
+        {
+            warn!(%status, was_primary = self.serving_primary, "the server exited");
+            self.server = None;
+            self.following = None;
+            self.relaxed = None;
+            self.shared.watchdog().guard(None);
         }
     }
 
-    /// The instruction on our pod, and where the primary is.
-    async fn instruction(&mut self) -> Option<(Desired, Option<Endpoint>)> {
-        let pod = tokio::time::timeout(API_TIMEOUT, self.pods.get(&self.options.member)).await.ok()?.ok()?;
-        if let Some(uid) = pod.uid() {
-            let labels = pod
-                .labels()
-                .iter()
-                .filter(|(k, _)| LEASE_LABELS.contains(&k.as_str()))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            let owner = OwnerReference {
-                api_version: "v1".into(),
-                kind: "Pod".into(),
-                name: pod.name_any(),
-                uid,
-                ..OwnerReference::default()
-            };
-            self.lease_metadata = Some((labels, owner));
+    /// A dead watchdog means an unguarded server: kill it, start another.
+    fn keep_watchdog(&mut self) {
+        let mut watchdog = self.shared.watchdog();
+        if watchdog.alive() {
+            return;
         }
-        let annotations = pod.annotations();
-        let desired = report::parse_desired(annotations.get(DESIRED_ROLE_ANNOTATION)?)?;
-        let primary = match annotations.get(PRIMARY_ANNOTATION) {
-            Some(member) if !member.is_empty() => self.endpoint(member).await,
+        error!("the watchdog died: killing the server and starting a new watchdog");
+        if let Some(pid) = self.server.as_ref().and_then(Child::id).and_then(|p| i32::try_from(p).ok()) {
+            let _ = super::server::signal(-pid, libc::SIGKILL);
+        }
+        if let Err(err) = watchdog.respawn(&self.options.binary) {
+            error!(%err, "could not start a new watchdog");
+        }
+    }
+
+    /// Read our pod's instruction (ignoring anything older than what we
+    /// saw) and resolve its upstream's address.
+    async fn read_instruction(&mut self) {
+        let pod = match tokio::time::timeout(RENEW_TIMEOUT, self.pods.get_opt(&self.options.member)).await {
+            Ok(Ok(Some(pod))) => pod,
+            Ok(Ok(None)) => return self.orphan("our pod no longer exists"),
+            _ => return,
+        };
+        let uid = pod.uid().unwrap_or_default();
+        if self.options.pod_uid.as_ref().is_some_and(|mine| *mine != uid) {
+            return self.orphan("a pod of our name with another uid: not ours to serve");
+        }
+        self.remember_pod(&pod, uid);
+        let Some(text) = pod.annotations().get(keys::INSTRUCTION_ANNOTATION) else { return };
+        let instruction = match Instruction::parse(text) {
+            Ok(i) => i,
+            Err(err) => return warn!(%err, "ignoring the instruction"),
+        };
+        let seen = self.marker.as_ref().and_then(|m| m.seen).unwrap_or(0).max(self.epoch());
+        if instruction.epoch < seen {
+            warn!(epoch = instruction.epoch, seen, "ignoring an instruction older than one already seen");
+        } else {
+            if instruction.epoch > seen {
+                self.update_marker(|m| m.seen = Some(instruction.epoch));
+            }
+            self.instruction = Some(instruction);
+        }
+        self.upstream = match self.instruction.as_ref().and_then(|i| i.upstream.clone()) {
+            Some(member) if member != self.options.member => self.endpoint(&member).await,
             _ => None,
         };
-        Some((desired, primary))
     }
 
-    /// Where `member`'s server is, from its Lease.
-    async fn endpoint(&self, member: &str) -> Option<Endpoint> {
-        let lease = tokio::time::timeout(API_TIMEOUT, self.leases.get(member)).await.ok()?.ok()?;
-        let (reported, expired) = report::decode(&lease, now_ms());
-        let (_, address) = reported.filter(|_| !expired)?;
-        let (host, port) = address.rsplit_once(':')?;
-        Some(Endpoint { member: member.into(), host: host.into(), port: port.parse().ok()? })
+    fn orphan(&mut self, why: &str) {
+        if !self.shared.orphaned.swap(true, Ordering::SeqCst) {
+            error!(why, "this agent no longer serves its member: fencing and renewing nothing");
+        }
+        self.instruction = None;
     }
 
-    /// Our server as it is now, and its position (asked once per tick: the
-    /// report reuses it unless a step changed the server).
-    async fn observe(&self) -> (Local, Option<(bool, u64)>) {
-        let data = self.server_driver.data_state().await;
-        let position = self.position().await;
-        let local = Local {
-            data,
-            running: position.is_some(),
-            in_recovery: position.is_some_and(|(in_recovery, _)| in_recovery),
-            following: self.following.clone(),
-            crashed_primary: self.crashed_primary,
+    fn remember_pod(&self, pod: &Pod, uid: String) {
+        let labels = pod
+            .labels()
+            .iter()
+            .filter(|(k, _)| keys::LEASE_LABELS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let owner = OwnerReference {
+            api_version: "v1".into(),
+            kind: "Pod".into(),
+            name: pod.name_any(),
+            uid,
+            ..OwnerReference::default()
         };
-        (local, position)
+        *self.shared.lease_metadata.lock().unwrap_or_else(|p| p.into_inner()) = Some((labels, owner));
     }
 
-    async fn act(&mut self, action: &Action) -> Result<(), S::Error> {
-        let driver = &self.server_driver;
+    fn epoch(&self) -> Epoch {
+        self.instruction.as_ref().map_or(0, |i| i.epoch)
+    }
+
+    /// Where `member`'s server is, and its lineage, from its Lease.
+    async fn endpoint(&self, member: &str) -> Option<Endpoint> {
+        let lease = tokio::time::timeout(RENEW_TIMEOUT, self.leases.get_opt(member)).await.ok()?.ok()??;
+        let (report, address) = decode_report(lease.metadata.annotations.as_ref()?)?;
+        let (host, port) = address.rsplit_once(':')?;
+        Some(Endpoint {
+            member: member.into(),
+            host: host.into(),
+            port: port.parse().ok()?,
+            lineage: report.lineage,
+        })
+    }
+
+    async fn observe(&mut self) -> Option<Observed> {
+        self.server.as_ref()?;
+        let observed = self.driver.observe().await.ok()?;
+        self.last_position = self.last_position.max(Some(observed.position));
+        Some(observed)
+    }
+
+    /// What the volume holds: the engine's files, refined by the marker.
+    async fn data(&self, running: bool) -> DataState {
+        let raw = self.driver.data_state().await;
+        if raw == DataState::Empty || (!running && !self.driver.keeps_data().await) {
+            return DataState::Empty;
+        }
+        match &self.marker {
+            Some(m) if m.primary => DataState::Primary,
+            Some(_) => DataState::Standby,
+            None => raw,
+        }
+    }
+
+    /// The step to take, if the Lease is held and there is one to take.
+    async fn next_action(&mut self, observed: Option<Observed>) -> Option<Action> {
+        if !self.shared.held.load(Ordering::SeqCst) {
+            return None;
+        }
+        let running = observed.is_some();
+        let local = Local {
+            data: self.data(running).await,
+            running,
+            in_recovery: observed.is_some_and(|o| o.replica),
+            following: self.following.clone(),
+            served: self.marker.as_ref().and_then(|m| m.served),
+            relaxed: self.relaxed,
+        };
+        let action = match &self.instruction {
+            Some(instruction) => plan(instruction, self.upstream.as_ref(), &local, &self.options.member),
+            // No instruction we may act on: take no writes.
+            None if running && !local.in_recovery => Action::Stop,
+            None => Action::Wait("no instruction"),
+        };
+        (!matches!(action, Action::Wait(_))).then_some(action)
+    }
+
+    async fn act(&mut self, action: &Action) -> Result<(), StepError<S::Error>> {
+        let epoch = self.epoch();
         match action {
-            Action::Initdb => driver.initialize().await?,
-            Action::Clone(primary) => driver.clone_from(primary).await?,
+            Action::Initialize => {
+                self.driver.initialize().await.map_err(StepError::Server)?;
+                // A new data set: what a predecessor served no longer matters
+                // (the engine allows this only while no member holds data).
+                self.last_position = None;
+                let fresh =
+                    Marker { primary: true, lineage: Some(epoch), served: None, ..self.marker_or_default() };
+                self.set_marker(fresh)?;
+            }
+            Action::Clone(primary) => {
+                self.driver.clone_from(primary).await.map_err(StepError::Server)?;
+                self.adopt(primary)?;
+            }
             Action::StartPrimary => {
-                self.server = Some(driver.start(Start::Primary).await?);
-                self.following = None;
+                let child = self.driver.start(Start::Primary).await.map_err(StepError::Server)?;
+                self.started(child, None);
+                self.set_marker(Marker { primary: true, served: Some(epoch), ..self.marker_or_default() })?;
             }
             Action::StartStandby(primary) => {
-                self.server = Some(driver.start(Start::Replica(primary.as_ref())).await?);
-                self.following = primary.as_ref().map(|p| p.member.clone());
+                let child =
+                    self.driver.start(Start::Replica(primary.as_ref())).await.map_err(StepError::Server)?;
+                self.started(child, primary.clone());
+                if let Some(primary) = primary {
+                    self.follow_lineage(primary)?;
+                }
             }
             Action::Promote => {
-                driver.promote().await?;
+                // The marker first: a half-done promotion is then rewound
+                // before this member follows anyone, which is safe.
+                self.set_marker(Marker { primary: true, lineage: Some(epoch), ..self.marker_or_default() })?;
+                self.driver.promote().await.map_err(StepError::Server)?;
                 self.following = None;
+                self.relaxed = Some(false);
+                self.set_marker(Marker { served: Some(epoch), ..self.marker_or_default() })?;
             }
             Action::Stop => self.stop().await?,
             Action::Rewind(primary) => {
-                // Start as a replica right away: after a clean switchover
-                // PostgreSQL's rewind has nothing to do and leaves the data
-                // looking like a primary's, which would ask for a rewind again.
-                driver.rewind(primary).await?;
-                self.server = Some(driver.start(Start::Replica(Some(primary))).await?);
-                self.following = Some(primary.member.clone());
+                self.driver.rewind(primary).await.map_err(StepError::Server)?;
+                self.adopt(primary)?;
+                let child =
+                    self.driver.start(Start::Replica(Some(primary))).await.map_err(StepError::Server)?;
+                self.started(child, Some(primary.clone()));
             }
             Action::Repoint(primary) => {
-                driver.repoint(&mut self.server, primary).await?;
-                self.following = Some(primary.member.clone());
+                self.driver.repoint(&mut self.server, Some(primary)).await.map_err(StepError::Server)?;
+                self.following = Some(primary.clone());
+                self.guard_server();
+                self.follow_lineage(primary)?;
+            }
+            Action::Detach => {
+                self.driver.repoint(&mut self.server, None).await.map_err(StepError::Server)?;
+                self.following = None;
+                self.guard_server();
+            }
+            Action::SetRelaxed(relaxed) => {
+                self.driver.set_relaxed(*relaxed).await.map_err(StepError::Server)?;
+                self.relaxed = Some(*relaxed);
             }
             Action::Wait(_) => {}
         }
         Ok(())
     }
 
-    async fn stop(&mut self) -> Result<(), S::Error> {
-        if let Some(mut server) = self.server.take() {
-            self.server_driver.stop(&mut server).await?;
-        }
-        self.following = None;
+    fn marker_or_default(&self) -> Marker {
+        self.marker.clone().unwrap_or_default()
+    }
+
+    fn set_marker(&mut self, marker: Marker) -> Result<(), MarkerError> {
+        marker.write(&self.marker_path, self.options.run_as)?;
+        self.marker = Some(marker);
         Ok(())
     }
 
-    /// Renew the member Lease with a fresh report; fence the server when
-    /// renewals have failed for too long.
-    async fn report(&mut self, acting_on: Desired, position: Option<(bool, u64)>) {
-        let (role, position) = match (&self.server, position) {
-            (Some(_), Some((true, p))) => (ServerRole::Mirror, Some(p)),
-            (Some(_), Some((false, p))) => (ServerRole::Primary, Some(p)),
+    fn update_marker(&mut self, change: impl FnOnce(&mut Marker)) {
+        let mut marker = self.marker_or_default();
+        change(&mut marker);
+        if let Err(err) = self.set_marker(marker) {
+            warn!(%err, "could not update the marker");
+        }
+    }
+
+    /// This member's data is now a copy of `primary`'s history (a clone or
+    /// a rewind): what it held before no longer counts.
+    fn adopt(&mut self, primary: &Endpoint) -> Result<(), MarkerError> {
+        self.last_position = None;
+        let old = self.marker_or_default();
+        self.set_marker(Marker { primary: false, lineage: primary.lineage.or(old.lineage), ..old })
+    }
+
+    /// A standby that streams from `primary` holds a prefix of its history.
+    fn follow_lineage(&mut self, primary: &Endpoint) -> Result<(), MarkerError> {
+        let old = self.marker_or_default();
+        if old.primary || primary.lineage.is_none() || primary.lineage == old.lineage {
+            return Ok(());
+        }
+        self.set_marker(Marker { lineage: primary.lineage, ..old })
+    }
+
+    fn started(&mut self, child: Child, following: Option<Endpoint>) {
+        self.server = Some(child);
+        self.following = following;
+        self.relaxed = Some(false);
+        self.guard_server();
+    }
+
+    fn guard_server(&mut self) {
+        let group = self.server.as_ref().and_then(Child::id);
+        self.shared.watchdog().guard(group);
+    }
+
+    async fn stop(&mut self) -> Result<(), StepError<S::Error>> {
+        if let Some(mut server) = self.server.take() {
+            let last = self.driver.stop(&mut server).await.map_err(StepError::Server)?;
+            self.last_position = self.last_position.max(last);
+        }
+        self.following = None;
+        self.relaxed = None;
+        self.shared.watchdog().guard(None);
+        Ok(())
+    }
+
+    /// Hand the report to the lease loop.
+    async fn publish(&mut self, observed: Option<Observed>) {
+        let role = match (&self.server, observed) {
+            (Some(_), Some(o)) if o.replica => ServerRole::Mirror,
+            (Some(_), Some(_)) => ServerRole::Primary,
             // Alive but not answering: a primary may still take writes, so it
             // is not reported stopped (which would let it count as fenced).
-            (Some(_), None) if self.serving_primary => (ServerRole::Primary, None),
-            _ => (ServerRole::Stopped, None),
+            (Some(_), None) if self.serving_primary => ServerRole::Primary,
+            _ => ServerRole::Stopped,
         };
-        self.serving_primary = role == ServerRole::Primary && self.server.is_some();
-        let now = Timestamp::now();
-        let report = Report { at: report::millis(now), role, position, acting_on };
-        let lease = Lease {
-            metadata: kube::api::ObjectMeta {
-                name: Some(self.options.member.clone()),
-                annotations: Some(report::encode(&report, &self.options.advertise)),
-                labels: self.lease_metadata.as_ref().map(|(labels, _)| labels.clone()),
-                owner_references: self.lease_metadata.as_ref().map(|(_, owner)| vec![owner.clone()]),
-                ..Default::default()
-            },
-            spec: Some(LeaseSpec {
-                holder_identity: Some(self.options.member.clone()),
-                lease_duration_seconds: Some(LEASE_SECONDS),
-                renew_time: Some(MicroTime(now)),
-                ..LeaseSpec::default()
-            }),
+        self.serving_primary = role == ServerRole::Primary;
+        let data = self.data(observed.is_some()).await;
+        let report = Report {
+            at: wall_ms(),
+            role,
+            position: observed.map(|o| o.position),
+            last_position: self.last_position,
+            acting_on: self.instruction.as_ref().map_or(Desired::Fenced, |i| i.desired),
+            epoch: self.epoch(),
+            streaming_from: observed
+                .filter(|o| o.replica && o.streaming)
+                .and_then(|_| self.following.as_ref().map(|f| f.member.clone())),
+            data,
+            lineage: self.marker.as_ref().and_then(|m| m.lineage),
         };
-        let mut patch = serde_json::to_value(&lease).unwrap_or_default();
-        patch["apiVersion"] = "coordination.k8s.io/v1".into();
-        patch["kind"] = "Lease".into();
-        let params = PatchParams::apply(FIELD_MANAGER).force();
-        let apply = Patch::Apply(&patch);
-        let renewal =
-            tokio::time::timeout(API_TIMEOUT, self.leases.patch(&self.options.member, &params, &apply));
-        match renewal.await.map_err(|_| "timed out".to_string()).and_then(|r| r.map_err(|e| e.to_string())) {
-            Ok(_) => self.last_renewal = tokio::time::Instant::now(),
-            Err(err) => {
-                let stale = self.last_renewal.elapsed() >= Duration::from_millis(SELF_FENCE_AFTER_MS);
-                warn!(%err, stale, "could not renew the member lease");
-                if stale && role == ServerRole::Primary {
-                    warn!("fencing: stopping the server before the lease can expire");
-                    let _ = self.stop().await;
+        let _ = self.publish.send(Some(Published { report, address: self.options.advertise.clone() }));
+    }
+
+    /// Say, after a clean stop, that this agent will renew nothing more: the
+    /// operator treats a released Lease like a revoked one, so a deleted
+    /// pod's member is replaced without waiting for its Lease to go stale.
+    /// A later agent of this member takes a new Lease and, by the marker,
+    /// does not bring back a primary under an instruction it already served.
+    async fn release(&mut self) {
+        if self.server.is_some() || !self.shared.held.load(Ordering::SeqCst) {
+            return;
+        }
+        let patch = serde_json::json!({ "spec": { "holderIdentity": null } });
+        let (params, patch) = (kube::api::PatchParams::default(), kube::api::Patch::Merge(&patch));
+        let release = self.leases.patch(&self.options.member, &params, &patch);
+        match tokio::time::timeout(RENEW_TIMEOUT, release).await {
+            Ok(Ok(_)) => info!("released the member lease"),
+            _ => warn!("could not release the member lease; the operator will wait for it to go stale"),
+        }
+    }
+}
+
+/// What changes in a report between renewals without being news.
+fn significant(a: &Report, b: &Report) -> bool {
+    let strip = |r: &Report| Report { at: 0, position: None, last_position: None, ..r.clone() };
+    strip(a) != strip(b)
+}
+
+/// Renew the Lease with the latest report; move the watchdog's deadline on
+/// success; on a lost Lease, kill the server before taking a new one.
+async fn keep_lease(
+    mut holder: Holder,
+    mut published: watch::Receiver<Option<Published>>,
+    shared: Arc<Shared>,
+) {
+    let mut last_sent: Option<Report> = None;
+    // After a loss, only a report made after the fence is sent.
+    let mut fresh_after: Millis = 0;
+    let mut next = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep_until(next) => {}
+            changed = published.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let news = match (&last_sent, &*published.borrow()) {
+                    (Some(sent), Some(now)) => significant(sent, &now.report),
+                    _ => true,
+                };
+                if !news {
+                    continue;
                 }
             }
+        }
+        next = tokio::time::Instant::now() + RENEW_INTERVAL;
+        if shared.orphaned.load(Ordering::SeqCst) {
+            continue;
+        }
+        let Some(current) = published.borrow().clone() else { continue };
+        if current.report.at <= fresh_after {
+            continue;
+        }
+        let Some((labels, owner)) = shared.lease_metadata.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        else {
+            continue;
+        };
+        let sent = boottime_ms();
+        match holder.renew(encode_report(&current.report, &current.address), labels, Some(owner)).await {
+            Renewal::Renewed => {
+                shared.watchdog().deadline(sent + FENCE_AFTER.as_millis() as u64);
+                shared.held.store(true, Ordering::SeqCst);
+                last_sent = Some(current.report);
+            }
+            Renewal::Lost(why) => {
+                error!(why, "lost the member lease: killing the server before taking a new one");
+                shared.held.store(false, Ordering::SeqCst);
+                shared.watchdog().fence();
+                holder.release();
+                fresh_after = wall_ms();
+                last_sent = None;
+            }
+            Renewal::Failed(why) => warn!(why, "could not renew the member lease"),
         }
     }
 }

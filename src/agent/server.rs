@@ -1,44 +1,60 @@
 //! What the agent loop needs of a member's server, whatever the engine.
 //!
 //! [`plan`](super::plan) decides in engine-neutral steps (initialise, clone,
-//! start, promote, stop, rewind, repoint); a [`Server`] carries each one out
-//! for its engine — PostgreSQL ([`super::postgres`]) or Redis
+//! start, promote, stop, rewind, repoint, detach); a [`Server`] carries each
+//! one out for its engine — PostgreSQL ([`super::postgres`]) or Redis
 //! ([`super::redis`]). The agent loop in [`super::run`] is written once
 //! against this trait.
 
 use std::future::Future;
+use std::path::PathBuf;
 
 use tokio::process::Child;
 
-use super::plan::{DataState, Endpoint};
+use super::plan::Endpoint;
+use crate::contract::DataState;
 
 /// How a server is started.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Start<'a> {
     Primary,
-    /// A replica of this primary, or of none yet (waiting for one).
+    /// A replica of this primary, or of none (read-only, receiving nothing).
     Replica(Option<&'a Endpoint>),
 }
 
+/// What a running server says of itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Observed {
+    /// It is a replica (read-only).
+    pub replica: bool,
+    /// Replication position in bytes: a primary's write position, a
+    /// replica's received (and, for Redis, processed) position.
+    pub position: u64,
+    /// A replica whose link to its upstream is up.
+    pub streaming: bool,
+}
+
 /// A member's server as the agent drives it. The server runs as the agent's
-/// child process, so the agent learns of its death at once.
+/// child process in a process group of its own, so the agent learns of its
+/// death at once and the watchdog can kill all of it.
 pub trait Server: Send + Sync {
     type Error: std::error::Error + Send + Sync + 'static;
 
-    /// How the data on the member's volume was left.
+    /// How the data on the member's volume was left, as the engine's own
+    /// files say (the agent's marker refines it).
     fn data_state(&self) -> impl Future<Output = DataState> + Send;
 
     /// A stopped server starts again with the data it had. False for a
-    /// server that keeps its data in memory only: restarted as primary it
-    /// would be empty, and its replicas would copy the emptiness.
+    /// server that keeps its data in memory only.
     fn keeps_data(&self) -> impl Future<Output = bool> + Send {
         async { true }
     }
 
-    /// While the server answers: (it is a replica, its replication position
-    /// in bytes). A primary's position is what it has written; a replica's
-    /// is what a promotion would keep.
-    fn position(&self) -> impl Future<Output = Result<(bool, u64), Self::Error>> + Send;
+    /// Where the agent keeps its marker: beside the data, on the same volume.
+    fn marker_path(&self) -> PathBuf;
+
+    /// The server's own account of itself, while it answers.
+    fn observe(&self) -> impl Future<Output = Result<Observed, Self::Error>> + Send;
 
     /// Create the first primary's data (accounts, database).
     fn initialize(&self) -> impl Future<Output = Result<(), Self::Error>> + Send;
@@ -56,14 +72,42 @@ pub trait Server: Send + Sync {
     /// history may have diverged from the new primary's).
     fn rewind(&self, primary: &Endpoint) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
-    /// Make the running replica follow `primary` instead. `server` is the
-    /// running child; an engine that must restart to repoint replaces it.
+    /// Make the running replica follow `primary` instead, or nobody (None:
+    /// it stops receiving, stays read-only and keeps what it has). `server`
+    /// is the running child; an engine that must restart replaces it.
     fn repoint(
         &self,
         server: &mut Option<Child>,
-        primary: &Endpoint,
+        primary: Option<&Endpoint>,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
-    /// Clean, fast shutdown: no more writes, replicas get what was written.
-    fn stop(&self, server: &mut Child) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    /// Clean, fast shutdown: no more writes, connected replicas get what was
+    /// written. Returns the final position when the engine can tell it.
+    fn stop(&self, server: &mut Child) -> impl Future<Output = Result<Option<u64>, Self::Error>> + Send;
+
+    /// On a running primary: `relaxed` lets commits return without a
+    /// replica's acknowledgement; false restores the configured rule.
+    fn set_relaxed(&self, relaxed: bool) -> impl Future<Output = Result<(), Self::Error>> + Send;
+}
+
+/// Send `signal` to process `pid` (or, negative, a process group) directly:
+/// slim server images may have no `kill` program.
+pub fn signal(pid: i32, signal: i32) -> std::io::Result<()> {
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
+    let rc = unsafe { libc::kill(pid, signal) };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
+/// Ask a child server to shut down with `sig`; SIGKILL its whole group if
+/// it has not exited within `timeout`. True when it exited by itself.
+pub async fn shut_down(server: &mut Child, sig: i32, timeout: std::time::Duration) -> bool {
+    if let Some(pid) = server.id().and_then(|p| i32::try_from(p).ok()) {
+        let _ = signal(pid, sig);
+        if tokio::time::timeout(timeout, server.wait()).await.is_ok() {
+            return true;
+        }
+        let _ = signal(-pid, libc::SIGKILL);
+    }
+    let _ = server.wait().await;
+    false
 }

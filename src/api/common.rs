@@ -98,6 +98,22 @@ fn default_max_lag_bytes() -> i64 {
     16 * 1024 * 1024
 }
 
+/// What synchronous replication (DatabaseMirror `replication: sync`,
+/// SessionStore `durability: wait`) does while no mirror can acknowledge.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DataDurability {
+    /// Writes wait for a mirror's acknowledgement and block while none can
+    /// give one (Ready=False, reason WritesBlocked): no acknowledged write is
+    /// ever lost.
+    #[default]
+    Required,
+    /// While no mirror is healthy the primary takes writes without waiting
+    /// (Degraded, reason DurabilityRelaxed), and waits again once a mirror
+    /// streams; a failover in that window can lose those writes.
+    Preferred,
+}
+
 /// What a member of a replicated store is doing right now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum MemberRole {
@@ -147,6 +163,11 @@ pub struct FailoverStatus {
     /// taking writes, in seconds (decimal string, e.g. `2.41`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failover_duration: Option<String>,
+    /// How far the promoted member was behind the old primary's last known
+    /// position, in bytes: the most the last failover can have lost (0 with
+    /// synchronous replication, or after a clean switchover).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failover_lag_bytes: Option<i64>,
     /// How many failovers and switchovers have completed.
     #[serde(default)]
     pub failover_count: i64,
@@ -194,21 +215,43 @@ pub enum EngineState {
 #[serde(rename_all = "camelCase")]
 pub struct EngineStatus {
     pub state: EngineState,
-    /// The primary (Bootstrapping, Steady, Suspect) or the member being replaced.
+    /// The primary (Bootstrapping once chosen, Steady, Suspect) or the
+    /// member being replaced; empty while a first primary is being chosen.
+    #[serde(default)]
     pub member: String,
     /// The member taking over (Promoting, Demoting).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub successor: Option<String>,
+    /// The fencing token of the instructions on the pods: raised whenever
+    /// they change; agents ignore anything older.
+    #[serde(default)]
+    pub epoch: i64,
+    /// The epoch at which the member being replaced was fenced (Fencing,
+    /// Demoting): reports from that epoch on come from after the fence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence_epoch: Option<i64>,
     /// When the state began, in milliseconds since the Unix epoch: unhealthy
-    /// since (Suspect), fenced at (Fencing), demotion asked at (Demoting).
+    /// since (Suspect), demotion asked at (Demoting), promotion asked at
+    /// (Promoting).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since_ms: Option<i64>,
     /// When the failover or switchover began (Unix milliseconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_ms: Option<i64>,
-    /// The replaced primary's last reported position (Fencing).
+    /// The replaced primary's last known position (Suspect, Fencing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_position: Option<i64>,
+    /// How far the member being promoted was behind the old primary's last
+    /// known position, in bytes: the most an async failover can lose.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_bytes: Option<i64>,
+    /// Bootstrapping: no member can hold data, so the first may initialise.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fresh: bool,
+    /// Steady: the primary takes writes without a mirror's acknowledgement
+    /// (`durability: preferred` while no mirror is healthy).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub relaxed: bool,
 }
 
 /// Status every replicated store reports (DatabaseMirror and SessionStore

@@ -7,7 +7,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{FailoverSpec, ReplicationStatus, Resources, StorageSpec};
+use super::common::{DataDurability, FailoverSpec, ReplicationStatus, Resources, StorageSpec};
 
 /// A PostgreSQL primary and `mirrors` streaming mirrors, every member built
 /// from the one `instance` template so a promoted mirror performs exactly as
@@ -41,6 +41,11 @@ use super::common::{FailoverSpec, ReplicationStatus, Resources, StorageSpec};
     .message("spec.primary must name a member of this DatabaseMirror: <name>-1 … <name>-<mirrors + 1>")
     .field_path(".spec.primary")
 )]
+#[x_kube(
+    validation = Rule::new("self.dataDurability == 'required' || self.replication == 'sync'")
+        .message("dataDurability: preferred applies only to replication: sync")
+        .field_path(".dataDurability")
+)]
 #[serde(rename_all = "camelCase")]
 pub struct DatabaseMirrorSpec {
     /// The one template every member (primary and mirrors) is built from.
@@ -58,6 +63,12 @@ pub struct DatabaseMirrorSpec {
     /// for a mirror, and no acknowledged write is ever lost.
     #[serde(default)]
     pub replication: Replication,
+
+    /// With `replication: sync`, what happens while no mirror is healthy:
+    /// `required` (default) blocks writes and says so; `preferred` keeps
+    /// taking them without a mirror's acknowledgement, and says so.
+    #[serde(default)]
+    pub data_durability: DataDurability,
 
     /// When and how a mirror is promoted after the primary fails.
     #[serde(default)]

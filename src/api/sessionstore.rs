@@ -5,7 +5,9 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{FailoverSpec, LocalObjectReference, ReplicationStatus, Resources, StorageSpec};
+use super::common::{
+    DataDurability, FailoverSpec, LocalObjectReference, ReplicationStatus, Resources, StorageSpec,
+};
 
 /// An out-of-process session store for web clusters: a Redis primary with
 /// replicas that the operator promotes when the primary fails, or an existing
@@ -50,7 +52,10 @@ use super::common::{FailoverSpec, LocalObjectReference, ReplicationStatus, Resou
 #[x_kube(
     validation = Rule::new("!has(self.external) || !has(self.storage)")
         .message("storage cannot be set for an external session store: the operator deploys nothing for it")
-        .field_path(".storage")
+        .field_path(".storage"),
+    validation = Rule::new("self.dataDurability == 'required' || self.durability == 'wait'")
+        .message("dataDurability: preferred applies only to durability: wait")
+        .field_path(".dataDurability")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct SessionStoreSpec {
@@ -83,6 +88,12 @@ pub struct SessionStoreSpec {
     /// and a promotion never picks a replica behind a confirmed write.
     #[serde(default)]
     pub durability: Durability,
+
+    /// With `durability: wait`, what happens while no replica is healthy:
+    /// `required` (default) refuses writes (`min-replicas-to-write`) and
+    /// says so; `preferred` keeps taking them, and says so.
+    #[serde(default)]
+    pub data_durability: DataDurability,
 
     /// When and how a replica is promoted after the primary fails.
     #[serde(default)]

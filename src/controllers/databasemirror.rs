@@ -5,7 +5,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 
 use super::members::{Replicated, SharedChildren, StoreStatus, Summary, policy, random_password, status};
-use crate::api::common::{FailoverSpec, ReplicationStatus};
+use crate::api::common::{DataDurability, FailoverSpec, ReplicationStatus};
 use crate::api::databasemirror::Replication;
 use crate::api::{DatabaseMirror, DatabaseMirrorStatus};
 use crate::failover::Policy;
@@ -16,6 +16,10 @@ use crate::resources::members::Blueprint;
 impl StoreStatus for DatabaseMirrorStatus {
     fn replication(&self) -> &ReplicationStatus {
         &self.replication
+    }
+
+    fn replication_mut(&mut self) -> &mut ReplicationStatus {
+        &mut self.replication
     }
 
     fn without_positions(&self) -> Self {
@@ -63,7 +67,12 @@ impl Replicated for DatabaseMirror {
     }
 
     fn policy(&self) -> Policy {
-        policy(&self.spec.failover, self.spec.replication == Replication::Sync, self.spec.primary.clone())
+        policy(
+            &self.spec.failover,
+            self.spec.replication == Replication::Sync,
+            self.spec.data_durability == DataDurability::Preferred,
+            self.spec.primary.clone(),
+        )
     }
 
     fn read_write_service(&self) -> String {

@@ -57,6 +57,13 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    #[error("reading {resource} {object}: {source}")]
+    Read {
+        resource: &'static str,
+        object: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("updating the status of {object}: {source}")]
     Status {
         object: String,
@@ -77,6 +84,7 @@ impl Error {
             Error::Build { .. } => "build",
             Error::Apply { .. } => "apply",
             Error::Delete { .. } => "delete",
+            Error::Read { .. } => "read",
             Error::Status { .. } => "status",
             Error::Encode { .. } => "encode",
         }
@@ -267,7 +275,7 @@ impl Shared {
 }
 
 /// Plural resource name of `K`, for messages and metric labels.
-fn resource_name<K: Resource<DynamicType = ()>>() -> &'static str {
+pub(crate) fn resource_name<K: Resource<DynamicType = ()>>() -> &'static str {
     // `Resource::plural` returns a Cow that is borrowed for every k8s-openapi
     // and derived type, so the common cases need no allocation.
     match K::plural(&()).as_ref() {
@@ -283,6 +291,7 @@ fn resource_name<K: Resource<DynamicType = ()>>() -> &'static str {
         "serviceaccounts" => "serviceaccounts",
         "roles" => "roles",
         "rolebindings" => "rolebindings",
+        "leases" => "leases",
         _ => "other",
     }
 }

@@ -20,7 +20,7 @@ use super::members::{
 use super::{Error, jittered};
 use crate::agent::redis::command;
 use crate::api::common::condition_type::{DEGRADED, PROGRESSING, READY};
-use crate::api::common::{FailoverSpec, ReplicationStatus, StorePhase};
+use crate::api::common::{DataDurability, FailoverSpec, ReplicationStatus, StorePhase};
 use crate::api::sessionstore::{Durability, ExternalSessionStore};
 use crate::api::{SessionStore, SessionStoreStatus};
 use crate::conditions::{self, Observed};
@@ -39,6 +39,10 @@ const EXTERNAL_TIMEOUT: Duration = Duration::from_secs(3);
 impl StoreStatus for SessionStoreStatus {
     fn replication(&self) -> &ReplicationStatus {
         &self.replication
+    }
+
+    fn replication_mut(&mut self) -> &mut ReplicationStatus {
+        &mut self.replication
     }
 
     fn without_positions(&self) -> Self {
@@ -82,7 +86,12 @@ impl Replicated for SessionStore {
     }
 
     fn policy(&self) -> Policy {
-        policy(&self.spec.failover, self.spec.durability == Durability::Wait, self.spec.primary.clone())
+        policy(
+            &self.spec.failover,
+            self.spec.durability == Durability::Wait,
+            self.spec.data_durability == DataDurability::Preferred,
+            self.spec.primary.clone(),
+        )
     }
 
     fn read_write_service(&self) -> String {

@@ -28,22 +28,15 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::labels;
-use crate::agent::report::desired_annotation;
-use crate::agent::run::PRIMARY_ANNOTATION;
 use crate::api::common::StorageSpec;
-use crate::failover::{Decision, Desired, Route};
+pub use crate::contract::keys::{INSTANCE_LABEL, INSTRUCTION_ANNOTATION, MEMBER_LABEL};
+use crate::contract::{Instruction, keys};
+use crate::failover::{Decision, Route};
 
-/// Label naming the member a pod or volume belongs to.
-pub const MEMBER_LABEL: &str = "hostwright.io/member";
 /// Label the Services route on: `primary`, `mirror` or `none`.
 pub const ROLE_LABEL: &str = "hostwright.io/role";
-/// Annotation telling a member's agent what to make its server.
-pub const DESIRED_ROLE_ANNOTATION: &str = "hostwright.io/desired-role";
 /// Annotation with the hash of the template a pod was built from.
 pub const TEMPLATE_HASH_ANNOTATION: &str = "hostwright.io/template-hash";
-/// `app.kubernetes.io/instance`: maps kept volumes, Secrets and the agents'
-/// Leases (which may carry no owner) back to their object.
-pub const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
 const AGENT_PORT: i32 = 8000;
 const CONTROLLER_DIR: &str = "/controller";
 /// Where the credentials Secret is mounted; the agents read their passwords here.
@@ -298,6 +291,7 @@ impl Blueprint {
             env: Some(vec![
                 env("POD_NAME", "metadata.name"),
                 env("POD_NAMESPACE", "metadata.namespace"),
+                env(keys::POD_UID_ENV, "metadata.uid"),
                 env("POD_IP", "status.podIP"),
             ]),
             ports: Some(vec![
@@ -405,13 +399,10 @@ pub fn member_names(name: &str, count: i32) -> Vec<String> {
 }
 
 /// What the failover engine's decision means for one member's pod: the
-/// instruction its agent reads, the member it should stream from, and the
-/// role label the Services route on.
+/// instruction its agent reads, and the role label the Services route on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Routing {
-    pub desired: Desired,
-    /// The member told to be primary, if any.
-    pub primary: Option<String>,
+    pub instruction: Instruction,
     pub route: Route,
 }
 
@@ -428,24 +419,16 @@ impl Routing {
     /// The labels and annotations on a member's pod that carry this routing.
     pub fn metadata(&self) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
         let labels = BTreeMap::from([(ROLE_LABEL.to_string(), self.role_label().to_string())]);
-        let annotations = BTreeMap::from([
-            (DESIRED_ROLE_ANNOTATION.to_string(), desired_annotation(self.desired).to_string()),
-            (PRIMARY_ANNOTATION.to_string(), self.primary.clone().unwrap_or_default()),
-        ]);
+        let annotations = BTreeMap::from([(INSTRUCTION_ANNOTATION.to_string(), self.instruction.encode())]);
         (labels, annotations)
     }
 
-    /// The routing of `member` under `decision`.
-    pub fn of(decision: &Decision, member: &str) -> Self {
-        Self {
-            desired: decision.desired.get(member).copied().unwrap_or(Desired::Mirror),
-            primary: decision
-                .desired
-                .iter()
-                .find(|(_, d)| **d == Desired::Primary)
-                .map(|(name, _)| name.clone()),
+    /// The routing of `member` under `decision` (None: not a member).
+    pub fn of(decision: &Decision, member: &str) -> Option<Self> {
+        Some(Self {
+            instruction: decision.instructions.get(member)?.clone(),
             route: decision.routes.get(member).copied().unwrap_or(Route::None),
-        }
+        })
     }
 }
 

@@ -30,7 +30,7 @@ pub enum Credentials {
 }
 
 /// Everything besides the decision that the status reports.
-pub struct Observation<'a> {
+pub struct Facts<'a> {
     /// The engine's inputs: every member and its agent's latest report.
     pub members: &'a [Member],
     /// `hostwright.io/template-hash` of every member pod that exists.
@@ -57,9 +57,18 @@ pub fn describe_blocked<K: Replicated>(blocked: &Blocked, store: &K) -> String {
              more than failover.maxLagBytes ({}); promoting it would drop acknowledged writes",
             store.failover().max_lag_bytes
         ),
+        Blocked::LagUnknown => "not promoting: the lost primary never reported a replication position, so \
+                                 what a promotion would drop cannot be bounded; it is promoted again when it \
+                                 returns"
+            .into(),
         Blocked::AwaitingPositions => {
             "waiting for every member to report its replication position after the fence".into()
         }
+        Blocked::AwaitingMembers { members } => format!(
+            "this store's volumes were kept: waiting for {} to report what they hold before the most \
+             advanced becomes primary (set spec.primary to choose one yourself)",
+            members.join(", ")
+        ),
     }
 }
 
@@ -67,14 +76,9 @@ fn time_of(ms: u64) -> Option<Time> {
     Timestamp::from_millisecond(i64::try_from(ms).ok()?).ok().map(Time)
 }
 
-fn member_status(
-    m: &Member,
-    decision: &Decision,
-    primary_position: Option<u64>,
-    o: &Observation,
-) -> MemberStatus {
-    let report = m.report.filter(|_| !m.lease_expired);
-    let desired = decision.desired.get(&m.name).copied();
+fn member_status(m: &Member, decision: &Decision, primary_position: Option<u64>, o: &Facts) -> MemberStatus {
+    let report = m.report.as_ref().filter(|_| m.alive());
+    let desired = decision.instructions.get(&m.name).map(|i| i.desired);
     let role = match (desired, report.map(|r| r.role)) {
         (Some(Desired::Fenced), _) => MemberRole::Fenced,
         (_, Some(ServerRole::Primary)) => MemberRole::Primary,
@@ -101,7 +105,7 @@ fn member_status(
 pub fn compute<K: Replicated>(
     store: &K,
     decision: &Decision,
-    o: &Observation,
+    o: &Facts,
     old: &K::Status,
     now: &Time,
 ) -> K::Status {
@@ -109,7 +113,7 @@ pub fn compute<K: Replicated>(
     let primary_position = primary
         .as_ref()
         .and_then(|p| o.members.iter().find(|m| &m.name == p))
-        .and_then(|m| m.report)
+        .and_then(|m| m.report.as_ref())
         .and_then(|r| r.position);
     let members: Vec<MemberStatus> =
         o.members.iter().map(|m| member_status(m, decision, primary_position, o)).collect();
@@ -118,38 +122,55 @@ pub fn compute<K: Replicated>(
     let wanted_mirrors = o.members.len().saturating_sub(1);
     let drifted: Vec<String> = members.iter().filter(|m| m.spec_drift).map(|m| m.name.clone()).collect();
     let blocked = decision.blocked.as_ref().filter(|b| **b != Blocked::AwaitingPositions);
+    let policy = store.policy();
+    // Commits wait for a mirror's acknowledgement and none can give one.
+    let writes_blocked = primary.as_ref().is_some_and(|p| {
+        policy.synchronous
+            && !policy.relax_when_alone
+            && o.members.len() > 1
+            && !o.members.iter().any(|m| m.streams_from(p))
+    });
+    let relaxed = matches!(decision.engine.state, State::Steady { relaxed: true, .. });
 
     let mut failover = old.replication().failover.clone();
     for step in &decision.steps {
-        if let Step::Promoted { duration_ms, .. } = step {
+        if let Step::Promoted { duration_ms, lag_bytes, .. } = step {
             failover = FailoverStatus {
                 last_failover_time: Some(now.clone()),
                 last_failover_duration: Some(format!("{:.2}", *duration_ms as f64 / 1000.0)),
+                last_failover_lag_bytes: lag_bytes.and_then(|l| i64::try_from(l).ok()),
                 failover_count: failover.failover_count + 1,
             };
         }
     }
 
-    let switching = match &decision.state {
+    let switching = match &decision.engine.state {
         State::Demoting { .. } => true,
-        State::Promoting { candidate, .. } => {
-            store.policy().requested_primary.as_deref() == Some(candidate.as_str())
-        }
+        State::Promoting { candidate, .. } => policy.requested_primary.as_deref() == Some(candidate.as_str()),
         _ => false,
     };
     let anything_reported = o.members.iter().any(|m| m.report.is_some());
-    let phase = match &decision.state {
+    let phase = match &decision.engine.state {
         _ if o.pod_hashes.is_empty() && !anything_reported => StorePhase::Pending,
         State::Bootstrapping { .. } => StorePhase::Bootstrapping,
         _ if blocked.is_some() => StorePhase::Failed,
         _ if switching => StorePhase::SwitchingOver,
         State::Suspect { .. } | State::Fencing { .. } | State::Promoting { .. } => StorePhase::FailingOver,
-        _ if healthy == o.members.len() && drifted.is_empty() => StorePhase::Ready,
+        _ if healthy == o.members.len() && drifted.is_empty() && !writes_blocked => StorePhase::Ready,
         _ => StorePhase::Degraded,
     };
 
-    let in_motion = match &decision.state {
-        State::Bootstrapping { primary } => Some(("Bootstrapping", format!("initialising {primary}"))),
+    let in_motion = match &decision.engine.state {
+        State::Bootstrapping { primary: Some(primary), fresh: true } => {
+            Some(("Bootstrapping", format!("initialising {primary}")))
+        }
+        State::Bootstrapping { primary: Some(primary), fresh: false } => Some((
+            "Bootstrapping",
+            format!("resuming from {primary}, the member holding the most advanced data"),
+        )),
+        State::Bootstrapping { primary: None, .. } => {
+            Some(("Bootstrapping", "choosing the first primary".to_string()))
+        }
         State::Suspect { primary, .. } => Some((
             "PrimaryUnhealthy",
             format!(
@@ -188,12 +209,24 @@ pub fn compute<K: Replicated>(
             "CredentialsInvalid",
             format!("Secret {secret} has no value for {key:?}; restore it"),
         ),
+        (_, Some(p), _) if writes_blocked => Observed::new(
+            READY,
+            false,
+            "WritesBlocked",
+            format!(
+                "{p} is primary but no mirror streams from it: with synchronous replication and durability: \
+                 required, commits wait until one does"
+            ),
+        ),
         (_, Some(p), _) => Observed::new(
             READY,
             true,
             "PrimaryServing",
             format!("{p} takes writes; {healthy}/{} members healthy", o.members.len()),
         ),
+        (_, None, Some(b @ Blocked::AwaitingMembers { .. })) => {
+            Observed::new(READY, false, "AwaitingMembers", describe_blocked(b, store))
+        }
         (_, None, Some(b)) => Observed::new(READY, false, "FailoverBlocked", describe_blocked(b, store)),
         (_, None, None) => match &in_motion {
             Some((reason, message)) => Observed::new(READY, false, reason, message.clone()),
@@ -226,6 +259,14 @@ pub fn compute<K: Replicated>(
         )
     } else if primary.is_none() {
         Observed::new(DEGRADED, false, "NoPrimary", "no member takes writes yet: see the Ready condition")
+    } else if relaxed {
+        Observed::new(
+            DEGRADED,
+            true,
+            "DurabilityRelaxed",
+            "no mirror is healthy: the primary takes writes without a mirror's acknowledgement \
+             (durability: preferred); a failover now could lose them",
+        )
     } else if mirrors_healthy < wanted_mirrors {
         Observed::new(
             DEGRADED,
@@ -249,7 +290,7 @@ pub fn compute<K: Replicated>(
         )
     };
 
-    let target_primary = match &decision.state {
+    let target_primary = match &decision.engine.state {
         State::Promoting { candidate, .. } => Some(candidate.clone()),
         State::Demoting { target, .. } => Some(target.clone()),
         _ => None,
@@ -263,7 +304,7 @@ pub fn compute<K: Replicated>(
         ready: Some(format!("{healthy}/{}", o.members.len())),
         members,
         failover,
-        engine: Some(EngineStatus::from(&decision.state)),
+        engine: Some(EngineStatus::from(&decision.engine)),
         conditions: conditions::merge(
             &old.replication().conditions,
             vec![ready, progressing, degraded],
@@ -276,6 +317,27 @@ pub fn compute<K: Replicated>(
         equal_spec: (!o.pod_hashes.is_empty()).then_some(drifted.is_empty()),
     };
     store.status(replication, summary)
+}
+
+/// The status of a store that cannot be deployed because a name it needs
+/// belongs to another object: everything else as it was.
+pub fn conflicted<K: Replicated>(store: &K, conflict: &str, old: &K::Status, now: &Time) -> K::Status {
+    let message = format!("{conflict}: this store cannot use that name; rename one of the two");
+    let mut status = old.clone();
+    let replication = status.replication_mut();
+    replication.observed_generation = store.meta().generation;
+    replication.phase = Some(StorePhase::Failed);
+    replication.conditions = conditions::merge(
+        &old.replication().conditions,
+        vec![
+            Observed::new(READY, false, "NameConflict", message.clone()),
+            Observed::new(PROGRESSING, false, "NameConflict", "nothing is deployed until the names are free"),
+            Observed::new(DEGRADED, true, "NameConflict", message),
+        ],
+        store.meta().generation,
+        now,
+    );
+    status
 }
 
 /// `replication` with what moves on every report (positions, lag, report
@@ -292,16 +354,29 @@ pub fn clear_positions(replication: &mut ReplicationStatus) {
 /// Events for the engine's steps and for conditions that turned.
 pub fn events<K: Replicated>(
     store: &K,
-    decision: &Decision,
+    decision: Option<&Decision>,
     old: &K::Status,
     new: &K::Status,
 ) -> Vec<Planned> {
     let event = |type_, reason, action, note: String| Planned { type_, reason, action, note };
     let mut events: Vec<Planned> = decision
-        .steps
+        .map(|d| d.steps.as_slice())
+        .unwrap_or_default()
         .iter()
         .filter_map(|step| {
             Some(match step {
+                Step::Bootstrapping { primary, initialize: true } => event(
+                    EventType::Normal,
+                    "Bootstrapping",
+                    "Bootstrap",
+                    format!("initialising {primary} as the first primary"),
+                ),
+                Step::Bootstrapping { primary, initialize: false } => event(
+                    EventType::Normal,
+                    "Bootstrapping",
+                    "Bootstrap",
+                    format!("resuming from {primary}: of the kept volumes, it holds the most advanced data"),
+                ),
                 Step::PrimaryUnhealthy { primary } => event(
                     EventType::Warning,
                     "PrimaryUnhealthy",
@@ -332,14 +407,47 @@ pub fn events<K: Replicated>(
                         None => format!("promoting {member}"),
                     },
                 ),
-                Step::Promoted { member, duration_ms } => event(
+                Step::Promoted { member, duration_ms, lag_bytes } => event(
                     EventType::Normal,
                     "Promoted",
                     "Failover",
                     format!(
-                        "{member} takes writes; {:.2} s after the old primary was judged lost",
-                        *duration_ms as f64 / 1000.0
+                        "{member} takes writes; {:.2} s after the old primary was judged lost{}",
+                        *duration_ms as f64 / 1000.0,
+                        match lag_bytes {
+                            Some(0) | None => String::new(),
+                            Some(l) => format!(
+                                "; it was {l} bytes behind the old primary's last known position, \
+                                                the most this failover lost"
+                            ),
+                        }
                     ),
+                ),
+                Step::Revoking { member } => event(
+                    EventType::Warning,
+                    "RevokingLease",
+                    "Failover",
+                    format!("{member} stopped renewing its lease; revoking it"),
+                ),
+                Step::SwitchoverAborted { primary, why } => event(
+                    EventType::Warning,
+                    "SwitchoverAborted",
+                    "Switchover",
+                    format!("switchover abandoned: {why}; {primary} stays primary"),
+                ),
+                Step::DurabilityRelaxed { primary } => event(
+                    EventType::Warning,
+                    "DurabilityRelaxed",
+                    "Durability",
+                    format!(
+                        "no mirror is healthy: {primary} takes writes without a mirror's acknowledgement"
+                    ),
+                ),
+                Step::DurabilityRestored { primary } => event(
+                    EventType::Normal,
+                    "DurabilityRestored",
+                    "Durability",
+                    format!("a mirror streams from {primary} again: commits wait for its acknowledgement"),
                 ),
                 Step::SwitchoverStarted { from, to } => event(
                     EventType::Normal,
@@ -357,7 +465,14 @@ pub fn events<K: Replicated>(
     };
     if let Some(c) = conditions::find(&new.replication().conditions, READY)
         && reason(old, READY) != reason(new, READY)
-        && matches!(c.reason.as_str(), "FailoverBlocked" | "CredentialsMissing" | "CredentialsInvalid")
+        && matches!(
+            c.reason.as_str(),
+            "FailoverBlocked"
+                | "CredentialsMissing"
+                | "CredentialsInvalid"
+                | "WritesBlocked"
+                | "NameConflict"
+        )
     {
         events.push(event(EventType::Warning, "NotReady", "Observe", c.message.clone()));
     }

@@ -4,7 +4,8 @@ use k8s_openapi::jiff::Timestamp;
 
 use super::*;
 use crate::api::{DatabaseMirror, DatabaseMirrorSpec, DatabaseMirrorStatus};
-use crate::failover::{Policy, Report, step};
+use crate::contract::DataState;
+use crate::failover::{Engine, Lease, Policy, Report, step};
 
 fn dbm(yaml: &str) -> DatabaseMirror {
     let spec: DatabaseMirrorSpec = serde_yaml::from_str(yaml).unwrap();
@@ -15,15 +16,27 @@ fn dbm(yaml: &str) -> DatabaseMirror {
 }
 
 fn member(name: &str, role: ServerRole, position: u64, acting_on: Desired) -> Member {
+    let streaming_from = (role == ServerRole::Mirror).then(|| "db-1".to_string());
     Member {
         name: name.into(),
-        report: Some(Report { at: 10_000, role, position: Some(position), acting_on }),
-        lease_expired: false,
+        report: Some(Report {
+            at: 10_000,
+            role,
+            position: Some(position),
+            last_position: Some(position),
+            acting_on,
+            epoch: 1,
+            streaming_from,
+            data: DataState::Standby,
+            lineage: Some(1),
+        }),
+        lease: Lease::Live,
+        recorded_position: None,
     }
 }
 
 fn lost(name: &str, position: u64) -> Member {
-    Member { lease_expired: true, ..member(name, ServerRole::Primary, position, Desired::Primary) }
+    Member { lease: Lease::Revoked, ..member(name, ServerRole::Primary, position, Desired::Primary) }
 }
 
 fn policy(max_lag: u64) -> Policy {
@@ -32,9 +45,14 @@ fn policy(max_lag: u64) -> Policy {
         delay_ms: 0,
         max_lag_bytes: max_lag,
         synchronous: false,
+        relax_when_alone: false,
         force: false,
         requested_primary: None,
     }
+}
+
+fn steady() -> Engine {
+    Engine { state: State::Steady { primary: "db-1".into(), relaxed: false }, epoch: 1 }
 }
 
 fn hashes(names: &[&str], hash: &str) -> BTreeMap<String, String> {
@@ -49,8 +67,8 @@ fn observe<'a>(
     members: &'a [Member],
     pods: &'a BTreeMap<String, String>,
     credentials: &'a Credentials,
-) -> Observation<'a> {
-    Observation { members, pod_hashes: pods, template_hash: "h1", credentials, shrink_blocked: None }
+) -> Facts<'a> {
+    Facts { members, pod_hashes: pods, template_hash: "h1", credentials, shrink_blocked: None }
 }
 
 fn condition<'a>(
@@ -72,7 +90,7 @@ fn healthy_trio() -> Vec<Member> {
 fn a_healthy_trio_is_ready_with_its_lag_reported() {
     let d = dbm("instance: {storage: {size: 1Gi}}\nmirrors: 2");
     let members = healthy_trio();
-    let decision = step(&State::Steady { primary: "db-1".into() }, &members, &policy(1 << 24), 20_000);
+    let decision = step(&steady(), &members, &policy(1 << 24), 20_000);
     let pods = hashes(&["db-1", "db-2", "db-3"], "h1");
     let s =
         compute(&d, &decision, &observe(&members, &pods, &Credentials::Ready), &Default::default(), &at(1));
@@ -92,9 +110,12 @@ fn a_healthy_trio_is_ready_with_its_lag_reported() {
 #[test]
 fn a_mirror_too_far_behind_is_not_promoted_and_the_condition_says_why() {
     let d = dbm("instance: {storage: {size: 1Gi}}\nmirrors: 1\nfailover: {maxLagBytes: 100}");
-    let members = vec![lost("db-1", 10_000), member("db-2", ServerRole::Mirror, 1_000, Desired::Mirror)];
-    let fencing =
-        State::Fencing { old: "db-1".into(), fenced_at: 1, started: 1, last_position: Some(10_000) };
+    let mut members = vec![lost("db-1", 10_000), member("db-2", ServerRole::Mirror, 1_000, Desired::Mirror)];
+    members[1].report.as_mut().unwrap().streaming_from = None;
+    let fencing = Engine {
+        state: State::Fencing { old: "db-1".into(), epoch: 1, started: 1, last_position: Some(10_000) },
+        epoch: 1,
+    };
     let decision = step(&fencing, &members, &policy(100), 20_000);
     let pods = hashes(&["db-1", "db-2"], "h1");
     let s =
@@ -107,7 +128,7 @@ fn a_mirror_too_far_behind_is_not_promoted_and_the_condition_says_why() {
         "{}",
         ready.message
     );
-    let events = events(&d, &decision, &Default::default(), &s);
+    let events = events(&d, Some(&decision), &Default::default(), &s);
     assert!(events.iter().any(|e| e.reason == "NotReady" && e.type_ == EventType::Warning), "{events:?}");
 }
 
@@ -115,7 +136,16 @@ fn a_mirror_too_far_behind_is_not_promoted_and_the_condition_says_why() {
 fn a_promotion_is_counted_timed_and_announced() {
     let d = dbm("instance: {storage: {size: 1Gi}}\nmirrors: 1");
     let members = vec![lost("db-1", 10_000), member("db-2", ServerRole::Primary, 10_000, Desired::Primary)];
-    let promoting = State::Promoting { old: "db-1".into(), candidate: "db-2".into(), started: 17_500 };
+    let promoting = Engine {
+        state: State::Promoting {
+            old: "db-1".into(),
+            candidate: "db-2".into(),
+            started: 17_500,
+            since: 18_000,
+            lag_bytes: Some(0),
+        },
+        epoch: 1,
+    };
     let decision = step(&promoting, &members, &policy(1 << 24), 20_000);
     let pods = hashes(&["db-1", "db-2"], "h1");
     let mut old = DatabaseMirrorStatus::default();
@@ -126,7 +156,7 @@ fn a_promotion_is_counted_timed_and_announced() {
     assert_eq!(f.last_failover_time, Some(at(1)));
     assert_eq!(s.replication.current_primary.as_deref(), Some("db-2"));
     assert_eq!(s.replication.members[0].role, MemberRole::Pending, "a lost member reports nothing");
-    let events = events(&d, &decision, &old, &s);
+    let events = events(&d, Some(&decision), &old, &s);
     assert!(events.iter().any(|e| e.reason == "Promoted" && e.note.contains("2.50 s")), "{events:?}");
 }
 
@@ -134,7 +164,7 @@ fn a_promotion_is_counted_timed_and_announced() {
 fn deleted_credentials_are_refused_not_regenerated() {
     let d = dbm("instance: {storage: {size: 1Gi}}\nmirrors: 2");
     let members = healthy_trio();
-    let decision = step(&State::Steady { primary: "db-1".into() }, &members, &policy(1 << 24), 20_000);
+    let decision = step(&steady(), &members, &policy(1 << 24), 20_000);
     let pods = hashes(&["db-1", "db-2", "db-3"], "h1");
     let s =
         compute(&d, &decision, &observe(&members, &pods, &Credentials::Missing), &Default::default(), &at(1));
@@ -148,7 +178,7 @@ fn deleted_credentials_are_refused_not_regenerated() {
 fn a_member_changed_by_hand_breaks_equal_spec() {
     let d = dbm("instance: {storage: {size: 1Gi}}\nmirrors: 2");
     let members = healthy_trio();
-    let decision = step(&State::Steady { primary: "db-1".into() }, &members, &policy(1 << 24), 20_000);
+    let decision = step(&steady(), &members, &policy(1 << 24), 20_000);
     let mut pods = hashes(&["db-1", "db-2", "db-3"], "h1");
     pods.insert("db-3".into(), "other".into());
     let s =
@@ -167,7 +197,7 @@ fn moving_positions_alone_are_not_a_significant_change() {
     let d = dbm("instance: {storage: {size: 1Gi}}\nmirrors: 2");
     let pods = hashes(&["db-1", "db-2", "db-3"], "h1");
     let first = healthy_trio();
-    let decision = step(&State::Steady { primary: "db-1".into() }, &first, &policy(1 << 24), 20_000);
+    let decision = step(&steady(), &first, &policy(1 << 24), 20_000);
     let a = compute(&d, &decision, &observe(&first, &pods, &Credentials::Ready), &Default::default(), &at(1));
     let mut later = healthy_trio();
     for m in &mut later {
@@ -176,7 +206,7 @@ fn moving_positions_alone_are_not_a_significant_change() {
             r.at += 300;
         }
     }
-    let decision = step(&State::Steady { primary: "db-1".into() }, &later, &policy(1 << 24), 20_300);
+    let decision = step(&steady(), &later, &policy(1 << 24), 20_300);
     let b = compute(&d, &decision, &observe(&later, &pods, &Credentials::Ready), &a, &at(2));
     assert_ne!(a, b);
     assert_eq!(a.without_positions(), b.without_positions());

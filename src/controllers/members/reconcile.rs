@@ -1,0 +1,608 @@
+//! One reconcile of a replicated store, in four named steps:
+//!
+//! 1. [`observe`]: read the caches (the Leases judged on the operator's own
+//!    clock) and check that no other object holds a name this store needs;
+//! 2. [`decide`]: pure — step the failover engine, compute the status and
+//!    the Events;
+//! 3. persist: write the status, conditional on the resourceVersion the
+//!    engine stepped from, so a stale cache or a former leader cannot
+//!    replay an old decision;
+//! 4. [`act`]: bring the children, volumes and pods in line, carry the
+//!    instructions to the pods (conditional too, and never over a newer
+//!    epoch), and revoke the Leases the fence waits on.
+//!
+//! The decision is durable before any pod is told anything, so a crash
+//! between the two only repeats the instruction.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Resource, ResourceExt};
+use tracing::{info, warn};
+
+use super::status::{self, Credentials, Facts};
+use super::{ACTIVE_INTERVAL, Context, Replicated, StoreStatus, last_written, write_status};
+use crate::api::common::EngineStatus;
+use crate::contract::{Instruction, decode_report};
+use crate::controllers::{Child, Error, Planned, RESYNC, jittered, owned_child};
+use crate::failover::{Decision, Engine, Member, Route, State, Step, step};
+use crate::resources::FIELD_MANAGER;
+use crate::resources::members::{
+    Blueprint, INSTANCE_LABEL, INSTRUCTION_ANNOTATION, MEMBER_LABEL, Routing, TEMPLATE_HASH_ANNOTATION,
+};
+
+/// A reconcile of a store with members (not an external one).
+pub(super) async fn reconcile_store<K: Replicated>(store: &K, ctx: &Context<K>) -> Result<Action, Error> {
+    let seen = observe(store, ctx).await?;
+    if let Some(conflict) = &seen.conflict {
+        return refuse(store, ctx, &seen, conflict).await;
+    }
+    let plan = decide(store, &seen);
+    if let Some(requeue) =
+        write_status(store, ctx, &seen.old_status, &plan.status, &seen.resource_version).await?
+    {
+        return Ok(requeue);
+    }
+    act(store, ctx, &seen, &plan).await
+}
+
+/// What a reconcile read.
+pub(super) struct Seen<K: Replicated> {
+    blueprint: Blueprint,
+    old_status: K::Status,
+    resource_version: String,
+    now_ms: u64,
+    credentials: Credentials,
+    /// The passwords to keep the Secret with (None: refused, see credentials).
+    passwords: Option<K::Passwords>,
+    live_secret: Option<Arc<Secret>>,
+    members: Vec<Member>,
+    /// Member pods this store owns, by member.
+    pods: BTreeMap<String, Arc<Pod>>,
+    /// Pods of members the spec no longer has.
+    extra_pods: Vec<Arc<Pod>>,
+    /// Kept volumes by member.
+    volumes: BTreeMap<String, Arc<PersistentVolumeClaim>>,
+    /// No member volume existed (or the store has none): no member can hold data.
+    fresh: bool,
+    /// A name this store needs belongs to another object.
+    conflict: Option<String>,
+    /// When the first Live Lease could go stale.
+    next_lease_change: Option<Duration>,
+}
+
+fn now_ms() -> u64 {
+    Timestamp::now().as_millisecond().max(0) as u64
+}
+
+/// A cached object of this store by name and instance label (kept volumes
+/// and Secrets carry no owner).
+fn labelled<C>(cache: &Store<C>, namespace: &str, name: &str, instance: &str) -> Option<Arc<C>>
+where
+    C: Resource<DynamicType = ()> + Clone,
+{
+    cache
+        .get(&ObjectRef::new(name).within(namespace))
+        .filter(|o| o.labels().get(INSTANCE_LABEL).map(String::as_str) == Some(instance))
+}
+
+async fn observe<K: Replicated>(store: &K, ctx: &Context<K>) -> Result<Seen<K>, Error> {
+    let (namespace, name) = (store.namespace().unwrap_or_default(), store.name_any());
+    let object = format!("{namespace}/{name}");
+    let uid = store.uid().unwrap_or_default();
+    let caches = &ctx.caches;
+    let blueprint = store.blueprint().map_err(|source| Error::Build { object: object.clone(), source })?;
+    let (old_status, resource_version) = last_written(store, ctx);
+
+    let volumes: BTreeMap<String, Arc<PersistentVolumeClaim>> = blueprint
+        .members
+        .iter()
+        .filter_map(|m| Some((m.clone(), labelled(&caches.volumes, &namespace, m, &name)?)))
+        .collect();
+    let live_secret = labelled(&caches.secrets, &namespace, &store.credentials_name(), &name);
+    let has_engine = old_status.replication().engine.is_some();
+    let (passwords, credentials) = match &live_secret {
+        Some(secret) => match K::read_passwords(secret) {
+            Ok(p) => (Some(p), Credentials::Ready),
+            Err(key) => (None, Credentials::Invalid { key }),
+        },
+        // Generated once; never regenerated over data they opened.
+        None if !volumes.is_empty() || has_engine => (None, Credentials::Missing),
+        None => (Some(K::generate_passwords()), Credentials::Ready),
+    };
+
+    let pods: BTreeMap<String, Arc<Pod>> = blueprint
+        .members
+        .iter()
+        .filter_map(|m| Some((m.clone(), owned_child(&caches.pods, &namespace, m, &uid)?)))
+        .collect();
+    let extra_pods = caches
+        .pods
+        .state()
+        .into_iter()
+        .filter(|p| p.namespace().as_deref() == Some(namespace.as_str()))
+        .filter(|p| p.labels().get(INSTANCE_LABEL) == Some(&name))
+        .filter(|p| p.labels().get(MEMBER_LABEL).is_some_and(|m| !blueprint.members.contains(m)))
+        .collect();
+
+    let (members, next_lease_change) = judge_members(store, ctx, &blueprint.members, &old_status);
+    let conflict = claims(store, ctx, &blueprint).await?;
+    Ok(Seen {
+        fresh: blueprint.storage.is_none() || volumes.is_empty(),
+        blueprint,
+        old_status,
+        resource_version,
+        now_ms: now_ms(),
+        credentials,
+        passwords,
+        live_secret,
+        members,
+        pods,
+        extra_pods,
+        volumes,
+        conflict,
+        next_lease_change,
+    })
+}
+
+/// Every member as its Lease shows it, judged on the operator's clock.
+fn judge_members<K: Replicated>(
+    store: &K,
+    ctx: &Context<K>,
+    members: &[String],
+    old_status: &K::Status,
+) -> (Vec<Member>, Option<Duration>) {
+    let namespace = store.namespace().unwrap_or_default();
+    let name = store.name_any();
+    let now = Instant::now();
+    let mut clocks = ctx.leases.lock().unwrap_or_else(|p| p.into_inner());
+    let clock = clocks.entry(store.uid().unwrap_or_default()).or_default();
+    clock.retain(members);
+    let recorded = |m: &str| {
+        old_status
+            .replication()
+            .members
+            .iter()
+            .find(|s| s.name == m)
+            .and_then(|s| s.position)
+            .and_then(|p| u64::try_from(p).ok())
+    };
+    let observed = members
+        .iter()
+        .map(|m| {
+            let lease = labelled(&ctx.caches.leases, &namespace, m, &name);
+            let report = lease
+                .as_ref()
+                .and_then(|l| l.metadata.annotations.as_ref())
+                .and_then(decode_report)
+                .map(|(report, _)| report);
+            let lease = clock.judge(m, lease.as_deref(), now);
+            Member { name: m.clone(), report, lease, recorded_position: recorded(m) }
+        })
+        .collect();
+    (observed, clock.next_change(now))
+}
+
+/// The first name this store needs that another object holds, said in
+/// words; None when every name is free or already this store's.
+async fn claims<K: Replicated>(
+    store: &K,
+    ctx: &Context<K>,
+    blueprint: &Blueprint,
+) -> Result<Option<String>, Error> {
+    let caches = &ctx.caches;
+    let children = store.shared_children(blueprint);
+    let (account, role, binding) = blueprint.agent_rbac();
+    let mut taken = Vec::new();
+    for service in &children.services {
+        taken.push(claimed(ctx, &caches.services, &service.name_any(), blueprint).await?);
+    }
+    for budget in &children.budgets {
+        taken.push(claimed(ctx, &caches.budgets, &budget.name_any(), blueprint).await?);
+    }
+    for config in &children.config_maps {
+        taken.push(claimed(ctx, &caches.config_maps, &config.name_any(), blueprint).await?);
+    }
+    taken.push(claimed(ctx, &caches.accounts, &account.name_any(), blueprint).await?);
+    taken.push(claimed(ctx, &caches.roles, &role.name_any(), blueprint).await?);
+    taken.push(claimed(ctx, &caches.bindings, &binding.name_any(), blueprint).await?);
+    for member in &blueprint.members {
+        taken.push(claimed(ctx, &caches.pods, member, blueprint).await?);
+        if blueprint.storage.is_some() {
+            taken.push(claimed(ctx, &caches.volumes, member, blueprint).await?);
+        }
+    }
+    Ok(taken.into_iter().flatten().next())
+}
+
+/// Whether the name of a child of kind `C` is held by another object:
+/// looked up in our cache, or (the cache holds only this kind's children)
+/// read from the API, which happens only for a child not created yet.
+async fn claimed<K: Replicated, C: Child>(
+    ctx: &Context<K>,
+    cache: &Store<C>,
+    name: &str,
+    blueprint: &Blueprint,
+) -> Result<Option<String>, Error> {
+    let namespace = blueprint.namespace.as_str();
+    let holder = match cache.get(&ObjectRef::new(name).within(namespace)) {
+        Some(cached) => holder(cached.meta(), blueprint),
+        None => {
+            let api: Api<C> = Api::namespaced(ctx.shared.client.clone(), namespace);
+            let live = api.get_metadata_opt(name).await.map_err(|source| Error::Read {
+                resource: crate::controllers::resource_name::<C>(),
+                object: format!("{namespace}/{name}"),
+                source,
+            })?;
+            live.and_then(|meta| holder(&meta.metadata, blueprint))
+        }
+    };
+    Ok(holder.map(|who| format!("{} {name} already belongs to {who}", C::kind(&()))))
+}
+
+/// Who holds an object, unless it is this store's: controlled by another
+/// owner, or unowned and not labelled as this store's (a kept volume or
+/// Secret of an earlier object of the same kind and name is ours to adopt).
+fn holder(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    blueprint: &Blueprint,
+) -> Option<String> {
+    let controller = meta.owner_references.iter().flatten().find(|o| o.controller == Some(true));
+    match controller {
+        Some(owner) if owner.uid == blueprint.owner.uid => None,
+        Some(owner) => Some(format!("{} {}", owner.kind, owner.name)),
+        None => {
+            let labels = meta.labels.clone().unwrap_or_default();
+            let ours = labels.get(INSTANCE_LABEL) == Some(&blueprint.name)
+                && labels.get(crate::contract::keys::NAME_LABEL).map(String::as_str) == Some(blueprint.app);
+            (!ours).then(|| "an object this store did not create".to_string())
+        }
+    }
+}
+
+/// A name clash: say so in status, touch nothing, look again later.
+async fn refuse<K: Replicated>(
+    store: &K,
+    ctx: &Context<K>,
+    seen: &Seen<K>,
+    conflict: &str,
+) -> Result<Action, Error> {
+    let time = Time(Timestamp::now());
+    let status = status::conflicted(store, conflict, &seen.old_status, &time);
+    if let Some(requeue) = write_status(store, ctx, &seen.old_status, &status, &seen.resource_version).await?
+    {
+        return Ok(requeue);
+    }
+    for event in status::events(store, None, &seen.old_status, &status) {
+        ctx.shared.event(store, event.type_, event.reason, event.action, event.note).await;
+    }
+    Ok(Action::requeue(jittered(Duration::from_secs(60))))
+}
+
+/// What a reconcile decided.
+pub(super) struct Plan<K: Replicated> {
+    decision: Decision,
+    status: K::Status,
+    events: Vec<Planned>,
+    /// A member the spec no longer has but that cannot go: the primary.
+    shrink_blocked: Option<String>,
+}
+
+fn decide<K: Replicated>(store: &K, seen: &Seen<K>) -> Plan<K> {
+    let engine = seen
+        .old_status
+        .replication()
+        .engine
+        .as_ref()
+        .and_then(EngineStatus::to_engine)
+        .unwrap_or_else(|| Engine::bootstrap(seen.fresh));
+    let decision = step(&engine, &seen.members, &store.policy(), seen.now_ms);
+    let told_primary = decision.primary().map(str::to_string);
+    let shrink_blocked = seen
+        .extra_pods
+        .iter()
+        .map(|p| p.name_any())
+        .find(|p| Some(p) == told_primary.as_ref() || Some(p.as_str()) == decision.read_write());
+    let pod_hashes: BTreeMap<String, String> = seen
+        .pods
+        .iter()
+        .map(|(m, pod)| {
+            (m.clone(), pod.annotations().get(TEMPLATE_HASH_ANNOTATION).cloned().unwrap_or_default())
+        })
+        .collect();
+    let facts = Facts {
+        members: &seen.members,
+        pod_hashes: &pod_hashes,
+        template_hash: &seen.blueprint.template_hash,
+        credentials: &seen.credentials,
+        shrink_blocked: shrink_blocked.as_deref(),
+    };
+    let status = status::compute(store, &decision, &facts, &seen.old_status, &Time(Timestamp::now()));
+    let events = status::events(store, Some(&decision), &seen.old_status, &status);
+    Plan { decision, status, events, shrink_blocked }
+}
+
+async fn act<K: Replicated>(
+    store: &K,
+    ctx: &Context<K>,
+    seen: &Seen<K>,
+    plan: &Plan<K>,
+) -> Result<Action, Error> {
+    keep_credentials(store, ctx, seen).await?;
+    keep_children(store, ctx, seen).await?;
+    keep_volumes(ctx, seen).await?;
+    for event in &plan.events {
+        ctx.shared.event(store, event.type_, event.reason, event.action, event.note.clone()).await;
+    }
+    count_promotions::<K>(ctx, &plan.decision);
+    let superseded = instruct_pods(store, ctx, seen, &plan.decision).await?;
+    let revoked = revoke(store, ctx, &plan.decision).await?;
+    remove_extra_members(ctx, seen, plan.shrink_blocked.as_deref()).await?;
+    if superseded || revoked {
+        return Ok(Action::requeue(ACTIVE_INTERVAL));
+    }
+    Ok(Action::requeue(next_look(&plan.decision, &plan.status, seen.next_lease_change)))
+}
+
+/// The credentials Secret: generated once; afterwards only its other keys
+/// (hosts, URLs) and its ownership follow the spec.
+async fn keep_credentials<K: Replicated>(store: &K, ctx: &Context<K>, seen: &Seen<K>) -> Result<(), Error> {
+    let Some(passwords) = &seen.passwords else { return Ok(()) };
+    let desired = store.credentials(&seen.blueprint, passwords);
+    match &seen.live_secret {
+        None => {
+            ctx.shared.apply(&desired, None).await?;
+            let note = format!("generated Secret {}", store.credentials_name());
+            ctx.shared.event(store, EventType::Normal, "CredentialsCreated", "Create", note).await;
+        }
+        Some(live) => {
+            ctx.shared.apply(&desired, Some(live)).await?;
+            keep_ownership(ctx, live.as_ref(), &desired).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Services, budgets, settings and the agents' identity.
+async fn keep_children<K: Replicated>(store: &K, ctx: &Context<K>, seen: &Seen<K>) -> Result<(), Error> {
+    let (caches, shared) = (&ctx.caches, &ctx.shared);
+    let uid = store.uid().unwrap_or_default();
+    let children = store.shared_children(&seen.blueprint);
+    for service in &children.services {
+        shared.apply_owned(service, &caches.services, &uid).await?;
+    }
+    for budget in &children.budgets {
+        shared.apply_owned(budget, &caches.budgets, &uid).await?;
+    }
+    for config in &children.config_maps {
+        shared.apply_owned(config, &caches.config_maps, &uid).await?;
+    }
+    let (account, role, binding) = seen.blueprint.agent_rbac();
+    shared.apply_owned(&account, &caches.accounts, &uid).await?;
+    shared.apply_owned(&role, &caches.roles, &uid).await?;
+    shared.apply_owned(&binding, &caches.bindings, &uid).await?;
+    Ok(())
+}
+
+/// Member volumes: created once; owned by the store (deleted with it)
+/// exactly when `storage.deleteOnRemoval` says so, for existing ones too.
+async fn keep_volumes<K: Replicated>(ctx: &Context<K>, seen: &Seen<K>) -> Result<(), Error> {
+    for member in &seen.blueprint.members {
+        let Some(desired) = seen.blueprint.member_volume(member) else { continue };
+        match seen.volumes.get(member) {
+            None => drop(ctx.shared.apply(&desired, None).await?),
+            Some(live) => keep_ownership(ctx, live.as_ref(), &desired).await?,
+        }
+    }
+    Ok(())
+}
+
+/// Give `live` exactly the owner references `desired` has (kept objects
+/// gain or lose the store as owner when `deleteOnRemoval` changes).
+async fn keep_ownership<C: Child>(
+    ctx: &Context<impl Replicated>,
+    live: &C,
+    desired: &C,
+) -> Result<(), Error> {
+    let wanted: Vec<OwnerReference> = desired.owner_references().to_vec();
+    if live.owner_references() == wanted.as_slice() {
+        return Ok(());
+    }
+    let (namespace, name) = (live.namespace().unwrap_or_default(), live.name_any());
+    let patch = match wanted.is_empty() {
+        true => serde_json::json!({ "metadata": { "ownerReferences": null } }),
+        false => serde_json::json!({ "metadata": { "ownerReferences": wanted } }),
+    };
+    let api: Api<C> = Api::namespaced(ctx.shared.client.clone(), &namespace);
+    let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..PatchParams::default() };
+    let resource = crate::controllers::resource_name::<C>();
+    api.patch(&name, &params, &Patch::Merge(&patch)).await.map_err(|source| Error::Apply {
+        resource,
+        object: format!("{namespace}/{name}"),
+        source,
+    })?;
+    ctx.shared.metrics.write(ctx.shared.controller, resource, "patch");
+    info!(%name, owned = !wanted.is_empty(), "kept object's ownership follows storage.deleteOnRemoval");
+    Ok(())
+}
+
+fn count_promotions<K: Replicated>(ctx: &Context<K>, decision: &Decision) {
+    for s in &decision.steps {
+        if let Step::Promoted { member, duration_ms, lag_bytes } = s {
+            info!(%member, duration_ms, ?lag_bytes, "promoted");
+            let labels = crate::telemetry::ControllerLabels { controller: K::CONTROLLER };
+            ctx.shared.metrics.failovers.get_or_create(&labels).inc();
+            ctx.shared.metrics.failover_duration.get_or_create(&labels).observe(*duration_ms as f64 / 1000.0);
+        }
+    }
+}
+
+/// Carry the decision to the pods: routes taken away before routes given;
+/// missing pods created. True when a pod already carries a newer epoch
+/// than this decision, or changed under us (this reconcile is stale).
+async fn instruct_pods<K: Replicated>(
+    store: &K,
+    ctx: &Context<K>,
+    seen: &Seen<K>,
+    decision: &Decision,
+) -> Result<bool, Error> {
+    let mut order: Vec<&String> = seen.blueprint.members.iter().collect();
+    order.sort_by_key(|m| decision.routes.get(*m).copied().unwrap_or(Route::None) != Route::None);
+    let mut superseded = false;
+    for member in order {
+        let Some(routing) = Routing::of(decision, member) else { continue };
+        match seen.pods.get(member) {
+            Some(pod) => superseded |= !route_pod(store, ctx, pod, &routing).await?,
+            None => {
+                let mut pod = seen.blueprint.member_pod(member, &ctx.agent_image);
+                let (labels, annotations) = routing.metadata();
+                pod.labels_mut().extend(labels);
+                pod.annotations_mut().extend(annotations);
+                ctx.shared.apply(&pod, None).await?;
+            }
+        }
+    }
+    Ok(superseded)
+}
+
+/// Put `routing` on a member's pod by a metadata patch conditional on the
+/// pod's resourceVersion, and never over an instruction of a newer epoch:
+/// a former leader that resumes cannot put back what it decided before.
+/// False when the pod was not ours to change (stale view).
+async fn route_pod<K: Replicated>(
+    store: &K,
+    ctx: &Context<K>,
+    pod: &Pod,
+    routing: &Routing,
+) -> Result<bool, Error> {
+    let (labels, annotations) = routing.metadata();
+    let differs = labels.iter().any(|(k, v)| pod.labels().get(k) != Some(v))
+        || annotations.iter().any(|(k, v)| pod.annotations().get(k) != Some(v));
+    if !differs {
+        return Ok(true);
+    }
+    let was = pod.annotations().get(INSTRUCTION_ANNOTATION).and_then(|t| Instruction::parse(t).ok());
+    if was.as_ref().is_some_and(|w| w.epoch > routing.instruction.epoch) {
+        warn!(pod = %pod.name_any(), "the pod carries a newer instruction than this decision: not overwriting it");
+        return Ok(false);
+    }
+    let (namespace, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
+    let api: Api<Pod> = Api::namespaced(ctx.shared.client.clone(), &namespace);
+    let patch = serde_json::json!({
+        "metadata": { "resourceVersion": pod.resource_version(), "labels": labels, "annotations": annotations }
+    });
+    let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..PatchParams::default() };
+    match api.patch(&name, &params, &Patch::Merge(&patch)).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => return Ok(false),
+        Err(source) => {
+            return Err(Error::Apply { resource: "pods", object: format!("{namespace}/{name}"), source });
+        }
+    }
+    ctx.shared.metrics.write(K::CONTROLLER, "pods", "patch");
+    let rejoins = was.is_some_and(|w| w.desired == crate::contract::Desired::Fenced)
+        && routing.instruction.desired == crate::contract::Desired::Mirror;
+    if rejoins {
+        let upstream = routing.instruction.upstream.clone().unwrap_or_else(|| "nobody yet".into());
+        let note = format!("{name} rejoins as a mirror of {upstream}");
+        ctx.shared.event(store, EventType::Normal, "Rejoining", "Failover", note).await;
+    }
+    Ok(true)
+}
+
+/// Revoke the Leases the engine's fence waits on: each a delete conditional
+/// on the resourceVersion that went stale. True when any was revoked.
+async fn revoke<K: Replicated>(store: &K, ctx: &Context<K>, decision: &Decision) -> Result<bool, Error> {
+    let namespace = store.namespace().unwrap_or_default();
+    let api: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(ctx.shared.client.clone(), &namespace);
+    let uid = store.uid().unwrap_or_default();
+    let mut any = false;
+    for member in &decision.revoke {
+        let version =
+            ctx.leases.lock().unwrap_or_else(|p| p.into_inner()).get(&uid).and_then(|c| c.version(member));
+        let Some(version) = version else { continue };
+        let params = DeleteParams {
+            preconditions: Some(Preconditions { resource_version: Some(version), uid: None }),
+            ..DeleteParams::default()
+        };
+        let outcome = api.delete(member, &params).await;
+        let now = Instant::now();
+        let with_clock = |change: &dyn Fn(&mut super::leases::LeaseClock)| {
+            let mut clocks = ctx.leases.lock().unwrap_or_else(|p| p.into_inner());
+            change(clocks.entry(uid.clone()).or_default());
+        };
+        match outcome {
+            Ok(_) => {
+                with_clock(&|c| c.revoked(member, now));
+                revoked_event(store, ctx, member).await;
+                any = true;
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 => {
+                with_clock(&|c| c.revoked(member, now));
+                any = true;
+            }
+            // Renewed after all: the member is alive.
+            Err(kube::Error::Api(e)) if e.code == 409 => with_clock(&|c| c.renewed(member, now)),
+            Err(source) => {
+                return Err(Error::Delete {
+                    resource: "leases",
+                    object: format!("{namespace}/{member}"),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(any)
+}
+
+async fn revoked_event<K: Replicated>(store: &K, ctx: &Context<K>, member: &str) {
+    ctx.shared.metrics.write(K::CONTROLLER, "leases", "delete");
+    let note =
+        format!("revoked the lease of {member}: its agent stopped renewing, so its server has been stopped");
+    ctx.shared.event(store, EventType::Warning, "LeaseRevoked", "Failover", note).await;
+}
+
+/// Members beyond the spec: removed, unless one is the primary; their
+/// volumes go too when `storage.deleteOnRemoval` says so.
+async fn remove_extra_members<K: Replicated>(
+    ctx: &Context<K>,
+    seen: &Seen<K>,
+    blocked: Option<&str>,
+) -> Result<(), Error> {
+    let delete_volumes = seen.blueprint.storage.as_ref().is_some_and(|s| s.delete_on_removal);
+    for pod in &seen.extra_pods {
+        let member = pod.name_any();
+        if Some(member.as_str()) == blocked {
+            continue;
+        }
+        ctx.shared.delete(pod.as_ref()).await?;
+        if delete_volumes
+            && let Some(volume) =
+                labelled(&ctx.caches.volumes, &seen.blueprint.namespace, &member, &seen.blueprint.name)
+        {
+            ctx.shared.delete(volume.as_ref()).await?;
+        }
+    }
+    Ok(())
+}
+
+/// When to step the engine again if no event comes first.
+fn next_look<S: StoreStatus>(decision: &Decision, status: &S, lease_change: Option<Duration>) -> Duration {
+    let settled = matches!(decision.engine.state, State::Steady { .. })
+        && decision.blocked.is_none()
+        && status.replication().members.iter().all(|m| m.healthy);
+    if !settled {
+        return ACTIVE_INTERVAL;
+    }
+    // A Lease goes stale without an event: look again just after it would.
+    lease_change.map(|d| d + Duration::from_millis(50)).unwrap_or(RESYNC).min(jittered(RESYNC))
+}
