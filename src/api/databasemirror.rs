@@ -8,6 +8,14 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::common::{FailoverSpec, ReplicationStatus, Resources, StorageSpec};
+use super::names::{max_name_length, name_rule};
+
+/// The longest suffix a DatabaseMirror's builders append to its name: the
+/// credentials Secret `<name>-credentials` (longer than `-postgresql`,
+/// `-primary`, `-mirror`, `-agent`, `-rw`, `-ro` and the members' `-1` … `-9`).
+pub const LONGEST_CHILD_SUFFIX: &str = "-credentials";
+/// Longest DatabaseMirror name (51): every child name stays within 63.
+pub const MAX_NAME_LENGTH: usize = max_name_length(LONGEST_CHILD_SUFFIX);
 
 /// A PostgreSQL primary and `mirrors` streaming mirrors, every member built
 /// from the one `instance` template so a promoted mirror performs exactly as
@@ -39,7 +47,8 @@ use super::common::{FailoverSpec, ReplicationStatus, Resources, StorageSpec};
          && int(self.spec.primary.substring(size(self.metadata.name) + 1)) <= self.spec.mirrors + 1)"
     )
     .message("spec.primary must name a member of this DatabaseMirror: <name>-1 … <name>-<mirrors + 1>")
-    .field_path(".spec.primary")
+    .field_path(".spec.primary"),
+    validation = name_rule("DatabaseMirror", MAX_NAME_LENGTH, "the Secret <name>-credentials")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct DatabaseMirrorSpec {

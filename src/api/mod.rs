@@ -10,6 +10,7 @@
 pub mod common;
 pub mod databasemirror;
 pub mod duration;
+pub mod names;
 pub mod sessionstore;
 pub mod webcluster;
 

@@ -2,6 +2,8 @@
 //! realise it out. No I/O here, so every rule about the shape of a child is a
 //! unit test (and a golden file) away.
 
+#[cfg(test)]
+mod child_names;
 pub mod databasemirror;
 pub mod labels;
 pub mod members;
