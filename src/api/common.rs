@@ -103,17 +103,20 @@ fn default_failover_delay() -> GoDuration {
     GoDuration::from_secs(5)
 }
 
-/// CEL rule holding `failover.delay` to [`MAX_FAILOVER_DELAY`]. A string too
-/// large for any duration makes CEL's `duration()` fail, and the API server
-/// then reports this rule's message too.
+/// CEL rule holding `failover.delay` to [`MAX_FAILOVER_DELAY`]. A string
+/// the pattern refuses is left to the pattern's message; one that matches
+/// but is too large for any duration makes CEL's `duration()` fail, and the
+/// API server then reports this rule's message with the failure.
 fn failover_delay_rule() -> Rule {
-    Rule::new(format!("duration(self) <= duration('{MAX_FAILOVER_DELAY_TEXT}')")).message(Message::Message(
-        format!(
-            "failover.delay must be between 0s and {MAX_FAILOVER_DELAY_TEXT}: it is how long a primary may be \
-             unhealthy before a mirror is promoted, and the site takes no writes meanwhile \
-             (to never promote automatically, set failover.enabled: false)"
-        ),
+    Rule::new(format!(
+        "!self.matches(r'{}') || duration(self) <= duration('{MAX_FAILOVER_DELAY_TEXT}')",
+        GoDuration::PATTERN
     ))
+    .message(Message::Message(format!(
+        "failover.delay must be between 0s and {MAX_FAILOVER_DELAY_TEXT}: it is how long a primary may be \
+         unhealthy before a mirror is promoted, and the site takes no writes meanwhile \
+         (to never promote automatically, set failover.enabled: false)"
+    )))
 }
 
 /// 16 MiB: one WAL segment.
@@ -280,7 +283,8 @@ mod tests {
         assert_eq!(MAX_FAILOVER_DELAY_TEXT.parse::<GoDuration>(), Ok(MAX_FAILOVER_DELAY));
         assert_eq!(MAX_FAILOVER_DELAY.as_std(), std::time::Duration::from_secs(3600));
         let rule = failover_delay_rule();
-        assert_eq!(rule.rule, "duration(self) <= duration('1h')");
+        assert!(rule.rule.ends_with("|| duration(self) <= duration('1h')"), "{}", rule.rule);
+        assert!(rule.rule.contains(GoDuration::PATTERN), "{}", rule.rule);
         let Some(Message::Message(message)) = rule.message else { panic!("a static message") };
         assert!(message.contains("between 0s and 1h"), "{message}");
     }
@@ -292,7 +296,8 @@ mod tests {
         assert_eq!(delay["type"], "string");
         assert_eq!(delay["pattern"], GoDuration::PATTERN);
         assert_eq!(delay["maxLength"], GoDuration::MAX_LENGTH);
-        assert_eq!(delay["x-kubernetes-validations"][0]["rule"], "duration(self) <= duration('1h')");
+        let rule = delay["x-kubernetes-validations"][0]["rule"].as_str().unwrap();
+        assert!(rule.ends_with("duration(self) <= duration('1h')"), "{rule}");
     }
 
     #[test]
