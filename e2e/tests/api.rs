@@ -3,7 +3,7 @@
 //! rejected by the schema or a CEL rule with the message a user needs.
 
 use anyhow::{Context, Result, ensure};
-use hostwright::api::{DatabaseMirror, SessionStore, WebCluster};
+use hostwright::api::{DatabaseMirror, SessionStore, WebCluster, databasemirror, sessionstore, webcluster};
 use std::time::Duration;
 
 use hostwright_e2e::{TestNamespace, client, ensure_crds, eventually, kubectl, kubectl_raw};
@@ -182,6 +182,41 @@ fn invalid_objects() -> Vec<Invalid> {
             message: "spec.failover.delay in body should match",
         },
         Invalid {
+            case: "sessions: failover delay too large for any duration",
+            object: store("s", json!({"failover": {"delay": "99999999999999999999h"}})),
+            message: "failover.delay must be between 0s and 1h",
+        },
+        Invalid {
+            case: "sessions: failover delay longer than the 1h bound",
+            object: store("s", json!({"failover": {"delay": "1h0m0.001s"}})),
+            message: "failover.delay must be between 0s and 1h",
+        },
+        Invalid {
+            case: "web: name not a DNS-1035 label (a digit first)",
+            object: web("1shop", nginx()),
+            message: "metadata.name must be a DNS-1035 label",
+        },
+        Invalid {
+            case: "web: name one character too long",
+            object: web(&too_long(webcluster::MAX_NAME_LENGTH), nginx()),
+            message: "of at most 63 characters, so that every object a WebCluster creates",
+        },
+        Invalid {
+            case: "sessions: name one character too long",
+            object: store(&too_long(sessionstore::MAX_NAME_LENGTH), json!({})),
+            message: "of at most 52 characters, so that every object a SessionStore creates",
+        },
+        Invalid {
+            case: "db: name one character too long",
+            object: db(&too_long(databasemirror::MAX_NAME_LENGTH), json!({})),
+            message: "of at most 51 characters, so that every object a DatabaseMirror creates",
+        },
+        Invalid {
+            case: "db: failover delay longer than the 1h bound",
+            object: db("d", json!({"failover": {"delay": "61m"}})),
+            message: "failover.delay must be between 0s and 1h",
+        },
+        Invalid {
             case: "db: no mirrors",
             object: db("d", json!({"mirrors": 0})),
             message: "spec.mirrors in body should be greater than or equal to 1",
@@ -208,6 +243,24 @@ fn invalid_objects() -> Vec<Invalid> {
                 json!({"instance": {"storage": {"size": "1Gi"}, "parameters": {"wal_level": "minimal"}}}),
             ),
             message: "parameters must not set a setting the operator manages for replication",
+        },
+        Invalid {
+            case: "db: parameter value smuggling a setting on a new line",
+            object: db(
+                "d",
+                json!({"instance": {"parameters": {"application_name": "'x'\nsynchronous_commit = off"}}}),
+            ),
+            message: "spec.instance.parameters.application_name in body should match",
+        },
+        Invalid {
+            case: "db: reserved parameter in upper case",
+            object: db("d", json!({"instance": {"parameters": {"WAL_LEVEL": "minimal"}}})),
+            message: "parameters must not set a setting the operator manages for replication",
+        },
+        Invalid {
+            case: "db: parameter name that is not a setting name",
+            object: db("d", json!({"instance": {"parameters": {"port = 1 #": "x"}}})),
+            message: "parameter names must be PostgreSQL setting names",
         },
         Invalid {
             case: "db: unknown replication",
@@ -281,6 +334,38 @@ async fn valid_objects_are_accepted_and_defaulted() -> Result<()> {
     let sst =
         ns.api::<SessionStore>().create(&pp, &serde_json::from_value(store("sessions", json!({})))?).await?;
     assert_eq!(sst.spec.replicas, 1);
+    Ok(())
+}
+
+/// A DNS-1035 name one character longer than `max`.
+fn too_long(max: usize) -> String {
+    format!("n{}", "x".repeat(max))
+}
+
+#[tokio::test]
+async fn the_longest_names_delay_and_odd_parameter_values_are_accepted() -> Result<()> {
+    let client = client().await?;
+    ensure_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "limits", &[]).await?;
+    let pp = PostParams::default();
+    let at_limit = |max: usize| format!("n{}", "x".repeat(max - 1));
+    let web_name = at_limit(webcluster::MAX_NAME_LENGTH);
+    ns.api::<WebCluster>()
+        .create(&pp, &serde_json::from_value(web(&web_name, json!({"image": "nginx:1.27"})))?)
+        .await?;
+    let store_name = at_limit(sessionstore::MAX_NAME_LENGTH);
+    let sst = ns
+        .api::<SessionStore>()
+        .create(&pp, &serde_json::from_value(store(&store_name, json!({"failover": {"delay": "1h"}})))?)
+        .await?;
+    assert_eq!(sst.spec.failover.delay.as_std(), Duration::from_secs(3600));
+    let params = json!({"pg_stat_statements.max": "10000", "application_name": "'it''s' \\ fine", "_x": ""});
+    let db_name = at_limit(databasemirror::MAX_NAME_LENGTH);
+    let dbm = ns
+        .api::<DatabaseMirror>()
+        .create(&pp, &serde_json::from_value(db(&db_name, json!({"instance": {"parameters": params}})))?)
+        .await?;
+    assert_eq!(dbm.spec.instance.parameters.len(), 3);
     Ok(())
 }
 

@@ -5,9 +5,11 @@ use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::KubeSchema;
-use kube::core::Duration;
+use kube::core::{Message, Rule};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+use super::duration::GoDuration;
 
 pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
@@ -58,8 +60,16 @@ pub struct StorageSpec {
 /// CPU and memory for a container; a plain Kubernetes ResourceRequirements.
 pub type Resources = ResourceRequirements;
 
+/// Longest `failover.delay` the API accepts. The delay is how long a primary
+/// may be unhealthy before a mirror is promoted, and the site takes no writes
+/// for all of it: past an hour, waiting is no longer riding out a blip but an
+/// outage (and a human's call: `enabled: false` says "never promote").
+pub const MAX_FAILOVER_DELAY: GoDuration = GoDuration::from_secs(3600);
+/// [`MAX_FAILOVER_DELAY`] as users write it (and as the CEL rule states it).
+pub const MAX_FAILOVER_DELAY_TEXT: &str = "1h";
+
 /// When and how the operator promotes a mirror (or replica) after the primary fails.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FailoverSpec {
     /// Promote a mirror automatically when the primary is lost. When false the
@@ -67,10 +77,10 @@ pub struct FailoverSpec {
     #[serde(default = "default_true")]
     pub enabled: bool,
     /// How long the primary must be unhealthy before a mirror is promoted
-    /// (Go duration, e.g. `5s`, `1m30s`). Shorter is faster, longer rides out blips.
+    /// (Go duration, e.g. `5s`, `1m30s`; 0s to 1h). Shorter is faster, longer rides out blips.
     #[serde(default = "default_failover_delay")]
-    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"))]
-    pub delay: Duration,
+    #[x_kube(validation = failover_delay_rule())]
+    pub delay: GoDuration,
     /// A mirror further behind the primary than this many bytes of replication
     /// stream is never promoted automatically, so a failover cannot silently
     /// drop more than this much acknowledged data in async mode.
@@ -89,8 +99,24 @@ fn default_true() -> bool {
     true
 }
 
-fn default_failover_delay() -> Duration {
-    std::time::Duration::from_secs(5).into()
+fn default_failover_delay() -> GoDuration {
+    GoDuration::from_secs(5)
+}
+
+/// CEL rule holding `failover.delay` to [`MAX_FAILOVER_DELAY`]. A string
+/// the pattern refuses is left to the pattern's message; one that matches
+/// but is too large for any duration makes CEL's `duration()` fail, and the
+/// API server then reports this rule's message with the failure.
+fn failover_delay_rule() -> Rule {
+    Rule::new(format!(
+        "!self.matches(r'{}') || duration(self) <= duration('{MAX_FAILOVER_DELAY_TEXT}')",
+        GoDuration::PATTERN
+    ))
+    .message(Message::Message(format!(
+        "failover.delay must be between 0s and {MAX_FAILOVER_DELAY_TEXT}: it is how long a primary may be \
+         unhealthy before a mirror is promoted, and the site takes no writes meanwhile \
+         (to never promote automatically, set failover.enabled: false)"
+    )))
 }
 
 /// 16 MiB: one WAL segment.
@@ -289,4 +315,58 @@ pub struct ReplicationStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_delay_bound_is_one_hour_in_rust_and_in_the_rule() {
+        assert_eq!(MAX_FAILOVER_DELAY_TEXT.parse::<GoDuration>(), Ok(MAX_FAILOVER_DELAY));
+        assert_eq!(MAX_FAILOVER_DELAY.as_std(), std::time::Duration::from_secs(3600));
+        let rule = failover_delay_rule();
+        assert!(rule.rule.ends_with("|| duration(self) <= duration('1h')"), "{}", rule.rule);
+        assert!(rule.rule.contains(GoDuration::PATTERN), "{}", rule.rule);
+        let Some(Message::Message(message)) = rule.message else { panic!("a static message") };
+        assert!(message.contains("between 0s and 1h"), "{message}");
+    }
+
+    #[test]
+    fn the_delay_field_carries_the_bound_the_pattern_and_a_max_length() {
+        let schema = serde_json::to_value(schemars::schema_for!(FailoverSpec)).unwrap();
+        let delay = &schema["properties"]["delay"];
+        assert_eq!(delay["type"], "string");
+        assert_eq!(delay["pattern"], GoDuration::PATTERN);
+        assert_eq!(delay["maxLength"], GoDuration::MAX_LENGTH);
+        let rule = delay["x-kubernetes-validations"][0]["rule"].as_str().unwrap();
+        assert!(rule.ends_with("duration(self) <= duration('1h')"), "{rule}");
+    }
+
+    #[test]
+    fn a_delay_too_large_for_any_duration_is_a_serde_error_not_a_panic() {
+        for delay in ["99999999999999999999h", "9223372036854775807h", "1e309s", "-1s", ""] {
+            let yaml = format!("delay: '{delay}'");
+            let err = serde_yaml::from_str::<FailoverSpec>(&yaml).unwrap_err();
+            assert!(err.to_string().contains("invalid duration"), "{delay}: {err}");
+        }
+        let spec: FailoverSpec = serde_yaml::from_str("delay: 1m30s").unwrap();
+        assert_eq!(spec.delay.to_string(), "1m30s");
+        assert_eq!(FailoverSpec::default().delay.to_string(), "5s");
+    }
+
+    #[test]
+    fn the_schema_pattern_admits_what_users_write_and_nothing_unbounded() {
+        let re = regex::Regex::new(GoDuration::PATTERN).unwrap();
+        for ok in ["5s", "1m30s", "1.5s", "500ms", "10us", "10µs", "1h"] {
+            assert!(re.is_match(ok) && ok.parse::<GoDuration>().is_ok(), "{ok}");
+        }
+        for bad in ["soon", "-1s", "1e309s", "", "5", ".5s", "5 s"] {
+            assert!(!re.is_match(bad), "{bad}");
+        }
+        // The pattern alone admits this one; the parser refuses it and so
+        // does CEL's duration(), with the rule's message.
+        assert!(re.is_match("99999999999999999999h"));
+        assert!("99999999999999999999h".parse::<GoDuration>().is_err());
+    }
 }

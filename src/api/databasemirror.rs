@@ -8,6 +8,14 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::common::{DataDurability, FailoverSpec, ReplicationStatus, Resources, StorageSpec};
+use super::names::{max_name_length, name_rule};
+
+/// The longest suffix a DatabaseMirror's builders append to its name: the
+/// credentials Secret `<name>-credentials` (longer than `-postgresql`,
+/// `-primary`, `-mirror`, `-agent`, `-rw`, `-ro` and the members' `-1` … `-9`).
+pub const LONGEST_CHILD_SUFFIX: &str = "-credentials";
+/// Longest DatabaseMirror name (51): every child name stays within 63.
+pub const MAX_NAME_LENGTH: usize = max_name_length(LONGEST_CHILD_SUFFIX);
 
 /// A PostgreSQL primary and `mirrors` streaming mirrors, every member built
 /// from the one `instance` template so a promoted mirror performs exactly as
@@ -39,7 +47,8 @@ use super::common::{DataDurability, FailoverSpec, ReplicationStatus, Resources, 
          && int(self.spec.primary.substring(size(self.metadata.name) + 1)) <= self.spec.mirrors + 1)"
     )
     .message("spec.primary must name a member of this DatabaseMirror: <name>-1 … <name>-<mirrors + 1>")
-    .field_path(".spec.primary")
+    .field_path(".spec.primary"),
+    validation = name_rule("DatabaseMirror", MAX_NAME_LENGTH, "the Secret <name>-credentials")
 )]
 #[x_kube(
     validation = Rule::new("self.dataDurability == 'required' || self.replication == 'sync'")
@@ -100,7 +109,7 @@ fn default_database() -> String {
 }
 
 /// Settings PostgreSQL parameters may not override, because replication and
-/// failover depend on them.
+/// failover depend on them, and the directives that would read another file.
 pub const RESERVED_PARAMETERS: &[&str] = &[
     "listen_addresses",
     "port",
@@ -115,6 +124,10 @@ pub const RESERVED_PARAMETERS: &[&str] = &[
     "archive_mode",
     "data_directory",
     "hba_file",
+    // Directives, not settings: they would read another file as configuration.
+    "include",
+    "include_dir",
+    "include_if_exists",
 ];
 
 /// The specification shared by every member.
@@ -131,22 +144,70 @@ pub struct InstanceTemplate {
     /// Data volume of every member.
     pub storage: StorageSpec,
     /// `postgresql.conf` settings applied to every member (e.g.
-    /// `shared_buffers: 512MB`). Settings replication depends on are reserved.
+    /// `shared_buffers: 512MB`), each written as a quoted string. Names are
+    /// lower-case PostgreSQL setting names; settings replication depends on
+    /// are reserved.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(extend("maxProperties" = 128))]
-    #[x_kube(validation = reserved_parameters_rule())]
+    #[schemars(extend(
+        "maxProperties" = 128,
+        "additionalProperties" = {"type": "string", "maxLength": 1024, "pattern": PARAMETER_VALUE_PATTERN}
+    ))]
+    #[x_kube(validation = parameter_names_rule(), validation = reserved_parameters_rule())]
     pub parameters: BTreeMap<String, String>,
+}
+
+/// A setting name as PostgreSQL's configuration lexer reads one (`ID` or
+/// `QUALIFIED_ID`: letters, digits and `_`, not starting with a digit, one
+/// `.` for an extension's setting), in lower case so that one spelling
+/// names one setting. `[.]`, not `\.`: the pattern goes into a CEL string.
+pub const PARAMETER_NAME_PATTERN: &str = "^[a-z_][a-z0-9_]*([.][a-z_][a-z0-9_]*)?$";
+
+/// No control characters (Unicode `Cc`: newline, CR, NUL, DEL, …) in a
+/// parameter value: a newline would end the setting's line and start another.
+pub const PARAMETER_VALUE_PATTERN: &str = r"^\P{Cc}*$";
+
+/// `name` is a setting name of [`PARAMETER_NAME_PATTERN`].
+pub fn is_parameter_name(name: &str) -> bool {
+    let word = |w: &str| {
+        w.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+            && w.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    };
+    match name.split_once('.') {
+        Some((extension, setting)) => word(extension) && word(setting),
+        None => word(name),
+    }
+}
+
+/// `name` is in [`RESERVED_PARAMETERS`], in any case: PostgreSQL reads
+/// `WAL_LEVEL` as `wal_level`.
+pub fn is_reserved_parameter(name: &str) -> bool {
+    RESERVED_PARAMETERS.iter().any(|r| r.eq_ignore_ascii_case(name))
+}
+
+/// CEL rule holding every key of `instance.parameters` to [`PARAMETER_NAME_PATTERN`],
+/// so nothing but a setting name reaches the left of `=` in postgresql.conf.
+fn parameter_names_rule() -> kube::core::Rule {
+    kube::core::Rule::new(format!("self.all(k, k.matches('{PARAMETER_NAME_PATTERN}'))")).message(
+        kube::core::Message::Message(
+            "parameter names must be PostgreSQL setting names in lower case: letters, digits and '_', not \
+             starting with a digit, with one '.' for an extension's setting (e.g. shared_buffers, \
+             pg_stat_statements.max)"
+                .into(),
+        ),
+    )
 }
 
 /// CEL rule rejecting any reserved setting in `instance.parameters`, built
 /// from [`RESERVED_PARAMETERS`] so the schema and the code cannot disagree.
+/// Case is ignored, as PostgreSQL ignores it.
 fn reserved_parameters_rule() -> kube::core::Rule {
     let quoted: Vec<String> = RESERVED_PARAMETERS.iter().map(|p| format!("'{p}'")).collect();
     let message = format!(
-        "parameters must not set a setting the operator manages for replication ({})",
+        "parameters must not set a setting the operator manages for replication, nor include another file \
+         ({}), in any case",
         RESERVED_PARAMETERS.join(", ")
     );
-    kube::core::Rule::new(format!("[{}].all(r, !(r in self))", quoted.join(", ")))
+    kube::core::Rule::new(format!("self.all(k, !(k.lowerAscii() in [{}]))", quoted.join(", ")))
         .message(kube::core::Message::Message(message))
 }
 
@@ -206,6 +267,57 @@ mod tests {
         for p in RESERVED_PARAMETERS {
             assert!(crd.contains(&format!("'{p}'")), "{p} is checked by the CEL rule");
         }
+    }
+
+    #[test]
+    fn parameter_names_follow_postgresqls_syntax_in_lower_case() {
+        let re = regex::Regex::new(PARAMETER_NAME_PATTERN).unwrap();
+        for ok in
+            ["shared_buffers", "work_mem", "_x", "pg_stat_statements.max", "auto_explain.log_min_duration"]
+        {
+            assert!(re.is_match(ok) && is_parameter_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "Shared_Buffers",
+            "WAL_LEVEL",
+            "1abc",
+            "a.b.c",
+            "a.",
+            ".a",
+            "a.1b",
+            "max connections",
+            "port = 1 #",
+            "a-b",
+            "a\nb",
+            "wal_level\n",
+        ] {
+            assert!(!re.is_match(bad) && !is_parameter_name(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn parameter_values_may_not_hold_control_characters() {
+        let re = regex::Regex::new(PARAMETER_VALUE_PATTERN).unwrap();
+        for ok in ["512MB", "", "'quoted'", "back\\slash", "ünïcode", "a b"] {
+            assert!(re.is_match(ok), "{ok:?}");
+        }
+        for bad in ["x\nsynchronous_commit = off", "a\rb", "a\0b", "tab\t", "del\u{7f}", "c1\u{85}"] {
+            assert!(!re.is_match(bad), "{bad:?}");
+            assert!(bad.chars().any(char::is_control), "the builders refuse {bad:?} too");
+        }
+    }
+
+    #[test]
+    fn reserved_names_are_refused_in_any_case() {
+        assert!(is_reserved_parameter("wal_level"));
+        assert!(is_reserved_parameter("WAL_LEVEL"));
+        assert!(is_reserved_parameter("Synchronous_Commit"));
+        assert!(is_reserved_parameter("include"));
+        assert!(!is_reserved_parameter("shared_buffers"));
+        let crd = serde_json::to_string(&DatabaseMirror::crd()).unwrap();
+        assert!(crd.contains("self.all(k, !(k.lowerAscii() in ['listen_addresses'"), "{crd}");
+        assert!(crd.contains(&format!("k.matches('{PARAMETER_NAME_PATTERN}')")));
     }
 
     #[test]

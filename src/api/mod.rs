@@ -9,10 +9,13 @@
 
 pub mod common;
 pub mod databasemirror;
+pub mod duration;
+pub mod names;
 pub mod sessionstore;
 pub mod webcluster;
 
 pub use databasemirror::{DatabaseMirror, DatabaseMirrorSpec, DatabaseMirrorStatus};
+pub use duration::GoDuration;
 pub use sessionstore::{SessionStore, SessionStoreSpec, SessionStoreStatus};
 pub use webcluster::{WebCluster, WebClusterSpec, WebClusterStatus};
 

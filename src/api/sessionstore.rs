@@ -8,6 +8,14 @@ use serde::{Deserialize, Serialize};
 use super::common::{
     DataDurability, FailoverSpec, LocalObjectReference, ReplicationStatus, Resources, StorageSpec,
 };
+use super::names::{max_name_length, name_rule};
+
+/// The longest suffix a SessionStore's builders append to its name: the
+/// connection Secret `<name>-connection` (longer than `-replicas`,
+/// `-primary`, `-replica`, `-redis`, `-agent` and the members' `-1` … `-9`).
+pub const LONGEST_CHILD_SUFFIX: &str = "-connection";
+/// Longest SessionStore name (52): every child name stays within 63.
+pub const MAX_NAME_LENGTH: usize = max_name_length(LONGEST_CHILD_SUFFIX);
 
 /// An out-of-process session store for web clusters: a Redis primary with
 /// replicas that the operator promotes when the primary fails, or an existing
@@ -47,7 +55,8 @@ use super::common::{
          && int(self.spec.primary.substring(size(self.metadata.name) + 1)) <= self.spec.replicas + 1)"
     )
     .message("spec.primary must name a member of this SessionStore: <name>-1 … <name>-<replicas + 1>")
-    .field_path(".spec.primary")
+    .field_path(".spec.primary"),
+    validation = name_rule("SessionStore", MAX_NAME_LENGTH, "the Secret <name>-connection")
 )]
 #[x_kube(
     validation = Rule::new("!has(self.external) || !has(self.storage)")

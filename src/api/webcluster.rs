@@ -6,6 +6,15 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::common::{Condition, LocalObjectReference, Resources};
+use super::names::{max_name_length, name_rule};
+
+/// Every child of a WebCluster (Deployment, Service, PodDisruptionBudget,
+/// HorizontalPodAutoscaler, Ingress) takes its name unchanged; the
+/// ReplicaSets and pods the Deployment makes are named by Kubernetes, which
+/// shortens them to fit.
+pub const LONGEST_CHILD_SUFFIX: &str = "";
+/// Longest WebCluster name (63): the Service `<name>` must be a DNS label.
+pub const MAX_NAME_LENGTH: usize = max_name_length(LONGEST_CHILD_SUFFIX);
 
 /// A load-balanced web server cluster for hosted sites. It becomes a Deployment
 /// spread across nodes, a Service, a PodDisruptionBudget, and optionally a
@@ -49,7 +58,8 @@ use super::common::{Condition, LocalObjectReference, Resources};
     printcolumn(name = "Image", type_ = "string", json_path = ".spec.image"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Tier", type_ = "string", json_path = ".spec.tier", priority = 1),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = name_rule("WebCluster", MAX_NAME_LENGTH, "the Service <name>")
 )]
 #[x_kube(
     validation = Rule::new("!has(self.tolerate) || self.tolerate < self.replicas")

@@ -72,10 +72,7 @@ impl Replicated for SessionStore {
 
     fn shared_children(&self, blueprint: &Blueprint) -> SharedChildren {
         SharedChildren {
-            services: vec![
-                blueprint.service(self.name_any(), "primary"),
-                blueprint.service(format!("{}-replicas", self.name_any()), "mirror"),
-            ],
+            services: sessionstore::services(self, blueprint).into(),
             budgets: blueprint.budgets().into(),
             config_maps: vec![config(self, blueprint)],
         }

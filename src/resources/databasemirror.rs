@@ -14,7 +14,7 @@ use super::members::{self, Blueprint, Engine};
 use super::webcluster::secret_keys;
 use super::{BuildError, controller_ref, namespace_of};
 use crate::api::DatabaseMirror;
-use crate::api::databasemirror::Replication;
+use crate::api::databasemirror::{Replication, is_parameter_name, is_reserved_parameter};
 
 /// `app.kubernetes.io/name` of database pods.
 pub const APP_NAME: &str = "databasemirror";
@@ -87,8 +87,11 @@ fn config_name(dbm: &DatabaseMirror) -> String {
     format!("{}-postgresql", dbm.name_any())
 }
 
-/// The members' engine, identity and the one instance template.
+/// The members' engine, identity and the one instance template. Refuses
+/// parameters that cannot be written into postgresql.conf (see
+/// [`postgresql_conf`]), so such an object fails alone, with the reason.
 pub fn blueprint(dbm: &DatabaseMirror) -> Result<Blueprint, BuildError> {
+    check_parameters(dbm)?;
     let template = &dbm.spec.instance;
     Ok(Blueprint {
         app: APP_NAME,
@@ -122,6 +125,10 @@ pub fn build(dbm: &DatabaseMirror) -> Result<DatabaseMirrorChildren, BuildError>
 /// [`build`] from the blueprint the reconciler already has.
 pub fn children(dbm: &DatabaseMirror, blueprint: &Blueprint) -> DatabaseMirrorChildren {
     let [primary_budget, mirror_budget] = blueprint.budgets();
+    // `blueprint` refused parameters that cannot be rendered, so this is the
+    // full file; a caller that skipped it gets the managed settings alone,
+    // never a smuggled line.
+    let conf = postgresql_conf(dbm).unwrap_or_else(|_| render_conf(managed_settings(dbm)));
     DatabaseMirrorChildren {
         read_write: blueprint.service(format!("{}-rw", dbm.name_any()), "primary"),
         read_only: blueprint.service(format!("{}-ro", dbm.name_any()), "mirror"),
@@ -129,7 +136,7 @@ pub fn children(dbm: &DatabaseMirror, blueprint: &Blueprint) -> DatabaseMirrorCh
         mirror_budget,
         config: ConfigMap {
             metadata: blueprint.metadata(config_name(dbm)),
-            data: Some(BTreeMap::from([("postgresql.conf".to_string(), postgresql_conf(dbm))])),
+            data: Some(BTreeMap::from([("postgresql.conf".to_string(), conf)])),
             ..ConfigMap::default()
         },
     }
@@ -138,8 +145,26 @@ pub fn children(dbm: &DatabaseMirror, blueprint: &Blueprint) -> DatabaseMirrorCh
 /// `postgresql.conf` settings of every member: the user's parameters, then
 /// the ones replication and failover rely on (the API refuses user values
 /// for those). Per-role settings (`primary_conninfo`) are the agent's.
-pub fn postgresql_conf(dbm: &DatabaseMirror) -> String {
-    let mut settings: BTreeMap<String, String> = dbm.spec.instance.parameters.clone();
+///
+/// Every user value is written as a quoted string ([`quote_conf_value`]),
+/// which PostgreSQL accepts for settings of every type, so no value can end
+/// its line or start another setting. Names are lower-cased, as PostgreSQL
+/// reads them, so a managed setting always overrides a user's spelling of it.
+pub fn postgresql_conf(dbm: &DatabaseMirror) -> Result<String, BuildError> {
+    check_parameters(dbm)?;
+    let mut settings: BTreeMap<String, String> = dbm
+        .spec
+        .instance
+        .parameters
+        .iter()
+        .map(|(key, value)| (key.to_ascii_lowercase(), quote_conf_value(value)))
+        .collect();
+    settings.extend(managed_settings(dbm));
+    Ok(render_conf(settings))
+}
+
+/// The settings replication and failover rely on, as postgresql.conf values.
+fn managed_settings(dbm: &DatabaseMirror) -> BTreeMap<String, String> {
     // Every member is listed, the primary included (it is never its own
     // standby), so the list stays right when a mirror is promoted.
     let members: Vec<String> =
@@ -162,23 +187,43 @@ pub fn postgresql_conf(dbm: &DatabaseMirror) -> String {
         ),
         ("synchronous_commit", if dbm.spec.replication == Replication::Sync { "on" } else { "local" }.into()),
     ];
-    for (key, value) in managed {
-        settings.insert(key.into(), value);
-    }
+    managed.into_iter().map(|(key, value)| (key.to_string(), value)).collect()
+}
+
+fn render_conf(settings: BTreeMap<String, String>) -> String {
     let mut out = String::from("# Rendered by hostwright from the DatabaseMirror's instance template.\n");
     for (key, value) in settings {
-        let quoted = if value.starts_with('\'') || value.parse::<f64>().is_ok() || is_bare_word(&value) {
-            value
-        } else {
-            format!("'{}'", value.replace('\'', "''"))
-        };
-        out.push_str(&format!("{key} = {quoted}\n"));
+        out.push_str(&format!("{key} = {value}\n"));
     }
     out
 }
 
-fn is_bare_word(v: &str) -> bool {
-    matches!(v, "on" | "off" | "true" | "false") || v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+/// A postgresql.conf string literal: quotes doubled and backslashes escaped
+/// (PostgreSQL reads `\\` as one backslash and `\n` as a newline inside
+/// quotes). Control characters are refused before this, not escaped.
+pub fn quote_conf_value(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+/// Every parameter of `dbm` can be written into postgresql.conf as itself:
+/// its name is a setting name and not one the operator manages, and neither
+/// holds a control character. The API refuses all of these already; this is
+/// the same check where the file is written, for objects stored before the
+/// schema did.
+fn check_parameters(dbm: &DatabaseMirror) -> Result<(), BuildError> {
+    for (key, value) in &dbm.spec.instance.parameters {
+        let refuse = |reason| Err(BuildError::InvalidParameter { key: key.clone(), reason });
+        if key.chars().any(char::is_control) || value.chars().any(char::is_control) {
+            return refuse("a name or value holds a control character (newline, carriage return, NUL, …)");
+        }
+        if !is_parameter_name(&key.to_ascii_lowercase()) {
+            return refuse("not a PostgreSQL setting name");
+        }
+        if is_reserved_parameter(key) {
+            return refuse("a setting the operator manages for replication");
+        }
+    }
+    Ok(())
 }
 
 /// The Secret the web tier and the agents read. Host names are the stable
@@ -296,7 +341,8 @@ mod tests {
     fn sync_replication_waits_for_any_one_mirror() {
         let conf = postgresql_conf(&dbm(
             "instance: {storage: {size: 1Gi}, parameters: {shared_buffers: 512MB}}\nmirrors: 2\nreplication: sync",
-        ));
+        ))
+        .unwrap();
         assert!(
             conf.contains(
                 "synchronous_standby_names = 'ANY 1 (\"shop_db_1\", \"shop_db_2\", \"shop_db_3\")'"
@@ -304,9 +350,99 @@ mod tests {
             "{conf}"
         );
         assert!(conf.contains("synchronous_commit = on"));
-        assert!(conf.contains("shared_buffers = 512MB"));
-        let async_conf = postgresql_conf(&dbm("instance: {storage: {size: 1Gi}}"));
+        assert!(conf.contains("shared_buffers = '512MB'"));
+        let async_conf = postgresql_conf(&dbm("instance: {storage: {size: 1Gi}}")).unwrap();
         assert!(async_conf.contains("synchronous_standby_names = ''"));
+    }
+
+    /// A DatabaseMirror whose parameters are exactly `parameters` (the YAML
+    /// reader would not let every control character through).
+    fn with_parameters(parameters: &[(&str, &str)]) -> DatabaseMirror {
+        let mut d = dbm("instance: {storage: {size: 1Gi}}");
+        d.spec.instance.parameters = parameters.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        d
+    }
+
+    /// The settings lines of a rendered postgresql.conf, comments left out.
+    fn setting_lines(conf: &str) -> Vec<&str> {
+        conf.lines().filter(|l| !l.starts_with('#')).collect()
+    }
+
+    #[test]
+    fn every_user_value_is_one_quoted_string_of_any_type() {
+        let conf = postgresql_conf(&with_parameters(&[
+            ("shared_buffers", "512MB"),
+            ("max_connections", "200"),
+            ("jit", "off"),
+            ("search_path", "\"$user\", public"),
+        ]))
+        .unwrap();
+        for line in ["shared_buffers = '512MB'", "max_connections = '200'", "jit = 'off'"] {
+            assert!(setting_lines(&conf).contains(&line), "{line} in\n{conf}");
+        }
+        assert!(conf.contains("search_path = '\"$user\", public'\n"), "{conf}");
+    }
+
+    #[test]
+    fn an_already_quoted_value_is_quoted_again_safely() {
+        let conf = postgresql_conf(&with_parameters(&[("application_name", "'x'")])).unwrap();
+        assert!(setting_lines(&conf).contains(&"application_name = '''x'''"), "{conf}");
+    }
+
+    #[test]
+    fn quotes_are_doubled_and_backslashes_escaped() {
+        assert_eq!(quote_conf_value("it's"), "'it''s'");
+        assert_eq!(quote_conf_value(r"C:\dir\"), r"'C:\\dir\\'");
+        // A trailing backslash cannot escape the closing quote.
+        let conf = postgresql_conf(&with_parameters(&[("log_line_prefix", r"x\' ; port = 1")])).unwrap();
+        assert!(setting_lines(&conf).contains(&r"log_line_prefix = 'x\\'' ; port = 1'"), "{conf}");
+        assert_eq!(setting_lines(&conf).iter().filter(|l| l.starts_with("port")).count(), 1);
+    }
+
+    #[test]
+    fn a_newline_in_a_value_is_refused() {
+        let d = with_parameters(&[("work_mem", "64MB\nsynchronous_commit = off")]);
+        let err = postgresql_conf(&d).unwrap_err();
+        assert!(matches!(&err, BuildError::InvalidParameter { key, .. } if key == "work_mem"), "{err}");
+        assert!(err.to_string().contains("control character"), "{err}");
+        assert!(blueprint(&d).is_err(), "the reconciler stops at the blueprint, for this object only");
+    }
+
+    #[test]
+    fn a_quote_then_newline_cannot_smuggle_a_reserved_setting() {
+        let d = with_parameters(&[("application_name", "'x'\nsynchronous_commit = off")]);
+        assert!(matches!(postgresql_conf(&d), Err(BuildError::InvalidParameter { .. })));
+        // Even a caller that skips the check gets the managed settings alone.
+        let b = blueprint(&dbm("instance: {storage: {size: 1Gi}}")).unwrap();
+        let conf = children(&d, &b).config.data.unwrap()["postgresql.conf"].clone();
+        assert!(!conf.contains("synchronous_commit = off"), "{conf}");
+        assert!(conf.contains("synchronous_commit = local"), "{conf}");
+        assert!(!conf.contains("application_name"), "{conf}");
+    }
+
+    #[test]
+    fn control_characters_in_names_and_odd_names_are_refused() {
+        for key in ["work_mem\n", "a\rb", "a\0", "port = 1 #", "1abc", "a.b.c", ""] {
+            let err = postgresql_conf(&with_parameters(&[(key, "1")])).unwrap_err();
+            assert!(matches!(err, BuildError::InvalidParameter { .. }), "{key:?}");
+        }
+        for value in ["a\rb", "a\0b", "a\tb", "\u{7f}", "\u{85}"] {
+            assert!(postgresql_conf(&with_parameters(&[("work_mem", value)])).is_err(), "{value:?}");
+        }
+    }
+
+    #[test]
+    fn an_upper_case_reserved_name_is_refused_and_other_names_are_lower_cased() {
+        for key in ["WAL_LEVEL", "Primary_Conninfo", "port", "Include"] {
+            let err = postgresql_conf(&with_parameters(&[(key, "x")])).unwrap_err();
+            assert!(err.to_string().contains("manages for replication"), "{key}: {err}");
+        }
+        // PostgreSQL reads names case-insensitively; the managed value wins.
+        let conf =
+            postgresql_conf(&with_parameters(&[("Max_Wal_Senders", "99"), ("Work_Mem", "8MB")])).unwrap();
+        assert!(setting_lines(&conf).contains(&"max_wal_senders = 10"), "{conf}");
+        assert!(setting_lines(&conf).contains(&"work_mem = '8MB'"), "{conf}");
+        assert!(!conf.contains("99"), "{conf}");
     }
 
     #[test]

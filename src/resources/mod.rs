@@ -2,6 +2,8 @@
 //! realise it out. No I/O here, so every rule about the shape of a child is a
 //! unit test (and a golden file) away.
 
+#[cfg(test)]
+mod child_names;
 pub mod databasemirror;
 pub mod labels;
 pub mod members;
@@ -45,6 +47,10 @@ pub enum BuildError {
     /// namespace). Objects read from the API always have them.
     #[error("{kind} has no {field}")]
     MissingMetadata { kind: String, field: &'static str },
+    /// A DatabaseMirror parameter cannot be written into postgresql.conf as
+    /// itself (the API refuses these; objects stored before it did may not).
+    #[error("parameter {key:?}: {reason}")]
+    InvalidParameter { key: String, reason: &'static str },
     /// A child could not be represented (serialisation of a typed object).
     #[error("building {what}: {source}")]
     Serialize {

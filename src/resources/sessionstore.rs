@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use kube::ResourceExt;
 
 use super::members::{self, Blueprint, Engine};
@@ -77,6 +77,16 @@ pub fn blueprint(store: &SessionStore) -> Result<Blueprint, BuildError> {
         ],
         template_hash: template_hash(store),
     })
+}
+
+/// The Services: `<name>` follows the primary (the connection Secret names
+/// it, so promotions change nothing for clients), `<name>-replicas` the
+/// replicas.
+pub fn services(store: &SessionStore, blueprint: &Blueprint) -> [Service; 2] {
+    [
+        blueprint.service(store.name_any(), "primary"),
+        blueprint.service(format!("{}-replicas", store.name_any()), "mirror"),
+    ]
 }
 
 /// Settings of every member. The agent adds what is per member or secret
