@@ -44,8 +44,6 @@ async fn the_cluster_role_grants_exactly_what_the_controllers_use() -> Result<()
     }
     for (g, r) in [
         ("apps", "deployments"),
-        ("", "services"),
-        ("policy", "poddisruptionbudgets"),
         ("autoscaling", "horizontalpodautoscalers"),
         ("networking.k8s.io", "ingresses"),
     ] {
@@ -53,15 +51,19 @@ async fn the_cluster_role_grants_exactly_what_the_controllers_use() -> Result<()
             expected.insert(format!("{g}/{r}:{v}"));
         }
     }
+    // `get`: whether another object holds a name a store's child needs.
     let database = [
-        ("", "pods", &["get", "list", "watch", "create", "patch", "delete"][..]),
-        ("", "persistentvolumeclaims", &["list", "watch", "create", "patch", "delete"]),
-        ("", "configmaps", &["list", "watch", "create", "patch"]),
-        ("", "serviceaccounts", &["list", "watch", "create", "patch"]),
+        ("", "services", &["get", "list", "watch", "create", "patch", "delete"][..]),
+        ("policy", "poddisruptionbudgets", &["get", "list", "watch", "create", "patch", "delete"]),
+        ("", "pods", &["get", "list", "watch", "create", "patch", "delete"]),
+        ("", "persistentvolumeclaims", &["get", "list", "watch", "create", "patch", "delete"]),
+        ("", "configmaps", &["get", "list", "watch", "create", "patch"]),
+        ("", "serviceaccounts", &["get", "list", "watch", "create", "patch"]),
         ("", "secrets", &["get", "list", "watch", "create", "patch"]),
-        ("rbac.authorization.k8s.io", "roles", &["list", "watch", "create", "patch"]),
-        ("rbac.authorization.k8s.io", "rolebindings", &["list", "watch", "create", "patch"]),
-        ("coordination.k8s.io", "leases", &["get", "list", "watch", "create", "patch", "update"]),
+        ("rbac.authorization.k8s.io", "roles", &["get", "list", "watch", "create", "patch"]),
+        ("rbac.authorization.k8s.io", "rolebindings", &["get", "list", "watch", "create", "patch"]),
+        // `delete`: revoking the Lease of a member that stopped renewing.
+        ("coordination.k8s.io", "leases", &["get", "list", "watch", "create", "patch", "update", "delete"]),
     ];
     for (g, r, verbs) in database {
         for v in verbs {

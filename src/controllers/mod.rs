@@ -5,6 +5,7 @@
 //! what differs" so an idle fleet sends no writes at all.
 
 pub mod databasemirror;
+pub mod invalid;
 pub mod members;
 pub mod sessionstore;
 pub mod webcluster;
@@ -172,9 +173,21 @@ impl Shared {
     where
         K: Resource<DynamicType = ()>,
     {
+        self.event_on(&obj.object_ref(&()), type_, reason, action, note).await;
+    }
+
+    /// [`Shared::event`] about the object `reference` names.
+    pub async fn event_on(
+        &self,
+        reference: &k8s_openapi::api::core::v1::ObjectReference,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
         let event =
             Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
-        match self.recorder.publish(&event, &obj.object_ref(&())).await {
+        match self.recorder.publish(&event, reference).await {
             Ok(()) => self.metrics.write(self.controller, "events", "create"),
             Err(err) => tracing::warn!(%err, reason, "could not publish event"),
         }
@@ -228,6 +241,32 @@ impl Shared {
         self.apply(desired, live.as_ref()).await
     }
 
+    /// Whether the name of a child of kind `C` is held by another object than
+    /// `owner`, said in words: looked up in `cache`, or, as a cache holds only
+    /// the operator's own children of one kind, read from the API — which
+    /// happens only for a child not created yet.
+    pub async fn claimed<C: Child>(
+        &self,
+        cache: &Store<C>,
+        namespace: &str,
+        name: &str,
+        owner: &Claimant<'_>,
+    ) -> Result<Option<String>, Error> {
+        let holder = match cache.get(&ObjectRef::new(name).within(namespace)) {
+            Some(cached) => owner.holder(cached.meta()),
+            None => {
+                let api: Api<C> = Api::namespaced(self.client.clone(), namespace);
+                let live = api.get_metadata_opt(name).await.map_err(|source| Error::Read {
+                    resource: resource_name::<C>(),
+                    object: format!("{namespace}/{name}"),
+                    source,
+                })?;
+                live.and_then(|meta| owner.holder(&meta.metadata))
+            }
+        };
+        Ok(holder.map(|who| format!("{} {name} already belongs to {who}", C::kind(&()))))
+    }
+
     /// The error policy of every controller: count the failure, log it, and
     /// retry after the object's exponential backoff.
     pub fn retry_after<K>(&self, obj: &K, error: &Error) -> kube::runtime::controller::Action
@@ -270,6 +309,38 @@ impl Shared {
             }
             Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
             Err(source) => Err(Error::Delete { resource, object: format!("{namespace}/{name}"), source }),
+        }
+    }
+}
+
+/// The object that wants a child's name: the owner's uid, and the
+/// `app.kubernetes.io/name` and `instance` labels its kept (unowned) children
+/// carry.
+pub struct Claimant<'a> {
+    pub uid: &'a str,
+    pub app: &'a str,
+    pub instance: &'a str,
+}
+
+impl Claimant<'_> {
+    /// Who holds an object with `meta`, unless it is ours: controlled by
+    /// another owner, or unowned and not labelled as ours (a kept volume or
+    /// Secret of an earlier object of the same kind and name is ours to adopt).
+    pub fn holder(
+        &self,
+        meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    ) -> Option<String> {
+        let controller = meta.owner_references.iter().flatten().find(|o| o.controller == Some(true));
+        match controller {
+            Some(owner) if owner.uid == self.uid => None,
+            Some(owner) => Some(format!("{} {}", owner.kind, owner.name)),
+            None => {
+                let labels = meta.labels.clone().unwrap_or_default();
+                let ours = labels.get(crate::contract::keys::INSTANCE_LABEL).map(String::as_str)
+                    == Some(self.instance)
+                    && labels.get(crate::contract::keys::NAME_LABEL).map(String::as_str) == Some(self.app);
+                (!ours).then(|| "an object this operator did not create for it".to_string())
+            }
         }
     }
 }

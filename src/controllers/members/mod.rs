@@ -33,6 +33,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{Instrument, info_span};
 
+use super::invalid::{self, DeserializeGuard};
 use super::{Error, Scope, Shared, cached, filled};
 use crate::api::common::{FailoverSpec, ReplicationStatus};
 use crate::failover::Policy;
@@ -173,8 +174,9 @@ pub async fn run<K: Replicated>(
     let (bindings, binding_events) = cached::<RoleBinding>(&scope, Some(&mine));
     let (leases, lease_events) = cached::<Lease>(&scope, Some(&mine));
 
-    let controller = Controller::new(scope.api::<K>(), watcher::Config::default().any_semantic())
-        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency));
+    let controller =
+        Controller::new(scope.api::<DeserializeGuard<K>>(), watcher::Config::default().any_semantic())
+            .with_config(kube::runtime::controller::Config::default().concurrency(concurrency));
     let objects = controller.store();
     let context = Arc::new(Context {
         shared,
@@ -244,15 +246,22 @@ pub async fn run<K: Replicated>(
 }
 
 /// The store an object belongs to, by its instance label.
-fn by_instance<K: Replicated, C: Resource>(obj: C) -> Option<ObjectRef<K>> {
+fn by_instance<K: Replicated, C: Resource>(obj: C) -> Option<ObjectRef<DeserializeGuard<K>>> {
     let instance = obj.labels().get(INSTANCE_LABEL)?;
     Some(ObjectRef::new(instance).within(&obj.namespace()?))
 }
 
-async fn reconcile<K: Replicated>(store: Arc<K>, ctx: Arc<Context<K>>) -> Result<Action, Error> {
+async fn reconcile<K: Replicated>(
+    guard: Arc<DeserializeGuard<K>>,
+    ctx: Arc<Context<K>>,
+) -> Result<Action, Error> {
     if !ctx.caches_ready.load(Ordering::Acquire) {
         return Ok(Action::requeue(Duration::from_millis(200)));
     }
+    let store = match invalid::decoded(&guard) {
+        Ok(store) => store,
+        Err(bad) => return invalid::report::<K>(&ctx.shared, bad).await,
+    };
     let namespace = store.namespace().unwrap_or_default();
     let name = store.name_any();
     let span = info_span!("reconcile", controller = K::CONTROLLER, namespace = %namespace, name = %name);
@@ -260,7 +269,7 @@ async fn reconcile<K: Replicated>(store: Arc<K>, ctx: Arc<Context<K>>) -> Result
     let key = format!("{namespace}/{name}");
     let result = match store.external(&ctx).instrument(span.clone()).await {
         Some(result) => result,
-        None => reconcile::reconcile_store(store.as_ref(), &ctx).instrument(span).await,
+        None => reconcile::reconcile_store(store, &ctx).instrument(span).await,
     };
     if result.is_ok() {
         ctx.shared.backoff.succeeded(&key);
@@ -367,6 +376,10 @@ pub async fn write_status<K: Replicated>(
     }
 }
 
-fn error_policy<K: Replicated>(store: Arc<K>, error: &Error, ctx: Arc<Context<K>>) -> Action {
+fn error_policy<K: Replicated>(
+    store: Arc<DeserializeGuard<K>>,
+    error: &Error,
+    ctx: Arc<Context<K>>,
+) -> Action {
     ctx.shared.retry_after(store.as_ref(), error)
 }

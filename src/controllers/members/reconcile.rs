@@ -32,7 +32,7 @@ use super::status::{self, Credentials, Facts};
 use super::{ACTIVE_INTERVAL, Context, Replicated, StoreStatus, last_written, write_status};
 use crate::api::common::EngineStatus;
 use crate::contract::{Instruction, decode_report};
-use crate::controllers::{Child, Error, Planned, RESYNC, jittered, owned_child};
+use crate::controllers::{Child, Claimant, Error, Planned, RESYNC, jittered, owned_child};
 use crate::failover::{Decision, Engine, Member, Route, State, Step, step};
 use crate::resources::FIELD_MANAGER;
 use crate::resources::members::{
@@ -223,49 +223,14 @@ async fn claims<K: Replicated>(
     Ok(taken.into_iter().flatten().next())
 }
 
-/// Whether the name of a child of kind `C` is held by another object:
-/// looked up in our cache, or (the cache holds only this kind's children)
-/// read from the API, which happens only for a child not created yet.
 async fn claimed<K: Replicated, C: Child>(
     ctx: &Context<K>,
     cache: &Store<C>,
     name: &str,
     blueprint: &Blueprint,
 ) -> Result<Option<String>, Error> {
-    let namespace = blueprint.namespace.as_str();
-    let holder = match cache.get(&ObjectRef::new(name).within(namespace)) {
-        Some(cached) => holder(cached.meta(), blueprint),
-        None => {
-            let api: Api<C> = Api::namespaced(ctx.shared.client.clone(), namespace);
-            let live = api.get_metadata_opt(name).await.map_err(|source| Error::Read {
-                resource: crate::controllers::resource_name::<C>(),
-                object: format!("{namespace}/{name}"),
-                source,
-            })?;
-            live.and_then(|meta| holder(&meta.metadata, blueprint))
-        }
-    };
-    Ok(holder.map(|who| format!("{} {name} already belongs to {who}", C::kind(&()))))
-}
-
-/// Who holds an object, unless it is this store's: controlled by another
-/// owner, or unowned and not labelled as this store's (a kept volume or
-/// Secret of an earlier object of the same kind and name is ours to adopt).
-fn holder(
-    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-    blueprint: &Blueprint,
-) -> Option<String> {
-    let controller = meta.owner_references.iter().flatten().find(|o| o.controller == Some(true));
-    match controller {
-        Some(owner) if owner.uid == blueprint.owner.uid => None,
-        Some(owner) => Some(format!("{} {}", owner.kind, owner.name)),
-        None => {
-            let labels = meta.labels.clone().unwrap_or_default();
-            let ours = labels.get(INSTANCE_LABEL) == Some(&blueprint.name)
-                && labels.get(crate::contract::keys::NAME_LABEL).map(String::as_str) == Some(blueprint.app);
-            (!ours).then(|| "an object this store did not create".to_string())
-        }
-    }
+    let owner = Claimant { uid: &blueprint.owner.uid, app: blueprint.app, instance: &blueprint.name };
+    ctx.shared.claimed(cache, &blueprint.namespace, name, &owner).await
 }
 
 /// A name clash: say so in status, touch nothing, look again later.

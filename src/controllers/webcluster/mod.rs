@@ -20,7 +20,8 @@ use kube::{Resource, ResourceExt};
 use tracing::{Instrument, info_span};
 
 pub use super::Scope;
-use super::{Error, RESYNC, Shared, cached, filled, jittered, owned_child};
+use super::invalid::{self, DeserializeGuard};
+use super::{Claimant, Error, RESYNC, Shared, cached, filled, jittered, owned_child};
 use crate::api::common::condition_type::READY;
 use crate::api::{DatabaseMirror, SessionStore, WebCluster};
 use crate::conditions;
@@ -38,8 +39,10 @@ pub struct Caches {
     pub pdbs: Store<PodDisruptionBudget>,
     pub autoscalers: Store<HorizontalPodAutoscaler>,
     pub ingresses: Store<Ingress>,
-    pub session_stores: Store<SessionStore>,
-    pub database_mirrors: Store<DatabaseMirror>,
+    /// Referenced stores; one that cannot be decoded is a reference that is
+    /// not Ready, not a cache that never fills.
+    pub session_stores: Store<DeserializeGuard<SessionStore>>,
+    pub database_mirrors: Store<DeserializeGuard<DatabaseMirror>>,
 }
 
 /// The WebCluster controller's context.
@@ -66,11 +69,14 @@ pub async fn run(
     let (pdbs, pdb_events) = cached::<PodDisruptionBudget>(&scope, Some(&children));
     let (autoscalers, autoscaler_events) = cached::<HorizontalPodAutoscaler>(&scope, Some(&children));
     let (ingresses, ingress_events) = cached::<Ingress>(&scope, Some(&children));
-    let (session_stores, session_store_events) = cached::<SessionStore>(&scope, None);
-    let (database_mirrors, database_mirror_events) = cached::<DatabaseMirror>(&scope, None);
+    let (session_stores, session_store_events) = cached::<DeserializeGuard<SessionStore>>(&scope, None);
+    let (database_mirrors, database_mirror_events) = cached::<DeserializeGuard<DatabaseMirror>>(&scope, None);
 
-    let controller = Controller::new(scope.api::<WebCluster>(), watcher::Config::default().any_semantic())
-        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency));
+    let controller = Controller::new(
+        scope.api::<DeserializeGuard<WebCluster>>(),
+        watcher::Config::default().any_semantic(),
+    )
+    .with_config(kube::runtime::controller::Config::default().concurrency(concurrency));
     let web_clusters = controller.store();
     let by_session_store =
         referrers(web_clusters.clone(), |wc| wc.spec.session_store_ref.as_ref().map(|r| r.name.clone()));
@@ -135,9 +141,9 @@ pub async fn run(
 
 /// Maps a changed SessionStore or DatabaseMirror to the WebClusters that refer to it.
 fn referrers<K>(
-    web_clusters: Store<WebCluster>,
+    web_clusters: Store<DeserializeGuard<WebCluster>>,
     referenced: impl Fn(&WebCluster) -> Option<String> + Send + Sync + 'static,
-) -> impl Fn(K) -> Vec<ObjectRef<WebCluster>> + Send + Sync + 'static
+) -> impl Fn(K) -> Vec<ObjectRef<DeserializeGuard<WebCluster>>> + Send + Sync + 'static
 where
     K: Resource,
 {
@@ -146,22 +152,30 @@ where
         web_clusters
             .state()
             .iter()
-            .filter(|wc| wc.namespace() == namespace && referenced(wc).as_deref() == Some(name.as_str()))
-            .map(|wc| ObjectRef::from_obj(wc.as_ref()))
+            .filter(|guard| {
+                invalid::decoded(guard).is_ok_and(|wc| {
+                    wc.namespace() == namespace && referenced(wc).as_deref() == Some(name.as_str())
+                })
+            })
+            .map(|guard| ObjectRef::from_obj(guard.as_ref()))
             .collect()
     }
 }
 
-async fn reconcile(wc: Arc<WebCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
+async fn reconcile(guard: Arc<DeserializeGuard<WebCluster>>, ctx: Arc<Context>) -> Result<Action, Error> {
     if !ctx.caches_ready.load(std::sync::atomic::Ordering::Acquire) {
         return Ok(Action::requeue(std::time::Duration::from_millis(200)));
     }
+    let wc = match invalid::decoded(&guard) {
+        Ok(wc) => wc,
+        Err(bad) => return invalid::report::<WebCluster>(&ctx.shared, bad).await,
+    };
     let namespace = wc.namespace().unwrap_or_default();
     let name = wc.name_any();
     let span = info_span!("reconcile", controller = CONTROLLER, namespace = %namespace, name = %name);
     let _timer = ctx.shared.metrics.reconcile_started(CONTROLLER);
     let key = format!("{namespace}/{name}");
-    let result = reconcile_inner(&wc, &ctx, &namespace).instrument(span).await;
+    let result = reconcile_inner(wc, &ctx, &namespace).instrument(span).await;
     if result.is_ok() {
         ctx.shared.backoff.succeeded(&key);
     }
@@ -173,7 +187,8 @@ async fn reconcile_inner(wc: &WebCluster, ctx: &Context, namespace: &str) -> Res
     let uid = wc.uid().unwrap_or_default();
     let caches = &ctx.caches;
     let live_deployment = owned_child(&caches.deployments, namespace, &name, &uid);
-    let references = resolve_references(wc, caches, namespace);
+    let mut references = resolve_references(wc, caches, namespace);
+    references.conflict = claims(wc, ctx, namespace).await?;
 
     // Paused, or waiting for a reference: existing children keep serving untouched.
     let applied = match (wc.spec.paused, references.wiring()) {
@@ -236,6 +251,27 @@ async fn apply_children(
     Ok(applied)
 }
 
+/// The first name of a child that another object holds (a SessionStore's
+/// Service of the same name, say), in words.
+async fn claims(wc: &WebCluster, ctx: &Context, namespace: &str) -> Result<Option<String>, Error> {
+    let (name, uid) = (wc.name_any(), wc.uid().unwrap_or_default());
+    let owner = Claimant { uid: &uid, app: CONTROLLER, instance: &name };
+    let caches = &ctx.caches;
+    let shared = &ctx.shared;
+    let mut taken = vec![
+        shared.claimed(&caches.deployments, namespace, &name, &owner).await?,
+        shared.claimed(&caches.services, namespace, &name, &owner).await?,
+        shared.claimed(&caches.pdbs, namespace, &name, &owner).await?,
+    ];
+    if wc.spec.autoscaling.is_some() {
+        taken.push(shared.claimed(&caches.autoscalers, namespace, &name, &owner).await?);
+    }
+    if !wc.spec.hosts.is_empty() {
+        taken.push(shared.claimed(&caches.ingresses, namespace, &name, &owner).await?);
+    }
+    Ok(taken.into_iter().flatten().next())
+}
+
 fn resolve_references(wc: &WebCluster, caches: &Caches, namespace: &str) -> References {
     let state = |status: Option<&[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]>,
                  secret: String| {
@@ -250,29 +286,31 @@ fn resolve_references(wc: &WebCluster, caches: &Caches, namespace: &str) -> Refe
     };
     let session_store = wc.spec.session_store_ref.as_ref().map(|r| {
         let found = caches.session_stores.get(&ObjectRef::new(&r.name).within(namespace));
-        let reference = match found {
+        let reference = match found.as_deref().map(invalid::decoded) {
             None => Reference::NotFound,
-            Some(s) => state(
+            Some(Err(bad)) => Reference::NotReady { message: format!("it cannot be read: {}", bad.error) },
+            Some(Ok(s)) => state(
                 s.status.as_ref().map(|st| st.replication.conditions.as_slice()),
-                crate::resources::sessionstore::connection_name(&s),
+                crate::resources::sessionstore::connection_name(s),
             ),
         };
         (r.name.clone(), reference)
     });
     let database = wc.spec.database_ref.as_ref().map(|r| {
         let found = caches.database_mirrors.get(&ObjectRef::new(&r.name).within(namespace));
-        let reference = match found {
+        let reference = match found.as_deref().map(invalid::decoded) {
             None => Reference::NotFound,
-            Some(d) => state(
+            Some(Err(bad)) => Reference::NotReady { message: format!("it cannot be read: {}", bad.error) },
+            Some(Ok(d)) => state(
                 d.status.as_ref().map(|st| st.replication.conditions.as_slice()),
-                crate::resources::databasemirror::credentials_name(&d),
+                crate::resources::databasemirror::credentials_name(d),
             ),
         };
         (r.name.clone(), reference)
     });
-    References { session_store, database }
+    References { session_store, database, conflict: None }
 }
 
-fn error_policy(wc: Arc<WebCluster>, error: &Error, ctx: Arc<Context>) -> Action {
+fn error_policy(wc: Arc<DeserializeGuard<WebCluster>>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.shared.retry_after(wc.as_ref(), error)
 }

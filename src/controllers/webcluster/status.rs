@@ -30,6 +30,8 @@ pub struct References {
     pub session_store: Option<(String, Reference)>,
     /// (name, state) of `databaseRef`, when set.
     pub database: Option<(String, Reference)>,
+    /// A child's name belongs to another object (in words): nothing is applied.
+    pub conflict: Option<String>,
 }
 
 /// Why the web tier cannot be (re)built right now.
@@ -44,6 +46,12 @@ impl References {
     /// Until every reference is Ready the Deployment is left as it is, so
     /// running servers keep serving and new ones never start half-configured.
     pub fn wiring(&self) -> Result<Wiring, Blocked> {
+        if let Some(conflict) = &self.conflict {
+            return Err(Blocked {
+                reason: "NameConflict",
+                message: format!("{conflict}: this WebCluster cannot use that name; rename one of the two"),
+            });
+        }
         let resolve = |r: &Option<(String, Reference)>,
                        kind: &str,
                        not_found: &'static str,

@@ -110,7 +110,8 @@ fn a_rollout_past_its_deadline_is_reported_stuck_with_old_servers_serving() {
 #[test]
 fn a_missing_reference_is_a_reason_not_a_crash() {
     let wc = web("image: a\nsessionStoreRef: {name: sessions}");
-    let refs = References { session_store: Some(("sessions".into(), Reference::NotFound)), database: None };
+    let refs =
+        References { session_store: Some(("sessions".into(), Reference::NotFound)), ..References::default() };
     assert!(refs.wiring().is_err());
     let s = compute(&wc, None, &refs, &at(1));
     let ready = condition(&s, READY);
@@ -126,10 +127,21 @@ fn ready_references_wire_their_secrets() {
     let refs = References {
         session_store: Some(("sessions".into(), Reference::Ready { secret: "sessions-connection".into() })),
         database: Some(("db".into(), Reference::Ready { secret: "db-credentials".into() })),
+        conflict: None,
     };
     let wiring = refs.wiring().unwrap();
     assert_eq!(wiring.session_secret.as_deref(), Some("sessions-connection"));
     assert_eq!(wiring.database_secret.as_deref(), Some("db-credentials"));
+    // A child's name held by another object stops everything, with a reason.
+    let clash =
+        References { conflict: Some("Service shop already belongs to SessionStore shop".into()), ..refs };
+    let blocked = clash.wiring().unwrap_err();
+    assert_eq!(blocked.reason, "NameConflict");
+    assert!(
+        blocked.message.starts_with("Service shop already belongs to SessionStore shop"),
+        "{}",
+        blocked.message
+    );
 }
 
 #[test]
