@@ -149,9 +149,24 @@ async fn exercise(client: &Client, ns: &TestNamespace, testbed: &Testbed) -> Res
     assert!(testbed.agent_pid(MEMBER).is_none(), "a member taken down stays down");
     step("the killed member's Lease expired");
 
-    // Back: a new agent starts the server on the same volume, data intact.
+    // Back: a new agent keeps the server down (the engine may be replacing
+    // it meanwhile) until the engine has fenced it and told it to serve
+    // again; then it starts on the same volume, data intact.
     testbed.revive(MEMBER)?;
-    wait_report(&leases, "primary again", |r| r.role == ServerRole::Primary).await?;
+    wait_report(&leases, "back, waiting", |r| r.role == ServerRole::Stopped && r.epoch == 1).await?;
+    for (desired, epoch) in [(Desired::Primary, 2), (Desired::Fenced, 3)] {
+        let instruction = serde_json::json!({ "metadata": { "annotations": {
+            keys::INSTRUCTION_ANNOTATION: Instruction::new(desired, epoch).encode(),
+        }}});
+        pods.patch(MEMBER, &PatchParams::default(), &Patch::Merge(instruction)).await?;
+        wait_report(&leases, "the instruction read", |r| r.epoch == epoch && r.role == ServerRole::Stopped)
+            .await?;
+    }
+    let again = serde_json::json!({ "metadata": { "annotations": {
+        keys::INSTRUCTION_ANNOTATION: Instruction::new(Desired::Primary, 4).encode(),
+    }}});
+    pods.patch(MEMBER, &PatchParams::default(), &Patch::Merge(again)).await?;
+    wait_report(&leases, "primary again", |r| r.role == ServerRole::Primary && r.epoch == 4).await?;
     let rows = sql(&conninfo, "SELECT count(*) FROM orders").await?;
     assert_eq!(rows[0].get::<_, i64>(0), 25, "the volume kept every row");
     step("the revived member reports primary, every row kept");

@@ -5,8 +5,9 @@
 //!   then have diverged, so it is rewound before following anyone);
 //! - `lineage`: the epoch at which the history it holds began, which orders
 //!   members' data when a store is re-created over kept volumes;
-//! - `served`: the last epoch under which this member ran as primary, so a
-//!   restarted agent never brings back a primary the engine may be replacing;
+//! - `served`: the epoch under which this member last started as primary,
+//!   cleared by the next fence: a primary that stopped (and a restarted
+//!   agent) never comes back before the engine fenced it;
 //! - `seen`: the highest instruction epoch any agent of this member saw.
 
 use std::io::Write as _;

@@ -32,10 +32,10 @@ pub struct Local {
     pub in_recovery: bool,
     /// While running read-only: the server it was told to stream from.
     pub following: Option<Endpoint>,
-    /// The last epoch under which this member's server ran as primary (kept
-    /// on its volume). A primary that stopped under epoch `e` starts again
-    /// only on an instruction newer than `e`: meanwhile the engine may be
-    /// promoting another member.
+    /// The epoch under which this member's server last started as primary,
+    /// until an instruction other than "primary" arrives (kept on its
+    /// volume). A primary that stopped is not started again before the
+    /// engine fenced it: meanwhile it may be promoting another member.
     pub served: Option<Epoch>,
     /// While running as primary: whether it waits for no acknowledgement.
     pub relaxed: Option<bool>,
@@ -97,8 +97,8 @@ fn primary(instruction: &Instruction, local: &Local) -> Action {
         DataState::Empty => {
             Action::Wait("no data: an empty member never starts as primary unless told to initialise")
         }
-        _ if local.served.is_some_and(|s| s >= instruction.epoch) => {
-            Action::Wait("stopped while primary: waiting for a newer instruction from the operator")
+        _ if local.served.is_some() => {
+            Action::Wait("stopped while primary: waiting for the operator to fence it before it serves again")
         }
         _ => Action::StartPrimary,
     }
@@ -177,10 +177,15 @@ mod tests {
     }
 
     #[test]
-    fn a_primary_that_stopped_waits_for_a_newer_instruction() {
+    fn a_primary_that_stopped_waits_to_be_fenced_before_serving_again() {
         let stopped = Local { served: Some(4), ..local(DataState::Primary, false, false, None) };
         assert!(matches!(plan(&primary_at(4), None, &stopped, "db-1"), Action::Wait(_)));
-        assert_eq!(plan(&primary_at(5), None, &stopped, "db-1"), Action::StartPrimary);
+        assert!(
+            matches!(plan(&primary_at(5), None, &stopped, "db-1"), Action::Wait(_)),
+            "newer, but no fence"
+        );
+        let fenced_since = Local { served: None, ..stopped };
+        assert_eq!(plan(&primary_at(6), None, &fenced_since, "db-1"), Action::StartPrimary);
     }
 
     #[test]

@@ -189,6 +189,7 @@ impl<S: Server> Agent<S> {
             self.publish(None).await;
             return;
         }
+        self.keep_lineage(observed);
         let mut observed = observed;
         if let Some(action) = self.next_action(observed).await {
             info!(?action, instruction = ?self.instruction.as_ref().map(Instruction::encode), "acting");
@@ -255,8 +256,17 @@ impl<S: Server> Agent<S> {
         if instruction.epoch < seen {
             warn!(epoch = instruction.epoch, seen, "ignoring an instruction older than one already seen");
         } else {
-            if instruction.epoch > seen {
-                self.update_marker(|m| m.seen = Some(instruction.epoch));
+            // A fence (anything but "primary") since this member last served
+            // as primary lets it serve again later; see `Local::served`.
+            let fenced = instruction.desired != Desired::Primary
+                && self.marker.as_ref().is_some_and(|m| m.served.is_some_and(|s| instruction.epoch > s));
+            if instruction.epoch > seen || fenced {
+                self.update_marker(|m| {
+                    m.seen = Some(instruction.epoch);
+                    if fenced {
+                        m.served = None;
+                    }
+                });
             }
             self.instruction = Some(instruction);
         }
@@ -317,7 +327,13 @@ impl<S: Server> Agent<S> {
     /// What the volume holds: the engine's files, refined by the marker.
     async fn data(&self, running: bool) -> DataState {
         let raw = self.driver.data_state().await;
-        if raw == DataState::Empty || (!running && !self.driver.keeps_data().await) {
+        // A server that keeps nothing on disk lost its data when it stopped,
+        // unless it never ran since its data set was initialised for the
+        // instruction at hand (a fresh store's first primary, about to start).
+        let fresh = self.marker.as_ref().is_some_and(|m| {
+            m.primary && m.served.is_none() && m.lineage == Some(self.epoch()) && self.epoch() > 0
+        });
+        if raw == DataState::Empty || (!running && !fresh && !self.driver.keeps_data().await) {
             return DataState::Empty;
         }
         match &self.marker {
@@ -422,6 +438,7 @@ impl<S: Server> Agent<S> {
 
     fn set_marker(&mut self, marker: Marker) -> Result<(), MarkerError> {
         marker.write(&self.marker_path, self.options.run_as)?;
+        info!(marker = marker.encode().trim(), "marker updated");
         self.marker = Some(marker);
         Ok(())
     }
@@ -442,10 +459,23 @@ impl<S: Server> Agent<S> {
         self.set_marker(Marker { primary: false, lineage: primary.lineage.or(old.lineage), ..old })
     }
 
+    /// A mirror streaming from its upstream takes on the upstream's lineage
+    /// once that is known (it was repointed before the upstream promoted).
+    fn keep_lineage(&mut self, observed: Option<Observed>) {
+        let streaming = observed.is_some_and(|o| o.replica && o.streaming);
+        let upstream =
+            self.upstream.clone().filter(|u| self.following.as_ref().is_some_and(|f| f.same_place(u)));
+        if let Some(upstream) = upstream.filter(|_| streaming)
+            && let Err(err) = self.follow_lineage(&upstream)
+        {
+            warn!(%err, "could not record the lineage");
+        }
+    }
+
     /// A standby that streams from `primary` holds a prefix of its history.
     fn follow_lineage(&mut self, primary: &Endpoint) -> Result<(), MarkerError> {
         let old = self.marker_or_default();
-        if old.primary || primary.lineage.is_none() || primary.lineage == old.lineage {
+        if old.primary || primary.lineage.is_none() || primary.lineage <= old.lineage {
             return Ok(());
         }
         self.set_marker(Marker { lineage: primary.lineage, ..old })

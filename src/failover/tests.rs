@@ -222,8 +222,12 @@ impl World {
         if let Some(pod) = self.nodes[i].pod.clone()
             && pod.epoch >= self.nodes[i].seen
         {
-            self.nodes[i].seen = pod.epoch;
-            self.nodes[i].instruction = Some(pod);
+            let n = &mut self.nodes[i];
+            if pod.desired != Desired::Primary && n.served.is_some_and(|s| pod.epoch > s) {
+                n.served = None;
+            }
+            n.seen = pod.epoch;
+            n.instruction = Some(pod);
         }
         self.act(i);
         self.publish(i);
