@@ -290,6 +290,21 @@ pub async fn write_service_account_kubeconfig(
     Ok(path)
 }
 
+/// Send `signal` to the process `pid` alone. A pid that would name a
+/// process group or every process (0, or one beyond `i32::MAX`, which
+/// would turn negative) is refused: the test bed's agents lead process
+/// groups that hold their watchdogs.
+pub fn signal(pid: u32, signal: libc::c_int) -> std::io::Result<()> {
+    let Some(target) = libc::pid_t::try_from(pid).ok().filter(|p| *p > 0) else {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{pid} names no single process"),
+        ));
+    };
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
+    if unsafe { libc::kill(target, signal) } == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
 use hostwright::api::WebCluster;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use std::sync::Arc;

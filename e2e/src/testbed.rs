@@ -248,7 +248,7 @@ impl Testbed {
         let server = self.shared.member(&key, |m| m.server.clone()).flatten();
         let server = server.with_context(|| format!("pod {pod} has no data directory yet"))?;
         let pid = server.pid().with_context(|| format!("pod {pod} has no running server"))?;
-        signal("KILL", pid);
+        signal(pid, libc::SIGKILL);
         wait_gone(pid, Duration::from_secs(10)).await
     }
 
@@ -267,10 +267,10 @@ impl Testbed {
         // The server's pid first: once the agent is gone it is an orphan.
         let server = files.as_ref().and_then(ServerFiles::pid);
         if let Some(pid) = agent {
-            signal("KILL", pid);
+            signal(pid, libc::SIGKILL);
         }
         if let Some(pid) = server {
-            signal("KILL", pid);
+            signal(pid, libc::SIGKILL);
             wait_gone(pid, Duration::from_secs(10)).await?;
         }
         crate::eventually(Duration::from_secs(10), "the killed agent to be reaped", || async {
@@ -366,7 +366,7 @@ impl Drop for Testbed {
         for member in lock(&self.shared.members).values() {
             let _ = member.stop.send(true);
             if let Some(pid) = member.agent {
-                signal("TERM", pid);
+                signal(pid, libc::SIGTERM);
                 running.push((pid, member.server.clone()));
             }
         }
@@ -376,10 +376,10 @@ impl Drop for Testbed {
                 std::thread::sleep(Duration::from_millis(100));
             }
             if alive(pid) {
-                signal("KILL", pid);
+                signal(pid, libc::SIGKILL);
             }
             if let Some(server) = files.as_ref().and_then(ServerFiles::pid) {
-                signal("KILL", server);
+                signal(server, libc::SIGKILL);
             }
         }
     }
@@ -794,7 +794,7 @@ async fn supervise_inner(
         // The container is gone with its main process; so is what it started.
         if let Some(server) = setup.server.pid() {
             paths.note(&format!("killing the server the agent left behind (pid {server})"));
-            signal("KILL", server);
+            signal(server, libc::SIGKILL);
             wait_gone(server, Duration::from_secs(10)).await?;
         }
         if stopping || stop_requested(stop, RESTART_DELAY).await {
@@ -1040,13 +1040,13 @@ async fn terminate(
     server: &ServerFiles,
 ) -> std::io::Result<std::process::ExitStatus> {
     if let Some(pid) = agent.id() {
-        signal("TERM", pid);
+        signal(pid, libc::SIGTERM);
     }
     match tokio::time::timeout(STOP_TIMEOUT, agent.wait()).await {
         Ok(status) => status,
         Err(_) => {
             if let Some(pid) = server.pid() {
-                signal("KILL", pid);
+                signal(pid, libc::SIGKILL);
             }
             agent.kill().await?;
             agent.wait().await
@@ -1069,11 +1069,9 @@ async fn wait_gone(pid: u32, timeout: Duration) -> Result<()> {
         .await
 }
 
-fn signal(name: &str, pid: u32) {
-    let _ = std::process::Command::new("kill")
-        .args([&format!("-{name}"), &pid.to_string()])
-        .stderr(Stdio::null())
-        .status();
+/// Best effort: the process may be gone already.
+fn signal(pid: u32, signal: libc::c_int) {
+    let _ = crate::signal(pid, signal);
 }
 
 fn user_ids(user: &str) -> Result<(u32, u32)> {
