@@ -35,6 +35,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use futures::StreamExt;
+use hostwright::contract::keys;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Namespace, PersistentVolume, PersistentVolumeClaim, Pod, Secret,
 };
@@ -856,6 +857,8 @@ impl ServerFiles {
 
 /// What a pod's agent is started with.
 struct Setup {
+    /// The pod's uid, which the agent is told, as by the downward API.
+    pod_uid: String,
     server: ServerFiles,
     /// The settings file (`--config`) under the pod's ConfigMap directory.
     config: PathBuf,
@@ -928,6 +931,7 @@ async fn set_up(shared: &Shared, pod: &Pod, paths: &PodPaths) -> Result<Setup> {
         .collect();
     let config_file = Path::new(config_arg).file_name().context("--config names no file")?;
     Ok(Setup {
+        pod_uid: pod.uid().context("pod without uid")?,
         server: ServerFiles { engine, data },
         config: paths.config().join(config_file),
         twin,
@@ -1023,6 +1027,7 @@ fn spawn_agent(
         .arg(paths.credentials())
         .args(["--run-as-user", setup.server.engine.user()])
         .env("KUBECONFIG", paths.dir.join("kubeconfig"))
+        .env(keys::POD_UID_ENV, &setup.pod_uid)
         .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
         .stdin(Stdio::null())
         .stdout(Stdio::from(log.try_clone()?))
