@@ -13,6 +13,10 @@
 //!   agent run` with the pod's own arguments and ServiceAccount identity. The
 //!   agent supervises PostgreSQL or Redis as in the pod.
 //!
+//! For data-safety trials it also plays an agent that stops making
+//! progress while its server keeps running: a frozen process
+//! ([`Testbed::stall_agent`]).
+//!
 //! The API server refuses loopback addresses in EndpointSlices, so pods keep
 //! their KWOK addresses 10.244.c.d and the server "behind" one listens on its
 //! loopback twin 127.244.c.d (Linux routes all of 127/8 to `lo`); [`twin`]
@@ -299,6 +303,43 @@ impl Testbed {
         self.shared.member(&key, |m| m.server.clone()).flatten()?.pid()
     }
 
+    /// SIGSTOP the pod's agent process alone, as a frozen or starved
+    /// process: its watchdog (a child in its process group) and its server
+    /// (in a group of its own) run on, and clients keep their connections.
+    /// Returns once the kernel shows the agent stopped. The supervisor does
+    /// not take a stopped agent for an exited one; an agent started later
+    /// for the pod runs.
+    pub async fn stall_agent(&self, pod: &str) -> Result<()> {
+        let pid = self.agent_pid(pod).with_context(|| format!("pod {pod} has no running agent"))?;
+        crate::signal(pid, libc::SIGSTOP)
+            .with_context(|| format!("stopping the agent of {pod} (pid {pid})"))?;
+        self.note(pod, &format!("agent stalled (SIGSTOP to pid {pid})"));
+        crate::eventually(Duration::from_secs(10), &format!("agent {pid} to be stopped"), || async {
+            Ok((process_state(pid) == Some('T')).then_some(()))
+        })
+        .await
+    }
+
+    /// SIGCONT the pod's agent after [`Testbed::stall_agent`]; returns once
+    /// it runs again.
+    pub async fn resume_agent(&self, pod: &str) -> Result<()> {
+        let pid = self.agent_pid(pod).with_context(|| format!("pod {pod} has no running agent"))?;
+        crate::signal(pid, libc::SIGCONT)
+            .with_context(|| format!("resuming the agent of {pod} (pid {pid})"))?;
+        self.note(pod, &format!("agent resumed (SIGCONT to pid {pid})"));
+        crate::eventually(Duration::from_secs(10), &format!("agent {pid} to run"), || async {
+            Ok((process_state(pid) != Some('T')).then_some(()))
+        })
+        .await
+    }
+
+    /// A line in the pod's log, so a trial's faults show among the agent's lines.
+    fn note(&self, pod: &str, message: &str) {
+        if let Ok(key) = self.key(pod) {
+            PodPaths::new(&self.shared.root, &key).note(message);
+        }
+    }
+
     /// The pod's log so far: the agent's output and the test bed's notes.
     pub fn log(&self, pod: &str) -> String {
         self.key(pod)
@@ -368,6 +409,8 @@ impl Drop for Testbed {
             let _ = member.stop.send(true);
             if let Some(pid) = member.agent {
                 signal(pid, libc::SIGTERM);
+                // A stalled agent would only see the SIGTERM once resumed.
+                signal(pid, libc::SIGCONT);
                 running.push((pid, member.server.clone()));
             }
         }
@@ -1046,6 +1089,8 @@ async fn terminate(
 ) -> std::io::Result<std::process::ExitStatus> {
     if let Some(pid) = agent.id() {
         signal(pid, libc::SIGTERM);
+        // A stalled agent would only see the SIGTERM once resumed.
+        signal(pid, libc::SIGCONT);
     }
     match tokio::time::timeout(STOP_TIMEOUT, agent.wait()).await {
         Ok(status) => status,
@@ -1064,9 +1109,15 @@ async fn terminate(
 
 /// The process exists and is not a zombie (dead, not yet reaped).
 fn alive(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    process_state(pid).is_some_and(|s| s != 'Z')
+}
+
+/// The state letter in /proc/<pid>/stat (R, S, T for stopped, Z...); `None`
+/// when there is no such process.
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // "pid (comm) S ...": comm may hold spaces and parentheses.
-    stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()).is_some_and(|s| s != 'Z')
+    stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next())
 }
 
 async fn wait_gone(pid: u32, timeout: Duration) -> Result<()> {
