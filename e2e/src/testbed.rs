@@ -11,11 +11,13 @@
 //!   directory under `<root>/pods/<ns>/<pod>/`, resolves the data volume to
 //!   its host directory (or an emptyDir of the pod's), and runs `hostwright
 //!   agent run` with the pod's own arguments and ServiceAccount identity. The
-//!   agent supervises PostgreSQL or Redis as in the pod.
+//!   agent supervises PostgreSQL or Redis as in the pod. Each pod's agent
+//!   reaches the API server through a proxy of its own ([`partition`]).
 //!
 //! For data-safety trials it also plays an agent that stops making
 //! progress while its server keeps running: a frozen process
-//! ([`Testbed::stall_agent`]).
+//! ([`Testbed::stall_agent`]) or one cut off the API server
+//! ([`Testbed::cut_api`]).
 //!
 //! The API server refuses loopback addresses in EndpointSlices, so pods keep
 //! their KWOK addresses 10.244.c.d and the server "behind" one listens on its
@@ -26,9 +28,11 @@
 //! one for all namespaces. The two must not serve the same namespace, so the
 //! all-namespaces one leaves test namespaces (label `hostwright.io/e2e`)
 //! alone.
+//!
+//! [`partition`]: crate::partition
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
@@ -53,7 +57,8 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::{TEST_LABEL, write_service_account_kubeconfig};
+use crate::partition::{ApiProxy, loopback_upstream};
+use crate::{TEST_LABEL, api_server_url, write_service_account_kubeconfig_via};
 
 /// The default StorageClass of the local control plane.
 pub const STORAGE_CLASS: &str = "hostwright-local";
@@ -131,7 +136,13 @@ struct Shared {
     namespace: Option<String>,
     root: PathBuf,
     binary: PathBuf,
+    /// The API server the agents' proxies forward to (loopback).
+    api_server: SocketAddr,
     members: Mutex<HashMap<Key, Member>>,
+    /// Each pod's API proxy, by pod uid: kept across its agent's restarts
+    /// (and a retried supervisor), with its cut state; a pod's replacement
+    /// gets a new one.
+    proxies: Mutex<HashMap<Key, PodProxy>>,
     /// Pods taken down by [`Testbed::kill_member`], by uid: a replacement
     /// pod (another uid) runs, like a new pod on a healthy machine.
     down: Mutex<HashMap<Key, String>>,
@@ -149,6 +160,12 @@ struct Member {
     /// The pod's server, once its data directory is resolved.
     server: Option<ServerFiles>,
     task: Option<JoinHandle<()>>,
+}
+
+/// The API proxy of the pod with `uid`.
+struct PodProxy {
+    uid: String,
+    proxy: ApiProxy,
 }
 
 /// Where one pod's files live under the root.
@@ -209,6 +226,10 @@ impl Testbed {
             bail!("{} does not exist: `cargo build --workspace --bins` first", binary.display());
         }
         let postgres = user_ids("postgres")?;
+        let server = api_server_url()?;
+        let api_server = loopback_upstream(&server).with_context(|| {
+            format!("the test bed's agents cannot reach API server {server} through a proxy")
+        })?;
         std::fs::create_dir_all(root.join("volumes"))
             .and_then(|()| std::fs::create_dir_all(root.join("pods")))
             .with_context(|| format!("creating {}", root.display()))?;
@@ -231,7 +252,9 @@ impl Testbed {
             namespace,
             root,
             binary,
+            api_server,
             members: Mutex::default(),
+            proxies: Mutex::default(),
             down: Mutex::default(),
             test_namespaces: Mutex::default(),
             stopping: AtomicBool::new(false),
@@ -333,6 +356,31 @@ impl Testbed {
         .await
     }
 
+    /// Partition the pod's agent from the API server: its open connections
+    /// hang and new ones get no answer, until [`Testbed::restore_api`]. The
+    /// cut outlasts restarts of the agent; nothing else goes through it.
+    pub fn cut_api(&self, pod: &str) -> Result<()> {
+        self.with_proxy(pod, ApiProxy::cut)?;
+        self.note(pod, "API cut");
+        Ok(())
+    }
+
+    /// End the pod's partition: its hung connections are dropped, so the
+    /// agent connects anew, and traffic flows.
+    pub fn restore_api(&self, pod: &str) -> Result<()> {
+        self.with_proxy(pod, ApiProxy::restore)?;
+        self.note(pod, "API restored");
+        Ok(())
+    }
+
+    fn with_proxy(&self, pod: &str, act: impl FnOnce(&ApiProxy)) -> Result<()> {
+        let key = self.key(pod)?;
+        let proxies = lock(&self.shared.proxies);
+        let proxy = proxies.get(&key).with_context(|| format!("pod {pod} has no API proxy yet"))?;
+        act(&proxy.proxy);
+        Ok(())
+    }
+
     /// A line in the pod's log, so a trial's faults show among the agent's lines.
     fn note(&self, pod: &str, message: &str) {
         if let Ok(key) = self.key(pod) {
@@ -371,6 +419,8 @@ impl Testbed {
                 outcome = Err(anyhow!(err).context("a pod supervisor failed"));
             }
         }
+        // Only now: stopping agents release their Leases through them.
+        lock(&self.shared.proxies).clear();
         outcome
     }
 
@@ -426,6 +476,7 @@ impl Drop for Testbed {
                 signal(server, libc::SIGKILL);
             }
         }
+        lock(&self.shared.proxies).clear();
     }
 }
 
@@ -449,6 +500,18 @@ impl Shared {
         if let Some(member) = lock(&self.members).get_mut(key).filter(|m| m.uid == uid) {
             write(member);
         }
+    }
+
+    /// The address of the API proxy of pod `uid`, started on first use.
+    async fn proxy(&self, key: &Key, uid: &str) -> Result<SocketAddr> {
+        if let Some(p) = lock(&self.proxies).get(key).filter(|p| p.uid == uid) {
+            return Ok(p.proxy.address());
+        }
+        // One supervisor per pod name at a time: nobody starts one meanwhile.
+        let proxy = ApiProxy::start(self.api_server).await?;
+        let address = proxy.address();
+        lock(&self.proxies).insert(key.clone(), PodProxy { uid: uid.into(), proxy });
+        Ok(address)
     }
 
     fn is_down(&self, key: &Key, uid: &str) -> bool {
@@ -702,6 +765,11 @@ async fn run_pods(shared: Arc<Shared>) -> Result<()> {
                 let _ = member.stop.send(true);
             }
         }
+        // A proxy lives as long as its pod is wanted or its agent runs.
+        lock(&shared.proxies).retain(|key, p| {
+            members.get(key).is_some_and(|m| m.uid == p.uid)
+                || wanted.get(key).and_then(|pod| pod.uid()).is_some_and(|uid| uid == p.uid)
+        });
         if shared.stopping.load(Ordering::SeqCst) {
             continue;
         }
@@ -777,6 +845,7 @@ async fn supervise_inner(
         }
     };
     shared.update(key, uid, |m| m.server = Some(setup.server.clone()));
+    let api = format!("https://{}", shared.proxy(key, uid).await?);
     loop {
         while shared.is_down(key, uid) {
             if stop_requested(stop, Duration::from_millis(200)).await {
@@ -786,8 +855,14 @@ async fn supervise_inner(
         if *stop.borrow() {
             return Ok(());
         }
-        if let Err(err) =
-            write_service_account_kubeconfig(&shared.client, &key.0, &setup.service_account, &paths.dir).await
+        if let Err(err) = write_service_account_kubeconfig_via(
+            &shared.client,
+            &key.0,
+            &setup.service_account,
+            &paths.dir,
+            &api,
+        )
+        .await
         {
             paths.note(&format!("waiting for a ServiceAccount token: {err:#}"));
             if stop_requested(stop, RESTART_DELAY).await {
@@ -816,8 +891,8 @@ async fn supervise_inner(
                     }
                 }
                 _ = refresh.tick() => {
-                    let refreshed = write_service_account_kubeconfig(
-                        &shared.client, &key.0, &setup.service_account, &paths.dir,
+                    let refreshed = write_service_account_kubeconfig_via(
+                        &shared.client, &key.0, &setup.service_account, &paths.dir, &api,
                     ).await;
                     if let Err(err) = refreshed {
                         paths.note(&format!("could not refresh the token: {err:#}"));
