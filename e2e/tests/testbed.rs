@@ -32,14 +32,22 @@ const TIMEOUT: Duration = Duration::from_secs(120);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn testbed_provisions_volumes_and_runs_member_pods() -> Result<()> {
+    on_testbed("testbed", exercise).await
+}
+
+/// Run `body` in a namespace of its own, with a test bed for it.
+async fn on_testbed(
+    prefix: &str,
+    body: impl AsyncFnOnce(&Client, &TestNamespace, &Testbed) -> Result<()>,
+) -> Result<()> {
     if !Path::new("/usr/lib/postgresql/15/bin/postgres").exists() {
         bail!("PostgreSQL 15 is not installed (make deps)");
     }
     let client = client().await?;
-    let ns = TestNamespace::create(&client, "testbed", &[]).await?;
+    let ns = TestNamespace::create(&client, prefix, &[]).await?;
     let root = std::env::temp_dir().join(format!("hostwright-testbed-{}", ns.name));
     let testbed = Testbed::start(client.clone(), Some(ns.name.clone()), root.clone()).await?;
-    let result = exercise(&client, &ns, &testbed).await;
+    let result = body(&client, &ns, &testbed).await;
     if result.is_err() {
         eprintln!("--- log of {MEMBER} ---\n{}", testbed.log(MEMBER));
     }
@@ -51,32 +59,7 @@ async fn testbed_provisions_volumes_and_runs_member_pods() -> Result<()> {
 async fn exercise(client: &Client, ns: &TestNamespace, testbed: &Testbed) -> Result<()> {
     let started = std::time::Instant::now();
     let step = |what: &str| eprintln!("{:>6.1}s {what}", started.elapsed().as_secs_f64());
-    // The objects the DatabaseMirror controller would create, from its own
-    // builders. The DatabaseMirror exists in memory only; its made-up uid
-    // would dangle in owner references, so they are dropped.
-    let spec: DatabaseMirrorSpec = serde_yaml::from_str("instance: {storage: {size: 1Gi}}")?;
-    let mut dbm = DatabaseMirror::new("db", spec);
-    dbm.metadata.namespace = Some(ns.name.clone());
-    dbm.metadata.uid = Some("00000000-0000-4000-8000-000000000001".into());
-    let salt: u32 = rand::random();
-    let passwords = Passwords {
-        owner: format!("owner-{salt:08x}"),
-        replication: format!("repl-{salt:08x}"),
-        superuser: format!("su-{salt:08x}"),
-    };
-    let blueprint = blueprint(&dbm)?;
-    let children = children(&dbm, &blueprint);
-    let credentials_secret = credentials(&dbm, &blueprint, &passwords);
-    create(ns.api::<ConfigMap>(), children.config).await?;
-    create(ns.api::<Secret>(), credentials_secret.clone()).await?;
-    create_agent_identity(ns).await?;
-    let volume = blueprint.member_volume(MEMBER).context("a DatabaseMirror always has storage")?;
-    create(ns.api::<PersistentVolumeClaim>(), volume).await?;
-    let mut pod = blueprint.member_pod(MEMBER, "hostwright:e2e");
-    let annotations = pod.metadata.annotations.get_or_insert_default();
-    let first = Instruction { initialize: true, ..Instruction::new(Desired::Primary, 1) };
-    annotations.insert(keys::INSTRUCTION_ANNOTATION.into(), first.encode());
-    create(ns.api::<Pod>(), pod).await?;
+    let (read_write, credentials_secret) = create_member(ns).await?;
 
     // The claim gets a volume of the default class, in a directory of its own.
     let claims: Api<PersistentVolumeClaim> = ns.api();
@@ -104,18 +87,15 @@ async fn exercise(client: &Client, ns: &TestNamespace, testbed: &Testbed) -> Res
     wait_report(&leases, "primary", |r| r.role == ServerRole::Primary).await?;
     step("the member reports primary");
     let pods: Api<Pod> = ns.api();
-    let pod_ip = pods.get(MEMBER).await?.status.and_then(|s| s.pod_ip).context("pod without address")?;
+    let pod = pods.get(MEMBER).await?;
+    // Like the downward API: the agent acts on this pod only.
+    let agent = testbed.agent_pid(MEMBER).context("a running agent")?;
+    let environ = std::fs::read(format!("/proc/{agent}/environ")).context("the agent's environment")?;
+    let told = format!("{}={}", keys::POD_UID_ENV, pod.metadata.uid.as_deref().context("pod without uid")?);
+    assert!(environ.split(|b| *b == 0).any(|v| v == told.as_bytes()), "the agent is told {told}");
+    let pod_ip = pod.status.and_then(|s| s.pod_ip).context("pod without address")?;
     let address = twin(&pod_ip).context("a 10.244.0.0/16 pod address")?;
-    let secret = |key: &str| -> Result<String> {
-        let data = credentials_secret.data.as_ref().context("Secret without data")?;
-        Ok(String::from_utf8(data.get(key).with_context(|| format!("Secret key {key}"))?.0.clone())?)
-    };
-    let conninfo = format!(
-        "host={address} port=5432 user={} password={} dbname={} connect_timeout=3",
-        secret("username")?,
-        secret("password")?,
-        secret("database")?
-    );
+    let conninfo = conninfo(&address, &credentials_secret)?;
     sql(&conninfo, "CREATE TABLE orders (id int)").await?;
     sql(&conninfo, "INSERT INTO orders SELECT generate_series(1, 25)").await?;
 
@@ -123,10 +103,10 @@ async fn exercise(client: &Client, ns: &TestNamespace, testbed: &Testbed) -> Res
 
     // Clients find the server through the Service the operator routes by
     // role label: its ready endpoint is the same twin address.
-    create(ns.api::<Service>(), children.read_write.clone()).await?;
+    create(ns.api::<Service>(), read_write.clone()).await?;
     let label = json!({"metadata": {"labels": {"hostwright.io/role": "primary"}}});
     pods.patch(MEMBER, &PatchParams::default(), &Patch::Merge(label)).await?;
-    let rw = children.read_write.metadata.name.clone().context("Service without name")?;
+    let rw = read_write.metadata.name.clone().context("Service without name")?;
     eventually(Duration::from_secs(60), "the primary behind the rw Service", || async {
         Ok((ready_endpoints(client, &ns.name, &rw).await? == [address.clone()]).then_some(()))
     })
@@ -149,9 +129,17 @@ async fn exercise(client: &Client, ns: &TestNamespace, testbed: &Testbed) -> Res
     assert!(testbed.agent_pid(MEMBER).is_none(), "a member taken down stays down");
     step("the killed member's Lease expired");
 
-    // Back: a new agent starts the server on the same volume, data intact.
+    // Back: a new agent starts the server on the same volume, data intact,
+    // once told to by a newer instruction (the marker says it already
+    // served epoch 1, and a member never brings back a primary under an
+    // instruction it served: the operator may have promoted another since).
     testbed.revive(MEMBER)?;
-    wait_report(&leases, "primary again", |r| r.role == ServerRole::Primary).await?;
+    wait_report(&leases, "stopped, waiting for a newer instruction", |r| {
+        r.role == ServerRole::Stopped && r.epoch == 1
+    })
+    .await?;
+    instruct(&pods, Instruction::new(Desired::Primary, 2)).await?;
+    wait_report(&leases, "primary again", |r| r.role == ServerRole::Primary && r.epoch == 2).await?;
     let rows = sql(&conninfo, "SELECT count(*) FROM orders").await?;
     assert_eq!(rows[0].get::<_, i64>(0), 25, "the volume kept every row");
     step("the revived member reports primary, every row kept");
@@ -172,6 +160,59 @@ async fn exercise(client: &Client, ns: &TestNamespace, testbed: &Testbed) -> Res
     assert!(!Path::new(&dir).exists(), "{dir} is removed with its volume");
     step("the released volume and its directory are gone");
     Ok(())
+}
+
+/// Write the member's instruction, as the operator would.
+async fn instruct(pods: &Api<Pod>, instruction: Instruction) -> Result<()> {
+    let patch = json!({"metadata": {"annotations": {keys::INSTRUCTION_ANNOTATION: instruction.encode()}}});
+    pods.patch(MEMBER, &PatchParams::default(), &Patch::Merge(patch)).await?;
+    Ok(())
+}
+
+/// A member pod and what it needs, as the DatabaseMirror controller would
+/// create them (from its own builders), told to initialise a primary; its
+/// read-write Service (not created) and its credentials.
+/// The DatabaseMirror exists in memory only; its made-up uid would dangle
+/// in owner references, so they are dropped.
+async fn create_member(ns: &TestNamespace) -> Result<(Service, Secret)> {
+    let spec: DatabaseMirrorSpec = serde_yaml::from_str("instance: {storage: {size: 1Gi}}")?;
+    let mut dbm = DatabaseMirror::new("db", spec);
+    dbm.metadata.namespace = Some(ns.name.clone());
+    dbm.metadata.uid = Some("00000000-0000-4000-8000-000000000001".into());
+    let salt: u32 = rand::random();
+    let passwords = Passwords {
+        owner: format!("owner-{salt:08x}"),
+        replication: format!("repl-{salt:08x}"),
+        superuser: format!("su-{salt:08x}"),
+    };
+    let blueprint = blueprint(&dbm)?;
+    let children = children(&dbm, &blueprint);
+    let credentials_secret = credentials(&dbm, &blueprint, &passwords);
+    create(ns.api::<ConfigMap>(), children.config).await?;
+    create(ns.api::<Secret>(), credentials_secret.clone()).await?;
+    create_agent_identity(ns).await?;
+    let volume = blueprint.member_volume(MEMBER).context("a DatabaseMirror always has storage")?;
+    create(ns.api::<PersistentVolumeClaim>(), volume).await?;
+    let mut pod = blueprint.member_pod(MEMBER, "hostwright:e2e");
+    let annotations = pod.metadata.annotations.get_or_insert_default();
+    let first = Instruction { initialize: true, ..Instruction::new(Desired::Primary, 1) };
+    annotations.insert(keys::INSTRUCTION_ANNOTATION.into(), first.encode());
+    create(ns.api::<Pod>(), pod).await?;
+    Ok((children.read_write, credentials_secret))
+}
+
+/// How to reach the member's database at `address` as its owner.
+fn conninfo(address: &str, credentials: &Secret) -> Result<String> {
+    let secret = |key: &str| -> Result<String> {
+        let data = credentials.data.as_ref().context("Secret without data")?;
+        Ok(String::from_utf8(data.get(key).with_context(|| format!("Secret key {key}"))?.0.clone())?)
+    };
+    Ok(format!(
+        "host={address} port=5432 user={} password={} dbname={} connect_timeout=3",
+        secret("username")?,
+        secret("password")?,
+        secret("database")?
+    ))
 }
 
 /// The agent's own identity: what it reads and writes, nothing more.
