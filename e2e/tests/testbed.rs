@@ -3,14 +3,16 @@
 //! operator's own builders) gets an agent and a PostgreSQL server on its
 //! twin address, with the pod's ServiceAccount identity. No operator runs
 //! here: the test writes the instruction annotations itself, and plays crash,
-//! power loss, return, pod deletion and claim deletion.
+//! power loss, return, pod deletion and claim deletion; and an agent that
+//! stops making progress (frozen, or cut off the API server) while its
+//! server runs on, which its watchdog must kill.
 
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use hostwright::api::{DatabaseMirror, DatabaseMirrorSpec};
-use hostwright::contract::timing::LEASE;
+use hostwright::contract::timing::{FENCE_AFTER, LEASE};
 use hostwright::contract::{Desired, Instruction, Report, ServerRole, decode_report, keys};
 use hostwright::resources::databasemirror::{Passwords, blueprint, children, credentials};
 use hostwright_e2e::testbed::{Testbed, ready_endpoints, twin};
@@ -20,6 +22,7 @@ use k8s_openapi::api::core::v1::{
     ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount,
 };
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, Resource};
 use serde::Serialize;
@@ -33,6 +36,11 @@ const TIMEOUT: Duration = Duration::from_secs(120);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn testbed_provisions_volumes_and_runs_member_pods() -> Result<()> {
     on_testbed("testbed", exercise).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_or_cut_off_agent_loses_its_server_to_its_watchdog() -> Result<()> {
+    on_testbed("chaos", stall_and_cut).await
 }
 
 /// Run `body` in a namespace of its own, with a test bed for it.
@@ -162,11 +170,125 @@ async fn exercise(client: &Client, ns: &TestNamespace, testbed: &Testbed) -> Res
     Ok(())
 }
 
+/// The watchdog's promise: an agent that stops making progress while its
+/// server runs on, frozen or cut off the API server, has its server killed
+/// within `FENCE_AFTER` of its last renewal, and so before anyone could
+/// take its Lease over. A frozen agent stays frozen meanwhile; a cut-off
+/// one renews again once the API server is back.
+async fn stall_and_cut(_client: &Client, ns: &TestNamespace, testbed: &Testbed) -> Result<()> {
+    let started = std::time::Instant::now();
+    let step = |what: &str| eprintln!("{:>6.1}s {what}", started.elapsed().as_secs_f64());
+    let (_, credentials_secret) = create_member(ns).await?;
+    let leases: Api<Lease> = ns.api();
+    let pods: Api<Pod> = ns.api();
+    wait_report(&leases, "primary", |r| r.role == ServerRole::Primary).await?;
+    step("the member reports primary");
+    let pod_ip = pods.get(MEMBER).await?.status.and_then(|s| s.pod_ip).context("pod without address")?;
+    let conninfo = conninfo(&twin(&pod_ip).context("a 10.244.0.0/16 pod address")?, &credentials_secret)?;
+
+    // A frozen agent: its watchdog kills the server it can no longer fence.
+    let agent = testbed.agent_pid(MEMBER).context("a running agent")?;
+    let server = testbed.server_pid(MEMBER).context("a running server")?;
+    let session = connect(&conninfo).await?;
+    testbed.stall_agent(MEMBER).await?;
+    let stalled = std::time::Instant::now();
+    step("the agent is stalled");
+    session.simple_query("SELECT 1").await.context("a query while the agent is stalled")?;
+    let died = watchdog_kills(testbed, &leases, server, stalled, "stall").await?;
+    step(&format!("the stalled agent's server died {:.2}s after the stall", died.as_secs_f64()));
+    assert!(session.simple_query("SELECT 1").await.is_err(), "the client's connection died with the server");
+    assert_eq!(process_state(agent), Some('T'), "the agent stays stopped");
+    assert_eq!(testbed.agent_pid(MEMBER), Some(agent), "a stalled agent is neither reaped nor restarted");
+
+    // Resumed, it finds its server gone and reports it; a newer instruction
+    // brings the primary back.
+    testbed.resume_agent(MEMBER).await?;
+    wait_report(&leases, "stopped after the stall", |r| r.role == ServerRole::Stopped).await?;
+    step("the resumed agent reports its server stopped");
+    instruct(&pods, Instruction::new(Desired::Primary, 2)).await?;
+    wait_report(&leases, "primary at epoch 2", |r| r.role == ServerRole::Primary && r.epoch == 2).await?;
+    step("a newer instruction brings the primary back");
+
+    // Cut off the API server: the same, with the agent running.
+    let server = testbed.server_pid(MEMBER).context("a running server")?;
+    let session = connect(&conninfo).await?;
+    testbed.cut_api(MEMBER)?;
+    let cut = std::time::Instant::now();
+    step("the agent is cut off the API server");
+    session.simple_query("SELECT 1").await.context("a query while the agent is cut off")?;
+    let died = watchdog_kills(testbed, &leases, server, cut, "cut").await?;
+    step(&format!("the cut-off agent's server died {:.2}s after the cut", died.as_secs_f64()));
+    assert!(session.simple_query("SELECT 1").await.is_err(), "the client's connection died with the server");
+    assert!(process_state(agent).is_some_and(|s| s != 'T' && s != 'Z'), "the agent runs on");
+    assert_eq!(testbed.agent_pid(MEMBER), Some(agent), "the agent was not restarted");
+
+    // Back in touch, it renews its Lease again, reporting the server stopped.
+    let last = renewed(&leases).await?;
+    testbed.restore_api(MEMBER)?;
+    let restored = std::time::Instant::now();
+    eventually(Duration::from_secs(30), "a renewal after the restore", || async {
+        Ok((renewed(&leases).await? > last).then_some(()))
+    })
+    .await?;
+    step(&format!("the agent renewed {:.2}s after the restore", restored.elapsed().as_secs_f64()));
+    wait_report(&leases, "stopped after the cut", |r| r.role == ServerRole::Stopped && r.epoch == 2).await?;
+    step("the agent reports its server stopped");
+    Ok(())
+}
+
+/// Wait for the watchdog to kill `server` after a fault at `since`, and
+/// check it kept its promise: dead within `FENCE_AFTER` of the last renewal
+/// (the agent's clock is this machine's), and no renewal since. Returns how
+/// long after the fault the server was seen dead.
+async fn watchdog_kills(
+    testbed: &Testbed,
+    leases: &Api<Lease>,
+    server: u32,
+    since: std::time::Instant,
+    fault: &str,
+) -> Result<Duration> {
+    // One poll of `eventually` and the watchdog's own, with room to spare.
+    let slack = Duration::from_millis(1_000);
+    eventually(
+        FENCE_AFTER + slack * 5,
+        &format!("the watchdog to kill the server after the {fault}"),
+        || async { Ok((!alive(server)).then_some(())) },
+    )
+    .await?;
+    let dead_at = Timestamp::now();
+    let after_fault = since.elapsed();
+    let last = renewed(leases).await?;
+    let unrenewed = Duration::try_from(dead_at.duration_since(last))?;
+    eprintln!(
+        "       {fault}: server {server} seen dead {:.2}s after the fault, {:.2}s after the last renewal",
+        after_fault.as_secs_f64(),
+        unrenewed.as_secs_f64()
+    );
+    assert!(unrenewed <= FENCE_AFTER + slack, "the server outlived its last renewal by {unrenewed:?}");
+    assert!(after_fault <= FENCE_AFTER + slack, "the server outlived the {fault} by {after_fault:?}");
+    assert!(testbed.server_pid(MEMBER).is_none(), "no server runs on the member's data");
+    Ok(after_fault)
+}
+
+/// When the member's Lease was last renewed (by its agent's clock).
+async fn renewed(leases: &Api<Lease>) -> Result<Timestamp> {
+    let lease = leases.get(MEMBER).await?;
+    Ok(lease.spec.and_then(|s| s.renew_time).context("a Lease without renewTime")?.0)
+}
+
 /// Write the member's instruction, as the operator would.
 async fn instruct(pods: &Api<Pod>, instruction: Instruction) -> Result<()> {
     let patch = json!({"metadata": {"annotations": {keys::INSTRUCTION_ANNOTATION: instruction.encode()}}});
     pods.patch(MEMBER, &PatchParams::default(), &Patch::Merge(patch)).await?;
     Ok(())
+}
+
+/// A client session that stays open, as an application's would.
+async fn connect(conninfo: &str) -> Result<tokio_postgres::Client> {
+    let (client, connection) =
+        tokio_postgres::connect(conninfo, tokio_postgres::NoTls).await.context("connecting to the member")?;
+    tokio::spawn(connection);
+    Ok(client)
 }
 
 /// A member pod and what it needs, as the DatabaseMirror controller would
@@ -275,8 +397,12 @@ async fn sql(conninfo: &str, statement: &str) -> Result<Vec<tokio_postgres::Row>
 
 /// The process exists and is not a zombie.
 fn alive(pid: u32) -> bool {
+    process_state(pid).is_some_and(|state| state != 'Z')
+}
+
+/// The state letter in /proc/<pid>/stat (T: stopped); `None`: no such process.
+fn process_state(pid: u32) -> Option<char> {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| s.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()))
-        .is_some_and(|state| state != 'Z')
 }
