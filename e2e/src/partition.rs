@@ -118,10 +118,8 @@ pub fn loopback_upstream(server: &str) -> Result<SocketAddr> {
     Ok(SocketAddr::new(ip, port))
 }
 
-/// Accept connections for as long as the proxy lives, cut or not (a
-/// partitioned peer's SYN is answered by nobody, but a hung handshake is
-/// what a client sees either way; accepting keeps the backlog from
-/// refusing, which a partition never does).
+/// Accept connections for as long as the proxy lives, cut or not: a
+/// partition leaves a client's connection hanging, it never refuses it.
 async fn accept(listener: TcpListener, upstream: SocketAddr, flow: watch::Receiver<Flow>) {
     let mut connections = JoinSet::new();
     loop {
