@@ -104,7 +104,7 @@ impl Operator {
     /// SIGTERM, and wait for a clean exit (SIGKILL after 30 s).
     pub fn stop(&mut self) -> Result<()> {
         if let Some(mut child) = self.child.take() {
-            Command::new("kill").args(["-TERM", &child.id().to_string()]).status()?;
+            hostwright_e2e::signal(child.id(), libc::SIGTERM).context("sending the operator SIGTERM")?;
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
                 if child.try_wait()?.is_some() {

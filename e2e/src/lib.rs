@@ -214,6 +214,7 @@ where
 
 pub mod database;
 pub mod operator;
+pub mod partition;
 pub mod sessions;
 pub mod testbed;
 pub mod trials;
@@ -233,6 +234,54 @@ pub async fn write_service_account_kubeconfig(
     name: &str,
     dir: &std::path::Path,
 ) -> Result<std::path::PathBuf> {
+    write_kubeconfig(client, namespace, name, dir, None).await
+}
+
+/// [`write_service_account_kubeconfig`], naming `server` instead of the
+/// current cluster's server: a proxy in front of it (see [`partition`]),
+/// reached with the same CA, so it must be served under a name or address
+/// the API server's certificate covers (127.0.0.1 on the local control
+/// plane).
+pub async fn write_service_account_kubeconfig_via(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    dir: &std::path::Path,
+    server: &str,
+) -> Result<std::path::PathBuf> {
+    write_kubeconfig(client, namespace, name, dir, Some(server)).await
+}
+
+/// The API server URL of the current `KUBECONFIG` context.
+pub fn api_server_url() -> Result<String> {
+    current_cluster()?.server.context("cluster without server")
+}
+
+/// The cluster of the current `KUBECONFIG` context.
+fn current_cluster() -> Result<kube::config::Cluster> {
+    let kubeconfig = kube::config::Kubeconfig::read().context("reading KUBECONFIG")?;
+    let context_name = kubeconfig.current_context.clone().context("KUBECONFIG has no current context")?;
+    let context = kubeconfig
+        .contexts
+        .iter()
+        .find(|c| c.name == context_name)
+        .and_then(|c| c.context.clone())
+        .context("current context not found")?;
+    kubeconfig
+        .clusters
+        .iter()
+        .find(|c| c.name == context.cluster)
+        .and_then(|c| c.cluster.clone())
+        .context("current cluster not found")
+}
+
+async fn write_kubeconfig(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    dir: &std::path::Path,
+    server: Option<&str>,
+) -> Result<std::path::PathBuf> {
     use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
     let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
     let request = TokenRequest {
@@ -247,21 +296,11 @@ pub async fn write_service_account_kubeconfig(
         .and_then(|s| s.token)
         .context("TokenRequest answered without a token")?;
 
-    let kubeconfig = kube::config::Kubeconfig::read().context("reading KUBECONFIG")?;
-    let context_name = kubeconfig.current_context.clone().context("KUBECONFIG has no current context")?;
-    let context = kubeconfig
-        .contexts
-        .iter()
-        .find(|c| c.name == context_name)
-        .and_then(|c| c.context.clone())
-        .context("current context not found")?;
-    let cluster = kubeconfig
-        .clusters
-        .iter()
-        .find(|c| c.name == context.cluster)
-        .and_then(|c| c.cluster.clone())
-        .context("current cluster not found")?;
-    let server = cluster.server.context("cluster without server")?;
+    let cluster = current_cluster()?;
+    let server = match server {
+        Some(server) => server.to_string(),
+        None => cluster.server.context("cluster without server")?,
+    };
     let mut cluster_entry = serde_json::json!({ "server": server });
     match (&cluster.certificate_authority_data, &cluster.certificate_authority) {
         (Some(data), _) => cluster_entry["certificate-authority-data"] = data.as_str().into(),
@@ -288,6 +327,21 @@ pub async fn write_service_account_kubeconfig(
     std::fs::write(&path, serde_yaml::to_string(&config)?)
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
+}
+
+/// Send `signal` to the process `pid` alone. A pid that would name a
+/// process group or every process (0, or one beyond `i32::MAX`, which
+/// would turn negative) is refused: the test bed's agents lead process
+/// groups that hold their watchdogs.
+pub fn signal(pid: u32, signal: libc::c_int) -> std::io::Result<()> {
+    let Some(target) = libc::pid_t::try_from(pid).ok().filter(|p| *p > 0) else {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{pid} names no single process"),
+        ));
+    };
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
+    if unsafe { libc::kill(target, signal) } == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
 use hostwright::api::WebCluster;

@@ -122,7 +122,7 @@ impl Operator {
     /// SIGTERM and wait: a clean shutdown that releases the lease.
     pub fn terminate(&mut self) -> Result<()> {
         if let Some(mut child) = self.child.take() {
-            Command::new("kill").args(["-TERM", &child.id().to_string()]).status()?;
+            crate::signal(child.id(), libc::SIGTERM).context("sending the operator SIGTERM")?;
             let status = child.wait()?;
             if !status.success() {
                 bail!("operator exited with {status} after SIGTERM; log: {}", self.log.display());

@@ -11,7 +11,13 @@
 //!   directory under `<root>/pods/<ns>/<pod>/`, resolves the data volume to
 //!   its host directory (or an emptyDir of the pod's), and runs `hostwright
 //!   agent run` with the pod's own arguments and ServiceAccount identity. The
-//!   agent supervises PostgreSQL or Redis as in the pod.
+//!   agent supervises PostgreSQL or Redis as in the pod. Each pod's agent
+//!   reaches the API server through a proxy of its own ([`partition`]).
+//!
+//! For data-safety trials it also plays an agent that stops making
+//! progress while its server keeps running: a frozen process
+//! ([`Testbed::stall_agent`]) or one cut off the API server
+//! ([`Testbed::cut_api`]).
 //!
 //! The API server refuses loopback addresses in EndpointSlices, so pods keep
 //! their KWOK addresses 10.244.c.d and the server "behind" one listens on its
@@ -22,9 +28,11 @@
 //! one for all namespaces. The two must not serve the same namespace, so the
 //! all-namespaces one leaves test namespaces (label `hostwright.io/e2e`)
 //! alone.
+//!
+//! [`partition`]: crate::partition
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
@@ -35,6 +43,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use futures::StreamExt;
+use hostwright::contract::keys;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Namespace, PersistentVolume, PersistentVolumeClaim, Pod, Secret,
 };
@@ -48,7 +57,8 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::{TEST_LABEL, write_service_account_kubeconfig};
+use crate::partition::{ApiProxy, loopback_upstream};
+use crate::{TEST_LABEL, api_server_url, write_service_account_kubeconfig_via};
 
 /// The default StorageClass of the local control plane.
 pub const STORAGE_CLASS: &str = "hostwright-local";
@@ -126,7 +136,13 @@ struct Shared {
     namespace: Option<String>,
     root: PathBuf,
     binary: PathBuf,
+    /// The API server the agents' proxies forward to (loopback).
+    api_server: SocketAddr,
     members: Mutex<HashMap<Key, Member>>,
+    /// Each pod's API proxy, by pod uid: kept across its agent's restarts
+    /// (and a retried supervisor), with its cut state; a pod's replacement
+    /// gets a new one.
+    proxies: Mutex<HashMap<Key, PodProxy>>,
     /// Pods taken down by [`Testbed::kill_member`], by uid: a replacement
     /// pod (another uid) runs, like a new pod on a healthy machine.
     down: Mutex<HashMap<Key, String>>,
@@ -144,6 +160,12 @@ struct Member {
     /// The pod's server, once its data directory is resolved.
     server: Option<ServerFiles>,
     task: Option<JoinHandle<()>>,
+}
+
+/// The API proxy of the pod with `uid`.
+struct PodProxy {
+    uid: String,
+    proxy: ApiProxy,
 }
 
 /// Where one pod's files live under the root.
@@ -204,6 +226,10 @@ impl Testbed {
             bail!("{} does not exist: `cargo build --workspace --bins` first", binary.display());
         }
         let postgres = user_ids("postgres")?;
+        let server = api_server_url()?;
+        let api_server = loopback_upstream(&server).with_context(|| {
+            format!("the test bed's agents cannot reach API server {server} through a proxy")
+        })?;
         std::fs::create_dir_all(root.join("volumes"))
             .and_then(|()| std::fs::create_dir_all(root.join("pods")))
             .with_context(|| format!("creating {}", root.display()))?;
@@ -226,7 +252,9 @@ impl Testbed {
             namespace,
             root,
             binary,
+            api_server,
             members: Mutex::default(),
+            proxies: Mutex::default(),
             down: Mutex::default(),
             test_namespaces: Mutex::default(),
             stopping: AtomicBool::new(false),
@@ -248,7 +276,7 @@ impl Testbed {
         let server = self.shared.member(&key, |m| m.server.clone()).flatten();
         let server = server.with_context(|| format!("pod {pod} has no data directory yet"))?;
         let pid = server.pid().with_context(|| format!("pod {pod} has no running server"))?;
-        signal("KILL", pid);
+        signal(pid, libc::SIGKILL);
         wait_gone(pid, Duration::from_secs(10)).await
     }
 
@@ -267,10 +295,10 @@ impl Testbed {
         // The server's pid first: once the agent is gone it is an orphan.
         let server = files.as_ref().and_then(ServerFiles::pid);
         if let Some(pid) = agent {
-            signal("KILL", pid);
+            signal(pid, libc::SIGKILL);
         }
         if let Some(pid) = server {
-            signal("KILL", pid);
+            signal(pid, libc::SIGKILL);
             wait_gone(pid, Duration::from_secs(10)).await?;
         }
         crate::eventually(Duration::from_secs(10), "the killed agent to be reaped", || async {
@@ -296,6 +324,68 @@ impl Testbed {
     pub fn server_pid(&self, pod: &str) -> Option<u32> {
         let key = self.key(pod).ok()?;
         self.shared.member(&key, |m| m.server.clone()).flatten()?.pid()
+    }
+
+    /// SIGSTOP the pod's agent process alone, as a frozen or starved
+    /// process: its watchdog (a child in its process group) and its server
+    /// (in a group of its own) run on, and clients keep their connections.
+    /// Returns once the kernel shows the agent stopped. The supervisor does
+    /// not take a stopped agent for an exited one; an agent started later
+    /// for the pod runs.
+    pub async fn stall_agent(&self, pod: &str) -> Result<()> {
+        let pid = self.agent_pid(pod).with_context(|| format!("pod {pod} has no running agent"))?;
+        crate::signal(pid, libc::SIGSTOP)
+            .with_context(|| format!("stopping the agent of {pod} (pid {pid})"))?;
+        self.note(pod, &format!("agent stalled (SIGSTOP to pid {pid})"));
+        crate::eventually(Duration::from_secs(10), &format!("agent {pid} to be stopped"), || async {
+            Ok((process_state(pid) == Some('T')).then_some(()))
+        })
+        .await
+    }
+
+    /// SIGCONT the pod's agent after [`Testbed::stall_agent`]; returns once
+    /// it runs again.
+    pub async fn resume_agent(&self, pod: &str) -> Result<()> {
+        let pid = self.agent_pid(pod).with_context(|| format!("pod {pod} has no running agent"))?;
+        crate::signal(pid, libc::SIGCONT)
+            .with_context(|| format!("resuming the agent of {pod} (pid {pid})"))?;
+        self.note(pod, &format!("agent resumed (SIGCONT to pid {pid})"));
+        crate::eventually(Duration::from_secs(10), &format!("agent {pid} to run"), || async {
+            Ok((process_state(pid) != Some('T')).then_some(()))
+        })
+        .await
+    }
+
+    /// Partition the pod's agent from the API server: its open connections
+    /// hang and new ones get no answer, until [`Testbed::restore_api`]. The
+    /// cut outlasts restarts of the agent; nothing else goes through it.
+    pub fn cut_api(&self, pod: &str) -> Result<()> {
+        self.with_proxy(pod, ApiProxy::cut)?;
+        self.note(pod, "API cut");
+        Ok(())
+    }
+
+    /// End the pod's partition: its hung connections are dropped, so the
+    /// agent connects anew, and traffic flows.
+    pub fn restore_api(&self, pod: &str) -> Result<()> {
+        self.with_proxy(pod, ApiProxy::restore)?;
+        self.note(pod, "API restored");
+        Ok(())
+    }
+
+    fn with_proxy(&self, pod: &str, act: impl FnOnce(&ApiProxy)) -> Result<()> {
+        let key = self.key(pod)?;
+        let proxies = lock(&self.shared.proxies);
+        let proxy = proxies.get(&key).with_context(|| format!("pod {pod} has no API proxy yet"))?;
+        act(&proxy.proxy);
+        Ok(())
+    }
+
+    /// A line in the pod's log, so a trial's faults show among the agent's lines.
+    fn note(&self, pod: &str, message: &str) {
+        if let Ok(key) = self.key(pod) {
+            PodPaths::new(&self.shared.root, &key).note(message);
+        }
     }
 
     /// The pod's log so far: the agent's output and the test bed's notes.
@@ -329,6 +419,8 @@ impl Testbed {
                 outcome = Err(anyhow!(err).context("a pod supervisor failed"));
             }
         }
+        // Only now: stopping agents release their Leases through them.
+        lock(&self.shared.proxies).clear();
         outcome
     }
 
@@ -366,7 +458,9 @@ impl Drop for Testbed {
         for member in lock(&self.shared.members).values() {
             let _ = member.stop.send(true);
             if let Some(pid) = member.agent {
-                signal("TERM", pid);
+                signal(pid, libc::SIGTERM);
+                // A stalled agent would only see the SIGTERM once resumed.
+                signal(pid, libc::SIGCONT);
                 running.push((pid, member.server.clone()));
             }
         }
@@ -376,12 +470,13 @@ impl Drop for Testbed {
                 std::thread::sleep(Duration::from_millis(100));
             }
             if alive(pid) {
-                signal("KILL", pid);
+                signal(pid, libc::SIGKILL);
             }
             if let Some(server) = files.as_ref().and_then(ServerFiles::pid) {
-                signal("KILL", server);
+                signal(server, libc::SIGKILL);
             }
         }
+        lock(&self.shared.proxies).clear();
     }
 }
 
@@ -405,6 +500,18 @@ impl Shared {
         if let Some(member) = lock(&self.members).get_mut(key).filter(|m| m.uid == uid) {
             write(member);
         }
+    }
+
+    /// The address of the API proxy of pod `uid`, started on first use.
+    async fn proxy(&self, key: &Key, uid: &str) -> Result<SocketAddr> {
+        if let Some(p) = lock(&self.proxies).get(key).filter(|p| p.uid == uid) {
+            return Ok(p.proxy.address());
+        }
+        // One supervisor per pod name at a time: nobody starts one meanwhile.
+        let proxy = ApiProxy::start(self.api_server).await?;
+        let address = proxy.address();
+        lock(&self.proxies).insert(key.clone(), PodProxy { uid: uid.into(), proxy });
+        Ok(address)
     }
 
     fn is_down(&self, key: &Key, uid: &str) -> bool {
@@ -658,6 +765,11 @@ async fn run_pods(shared: Arc<Shared>) -> Result<()> {
                 let _ = member.stop.send(true);
             }
         }
+        // A proxy lives as long as its pod is wanted or its agent runs.
+        lock(&shared.proxies).retain(|key, p| {
+            members.get(key).is_some_and(|m| m.uid == p.uid)
+                || wanted.get(key).and_then(|pod| pod.uid()).is_some_and(|uid| uid == p.uid)
+        });
         if shared.stopping.load(Ordering::SeqCst) {
             continue;
         }
@@ -733,6 +845,7 @@ async fn supervise_inner(
         }
     };
     shared.update(key, uid, |m| m.server = Some(setup.server.clone()));
+    let api = format!("https://{}", shared.proxy(key, uid).await?);
     loop {
         while shared.is_down(key, uid) {
             if stop_requested(stop, Duration::from_millis(200)).await {
@@ -742,8 +855,14 @@ async fn supervise_inner(
         if *stop.borrow() {
             return Ok(());
         }
-        if let Err(err) =
-            write_service_account_kubeconfig(&shared.client, &key.0, &setup.service_account, &paths.dir).await
+        if let Err(err) = write_service_account_kubeconfig_via(
+            &shared.client,
+            &key.0,
+            &setup.service_account,
+            &paths.dir,
+            &api,
+        )
+        .await
         {
             paths.note(&format!("waiting for a ServiceAccount token: {err:#}"));
             if stop_requested(stop, RESTART_DELAY).await {
@@ -772,8 +891,8 @@ async fn supervise_inner(
                     }
                 }
                 _ = refresh.tick() => {
-                    let refreshed = write_service_account_kubeconfig(
-                        &shared.client, &key.0, &setup.service_account, &paths.dir,
+                    let refreshed = write_service_account_kubeconfig_via(
+                        &shared.client, &key.0, &setup.service_account, &paths.dir, &api,
                     ).await;
                     if let Err(err) = refreshed {
                         paths.note(&format!("could not refresh the token: {err:#}"));
@@ -794,7 +913,7 @@ async fn supervise_inner(
         // The container is gone with its main process; so is what it started.
         if let Some(server) = setup.server.pid() {
             paths.note(&format!("killing the server the agent left behind (pid {server})"));
-            signal("KILL", server);
+            signal(server, libc::SIGKILL);
             wait_gone(server, Duration::from_secs(10)).await?;
         }
         if stopping || stop_requested(stop, RESTART_DELAY).await {
@@ -856,6 +975,8 @@ impl ServerFiles {
 
 /// What a pod's agent is started with.
 struct Setup {
+    /// The pod's uid, which the agent is told, as by the downward API.
+    pod_uid: String,
     server: ServerFiles,
     /// The settings file (`--config`) under the pod's ConfigMap directory.
     config: PathBuf,
@@ -928,6 +1049,7 @@ async fn set_up(shared: &Shared, pod: &Pod, paths: &PodPaths) -> Result<Setup> {
         .collect();
     let config_file = Path::new(config_arg).file_name().context("--config names no file")?;
     Ok(Setup {
+        pod_uid: pod.uid().context("pod without uid")?,
         server: ServerFiles { engine, data },
         config: paths.config().join(config_file),
         twin,
@@ -1023,6 +1145,7 @@ fn spawn_agent(
         .arg(paths.credentials())
         .args(["--run-as-user", setup.server.engine.user()])
         .env("KUBECONFIG", paths.dir.join("kubeconfig"))
+        .env(keys::POD_UID_ENV, &setup.pod_uid)
         .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
         .stdin(Stdio::null())
         .stdout(Stdio::from(log.try_clone()?))
@@ -1040,13 +1163,15 @@ async fn terminate(
     server: &ServerFiles,
 ) -> std::io::Result<std::process::ExitStatus> {
     if let Some(pid) = agent.id() {
-        signal("TERM", pid);
+        signal(pid, libc::SIGTERM);
+        // A stalled agent would only see the SIGTERM once resumed.
+        signal(pid, libc::SIGCONT);
     }
     match tokio::time::timeout(STOP_TIMEOUT, agent.wait()).await {
         Ok(status) => status,
         Err(_) => {
             if let Some(pid) = server.pid() {
-                signal("KILL", pid);
+                signal(pid, libc::SIGKILL);
             }
             agent.kill().await?;
             agent.wait().await
@@ -1059,9 +1184,15 @@ async fn terminate(
 
 /// The process exists and is not a zombie (dead, not yet reaped).
 fn alive(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    process_state(pid).is_some_and(|s| s != 'Z')
+}
+
+/// The state letter in /proc/<pid>/stat (R, S, T for stopped, Z...); `None`
+/// when there is no such process.
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // "pid (comm) S ...": comm may hold spaces and parentheses.
-    stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()).is_some_and(|s| s != 'Z')
+    stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next())
 }
 
 async fn wait_gone(pid: u32, timeout: Duration) -> Result<()> {
@@ -1069,11 +1200,9 @@ async fn wait_gone(pid: u32, timeout: Duration) -> Result<()> {
         .await
 }
 
-fn signal(name: &str, pid: u32) {
-    let _ = std::process::Command::new("kill")
-        .args([&format!("-{name}"), &pid.to_string()])
-        .stderr(Stdio::null())
-        .status();
+/// Best effort: the process may be gone already.
+fn signal(pid: u32, signal: libc::c_int) {
+    let _ = crate::signal(pid, signal);
 }
 
 fn user_ids(user: &str) -> Result<(u32, u32)> {

@@ -3,14 +3,16 @@
 //! operator's own builders) gets an agent and a PostgreSQL server on its
 //! twin address, with the pod's ServiceAccount identity. No operator runs
 //! here: the test writes the instruction annotations itself, and plays crash,
-//! power loss, return, pod deletion and claim deletion.
+//! power loss, return, pod deletion and claim deletion; and an agent that
+//! stops making progress (frozen, or cut off the API server) while its
+//! server runs on, which its watchdog must kill.
 
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use hostwright::api::{DatabaseMirror, DatabaseMirrorSpec};
-use hostwright::contract::timing::LEASE;
+use hostwright::contract::timing::{FENCE_AFTER, LEASE};
 use hostwright::contract::{Desired, Instruction, Report, ServerRole, decode_report, keys};
 use hostwright::resources::databasemirror::{Passwords, blueprint, children, credentials};
 use hostwright_e2e::testbed::{Testbed, ready_endpoints, twin};
@@ -20,6 +22,7 @@ use k8s_openapi::api::core::v1::{
     ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount,
 };
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, Resource};
 use serde::Serialize;
@@ -32,14 +35,27 @@ const TIMEOUT: Duration = Duration::from_secs(120);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn testbed_provisions_volumes_and_runs_member_pods() -> Result<()> {
+    on_testbed("testbed", exercise).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_or_cut_off_agent_loses_its_server_to_its_watchdog() -> Result<()> {
+    on_testbed("chaos", stall_and_cut).await
+}
+
+/// Run `body` in a namespace of its own, with a test bed for it.
+async fn on_testbed(
+    prefix: &str,
+    body: impl AsyncFnOnce(&Client, &TestNamespace, &Testbed) -> Result<()>,
+) -> Result<()> {
     if !Path::new("/usr/lib/postgresql/15/bin/postgres").exists() {
         bail!("PostgreSQL 15 is not installed (make deps)");
     }
     let client = client().await?;
-    let ns = TestNamespace::create(&client, "testbed", &[]).await?;
+    let ns = TestNamespace::create(&client, prefix, &[]).await?;
     let root = std::env::temp_dir().join(format!("hostwright-testbed-{}", ns.name));
     let testbed = Testbed::start(client.clone(), Some(ns.name.clone()), root.clone()).await?;
-    let result = exercise(&client, &ns, &testbed).await;
+    let result = body(&client, &ns, &testbed).await;
     if result.is_err() {
         eprintln!("--- log of {MEMBER} ---\n{}", testbed.log(MEMBER));
     }
@@ -51,32 +67,7 @@ async fn testbed_provisions_volumes_and_runs_member_pods() -> Result<()> {
 async fn exercise(client: &Client, ns: &TestNamespace, testbed: &Testbed) -> Result<()> {
     let started = std::time::Instant::now();
     let step = |what: &str| eprintln!("{:>6.1}s {what}", started.elapsed().as_secs_f64());
-    // The objects the DatabaseMirror controller would create, from its own
-    // builders. The DatabaseMirror exists in memory only; its made-up uid
-    // would dangle in owner references, so they are dropped.
-    let spec: DatabaseMirrorSpec = serde_yaml::from_str("instance: {storage: {size: 1Gi}}")?;
-    let mut dbm = DatabaseMirror::new("db", spec);
-    dbm.metadata.namespace = Some(ns.name.clone());
-    dbm.metadata.uid = Some("00000000-0000-4000-8000-000000000001".into());
-    let salt: u32 = rand::random();
-    let passwords = Passwords {
-        owner: format!("owner-{salt:08x}"),
-        replication: format!("repl-{salt:08x}"),
-        superuser: format!("su-{salt:08x}"),
-    };
-    let blueprint = blueprint(&dbm)?;
-    let children = children(&dbm, &blueprint);
-    let credentials_secret = credentials(&dbm, &blueprint, &passwords);
-    create(ns.api::<ConfigMap>(), children.config).await?;
-    create(ns.api::<Secret>(), credentials_secret.clone()).await?;
-    create_agent_identity(ns).await?;
-    let volume = blueprint.member_volume(MEMBER).context("a DatabaseMirror always has storage")?;
-    create(ns.api::<PersistentVolumeClaim>(), volume).await?;
-    let mut pod = blueprint.member_pod(MEMBER, "hostwright:e2e");
-    let annotations = pod.metadata.annotations.get_or_insert_default();
-    let first = Instruction { initialize: true, ..Instruction::new(Desired::Primary, 1) };
-    annotations.insert(keys::INSTRUCTION_ANNOTATION.into(), first.encode());
-    create(ns.api::<Pod>(), pod).await?;
+    let (read_write, credentials_secret) = create_member(ns).await?;
 
     // The claim gets a volume of the default class, in a directory of its own.
     let claims: Api<PersistentVolumeClaim> = ns.api();
@@ -104,18 +95,15 @@ async fn exercise(client: &Client, ns: &TestNamespace, testbed: &Testbed) -> Res
     wait_report(&leases, "primary", |r| r.role == ServerRole::Primary).await?;
     step("the member reports primary");
     let pods: Api<Pod> = ns.api();
-    let pod_ip = pods.get(MEMBER).await?.status.and_then(|s| s.pod_ip).context("pod without address")?;
+    let pod = pods.get(MEMBER).await?;
+    // Like the downward API: the agent acts on this pod only.
+    let agent = testbed.agent_pid(MEMBER).context("a running agent")?;
+    let environ = std::fs::read(format!("/proc/{agent}/environ")).context("the agent's environment")?;
+    let told = format!("{}={}", keys::POD_UID_ENV, pod.metadata.uid.as_deref().context("pod without uid")?);
+    assert!(environ.split(|b| *b == 0).any(|v| v == told.as_bytes()), "the agent is told {told}");
+    let pod_ip = pod.status.and_then(|s| s.pod_ip).context("pod without address")?;
     let address = twin(&pod_ip).context("a 10.244.0.0/16 pod address")?;
-    let secret = |key: &str| -> Result<String> {
-        let data = credentials_secret.data.as_ref().context("Secret without data")?;
-        Ok(String::from_utf8(data.get(key).with_context(|| format!("Secret key {key}"))?.0.clone())?)
-    };
-    let conninfo = format!(
-        "host={address} port=5432 user={} password={} dbname={} connect_timeout=3",
-        secret("username")?,
-        secret("password")?,
-        secret("database")?
-    );
+    let conninfo = conninfo(&address, &credentials_secret)?;
     sql(&conninfo, "CREATE TABLE orders (id int)").await?;
     sql(&conninfo, "INSERT INTO orders SELECT generate_series(1, 25)").await?;
 
@@ -123,10 +111,10 @@ async fn exercise(client: &Client, ns: &TestNamespace, testbed: &Testbed) -> Res
 
     // Clients find the server through the Service the operator routes by
     // role label: its ready endpoint is the same twin address.
-    create(ns.api::<Service>(), children.read_write.clone()).await?;
+    create(ns.api::<Service>(), read_write.clone()).await?;
     let label = json!({"metadata": {"labels": {"hostwright.io/role": "primary"}}});
     pods.patch(MEMBER, &PatchParams::default(), &Patch::Merge(label)).await?;
-    let rw = children.read_write.metadata.name.clone().context("Service without name")?;
+    let rw = read_write.metadata.name.clone().context("Service without name")?;
     eventually(Duration::from_secs(60), "the primary behind the rw Service", || async {
         Ok((ready_endpoints(client, &ns.name, &rw).await? == [address.clone()]).then_some(()))
     })
@@ -153,19 +141,14 @@ async fn exercise(client: &Client, ns: &TestNamespace, testbed: &Testbed) -> Res
     // it meanwhile) until the engine has fenced it and told it to serve
     // again; then it starts on the same volume, data intact.
     testbed.revive(MEMBER)?;
-    wait_report(&leases, "back, waiting", |r| r.role == ServerRole::Stopped && r.epoch == 1).await?;
+    wait_report(&leases, "stopped, waiting to be fenced", |r| r.role == ServerRole::Stopped && r.epoch == 1)
+        .await?;
     for (desired, epoch) in [(Desired::Primary, 2), (Desired::Fenced, 3)] {
-        let instruction = serde_json::json!({ "metadata": { "annotations": {
-            keys::INSTRUCTION_ANNOTATION: Instruction::new(desired, epoch).encode(),
-        }}});
-        pods.patch(MEMBER, &PatchParams::default(), &Patch::Merge(instruction)).await?;
+        instruct(&pods, Instruction::new(desired, epoch)).await?;
         wait_report(&leases, "the instruction read", |r| r.epoch == epoch && r.role == ServerRole::Stopped)
             .await?;
     }
-    let again = serde_json::json!({ "metadata": { "annotations": {
-        keys::INSTRUCTION_ANNOTATION: Instruction::new(Desired::Primary, 4).encode(),
-    }}});
-    pods.patch(MEMBER, &PatchParams::default(), &Patch::Merge(again)).await?;
+    instruct(&pods, Instruction::new(Desired::Primary, 4)).await?;
     wait_report(&leases, "primary again", |r| r.role == ServerRole::Primary && r.epoch == 4).await?;
     let rows = sql(&conninfo, "SELECT count(*) FROM orders").await?;
     assert_eq!(rows[0].get::<_, i64>(0), 25, "the volume kept every row");
@@ -187,6 +170,173 @@ async fn exercise(client: &Client, ns: &TestNamespace, testbed: &Testbed) -> Res
     assert!(!Path::new(&dir).exists(), "{dir} is removed with its volume");
     step("the released volume and its directory are gone");
     Ok(())
+}
+
+/// The watchdog's promise: an agent that stops making progress while its
+/// server runs on, frozen or cut off the API server, has its server killed
+/// within `FENCE_AFTER` of its last renewal, and so before anyone could
+/// take its Lease over. A frozen agent stays frozen meanwhile; a cut-off
+/// one renews again once the API server is back.
+async fn stall_and_cut(_client: &Client, ns: &TestNamespace, testbed: &Testbed) -> Result<()> {
+    let started = std::time::Instant::now();
+    let step = |what: &str| eprintln!("{:>6.1}s {what}", started.elapsed().as_secs_f64());
+    let (_, credentials_secret) = create_member(ns).await?;
+    let leases: Api<Lease> = ns.api();
+    let pods: Api<Pod> = ns.api();
+    wait_report(&leases, "primary", |r| r.role == ServerRole::Primary).await?;
+    step("the member reports primary");
+    let pod_ip = pods.get(MEMBER).await?.status.and_then(|s| s.pod_ip).context("pod without address")?;
+    let conninfo = conninfo(&twin(&pod_ip).context("a 10.244.0.0/16 pod address")?, &credentials_secret)?;
+
+    // A frozen agent: its watchdog kills the server it can no longer fence.
+    let agent = testbed.agent_pid(MEMBER).context("a running agent")?;
+    let server = testbed.server_pid(MEMBER).context("a running server")?;
+    let session = connect(&conninfo).await?;
+    testbed.stall_agent(MEMBER).await?;
+    let stalled = std::time::Instant::now();
+    step("the agent is stalled");
+    session.simple_query("SELECT 1").await.context("a query while the agent is stalled")?;
+    let died = watchdog_kills(testbed, &leases, server, stalled, "stall").await?;
+    step(&format!("the stalled agent's server died {:.2}s after the stall", died.as_secs_f64()));
+    assert!(session.simple_query("SELECT 1").await.is_err(), "the client's connection died with the server");
+    assert_eq!(process_state(agent), Some('T'), "the agent stays stopped");
+    assert_eq!(testbed.agent_pid(MEMBER), Some(agent), "a stalled agent is neither reaped nor restarted");
+
+    // Resumed, it finds its server gone and reports it; a newer instruction
+    // brings the primary back.
+    testbed.resume_agent(MEMBER).await?;
+    wait_report(&leases, "stopped after the stall", |r| r.role == ServerRole::Stopped).await?;
+    step("the resumed agent reports its server stopped");
+    instruct(&pods, Instruction::new(Desired::Primary, 2)).await?;
+    wait_report(&leases, "primary at epoch 2", |r| r.role == ServerRole::Primary && r.epoch == 2).await?;
+    step("a newer instruction brings the primary back");
+
+    // Cut off the API server: the same, with the agent running.
+    let server = testbed.server_pid(MEMBER).context("a running server")?;
+    let session = connect(&conninfo).await?;
+    testbed.cut_api(MEMBER)?;
+    let cut = std::time::Instant::now();
+    step("the agent is cut off the API server");
+    session.simple_query("SELECT 1").await.context("a query while the agent is cut off")?;
+    let died = watchdog_kills(testbed, &leases, server, cut, "cut").await?;
+    step(&format!("the cut-off agent's server died {:.2}s after the cut", died.as_secs_f64()));
+    assert!(session.simple_query("SELECT 1").await.is_err(), "the client's connection died with the server");
+    assert!(process_state(agent).is_some_and(|s| s != 'T' && s != 'Z'), "the agent runs on");
+    assert_eq!(testbed.agent_pid(MEMBER), Some(agent), "the agent was not restarted");
+
+    // Back in touch, it renews its Lease again, reporting the server stopped.
+    let last = renewed(&leases).await?;
+    testbed.restore_api(MEMBER)?;
+    let restored = std::time::Instant::now();
+    eventually(Duration::from_secs(30), "a renewal after the restore", || async {
+        Ok((renewed(&leases).await? > last).then_some(()))
+    })
+    .await?;
+    step(&format!("the agent renewed {:.2}s after the restore", restored.elapsed().as_secs_f64()));
+    wait_report(&leases, "stopped after the cut", |r| r.role == ServerRole::Stopped && r.epoch == 2).await?;
+    step("the agent reports its server stopped");
+    Ok(())
+}
+
+/// Wait for the watchdog to kill `server` after a fault at `since`, and
+/// check it kept its promise: dead within `FENCE_AFTER` of the last renewal
+/// (the agent's clock is this machine's), and no renewal since. Returns how
+/// long after the fault the server was seen dead.
+async fn watchdog_kills(
+    testbed: &Testbed,
+    leases: &Api<Lease>,
+    server: u32,
+    since: std::time::Instant,
+    fault: &str,
+) -> Result<Duration> {
+    // One poll of `eventually` and the watchdog's own, with room to spare.
+    let slack = Duration::from_millis(1_000);
+    eventually(
+        FENCE_AFTER + slack * 5,
+        &format!("the watchdog to kill the server after the {fault}"),
+        || async { Ok((!alive(server)).then_some(())) },
+    )
+    .await?;
+    let dead_at = Timestamp::now();
+    let after_fault = since.elapsed();
+    let last = renewed(leases).await?;
+    let unrenewed = Duration::try_from(dead_at.duration_since(last))?;
+    eprintln!(
+        "       {fault}: server {server} seen dead {:.2}s after the fault, {:.2}s after the last renewal",
+        after_fault.as_secs_f64(),
+        unrenewed.as_secs_f64()
+    );
+    assert!(unrenewed <= FENCE_AFTER + slack, "the server outlived its last renewal by {unrenewed:?}");
+    assert!(after_fault <= FENCE_AFTER + slack, "the server outlived the {fault} by {after_fault:?}");
+    assert!(testbed.server_pid(MEMBER).is_none(), "no server runs on the member's data");
+    Ok(after_fault)
+}
+
+/// When the member's Lease was last renewed (by its agent's clock).
+async fn renewed(leases: &Api<Lease>) -> Result<Timestamp> {
+    let lease = leases.get(MEMBER).await?;
+    Ok(lease.spec.and_then(|s| s.renew_time).context("a Lease without renewTime")?.0)
+}
+
+/// Write the member's instruction, as the operator would.
+async fn instruct(pods: &Api<Pod>, instruction: Instruction) -> Result<()> {
+    let patch = json!({"metadata": {"annotations": {keys::INSTRUCTION_ANNOTATION: instruction.encode()}}});
+    pods.patch(MEMBER, &PatchParams::default(), &Patch::Merge(patch)).await?;
+    Ok(())
+}
+
+/// A client session that stays open, as an application's would.
+async fn connect(conninfo: &str) -> Result<tokio_postgres::Client> {
+    let (client, connection) =
+        tokio_postgres::connect(conninfo, tokio_postgres::NoTls).await.context("connecting to the member")?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+/// A member pod and what it needs, as the DatabaseMirror controller would
+/// create them (from its own builders), told to initialise a primary; its
+/// read-write Service (not created) and its credentials.
+/// The DatabaseMirror exists in memory only; its made-up uid would dangle
+/// in owner references, so they are dropped.
+async fn create_member(ns: &TestNamespace) -> Result<(Service, Secret)> {
+    let spec: DatabaseMirrorSpec = serde_yaml::from_str("instance: {storage: {size: 1Gi}}")?;
+    let mut dbm = DatabaseMirror::new("db", spec);
+    dbm.metadata.namespace = Some(ns.name.clone());
+    dbm.metadata.uid = Some("00000000-0000-4000-8000-000000000001".into());
+    let salt: u32 = rand::random();
+    let passwords = Passwords {
+        owner: format!("owner-{salt:08x}"),
+        replication: format!("repl-{salt:08x}"),
+        superuser: format!("su-{salt:08x}"),
+    };
+    let blueprint = blueprint(&dbm)?;
+    let children = children(&dbm, &blueprint);
+    let credentials_secret = credentials(&dbm, &blueprint, &passwords);
+    create(ns.api::<ConfigMap>(), children.config).await?;
+    create(ns.api::<Secret>(), credentials_secret.clone()).await?;
+    create_agent_identity(ns).await?;
+    let volume = blueprint.member_volume(MEMBER).context("a DatabaseMirror always has storage")?;
+    create(ns.api::<PersistentVolumeClaim>(), volume).await?;
+    let mut pod = blueprint.member_pod(MEMBER, "hostwright:e2e");
+    let annotations = pod.metadata.annotations.get_or_insert_default();
+    let first = Instruction { initialize: true, ..Instruction::new(Desired::Primary, 1) };
+    annotations.insert(keys::INSTRUCTION_ANNOTATION.into(), first.encode());
+    create(ns.api::<Pod>(), pod).await?;
+    Ok((children.read_write, credentials_secret))
+}
+
+/// How to reach the member's database at `address` as its owner.
+fn conninfo(address: &str, credentials: &Secret) -> Result<String> {
+    let secret = |key: &str| -> Result<String> {
+        let data = credentials.data.as_ref().context("Secret without data")?;
+        Ok(String::from_utf8(data.get(key).with_context(|| format!("Secret key {key}"))?.0.clone())?)
+    };
+    Ok(format!(
+        "host={address} port=5432 user={} password={} dbname={} connect_timeout=3",
+        secret("username")?,
+        secret("password")?,
+        secret("database")?
+    ))
 }
 
 /// The agent's own identity: what it reads and writes, nothing more.
@@ -249,8 +399,12 @@ async fn sql(conninfo: &str, statement: &str) -> Result<Vec<tokio_postgres::Row>
 
 /// The process exists and is not a zombie.
 fn alive(pid: u32) -> bool {
+    process_state(pid).is_some_and(|state| state != 'Z')
+}
+
+/// The state letter in /proc/<pid>/stat (T: stopped); `None`: no such process.
+fn process_state(pid: u32) -> Option<char> {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| s.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()))
-        .is_some_and(|state| state != 'Z')
 }
