@@ -8,7 +8,9 @@
 //! - `served`: the epoch under which this member last started as primary,
 //!   cleared by the next fence: a primary that stopped (and a restarted
 //!   agent) never comes back before the engine fenced it;
-//! - `seen`: the highest instruction epoch any agent of this member saw.
+//! - `seen`: the highest instruction epoch any agent of this member saw;
+//! - `ran`: a server has run on this data since it was prepared (initialised,
+//!   cloned or rewound): a server that keeps nothing on disk lost it then.
 
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
@@ -33,6 +35,7 @@ pub struct Marker {
     pub lineage: Option<Epoch>,
     pub served: Option<Epoch>,
     pub seen: Option<Epoch>,
+    pub ran: bool,
 }
 
 impl Marker {
@@ -43,6 +46,9 @@ impl Marker {
             if let Some(value) = value {
                 out.push_str(&format!(" {key}={value}"));
             }
+        }
+        if self.ran {
+            out.push_str(" ran");
         }
         out.push('\n');
         out
@@ -58,6 +64,7 @@ impl Marker {
                 Some(("lineage", n)) => marker.lineage = n.parse().ok(),
                 Some(("served", n)) => marker.served = n.parse().ok(),
                 Some(("seen", n)) => marker.seen = n.parse().ok(),
+                None if word == "ran" => marker.ran = true,
                 _ => {}
             }
         }
@@ -93,7 +100,7 @@ mod tests {
 
     #[test]
     fn the_marker_survives_the_round_trip() {
-        let marker = Marker { primary: false, lineage: Some(7), served: Some(3), seen: Some(9) };
+        let marker = Marker { primary: false, lineage: Some(7), served: Some(3), seen: Some(9), ran: true };
         assert_eq!(Marker::parse(&marker.encode()), marker);
         assert_eq!(Marker::parse("role=standby"), Marker { primary: false, ..Marker::default() });
     }

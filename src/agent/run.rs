@@ -327,13 +327,10 @@ impl<S: Server> Agent<S> {
     /// What the volume holds: the engine's files, refined by the marker.
     async fn data(&self, running: bool) -> DataState {
         let raw = self.driver.data_state().await;
-        // A server that keeps nothing on disk lost its data when it stopped,
-        // unless it never ran since its data set was initialised for the
-        // instruction at hand (a fresh store's first primary, about to start).
-        let fresh = self.marker.as_ref().is_some_and(|m| {
-            m.primary && m.served.is_none() && m.lineage == Some(self.epoch()) && self.epoch() > 0
-        });
-        if raw == DataState::Empty || (!running && !fresh && !self.driver.keeps_data().await) {
+        // A server that keeps nothing on disk lost its data when it stopped;
+        // data prepared (initialised, cloned) but not yet served is intact.
+        let ran = self.marker.as_ref().is_some_and(|m| m.ran);
+        if raw == DataState::Empty || (!running && ran && !self.driver.keeps_data().await) {
             return DataState::Empty;
         }
         match &self.marker {
@@ -456,7 +453,7 @@ impl<S: Server> Agent<S> {
     fn adopt(&mut self, primary: &Endpoint) -> Result<(), MarkerError> {
         self.last_position = None;
         let old = self.marker_or_default();
-        self.set_marker(Marker { primary: false, lineage: primary.lineage.or(old.lineage), ..old })
+        self.set_marker(Marker { primary: false, lineage: primary.lineage.or(old.lineage), ran: false, ..old })
     }
 
     /// A mirror streaming from its upstream takes on the upstream's lineage
@@ -486,6 +483,9 @@ impl<S: Server> Agent<S> {
         self.following = following;
         self.relaxed = Some(false);
         self.guard_server();
+        if !self.marker.as_ref().is_some_and(|m| m.ran) {
+            self.update_marker(|m| m.ran = true);
+        }
     }
 
     fn guard_server(&mut self) {
