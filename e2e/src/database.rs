@@ -218,6 +218,12 @@ impl SplitBrainProbe {
         Ok(Self { accepted, stop, tasks })
     }
 
+    /// When `member` last accepted a probe write that began after `after`.
+    pub fn last_accepted_by(&self, member: &str, after: Instant) -> Option<Instant> {
+        let accepted = self.accepted.lock().unwrap_or_else(|p| p.into_inner());
+        accepted.iter().filter(|a| a.member == member && a.start >= after).map(|a| a.end).max()
+    }
+
     /// Stop probing; returns every pair of writes two different members
     /// accepted at overlapping moments (empty: never two writers).
     pub async fn stop(self) -> (usize, Vec<(Accepted, Accepted)>) {

@@ -216,6 +216,7 @@ pub mod database;
 pub mod operator;
 pub mod partition;
 pub mod sessions;
+pub mod site;
 pub mod testbed;
 pub mod trials;
 pub mod writer;

@@ -356,6 +356,49 @@ impl Testbed {
         .await
     }
 
+    /// SIGSTOP the pod's agent and its watchdog (its process group) while
+    /// the server runs on: a fault past what the design covers (the
+    /// watchdog is there so that this cannot leave a live primary), to show
+    /// what the engine alone still guarantees. Undone by
+    /// [`Testbed::resume_agent_and_watchdog`].
+    pub async fn stall_agent_and_watchdog(&self, pod: &str) -> Result<()> {
+        let pid = self.agent_pid(pod).with_context(|| format!("pod {pod} has no running agent"))?;
+        signal_group(pid, libc::SIGSTOP).with_context(|| format!("stopping the agent group of {pod}"))?;
+        self.note(pod, &format!("agent and watchdog stalled (SIGSTOP to process group {pid})"));
+        crate::eventually(Duration::from_secs(10), &format!("agent {pid} to be stopped"), || async {
+            Ok((process_state(pid) == Some('T')).then_some(()))
+        })
+        .await
+    }
+
+    /// SIGCONT what [`Testbed::stall_agent_and_watchdog`] stopped.
+    pub async fn resume_agent_and_watchdog(&self, pod: &str) -> Result<()> {
+        let pid = self.agent_pid(pod).with_context(|| format!("pod {pod} has no running agent"))?;
+        signal_group(pid, libc::SIGCONT).with_context(|| format!("resuming the agent group of {pod}"))?;
+        self.note(pod, &format!("agent and watchdog resumed (SIGCONT to process group {pid})"));
+        crate::eventually(Duration::from_secs(10), &format!("agent {pid} to run"), || async {
+            Ok((process_state(pid) != Some('T')).then_some(()))
+        })
+        .await
+    }
+
+    /// SIGSTOP the pod's server (its whole process group): a server that
+    /// hangs while its agent runs, e.g. in the middle of a promotion.
+    pub fn stall_server(&self, pod: &str) -> Result<()> {
+        let pid = self.server_pid(pod).with_context(|| format!("pod {pod} has no running server"))?;
+        signal_group(pid, libc::SIGSTOP).with_context(|| format!("stopping the server of {pod}"))?;
+        self.note(pod, &format!("server stalled (SIGSTOP to process group {pid})"));
+        Ok(())
+    }
+
+    /// SIGCONT what [`Testbed::stall_server`] stopped.
+    pub fn resume_server(&self, pod: &str) -> Result<()> {
+        let pid = self.server_pid(pod).with_context(|| format!("pod {pod} has no running server"))?;
+        signal_group(pid, libc::SIGCONT).with_context(|| format!("resuming the server of {pod}"))?;
+        self.note(pod, &format!("server resumed (SIGCONT to process group {pid})"));
+        Ok(())
+    }
+
     /// Partition the pod's agent from the API server: its open connections
     /// hang and new ones get no answer, until [`Testbed::restore_api`]. The
     /// cut outlasts restarts of the agent; nothing else goes through it.
@@ -1183,6 +1226,15 @@ async fn terminate(
 // Processes and files
 
 /// The process exists and is not a zombie (dead, not yet reaped).
+/// Send `signal` to the process group `group` (a process that leads it).
+fn signal_group(group: u32, signal: libc::c_int) -> std::io::Result<()> {
+    let Some(target) = libc::pid_t::try_from(group).ok().filter(|g| *g > 1) else {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{group} names no group")));
+    };
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
+    if unsafe { libc::kill(-target, signal) } == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
 fn alive(pid: u32) -> bool {
     process_state(pid).is_some_and(|s| s != 'Z')
 }

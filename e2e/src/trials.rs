@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use hostwright::api::{DatabaseMirror, SessionStore};
 use hostwright::controllers::members::{Replicated, StoreStatus};
+use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
-use kube::api::Api;
+use kube::api::{Api, DeleteParams};
 
 use crate::database::{
     Accepted, Credentials, SplitBrainProbe, all_healthy, connect_rw, current_primary, lost_writes,
@@ -33,17 +34,35 @@ const PROBE_TABLE: &str = "probe";
 /// What kind of loss a trial inflicts on the primary.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Loss {
-    /// kill -9 of the PostgreSQL server; the agent lives.
+    /// kill -9 of the server; the agent lives.
     Process,
     /// kill -9 of server and agent, as if the node died; the member stays
     /// down until the new primary is in place, then comes back.
     Member,
+    /// The agent frozen (SIGSTOP) while its server runs and clients keep
+    /// their connections; resumed once a new primary took writes.
+    StalledAgent,
+    /// The agent cut off from the API server (its connections hang) while
+    /// its server runs; restored once a new primary took writes.
+    CutFromApi,
+    /// The agent and its watchdog frozen while the server runs: a fault
+    /// past the design, to show what the engine's own rules still hold
+    /// (with synchronous replication, no acknowledged write is lost).
+    StalledWatchdog,
+    /// `kubectl delete pod` of the primary: its agent stops it cleanly,
+    /// and the operator creates the pod again.
+    DeletedPod,
 }
 
 impl Loss {
     /// `total` trials alternating process and member loss, process first.
     pub fn alternating(total: usize) -> Vec<Loss> {
-        (0..total).map(|i| if i % 2 == 0 { Loss::Process } else { Loss::Member }).collect()
+        Self::cycle(&[Loss::Process, Loss::Member], total)
+    }
+
+    /// `total` trials going round `kinds`.
+    pub fn cycle(kinds: &[Loss], total: usize) -> Vec<Loss> {
+        (0..total).map(|i| kinds[i % kinds.len()]).collect()
     }
 
     /// Lower-case name, as the bench's keys use it.
@@ -51,6 +70,39 @@ impl Loss {
         match self {
             Loss::Process => "process",
             Loss::Member => "member",
+            Loss::StalledAgent => "stalled_agent",
+            Loss::CutFromApi => "cut_from_api",
+            Loss::StalledWatchdog => "stalled_watchdog",
+            Loss::DeletedPod => "deleted_pod",
+        }
+    }
+
+    /// Inflict this loss on `member`.
+    async fn inflict(self, testbed: &Testbed, client: &Client, namespace: &str, member: &str) -> Result<()> {
+        match self {
+            Loss::Process => testbed.kill_server(member).await,
+            Loss::Member => testbed.kill_member(member).await,
+            Loss::StalledAgent => testbed.stall_agent(member).await,
+            Loss::CutFromApi => testbed.cut_api(member),
+            Loss::StalledWatchdog => testbed.stall_agent_and_watchdog(member).await,
+            Loss::DeletedPod => {
+                let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+                pods.delete(member, &DeleteParams::default())
+                    .await
+                    .map(drop)
+                    .context("deleting the primary's pod")
+            }
+        }
+    }
+
+    /// Undo this loss once the new primary is in place.
+    async fn heal(self, testbed: &Testbed, member: &str) -> Result<()> {
+        match self {
+            Loss::Member => testbed.revive(member),
+            Loss::StalledAgent => testbed.resume_agent(member).await,
+            Loss::CutFromApi => testbed.restore_api(member),
+            Loss::StalledWatchdog => testbed.resume_agent_and_watchdog(member).await,
+            Loss::Process | Loss::DeletedPod => Ok(()),
         }
     }
 }
@@ -68,8 +120,16 @@ pub struct Trial {
     pub loss: Loss,
     pub old_primary: String,
     pub new_primary: String,
-    /// From the kill to the first write acknowledged on a new connection.
+    /// From the fault to the first write acknowledged on a new connection.
     pub seconds: f64,
+    /// From the fault to the last write the old primary accepted (its
+    /// fence), where a probe writes to every member; 0 when it took none.
+    pub fenced_after: Option<f64>,
+    /// When the fault struck, and when the old primary last accepted a write.
+    pub struck: Instant,
+    pub fenced_at: Option<Instant>,
+    /// What the store reported the promotion may have lost, in bytes.
+    pub lag_bytes: Option<i64>,
 }
 
 /// What a run of trials observed.
@@ -80,6 +140,8 @@ pub struct TrialReport {
     pub acked_writes: usize,
     /// Acknowledged ids missing from the primary at the end.
     pub lost: Vec<i64>,
+    /// When each lost write was acknowledged.
+    pub lost_at: Vec<Instant>,
     /// Writes a member accepted from the split-brain probe.
     pub probe_accepted: usize,
     /// Pairs of probe writes two different members accepted at overlapping moments.
@@ -94,6 +156,31 @@ impl TrialReport {
     pub fn seconds(&self, loss: Loss) -> Vec<f64> {
         seconds_of(&self.trials, loss)
     }
+
+    /// Lost writes that were not in flight at a fence: acknowledged more
+    /// than `window` before the old primary of some trial last accepted a
+    /// write (or after it). With async replication a failover may lose what
+    /// the mirrors had not received yet, and nothing else.
+    pub fn lost_outside_fences(&self, window: Duration) -> usize {
+        self.lost_at
+            .iter()
+            .filter(|at| {
+                !self.trials.iter().any(|t| {
+                    let fence = t.fenced_at.unwrap_or(t.struck);
+                    **at + window >= fence && **at <= fence + Duration::from_millis(50)
+                })
+            })
+            .count()
+    }
+}
+
+/// Where trials run: the cluster, the test bed and, for a database, the
+/// probe that tells when the old primary last took a write.
+struct Bed<'a> {
+    client: &'a Client,
+    namespace: &'a str,
+    testbed: &'a Testbed,
+    probe: Option<&'a SplitBrainProbe>,
 }
 
 /// Seconds of the trials of one kind, in trial order.
@@ -103,15 +190,22 @@ pub fn seconds_of(trials: &[Trial], loss: Loss) -> Vec<f64> {
 
 /// One line per kind of loss: count, median and worst, for test output.
 pub fn summary(trials: &[Trial]) -> Vec<String> {
-    [Loss::Process, Loss::Member]
-        .into_iter()
-        .filter_map(|loss| {
-            let mut t = seconds_of(trials, loss);
-            t.sort_by(f64::total_cmp);
-            let (p50, max) = (t.get(t.len() / 2)?, t.last()?);
-            Some(format!("{loss} loss: {} trials, p50 {p50:.2} s, max {max:.2} s", t.len()))
-        })
-        .collect()
+    [
+        Loss::Process,
+        Loss::Member,
+        Loss::StalledAgent,
+        Loss::CutFromApi,
+        Loss::StalledWatchdog,
+        Loss::DeletedPod,
+    ]
+    .into_iter()
+    .filter_map(|loss| {
+        let mut t = seconds_of(trials, loss);
+        t.sort_by(f64::total_cmp);
+        let (p50, max) = (t.get(t.len() / 2)?, t.last()?);
+        Some(format!("{loss} loss: {} trials, p50 {p50:.2} s, max {max:.2} s", t.len()))
+    })
+    .collect()
 }
 
 /// Run one trial per entry of `losses` on the DatabaseMirror `name`, which
@@ -148,17 +242,21 @@ pub async fn failover_trials(
     let probe = SplitBrainProbe::start(client, namespace, &members, &creds, PROBE_TABLE).await?;
     let writer = Writer::start(client.clone(), namespace.into(), name.into(), creds.clone(), ACKED_TABLE);
 
-    let run = run_trials(&api, name, testbed, &writer, &members, losses, timeout, on_trial).await;
+    let bed = Bed { client, namespace, testbed, probe: Some(&probe) };
+    let run = run_trials(&api, name, &bed, &writer, &members, losses, timeout, on_trial).await;
+    let acked_at = writer.acked_at();
     let acked = writer.stop().await;
     let (probe_accepted, overlaps) = probe.stop().await;
     let trials = run?;
 
     let lost = lost_writes(client, namespace, name, &creds, ACKED_TABLE, &acked).await?;
     let dbm = healthy(&api, name, timeout).await?;
+    let lost_at = lost.iter().filter_map(|id| acked_at.get(id).copied()).collect();
     Ok(TrialReport {
         trials,
         acked_writes: acked.len(),
         lost,
+        lost_at,
         probe_accepted,
         overlaps,
         failovers_before,
@@ -170,7 +268,7 @@ pub async fn failover_trials(
 async fn run_trials<K: Replicated>(
     api: &Api<K>,
     name: &str,
-    testbed: &Testbed,
+    bed: &Bed<'_>,
     writer: &Writer,
     members: &[String],
     losses: &[Loss],
@@ -179,38 +277,45 @@ async fn run_trials<K: Replicated>(
 ) -> Result<Vec<Trial>> {
     let mut trials = Vec::with_capacity(losses.len());
     for (i, &loss) in losses.iter().enumerate() {
-        let dbm = healthy(api, name, timeout).await?;
-        let old = current_primary(&dbm).context("a primary")?;
-        let count = failover_count(&dbm);
-        eventually(timeout, "writes flowing before the kill", || async {
+        let store = healthy(api, name, timeout).await?;
+        let old = current_primary(&store).context("a primary")?;
+        let count = failover_count(&store);
+        eventually(timeout, "writes flowing before the fault", || async {
             Ok(writer.first_ack_after(Instant::now() - Duration::from_millis(500)).map(|_| ()))
         })
         .await?;
-        let killed = Instant::now();
-        match loss {
-            Loss::Process => testbed.kill_server(&old).await?,
-            Loss::Member => testbed.kill_member(&old).await?,
-        }
+        let struck = Instant::now();
+        loss.inflict(bed.testbed, bed.client, bed.namespace, &old).await?;
         let resumed = eventually(timeout, "a write acknowledged by the new primary", || async {
-            Ok(writer.first_ack_reconnected_after(killed))
+            Ok(writer.first_ack_reconnected_after(struck))
         })
         .await
         .with_context(|| format!("trial {i} ({loss} loss of {old})"))?;
-        let seconds = resumed.duration_since(killed).as_secs_f64();
+        let seconds = resumed.duration_since(struck).as_secs_f64();
         let lost_primary = old.clone();
-        let dbm = wait_for(api, name, timeout, "a new primary", move |d: Option<&K>| {
+        let store = wait_for(api, name, timeout, "a new primary", move |d: Option<&K>| {
             d.is_some_and(|d| {
                 current_primary(d).is_some_and(|p| p != lost_primary) && failover_count(d) > count
             })
         })
         .await?;
-        let trial =
-            Trial { loss, old_primary: old, new_primary: current_primary(&dbm).unwrap_or_default(), seconds };
+        let fenced_at = bed.probe.map(|p| p.last_accepted_by(&old, struck).unwrap_or(struck));
+        let trial = Trial {
+            loss,
+            old_primary: old.clone(),
+            new_primary: current_primary(&store).unwrap_or_default(),
+            seconds,
+            fenced_after: fenced_at.map(|f| f.duration_since(struck).as_secs_f64()),
+            struck,
+            fenced_at,
+            lag_bytes: store.current_status().and_then(|s| s.replication().failover.last_failover_lag_bytes),
+        };
         on_trial(i, &trial);
         trials.push(trial);
+        loss.heal(bed.testbed, &old).await?;
         if loss == Loss::Member {
             for m in members {
-                testbed.revive(m)?;
+                bed.testbed.revive(m)?;
             }
         }
         // The old primary comes back as a mirror before the next trial.
@@ -274,7 +379,8 @@ pub async fn session_failover_trials(
         confirm,
     };
     let writer = Writer::run(sessions.clone());
-    let run = run_trials(&api, name, testbed, &writer, &members, losses, timeout, on_trial).await;
+    let bed = Bed { client, namespace, testbed, probe: None };
+    let run = run_trials(&api, name, &bed, &writer, &members, losses, timeout, on_trial).await;
     let confirmed = writer.stop().await;
     let trials = run?;
     let lost = sessions.lost(&confirmed).await?;

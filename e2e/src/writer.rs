@@ -65,6 +65,11 @@ impl Writer {
         Self { acked, stop, task }
     }
 
+    /// When each confirmed write was confirmed.
+    pub fn acked_at(&self) -> std::collections::HashMap<i64, Instant> {
+        lock(&self.acked).iter().map(|(id, at, _)| (*id, *at)).collect()
+    }
+
     /// Confirmed writes so far.
     pub fn acked(&self) -> Vec<i64> {
         lock(&self.acked).iter().map(|(id, _, _)| *id).collect()

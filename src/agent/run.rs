@@ -453,7 +453,12 @@ impl<S: Server> Agent<S> {
     fn adopt(&mut self, primary: &Endpoint) -> Result<(), MarkerError> {
         self.last_position = None;
         let old = self.marker_or_default();
-        self.set_marker(Marker { primary: false, lineage: primary.lineage.or(old.lineage), ran: false, ..old })
+        self.set_marker(Marker {
+            primary: false,
+            lineage: primary.lineage.or(old.lineage),
+            ran: false,
+            ..old
+        })
     }
 
     /// A mirror streaming from its upstream takes on the upstream's lineage

@@ -189,7 +189,26 @@ impl<'a> Ctx<'a> {
             return self.suspect_or_fence(primary, self.now, last);
         }
         let target = self.policy.requested_primary.as_deref().filter(|t| *t != primary);
-        if let Some(target) = target.filter(|t| self.find(t).is_some_and(|m| m.streams_from(primary))) {
+        let members = self.members;
+        let behind = |t: &str| {
+            let position = |m: &Member| m.live_report().and_then(|r| r.position);
+            let target = members.iter().find(|m| m.name == t);
+            let (p, t) = (current.and_then(position), target.and_then(position));
+            match (p, t) {
+                (Some(p), Some(t)) => Some(p.saturating_sub(t)),
+                _ => None,
+            }
+        };
+        let max_lag = self.policy.max_lag_bytes;
+        let ready = |t: &&str| {
+            members.iter().find(|m| m.name == *t).is_some_and(|m| m.streams_from(primary))
+                && behind(t).is_some_and(|lag| lag <= max_lag)
+        };
+        if let Some(waiting) = target.filter(|t| !ready(t)) {
+            self.blocked =
+                Some(Blocked::TargetBehind { target: waiting.to_string(), lag_bytes: behind(waiting) });
+        }
+        if let Some(target) = target.filter(ready) {
             self.steps.push(Step::SwitchoverStarted { from: primary.to_string(), to: target.to_string() });
             return State::Demoting {
                 old: primary.to_string(),

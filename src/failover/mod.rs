@@ -225,6 +225,9 @@ pub enum Blocked {
     /// A store over kept volumes: waiting for these members to report what
     /// they hold before choosing the most advanced as primary.
     AwaitingMembers { members: Vec<String> },
+    /// A switchover waits for its target to stream from the primary within
+    /// `max_lag_bytes` of it (it would otherwise stop writes and then give up).
+    TargetBehind { target: String, lag_bytes: Option<u64> },
 }
 
 /// What to do now.

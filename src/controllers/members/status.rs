@@ -64,6 +64,11 @@ pub fn describe_blocked<K: Replicated>(blocked: &Blocked, store: &K) -> String {
         Blocked::AwaitingPositions => {
             "waiting for every member to report its replication position after the fence".into()
         }
+        Blocked::TargetBehind { target, lag_bytes } => format!(
+            "switching over to {target} once it streams from the primary within failover.maxLagBytes ({}){}",
+            store.failover().max_lag_bytes,
+            lag_bytes.map(|l| format!("; it is {l} bytes behind")).unwrap_or_default()
+        ),
         Blocked::AwaitingMembers { members } => format!(
             "this store's volumes were kept: waiting for {} to report what they hold before the most \
              advanced becomes primary (set spec.primary to choose one yourself)",
@@ -121,7 +126,13 @@ pub fn compute<K: Replicated>(
     let mirrors_healthy = members.iter().filter(|m| m.healthy && m.role == MemberRole::Mirror).count();
     let wanted_mirrors = o.members.len().saturating_sub(1);
     let drifted: Vec<String> = members.iter().filter(|m| m.spec_drift).map(|m| m.name.clone()).collect();
-    let blocked = decision.blocked.as_ref().filter(|b| **b != Blocked::AwaitingPositions);
+    // Passing states, and a switchover that waits while the primary serves,
+    // are not a failover that cannot proceed.
+    let waiting_switchover = decision.blocked.as_ref().filter(|b| matches!(b, Blocked::TargetBehind { .. }));
+    let blocked = decision
+        .blocked
+        .as_ref()
+        .filter(|b| **b != Blocked::AwaitingPositions && !matches!(b, Blocked::TargetBehind { .. }));
     let policy = store.policy();
     // Commits wait for a mirror's acknowledgement and none can give one.
     let writes_blocked = primary.as_ref().is_some_and(|p| {
@@ -237,6 +248,12 @@ pub fn compute<K: Replicated>(
         (_, Some(_)) => {
             Observed::new(PROGRESSING, false, "FailoverBlocked", "waiting for a person or a member")
         }
+        (None, None) if waiting_switchover.is_some() => Observed::new(
+            PROGRESSING,
+            true,
+            "SwitchoverWaiting",
+            waiting_switchover.map(|b| describe_blocked(b, store)).unwrap_or_default(),
+        ),
         (Some((reason, message)), None) => Observed::new(PROGRESSING, true, reason, message.clone()),
         (None, None) if healthy < o.members.len() => Observed::new(
             PROGRESSING,

@@ -1,0 +1,125 @@
+//! One hosted site's stores on the local cluster, for data-path tests: a
+//! throwaway namespace, an operator watching it, and the test bed running a
+//! real server and agent behind every member pod.
+
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use hostwright::api::common::condition_type::READY;
+use hostwright::api::{DatabaseMirror, DatabaseMirrorSpec, SessionStore, SessionStoreSpec};
+use hostwright::controllers::members::{Replicated, StoreStatus};
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+use crate::database::{Credentials, all_healthy, connect_rw};
+use crate::operator::Operator;
+use crate::testbed::Testbed;
+use crate::{TestNamespace, client, wait_for};
+
+/// How long a data-path test waits for one thing to happen.
+pub const TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The data-path tests of one test binary share two cores: one at a time,
+/// so a slow neighbour cannot starve an agent past its lease.
+pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A namespace with an operator and a test bed of its own.
+pub struct Site {
+    pub client: Client,
+    pub ns: TestNamespace,
+    pub testbed: Testbed,
+    pub operator: Operator,
+}
+
+impl Site {
+    /// Start a site in a new namespace named after `prefix`.
+    pub async fn start(prefix: &str) -> Result<Self> {
+        for (path, what) in [
+            ("/usr/lib/postgresql/15/bin/postgres", "PostgreSQL 15"),
+            ("/usr/bin/redis-server", "redis-server"),
+        ] {
+            if !std::path::Path::new(path).exists() {
+                bail!("{what} is not installed (make deps)");
+            }
+        }
+        let client = client().await?;
+        let ns = TestNamespace::create(&client, prefix, &[]).await?;
+        let operator = Operator::start(&client, &ns.name, "solo").await?;
+        let root = std::env::temp_dir().join("hostwright-e2e").join(&ns.name);
+        let testbed = Testbed::start(client.clone(), Some(ns.name.clone()), root).await?;
+        Ok(Self { client, ns, testbed, operator })
+    }
+
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        self.ns.api()
+    }
+
+    /// Create a DatabaseMirror from its spec in YAML.
+    pub async fn database(&self, name: &str, spec: &str) -> Result<()> {
+        let spec: DatabaseMirrorSpec = serde_yaml::from_str(spec)?;
+        self.api::<DatabaseMirror>().create(&PostParams::default(), &DatabaseMirror::new(name, spec)).await?;
+        Ok(())
+    }
+
+    /// Create a SessionStore from its spec in YAML.
+    pub async fn sessions(&self, name: &str, spec: &str) -> Result<()> {
+        let spec: SessionStoreSpec = serde_yaml::from_str(spec)?;
+        self.api::<SessionStore>().create(&PostParams::default(), &SessionStore::new(name, spec)).await?;
+        Ok(())
+    }
+
+    /// Merge `spec` into the object's spec.
+    pub async fn patch_spec<K: Replicated>(&self, name: &str, spec: serde_json::Value) -> Result<()> {
+        self.api::<K>().patch(name, &PatchParams::default(), &Patch::Merge(json!({ "spec": spec }))).await?;
+        Ok(())
+    }
+
+    /// Wait until the object satisfies `cond`.
+    pub async fn wait<K: Replicated>(
+        &self,
+        name: &str,
+        what: &str,
+        cond: impl Fn(&K) -> bool + Send + Clone + 'static,
+    ) -> Result<K> {
+        wait_for(&self.api::<K>(), name, TIMEOUT, what, move |o: Option<&K>| o.is_some_and(&cond)).await
+    }
+
+    /// Wait until every member is healthy and streaming.
+    pub async fn healthy<K: Replicated>(&self, name: &str) -> Result<K> {
+        self.wait(name, "every member healthy and streaming", all_healthy).await
+    }
+
+    /// The owner's login of a DatabaseMirror.
+    pub async fn credentials(&self, name: &str) -> Result<Credentials> {
+        Credentials::read(&self.client, &self.ns.name, name).await
+    }
+
+    /// Run `statement` on a DatabaseMirror's primary, through `<name>-rw`.
+    pub async fn sql(&self, name: &str, statement: &str) -> Result<Vec<tokio_postgres::Row>> {
+        let creds = self.credentials(name).await?;
+        let db = connect_rw(&self.client, &self.ns.name, name, &creds).await?;
+        Ok(db.query(statement, &[]).await?)
+    }
+}
+
+/// The Ready condition's reason of a store.
+pub fn ready_reason<K: Replicated>(store: &K) -> Option<String> {
+    let status = store.current_status()?;
+    hostwright::conditions::find(&status.replication().conditions, READY).map(|c| c.reason.clone())
+}
+
+/// A condition's (status, reason) of a store.
+pub fn condition<K: Replicated>(store: &K, type_: &str) -> Option<(String, String)> {
+    let status = store.current_status()?;
+    hostwright::conditions::find(&status.replication().conditions, type_)
+        .map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+/// `status.replication.failover.failoverCount`.
+pub fn failovers<K: Replicated>(store: &K) -> i64 {
+    store.current_status().map_or(0, |s| s.replication().failover.failover_count)
+}
