@@ -172,6 +172,22 @@ impl TrialReport {
             })
             .count()
     }
+
+    /// For each lost write, how long before the nearest following fence it
+    /// was acknowledged, in seconds (what "in flight" meant in this run).
+    pub fn lost_before_fence(&self) -> Vec<f64> {
+        self.lost_at
+            .iter()
+            .filter_map(|at| {
+                self.trials
+                    .iter()
+                    .map(|t| t.fenced_at.unwrap_or(t.struck))
+                    .filter(|fence| *fence + Duration::from_millis(50) >= *at)
+                    .map(|fence| fence.saturating_duration_since(*at).as_secs_f64())
+                    .reduce(f64::min)
+            })
+            .collect()
+    }
 }
 
 /// Where trials run: the cluster, the test bed and, for a database, the

@@ -117,6 +117,17 @@ async fn sql(port: u16, statement: &str) -> Result<Vec<tokio_postgres::Row>> {
     Ok(client.query(statement, &[]).await?)
 }
 
+/// The startup (recovery) process of the standby whose cluster_name is `cluster`.
+fn startup_pid(cluster: &str) -> Result<u32> {
+    let out = Command::new("pgrep").args(["-f", &format!("postgres: {cluster}: startup")]).output()?;
+    let text = String::from_utf8(out.stdout)?;
+    text.lines().next().context("a startup process")?.trim().parse().context("pid")
+}
+
+fn stop_process(pid: u32, signal: libc::c_int) -> Result<()> {
+    hostwright_e2e::signal(pid, signal).with_context(|| format!("signalling {pid}"))
+}
+
 fn postmaster_pid(data_dir: &Path) -> Result<i32> {
     let text = std::fs::read_to_string(data_dir.join("postmaster.pid"))?;
     text.lines().next().context("empty postmaster.pid")?.trim().parse().context("postmaster pid")
@@ -186,8 +197,23 @@ async fn agents_bootstrap_mirror_promote_and_rejoin_on_instruction() -> Result<(
     })
     .await?;
     wait_report(&leases, "db-2", "db-2 detached", |r| r.epoch == 2 && r.streaming_from.is_none()).await?;
+    // The promotion is a long step: with db-2's startup process frozen,
+    // pg_promote() waits (for 10 s, more than the lease) while the server
+    // answers. The Lease is renewed all along, so the engine never takes a
+    // slow promotion for a lost member.
+    let startup = startup_pid("db_2")?;
+    stop_process(startup, libc::SIGSTOP)?;
     instruct(&pods, "db-2", Desired::Primary, "", 3).await?;
     instruct(&pods, "db-1", Desired::Fenced, "", 3).await?;
+    let renewed = |lease: &Lease| lease.spec.as_ref().and_then(|s| s.renew_time.clone()).map(|t| t.0);
+    let first = renewed(&leases.get("db-2").await?);
+    let mut renewals = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        renewals.extend(renewed(&leases.get("db-2").await?));
+    }
+    stop_process(startup, libc::SIGCONT)?;
+    assert!(renewals.len() >= 5 && renewals.iter().next_back() > first.as_ref(), "renewals during the step: {renewals:?}");
     wait_report(&leases, "db-2", "db-2 promoted", |r| r.role == ServerRole::Primary).await?;
 
     // An instruction older than one seen (a former leader resuming) is ignored.

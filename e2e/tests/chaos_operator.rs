@@ -56,7 +56,7 @@ async fn store_bypassing_the_schema(site: &Site, name: &str, delay: &str) -> Res
 #[tokio::test]
 async fn an_object_the_operator_cannot_read_stops_nobody_else() -> Result<()> {
     let _serial = SERIAL.lock().await;
-    let site = Site::start("chaos-bad").await?;
+    let site = Site::start("ch-bad").await?;
     store_bypassing_the_schema(&site, "broken", "99999999999999999999h").await?;
     // Another tenant's store, and sites with and without a reference to it.
     site.sessions("healthy", "replicas: 1").await?;
@@ -111,7 +111,7 @@ async fn an_object_the_operator_cannot_read_stops_nobody_else() -> Result<()> {
 #[tokio::test]
 async fn a_name_another_object_holds_is_refused_not_taken() -> Result<()> {
     let _serial = SERIAL.lock().await;
-    let site = Site::start("chaos-names").await?;
+    let site = Site::start("ch-names").await?;
     // A SessionStore and a DatabaseMirror of one name would share pods,
     // Leases, a budget and the agents' account: the second is refused.
     site.sessions("twin", "replicas: 1").await?;

@@ -50,7 +50,7 @@ async fn deleting_the_primary_pod_of_a_store_without_storage_loses_no_confirmed_
     let _serial = SERIAL.lock().await;
     let losses = Loss::cycle(&[Loss::DeletedPod], trials());
     let report =
-        confirmed_trials("chaos-sst-delete", "replicas: 2\ndurability: wait\nfailover: {delay: 1s}", &losses)
+        confirmed_trials("ch-sdelete", "replicas: 2\ndurability: wait\nfailover: {delay: 1s}", &losses)
             .await?;
     assert!(
         report.lost.is_empty(),
@@ -72,7 +72,7 @@ async fn a_stalled_session_agent_loses_no_confirmed_session() -> Result<()> {
     let _serial = SERIAL.lock().await;
     let losses = Loss::cycle(&[Loss::StalledAgent, Loss::CutFromApi], trials());
     let report =
-        confirmed_trials("chaos-sst-stall", "replicas: 2\ndurability: wait\nfailover: {delay: 1s}", &losses)
+        confirmed_trials("ch-sstall", "replicas: 2\ndurability: wait\nfailover: {delay: 1s}", &losses)
             .await?;
     assert!(
         report.lost.is_empty(),
@@ -89,7 +89,7 @@ async fn a_stalled_session_agent_loses_no_confirmed_session() -> Result<()> {
 #[tokio::test]
 async fn a_lone_session_primary_refuses_or_relaxes_visibly() -> Result<()> {
     let _serial = SERIAL.lock().await;
-    let site = Site::start("chaos-sst-durability").await?;
+    let site = Site::start("ch-sdur").await?;
     for durability in ["required", "preferred"] {
         let name = format!("s-{durability}");
         site.sessions(&name, &format!("replicas: 1\ndurability: wait\ndataDurability: {durability}")).await?;

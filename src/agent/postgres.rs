@@ -173,6 +173,16 @@ impl Postgres {
 
     /// Create the first primary's cluster with its roles and database.
     pub async fn initdb(&self, bootstrap: &Bootstrap) -> Result<(), PostgresError> {
+        let result = self.initdb_steps(bootstrap).await;
+        if result.is_err() {
+            // Half a bootstrap (a cluster without its roles or database) must
+            // not pass for data: the next attempt starts from nothing.
+            let _ = tokio::fs::remove_dir_all(&self.data_dir).await;
+        }
+        result
+    }
+
+    async fn initdb_steps(&self, bootstrap: &Bootstrap) -> Result<(), PostgresError> {
         // The socket directory is private to the pod and writable by the server.
         let pwfile = self.socket_dir.join(".initdb-pwfile");
         tokio::fs::write(&pwfile, &bootstrap.superuser_password)
