@@ -31,13 +31,13 @@ use crate::{
 
 /// Replication modes, measured in this order.
 const MODES: [&str; 2] = ["sync", "async"];
-/// The DatabaseMirror in each mode's namespace.
-const NAME: &str = "db";
-const MIRRORS: i32 = 2;
-const FAILOVER_DELAY: &str = "1s";
-const STORAGE: &str = "1Gi";
+/// The DatabaseMirror in each mode's namespace (the chaos suite's too).
+pub const NAME: &str = "db";
+pub const MIRRORS: i32 = 2;
+pub const FAILOVER_DELAY: &str = "1s";
+pub const STORAGE: &str = "1Gi";
 /// Bound on each wait within a trial, as in the e2e test.
-const TRIAL_TIMEOUT: Duration = Duration::from_secs(120);
+pub const TRIAL_TIMEOUT: Duration = Duration::from_secs(120);
 /// Test bed roots. The servers run as the `postgres` user, which must reach
 /// them: not under root's 0700 home.
 const ROOT: &str = "/tmp/hostwright-bench";
@@ -55,8 +55,27 @@ const TARGETS: [(&str, f64, &str); 5] = [
 /// Both modes; Ok(false) when one could not be measured completely (what
 /// was measured is written anyway).
 pub async fn run(cfg: &Config, client: &Client) -> Result<bool> {
+    database_bed_ready(cfg, Suite::Failover)?;
+    each_mode(
+        cfg,
+        client,
+        Suite::Failover,
+        &MODES,
+        run_mode,
+        |mode, trials| mode_figures("replication", mode, trials),
+        |runs, elapsed| write(cfg, runs, elapsed),
+    )
+    .await
+}
+
+/// What a suite that runs DatabaseMirrors on the test bed needs: PostgreSQL
+/// 15, and HOSTWRIGHT_BIN naming the binary under test.
+pub fn database_bed_ready(cfg: &Config, suite: Suite) -> Result<()> {
     if !Path::new(POSTGRES).exists() {
-        bail!("{POSTGRES} is missing: the failover suite runs real PostgreSQL 15 servers (e2e/install-deps)");
+        bail!(
+            "{POSTGRES} is missing: the {} suite runs real PostgreSQL 15 servers (e2e/install-deps)",
+            suite.name()
+        );
     }
     // The test bed starts each member's agent from HOSTWRIGHT_BIN.
     if std::env::var_os("HOSTWRIGHT_BIN").map(PathBuf::from).as_deref() != Some(cfg.binary.as_path()) {
@@ -65,22 +84,38 @@ pub async fn run(cfg: &Config, client: &Client) -> Result<bool> {
             cfg.binary.display()
         );
     }
-    each_mode(cfg, client, Suite::Failover, "replication", &MODES, run_mode, |runs, elapsed| {
-        write(cfg, runs, elapsed)
-    })
-    .await
+    Ok(())
+}
+
+/// Create the benchmark's DatabaseMirror [`NAME`] in `ns`: [`MIRRORS`]
+/// mirrors, `replication: <mode>`, `failover.delay` [`FAILOVER_DELAY`],
+/// [`STORAGE`] of storage.
+pub async fn create_database(client: &Client, ns: &str, mode: &str) -> Result<()> {
+    let spec: DatabaseMirrorSpec = serde_json::from_value(json!({
+        "instance": {"storage": {"size": STORAGE}},
+        "mirrors": MIRRORS,
+        "replication": mode,
+        "failover": {"delay": FAILOVER_DELAY},
+    }))
+    .context("the benchmark's DatabaseMirror spec")?;
+    Api::<DatabaseMirror>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &DatabaseMirror::new(NAME, spec))
+        .await
+        .with_context(|| format!("creating DatabaseMirror {ns}/{NAME}"))?;
+    Ok(())
 }
 
 /// Run `run_mode` for each mode in turn, recording what a failed mode
-/// measured before it failed, and `write` the report after each; Ok(false)
-/// when a mode could not be measured completely.
+/// measured before it failed (its `partial` figures, from the trials it
+/// completed), and `write` the report after each; Ok(false) when a mode
+/// could not be measured completely.
 pub async fn each_mode(
     cfg: &Config,
     client: &Client,
     suite: Suite,
-    mode_key: &str,
     modes: &[&str],
     run_mode: impl AsyncFn(&Config, &Client, &str, &mut Vec<Trial>) -> Result<Value>,
+    partial: impl Fn(&str, &[Trial]) -> Map<String, Value>,
     write: impl Fn(&[Value], Duration) -> Result<Vec<String>>,
 ) -> Result<bool> {
     let name = suite.name();
@@ -90,14 +125,14 @@ pub async fn each_mode(
     for &mode in modes {
         let load = LoadSampler::start();
         let t = Instant::now();
-        log(format!("{name}: {mode_key} {mode}, {} trials of each kind", cfg.failover_trials));
+        log(format!("{name}: {} {mode}, {} trials of each kind", suite.mode_key(), cfg.trials(suite)));
         let mut recorded = Vec::new();
         let mut result = match run_mode(cfg, client, mode, &mut recorded).await {
             Ok(r) => r,
             Err(err) => {
                 log(format!("{name}: {mode} failed: {err:#}"));
                 complete = false;
-                let mut figures = mode_figures(mode_key, mode, &recorded);
+                let mut figures = partial(mode, &recorded);
                 figures.insert("error".into(), json!(format!("{err:#}")));
                 Value::Object(figures)
             }
@@ -206,17 +241,7 @@ async fn measure(
     mode: &str,
     recorded: &mut Vec<Trial>,
 ) -> Result<TrialReport> {
-    let spec: DatabaseMirrorSpec = serde_json::from_value(json!({
-        "instance": {"storage": {"size": STORAGE}},
-        "mirrors": MIRRORS,
-        "replication": mode,
-        "failover": {"delay": FAILOVER_DELAY},
-    }))
-    .context("the benchmark's DatabaseMirror spec")?;
-    Api::<DatabaseMirror>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &DatabaseMirror::new(NAME, spec))
-        .await
-        .with_context(|| format!("creating DatabaseMirror {ns}/{NAME}"))?;
+    create_database(client, ns, mode).await?;
     let losses = Loss::alternating(2 * cfg.failover_trials);
     let total = losses.len();
     failover_trials(client, ns, NAME, testbed, &losses, TRIAL_TIMEOUT, |i, t| {
@@ -268,6 +293,9 @@ pub fn kind_figures(seconds: &[f64]) -> Value {
     })
 }
 
+/// Every trial: its loss, old and new primary, seconds to the first write
+/// on the new primary, seconds to the old primary's fence (where a probe
+/// wrote to every member) and the loss bound the store reported.
 pub fn trials_json(trials: &[Trial]) -> Vec<Value> {
     trials
         .iter()
@@ -277,6 +305,8 @@ pub fn trials_json(trials: &[Trial]) -> Vec<Value> {
                 "old_primary": t.old_primary,
                 "new_primary": t.new_primary,
                 "seconds": round(t.seconds, 3),
+                "fenced_after": t.fenced_after.map(|f| round(f, 3)),
+                "lag_bytes": t.lag_bytes,
             })
         })
         .collect()
@@ -550,6 +580,7 @@ mod tests {
         Config {
             suites: vec![Suite::Failover],
             failover_trials: 2,
+            chaos_trials: 2,
             sizes: vec![1],
             idle: Duration::ZERO,
             change_sample: 1,

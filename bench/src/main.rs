@@ -1,5 +1,5 @@
 //! `hostwright-bench`: the benchmarks behind `make bench`, run as suites
-//! (`BENCH_SUITES`, default `webcluster failover`).
+//! (`BENCH_SUITES`, default `webcluster failover sessionstore chaos`).
 //!
 //! **webcluster** — for each fleet size N (3-replica sites), on the cluster in KUBECONFIG:
 //! 1. direct: apply the Deployments, Services and PDBs the operator would
@@ -18,11 +18,17 @@
 //! **failover** — DatabaseMirror failover under write load, in sync and in
 //! async mode: see [`failover`].
 //!
+//! **sessionstore** — the same for a SessionStore: see [`sessionstore`].
+//!
+//! **chaos** — a DatabaseMirror primary whose agent is frozen while its
+//! server runs on, in sync and in async mode: see [`chaos`].
+//!
 //! Each suite's figures are merged into `$BENCH_RESULTS/latest.json` (its own
 //! key prefix replaced, the other suites' keys kept) and `latest.md` is
 //! rendered from that file; the curves for the plot go to `$BENCH_WORK`.
 //! See bench/README.md.
 
+mod chaos;
 mod failover;
 mod fleet;
 mod operator;
@@ -53,6 +59,7 @@ pub enum Suite {
     WebCluster,
     Failover,
     SessionStore,
+    Chaos,
 }
 
 impl Suite {
@@ -62,27 +69,40 @@ impl Suite {
             Suite::WebCluster => "webcluster",
             Suite::Failover => "failover",
             Suite::SessionStore => "sessionstore",
+            Suite::Chaos => "chaos",
         }
     }
+
+    /// What a suite that runs modes calls them in its report (`each_mode`).
+    pub fn mode_key(self) -> &'static str {
+        match self {
+            Suite::WebCluster => "size",
+            Suite::Failover | Suite::Chaos => "replication",
+            Suite::SessionStore => "durability",
+        }
+    }
+
+    const ALL: [Suite; 4] = [Suite::WebCluster, Suite::Failover, Suite::SessionStore, Suite::Chaos];
 }
+
+/// The suites `BENCH_SUITES` runs when it is unset: all of them.
+const DEFAULT_SUITES: &str = "webcluster failover sessionstore chaos";
 
 /// `BENCH_SUITES`: names separated by spaces or commas, run in the order
 /// given, each once.
 fn parse_suites(list: &str) -> Result<Vec<Suite>> {
     let mut suites = Vec::new();
     for name in list.split([' ', ',']).filter(|s| !s.is_empty()) {
-        let suite = [Suite::WebCluster, Suite::Failover, Suite::SessionStore]
+        let suite = Suite::ALL
             .into_iter()
             .find(|s| s.name() == name)
-            .with_context(|| {
-                format!("BENCH_SUITES: unknown suite {name:?} (webcluster, failover, sessionstore)")
-            })?;
+            .with_context(|| format!("BENCH_SUITES: unknown suite {name:?} ({DEFAULT_SUITES})"))?;
         if !suites.contains(&suite) {
             suites.push(suite);
         }
     }
     if suites.is_empty() {
-        bail!("BENCH_SUITES names no suite (webcluster, failover, sessionstore)");
+        bail!("BENCH_SUITES names no suite ({DEFAULT_SUITES})");
     }
     Ok(suites)
 }
@@ -93,6 +113,8 @@ pub struct Config {
     pub suites: Vec<Suite>,
     /// Failover trials of each kind (process, member) in each replication mode.
     pub failover_trials: usize,
+    /// Stalled-agent trials in each replication mode (the chaos suite).
+    pub chaos_trials: usize,
     pub sizes: Vec<usize>,
     pub idle: Duration,
     pub change_sample: usize,
@@ -116,6 +138,14 @@ where
 }
 
 impl Config {
+    /// Trials of each kind in each mode of `suite`.
+    pub fn trials(&self, suite: Suite) -> usize {
+        match suite {
+            Suite::Chaos => self.chaos_trials,
+            _ => self.failover_trials,
+        }
+    }
+
     fn from_env() -> Result<Self> {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
         let sizes = std::env::var("BENCH_SIZES").unwrap_or_else(|_| "100 1000".into());
@@ -130,11 +160,14 @@ impl Config {
         if failover_trials == 0 {
             bail!("BENCH_FAILOVER_TRIALS must be above 0");
         }
+        let chaos_trials = env_or("BENCH_CHAOS_TRIALS", 10)?;
+        if chaos_trials == 0 {
+            bail!("BENCH_CHAOS_TRIALS must be above 0");
+        }
         Ok(Config {
-            suites: parse_suites(
-                &std::env::var("BENCH_SUITES").unwrap_or_else(|_| "webcluster failover".into()),
-            )?,
+            suites: parse_suites(&std::env::var("BENCH_SUITES").unwrap_or_else(|_| DEFAULT_SUITES.into()))?,
             failover_trials,
+            chaos_trials,
             sizes,
             idle: Duration::from_secs(env_or("BENCH_IDLE_SECONDS", 300)?),
             change_sample: env_or("BENCH_CHANGE_SAMPLE", 100)?,
@@ -213,6 +246,7 @@ async fn run() -> Result<bool> {
             Suite::WebCluster => run_webcluster(&cfg, &client, more_follow).await?,
             Suite::Failover => failover::run(&cfg, &client).await?,
             Suite::SessionStore => sessionstore::run(&cfg, &client).await?,
+            Suite::Chaos => chaos::run(&cfg, &client).await?,
         };
     }
     Ok(complete)
@@ -738,6 +772,8 @@ mod tests {
             [Suite::Failover, Suite::WebCluster]
         );
         assert_eq!(parse_suites("failover").unwrap(), [Suite::Failover]);
+        assert_eq!(parse_suites(DEFAULT_SUITES).unwrap(), Suite::ALL);
+        assert_eq!(parse_suites("chaos,chaos").unwrap(), [Suite::Chaos]);
         assert!(parse_suites("").is_err());
         assert!(parse_suites("webclusters").is_err());
     }

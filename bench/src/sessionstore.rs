@@ -50,9 +50,15 @@ pub async fn run(cfg: &Config, client: &Client) -> Result<bool> {
     if !Path::new(REDIS).exists() {
         bail!("{REDIS} is missing: the sessionstore suite runs real Redis servers (e2e/install-deps)");
     }
-    each_mode(cfg, client, Suite::SessionStore, "durability", &MODES, run_mode, |runs, elapsed| {
-        write(cfg, runs, elapsed)
-    })
+    each_mode(
+        cfg,
+        client,
+        Suite::SessionStore,
+        &MODES,
+        run_mode,
+        |mode, trials| mode_figures("durability", mode, trials),
+        |runs, elapsed| write(cfg, runs, elapsed),
+    )
     .await
 }
 
