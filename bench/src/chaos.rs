@@ -26,7 +26,7 @@ use serde_json::{Map, Value, json};
 
 use crate::failover::{
     FAILOVER_DELAY, MIRRORS, NAME, STORAGE, TRIAL_TIMEOUT, create_database, database_bed_ready, each_mode,
-    in_namespace, kind_figures, pooled, trials_json,
+    host_paragraphs, in_namespace, kind_figures, pooled, trials_json,
 };
 use crate::report::{missed_markdown, num};
 use crate::{Config, Suite, log, percentile};
@@ -445,18 +445,7 @@ pub fn markdown(all: &Map<String, Value>) -> String {
         }
     }
     md.push('\n');
-    for r in runs {
-        let _ = writeln!(
-            md,
-            "Host during {}: mean / max 1-min load average {} / {} on {} CPUs; the e2e test cluster ran beside \
-             the bench: {}.\n",
-            r["replication"].as_str().unwrap_or("?"),
-            num(&r["host"]["loadavg1_mean"]),
-            num(&r["host"]["loadavg1_max"]),
-            num(&r["host"]["cpus"]),
-            num(&r["host"]["test_cluster_running"]),
-        );
-    }
+    host_paragraphs(&mut md, runs);
 
     let _ = writeln!(md, "## Method\n");
     let _ = writeln!(

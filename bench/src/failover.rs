@@ -398,6 +398,22 @@ fn keys(cfg: &Config, runs: &[Value], elapsed: Duration) -> (Map<String, Value>,
     (out, missed)
 }
 
+/// One line per replication mode on how loaded the host was while it ran.
+pub fn host_paragraphs(md: &mut String, runs: &[Value]) {
+    for r in runs {
+        let _ = writeln!(
+            md,
+            "Host during {}: mean / max 1-min load average {} / {} on {} CPUs; the e2e test cluster ran beside \
+             the bench: {}.\n",
+            r["replication"].as_str().unwrap_or("?"),
+            num(&r["host"]["loadavg1_mean"]),
+            num(&r["host"]["loadavg1_max"]),
+            num(&r["host"]["cpus"]),
+            num(&r["host"]["test_cluster_running"]),
+        );
+    }
+}
+
 /// Trials, p50, p99 and max of one kind, both modes pooled, as printed.
 fn pooled_figures(all: &Map<String, Value>, loss: Loss) -> [String; 4] {
     ["trials", "p50_s", "p99_s", "max_s"]
@@ -516,18 +532,7 @@ pub fn markdown(all: &Map<String, Value>) -> String {
         }
     }
     md.push('\n');
-    for r in runs {
-        let _ = writeln!(
-            md,
-            "Host during {}: mean / max 1-min load average {} / {} on {} CPUs; the e2e test cluster ran beside \
-             the bench: {}.\n",
-            r["replication"].as_str().unwrap_or("?"),
-            num(&r["host"]["loadavg1_mean"]),
-            num(&r["host"]["loadavg1_max"]),
-            num(&r["host"]["cpus"]),
-            num(&r["host"]["test_cluster_running"]),
-        );
-    }
+    host_paragraphs(&mut md, runs);
 
     let _ = writeln!(md, "## Method\n");
     let _ = writeln!(
