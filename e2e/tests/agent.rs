@@ -213,7 +213,10 @@ async fn agents_bootstrap_mirror_promote_and_rejoin_on_instruction() -> Result<(
         renewals.extend(renewed(&leases.get("db-2").await?));
     }
     stop_process(startup, libc::SIGCONT)?;
-    assert!(renewals.len() >= 5 && renewals.iter().next_back() > first.as_ref(), "renewals during the step: {renewals:?}");
+    assert!(
+        renewals.len() >= 5 && renewals.iter().next_back() > first.as_ref(),
+        "renewals during the step: {renewals:?}"
+    );
     wait_report(&leases, "db-2", "db-2 promoted", |r| r.role == ServerRole::Primary).await?;
 
     // An instruction older than one seen (a former leader resuming) is ignored.

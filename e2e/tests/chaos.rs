@@ -46,7 +46,10 @@ fn print_report(report: &TrialReport) {
         println!("{line}");
     }
     if !report.lost.is_empty() {
-        println!("lost writes were acknowledged this long before a fence (s): {:?}", report.lost_before_fence());
+        println!(
+            "lost writes were acknowledged this long before a fence (s): {:?}",
+            report.lost_before_fence()
+        );
     }
     println!(
         "{} acknowledged writes, {} lost; {} probe writes accepted, {} overlapping",

@@ -5,85 +5,18 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
+use hostwright::api::DatabaseMirror;
 use hostwright::api::common::condition_type::READY;
 use hostwright::api::common::{MemberRole, StorePhase};
-use hostwright::api::{DatabaseMirror, DatabaseMirrorSpec};
 use hostwright_e2e::database::{Credentials, all_healthy, connect_rw, current_primary, member_host};
-use hostwright_e2e::operator::Operator;
-use hostwright_e2e::testbed::Testbed;
+use hostwright_e2e::site::{SERIAL, Site, TIMEOUT, ready_reason};
 use hostwright_e2e::trials::{Loss, failover_trials, summary};
-use hostwright_e2e::{TestNamespace, client, eventually, kubectl, wait_for};
+use hostwright_e2e::{eventually, kubectl};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::{Client, ResourceExt};
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
-
-const TIMEOUT: Duration = Duration::from_secs(120);
-/// The data-path tests share two cores; run them one at a time so a slow
-/// neighbour cannot starve an agent past its lease.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-struct Site {
-    client: Client,
-    ns: TestNamespace,
-    api: Api<DatabaseMirror>,
-    testbed: Testbed,
-    _operator: Operator,
-}
-
-impl Site {
-    async fn start(prefix: &str) -> Result<Self> {
-        if !std::path::Path::new("/usr/lib/postgresql/15/bin/postgres").exists() {
-            bail!("PostgreSQL 15 is not installed (make deps)");
-        }
-        let client = client().await?;
-        let ns = TestNamespace::create(&client, prefix, &[]).await?;
-        let operator = Operator::start(&client, &ns.name, "solo").await?;
-        let root = std::env::temp_dir().join("hostwright-e2e").join(&ns.name);
-        let testbed = Testbed::start(client.clone(), Some(ns.name.clone()), root).await?;
-        Ok(Self { api: ns.api(), client, ns, testbed, _operator: operator })
-    }
-
-    async fn create(&self, name: &str, spec: &str) -> Result<()> {
-        let spec: DatabaseMirrorSpec = serde_yaml::from_str(spec)?;
-        self.api.create(&PostParams::default(), &DatabaseMirror::new(name, spec)).await?;
-        Ok(())
-    }
-
-    async fn patch_spec(&self, name: &str, spec: serde_json::Value) -> Result<()> {
-        self.api.patch(name, &PatchParams::default(), &Patch::Merge(json!({ "spec": spec }))).await?;
-        Ok(())
-    }
-
-    async fn wait(
-        &self,
-        name: &str,
-        what: &str,
-        cond: impl Fn(&DatabaseMirror) -> bool + Send + Clone + 'static,
-    ) -> Result<DatabaseMirror> {
-        wait_for(&self.api, name, TIMEOUT, what, move |o: Option<&DatabaseMirror>| o.is_some_and(&cond)).await
-    }
-
-    async fn healthy(&self, name: &str) -> Result<DatabaseMirror> {
-        self.wait(name, "every member healthy and streaming", all_healthy).await
-    }
-
-    async fn credentials(&self, name: &str) -> Result<Credentials> {
-        Credentials::read(&self.client, &self.ns.name, name).await
-    }
-
-    async fn sql(&self, name: &str, statement: &str) -> Result<Vec<tokio_postgres::Row>> {
-        let creds = self.credentials(name).await?;
-        let db = connect_rw(&self.client, &self.ns.name, name, &creds).await?;
-        Ok(db.query(statement, &[]).await?)
-    }
-}
-
-fn ready_reason(dbm: &DatabaseMirror) -> Option<String> {
-    let s = dbm.status.as_ref()?;
-    hostwright::conditions::find(&s.replication.conditions, READY).map(|c| c.reason.clone())
-}
 
 async fn count_on(creds: &Credentials, host: &str, table: &str) -> Result<i64> {
     let db = creds.connect(host).await?;
@@ -94,8 +27,8 @@ async fn count_on(creds: &Credentials, host: &str, table: &str) -> Result<i64> {
 async fn a_new_database_streams_to_its_mirrors_grows_and_keeps_its_data() -> Result<()> {
     let _serial = SERIAL.lock().await;
     let site = Site::start("dbm-grow").await?;
-    site.create("grow", "instance: {storage: {size: 1Gi}}\nmirrors: 1").await?;
-    let dbm = site.healthy("grow").await?;
+    site.database("grow", "instance: {storage: {size: 1Gi}}\nmirrors: 1").await?;
+    let dbm = site.healthy::<DatabaseMirror>("grow").await?;
     assert_eq!(current_primary(&dbm).as_deref(), Some("grow-1"));
 
     site.sql("grow", "CREATE TABLE items (id int)").await?;
@@ -110,7 +43,7 @@ async fn a_new_database_streams_to_its_mirrors_grows_and_keeps_its_data() -> Res
 
     // Lag is reported per member and in the printer columns.
     let dbm = site
-        .wait("grow", "lag reported", |d| {
+        .wait("grow", "lag reported", |d: &DatabaseMirror| {
             d.status.as_ref().is_some_and(|s| {
                 s.replication.members.iter().any(|m| m.role == MemberRole::Mirror && m.lag_bytes.is_some())
             })
@@ -125,8 +58,8 @@ async fn a_new_database_streams_to_its_mirrors_grows_and_keeps_its_data() -> Res
     assert!(row.contains(&"Ready"), "{table}");
 
     // Growing adds a member that copies the primary and streams from it.
-    site.patch_spec("grow", json!({"mirrors": 2})).await?;
-    site.healthy("grow").await?;
+    site.patch_spec::<DatabaseMirror>("grow", json!({"mirrors": 2})).await?;
+    site.healthy::<DatabaseMirror>("grow").await?;
     let host = member_host(&site.client, &site.ns.name, "grow-3").await?;
     eventually(TIMEOUT, "the rows on the new mirror", || async {
         Ok(count_on(&creds, &host, "items").await.ok().filter(|n| *n == 500))
@@ -134,8 +67,9 @@ async fn a_new_database_streams_to_its_mirrors_grows_and_keeps_its_data() -> Res
     .await?;
 
     // Deleting the DatabaseMirror keeps the data volumes and the credentials.
-    site.api.delete("grow", &DeleteParams::foreground()).await?;
-    hostwright_e2e::wait_deleted(&site.api, "grow", TIMEOUT, "the DatabaseMirror").await?;
+    site.api::<DatabaseMirror>().delete("grow", &DeleteParams::foreground()).await?;
+    hostwright_e2e::wait_deleted(&site.api::<DatabaseMirror>(), "grow", TIMEOUT, "the DatabaseMirror")
+        .await?;
     let volumes: Api<PersistentVolumeClaim> = site.ns.api();
     for m in ["grow-1", "grow-2", "grow-3"] {
         let pvc = volumes.get(m).await.with_context(|| format!("volume {m} kept"))?;
@@ -152,7 +86,7 @@ async fn failover_under_write_load_loses_no_acknowledged_write_in_sync_mode() ->
     let trials: usize =
         std::env::var("HOSTWRIGHT_E2E_FAILOVER_TRIALS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
     let site = Site::start("dbm-failover").await?;
-    site.create(
+    site.database(
         "load",
         "instance: {storage: {size: 1Gi}}\nmirrors: 2\nreplication: sync\nfailover: {delay: 1s}",
     )
@@ -200,15 +134,15 @@ async fn failover_under_write_load_loses_no_acknowledged_write_in_sync_mode() ->
 async fn switchover_credentials_and_a_mirror_too_far_behind() -> Result<()> {
     let _serial = SERIAL.lock().await;
     let site = Site::start("dbm-ops").await?;
-    site.create("ops", "instance: {storage: {size: 1Gi}}\nmirrors: 1\nfailover: {delay: 1s}").await?;
-    site.healthy("ops").await?;
+    site.database("ops", "instance: {storage: {size: 1Gi}}\nmirrors: 1\nfailover: {delay: 1s}").await?;
+    site.healthy::<DatabaseMirror>("ops").await?;
     site.sql("ops", "CREATE TABLE items (id int, pad text)").await?;
     site.sql("ops", "INSERT INTO items SELECT generate_series(1, 1000), ''").await?;
 
     // A planned switchover: clean demotion, nothing lost, the old primary a mirror.
-    site.patch_spec("ops", json!({"primary": "ops-2"})).await?;
+    site.patch_spec::<DatabaseMirror>("ops", json!({"primary": "ops-2"})).await?;
     let dbm = site
-        .wait("ops", "ops-2 primary after the switchover", |d| {
+        .wait("ops", "ops-2 primary after the switchover", |d: &DatabaseMirror| {
             current_primary(d).as_deref() == Some("ops-2") && all_healthy(d)
         })
         .await?;
@@ -237,7 +171,7 @@ async fn switchover_credentials_and_a_mirror_too_far_behind() -> Result<()> {
     let secrets: Api<Secret> = site.ns.api();
     let saved = secrets.get("ops-credentials").await?;
     secrets.delete("ops-credentials", &DeleteParams::default()).await?;
-    site.wait("ops", "Ready=False CredentialsMissing", |d| {
+    site.wait("ops", "Ready=False CredentialsMissing", |d: &DatabaseMirror| {
         ready_reason(d).as_deref() == Some("CredentialsMissing")
     })
     .await?;
@@ -253,18 +187,18 @@ async fn switchover_credentials_and_a_mirror_too_far_behind() -> Result<()> {
     restored.metadata.name = Some("ops-credentials".into());
     restored.metadata.labels = Some(saved.labels().clone());
     secrets.create(&PostParams::default(), &restored).await?;
-    site.wait("ops", "Ready again once the Secret is restored", |d| {
+    site.wait("ops", "Ready again once the Secret is restored", |d: &DatabaseMirror| {
         ready_reason(d).as_deref() == Some("PrimaryServing")
     })
     .await?;
 
     // Every mirror too far behind: no promotion, and a condition says why.
-    site.patch_spec("ops", json!({"failover": {"maxLagBytes": 1024}})).await?;
-    site.healthy("ops").await?;
+    site.patch_spec::<DatabaseMirror>("ops", json!({"failover": {"maxLagBytes": 1024}})).await?;
+    site.healthy::<DatabaseMirror>("ops").await?;
     let receiver = walreceiver_pid("ops_1")?;
     signal(receiver, "STOP")?;
     site.sql("ops", "INSERT INTO items SELECT generate_series(2001, 4000), repeat('x', 200)").await?;
-    site.wait("ops", "the mirror's lag above maxLagBytes", |d| {
+    site.wait("ops", "the mirror's lag above maxLagBytes", |d: &DatabaseMirror| {
         d.status.as_ref().is_some_and(|s| {
             s.replication.members.iter().any(|m| m.name == "ops-1" && m.lag_bytes.unwrap_or(0) > 1024)
         })
@@ -272,7 +206,9 @@ async fn switchover_credentials_and_a_mirror_too_far_behind() -> Result<()> {
     .await?;
     site.testbed.kill_member("ops-2").await?;
     let dbm = site
-        .wait("ops", "FailoverBlocked", |d| ready_reason(d).as_deref() == Some("FailoverBlocked"))
+        .wait("ops", "FailoverBlocked", |d: &DatabaseMirror| {
+            ready_reason(d).as_deref() == Some("FailoverBlocked")
+        })
         .await?;
     let status = dbm.status.clone().unwrap_or_default();
     let message = hostwright::conditions::find(&status.replication.conditions, READY)
@@ -284,9 +220,12 @@ async fn switchover_credentials_and_a_mirror_too_far_behind() -> Result<()> {
     // The primary returns: nobody was promoted, so it simply serves again,
     // and the mirror (its receiver resumed) catches up.
     site.testbed.revive("ops-2")?;
-    site.wait("ops", "ops-2 serving again", |d| current_primary(d).as_deref() == Some("ops-2")).await?;
+    site.wait("ops", "ops-2 serving again", |d: &DatabaseMirror| {
+        current_primary(d).as_deref() == Some("ops-2")
+    })
+    .await?;
     signal(receiver, "CONT")?;
-    let dbm = site.healthy("ops").await?;
+    let dbm = site.healthy::<DatabaseMirror>("ops").await?;
     assert_eq!(dbm.status.map(|s| s.replication.failover.failover_count), Some(1));
     let n: i64 = site.sql("ops", "SELECT count(*) FROM items").await?[0].get(0);
     assert_eq!(n, 3001);

@@ -5,12 +5,12 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use hostwright::api::common::condition_type::READY;
 use hostwright::api::{DatabaseMirror, DatabaseMirrorSpec, SessionStore, SessionStoreSpec, WebCluster};
 use hostwright_e2e::operator::Operator;
 use hostwright_e2e::sessions::{Sessions, Writer, all_healthy, current_primary};
-use hostwright_e2e::testbed::Testbed;
+use hostwright_e2e::site::{SERIAL, Site, TIMEOUT, ready_reason};
 use hostwright_e2e::trials::{Loss, session_failover_trials, summary};
 use hostwright_e2e::{EndpointWatch, TestNamespace, client, eventually, wait_for, wait_web_ready};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -19,61 +19,16 @@ use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 
-const TIMEOUT: Duration = Duration::from_secs(120);
-/// The data-path tests share two cores; one at a time.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-struct Site {
-    client: Client,
-    ns: TestNamespace,
-    stores: Api<SessionStore>,
-    testbed: Testbed,
-    _operator: Operator,
-}
-
-impl Site {
-    async fn start(prefix: &str) -> Result<Self> {
-        if !std::path::Path::new("/usr/bin/redis-server").exists() {
-            bail!("redis-server is not installed (make deps)");
-        }
-        let client = client().await?;
-        let ns = TestNamespace::create(&client, prefix, &[]).await?;
-        let operator = Operator::start(&client, &ns.name, "solo").await?;
-        let root = std::env::temp_dir().join("hostwright-e2e").join(&ns.name);
-        let testbed = Testbed::start(client.clone(), Some(ns.name.clone()), root).await?;
-        Ok(Self { stores: ns.api(), client, ns, testbed, _operator: operator })
-    }
-
-    async fn create(&self, name: &str, spec: &str) -> Result<()> {
-        let spec: SessionStoreSpec = serde_yaml::from_str(spec)?;
-        self.stores.create(&PostParams::default(), &SessionStore::new(name, spec)).await?;
-        Ok(())
-    }
-
-    async fn wait(
-        &self,
-        name: &str,
-        what: &str,
-        cond: impl Fn(&SessionStore) -> bool + Send + Clone + 'static,
-    ) -> Result<SessionStore> {
-        wait_for(&self.stores, name, TIMEOUT, what, move |o: Option<&SessionStore>| o.is_some_and(&cond))
-            .await
-    }
-
-    async fn sessions(&self, name: &str, confirm: bool) -> Result<Sessions> {
-        Ok(Sessions {
-            client: self.client.clone(),
-            namespace: self.ns.name.clone(),
-            name: name.into(),
-            password: hostwright_e2e::sessions::password(&self.client, &self.ns.name, name).await?,
-            confirm,
-        })
-    }
-}
-
-fn ready_reason(store: &SessionStore) -> Option<String> {
-    let s = store.status.as_ref()?;
-    hostwright::conditions::find(&s.replication.conditions, READY).map(|c| c.reason.clone())
+/// A session writer for the store `name` (confirming each write with
+/// `WAIT 1` when `confirm`).
+async fn writer_of(site: &Site, name: &str, confirm: bool) -> Result<Sessions> {
+    Ok(Sessions {
+        client: site.client.clone(),
+        namespace: site.ns.name.clone(),
+        name: name.into(),
+        password: hostwright_e2e::sessions::password(&site.client, &site.ns.name, name).await?,
+        confirm,
+    })
 }
 
 #[tokio::test]
@@ -82,8 +37,8 @@ async fn primary_loss_under_session_load_loses_no_confirmed_session() -> Result<
     let trials: usize =
         std::env::var("HOSTWRIGHT_E2E_FAILOVER_TRIALS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
     let site = Site::start("sst-failover").await?;
-    site.create("sessions", "replicas: 2\ndurability: wait\nfailover: {delay: 1s}").await?;
-    let store = site.wait("sessions", "every member healthy", all_healthy).await?;
+    site.sessions("sessions", "replicas: 2\ndurability: wait\nfailover: {delay: 1s}").await?;
+    let store = site.wait::<SessionStore>("sessions", "every member healthy", all_healthy).await?;
     let status = store.status.context("status")?;
     ensure!(status.connection_secret.as_deref() == Some("sessions-connection"));
     ensure!(status.replication.members.iter().filter(|m| m.position.is_some()).count() == 3, "{status:?}");
@@ -125,13 +80,13 @@ async fn web_template(client: &Client, namespace: &str, name: &str) -> Result<se
 async fn sessions_outlive_a_web_rollout_and_store_promotions_never_restart_the_web_tier() -> Result<()> {
     let _serial = SERIAL.lock().await;
     let site = Site::start("sst-web").await?;
-    site.create("sessions", "replicas: 1\ndurability: wait\nfailover: {delay: 1s}").await?;
+    site.sessions("sessions", "replicas: 1\ndurability: wait\nfailover: {delay: 1s}").await?;
     let databases: Api<DatabaseMirror> = site.ns.api();
     let db: DatabaseMirrorSpec = serde_yaml::from_str(
         "instance: {storage: {size: 1Gi}}\nmirrors: 1\nreplication: sync\nfailover: {delay: 1s}",
     )?;
     databases.create(&PostParams::default(), &DatabaseMirror::new("db", db)).await?;
-    site.wait("sessions", "every member healthy", all_healthy).await?;
+    site.wait::<SessionStore>("sessions", "every member healthy", all_healthy).await?;
     let database_healthy = |what: &'static str| {
         let databases = databases.clone();
         async move {
@@ -154,9 +109,12 @@ async fn sessions_outlive_a_web_rollout_and_store_promotions_never_restart_the_w
         env.contains("DATABASE_URL") && env.contains("DATABASE_RO_URL") && env.contains("db-credentials"),
         "{env}"
     );
-    ensure!(!env.contains(&site.sessions("sessions", true).await?.password), "a password in the Deployment");
+    ensure!(
+        !env.contains(&writer_of(&site, "sessions", true).await?.password),
+        "a password in the Deployment"
+    );
 
-    let sessions = site.sessions("sessions", true).await?;
+    let sessions = writer_of(&site, "sessions", true).await?;
     let writer = Writer::run(sessions.clone());
     eventually(TIMEOUT, "sessions being written", || async { Ok((writer.acked().len() > 20).then_some(())) })
         .await?;
@@ -175,11 +133,11 @@ async fn sessions_outlive_a_web_rollout_and_store_promotions_never_restart_the_w
 
     // (b) The store's primary dies; a replica is promoted; the web tier's
     // pod template does not change (no restart of any web server).
-    let store = site.wait("sessions", "every member healthy", all_healthy).await?;
+    let store = site.wait::<SessionStore>("sessions", "every member healthy", all_healthy).await?;
     let old = current_primary(&store).context("a primary")?;
     site.testbed.kill_server(&old).await?;
     let lost_primary = old.clone();
-    site.wait("sessions", "a promoted replica", move |s| {
+    site.wait("sessions", "a promoted replica", move |s: &SessionStore| {
         current_primary(s).is_some_and(|p| p != lost_primary) && all_healthy(s)
     })
     .await?;

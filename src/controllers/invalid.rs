@@ -35,8 +35,7 @@ where
     let object = format!("{namespace}/{name}");
     let resource = ApiResource::erase::<K>(&());
     let api: Api<DynamicObject> = Api::namespaced_with(shared.client.clone(), &namespace, &resource);
-    let live =
-        api.get_status(&name).await.map_err(|source| Error::Status { object: object.clone(), source })?;
+    let live = api.get(&name).await.map_err(|source| Error::Status { object: object.clone(), source })?;
     let previous: Vec<Condition> = live
         .data
         .pointer("/status/conditions")
