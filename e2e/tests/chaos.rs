@@ -330,7 +330,13 @@ async fn mirrors_follow_a_primary_to_its_new_address() -> Result<()> {
     let primary = current_primary(&dbm).context("a primary")?;
     let pods: Api<Pod> = site.api();
     let ip = |p: Pod| p.status.and_then(|s| s.pod_ip).unwrap_or_default();
-    let before = ip(pods.get(&primary).await?);
+    let old_pod = pods.get(&primary).await?;
+    let node = old_pod.spec.as_ref().and_then(|s| s.node_name.clone()).context("a scheduled pod")?;
+    let before = ip(old_pod);
+    // Its node cordoned, the recreated pod lands elsewhere: another address
+    // for certain (a node may hand a freed address out again).
+    hostwright_e2e::kubectl(&["cordon", &node])?;
+    let _uncordon = hostwright_e2e::Cordoned(node);
     pods.delete(&primary, &DeleteParams::default()).await?;
     let (p, b) = (primary.clone(), before.clone());
     let moved_pods = pods.clone();

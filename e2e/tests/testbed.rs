@@ -202,14 +202,16 @@ async fn stall_and_cut(_client: &Client, ns: &TestNamespace, testbed: &Testbed) 
     assert_eq!(process_state(agent), Some('T'), "the agent stays stopped");
     assert_eq!(testbed.agent_pid(MEMBER), Some(agent), "a stalled agent is neither reaped nor restarted");
 
-    // Resumed, it finds its server gone and reports it; a newer instruction
-    // brings the primary back.
+    // Resumed, it finds its server gone and reports it; once fenced and
+    // told again, it brings the primary back.
     testbed.resume_agent(MEMBER).await?;
     wait_report(&leases, "stopped after the stall", |r| r.role == ServerRole::Stopped).await?;
     step("the resumed agent reports its server stopped");
-    instruct(&pods, Instruction::new(Desired::Primary, 2)).await?;
-    wait_report(&leases, "primary at epoch 2", |r| r.role == ServerRole::Primary && r.epoch == 2).await?;
-    step("a newer instruction brings the primary back");
+    instruct(&pods, Instruction::new(Desired::Fenced, 2)).await?;
+    wait_report(&leases, "fenced at epoch 2", |r| r.role == ServerRole::Stopped && r.epoch == 2).await?;
+    instruct(&pods, Instruction::new(Desired::Primary, 3)).await?;
+    wait_report(&leases, "primary at epoch 3", |r| r.role == ServerRole::Primary && r.epoch == 3).await?;
+    step("fenced, then told again, it brings the primary back");
 
     // Cut off the API server: the same, with the agent running.
     let server = testbed.server_pid(MEMBER).context("a running server")?;
@@ -233,7 +235,7 @@ async fn stall_and_cut(_client: &Client, ns: &TestNamespace, testbed: &Testbed) 
     })
     .await?;
     step(&format!("the agent renewed {:.2}s after the restore", restored.elapsed().as_secs_f64()));
-    wait_report(&leases, "stopped after the cut", |r| r.role == ServerRole::Stopped && r.epoch == 2).await?;
+    wait_report(&leases, "stopped after the cut", |r| r.role == ServerRole::Stopped && r.epoch == 3).await?;
     step("the agent reports its server stopped");
     Ok(())
 }

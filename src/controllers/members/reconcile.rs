@@ -107,7 +107,12 @@ async fn observe<K: Replicated>(store: &K, ctx: &Context<K>) -> Result<Seen<K>, 
         .iter()
         .filter_map(|m| Some((m.clone(), labelled(&caches.volumes, &namespace, m, &name)?)))
         .collect();
-    let live_secret = labelled(&caches.secrets, &namespace, &store.credentials_name(), &name);
+    let live_secret = match labelled(&caches.secrets, &namespace, &store.credentials_name(), &name) {
+        Some(cached) => Some(cached),
+        // Not cached: just created and the watch is behind, or really gone.
+        // Only the API can tell, and a Secret is never made twice on a guess.
+        None => read_secret(ctx, &namespace, &store.credentials_name(), &name).await?,
+    };
     let has_engine = old_status.replication().engine.is_some();
     let (passwords, credentials) = match &live_secret {
         Some(secret) => match K::read_passwords(secret) {
@@ -151,6 +156,22 @@ async fn observe<K: Replicated>(store: &K, ctx: &Context<K>) -> Result<Seen<K>, 
         conflict,
         next_lease_change,
     })
+}
+
+/// The store's credentials Secret as the API server has it now.
+async fn read_secret<K: Replicated>(
+    ctx: &Context<K>,
+    namespace: &str,
+    secret: &str,
+    instance: &str,
+) -> Result<Option<Arc<Secret>>, Error> {
+    let api: Api<Secret> = Api::namespaced(ctx.shared.client.clone(), namespace);
+    let live = api.get_opt(secret).await.map_err(|source| Error::Read {
+        resource: "secrets",
+        object: format!("{namespace}/{secret}"),
+        source,
+    })?;
+    Ok(live.filter(|s| s.labels().get(INSTANCE_LABEL).map(String::as_str) == Some(instance)).map(Arc::new))
 }
 
 /// Every member as its Lease shows it, judged on the operator's clock.
