@@ -48,11 +48,23 @@ impl LeaseClock {
             let gone_after_revocation = seen.revoked && version.is_none();
             *seen = Seen { version, since: now, revoked: gone_after_revocation };
         }
+        self.peek(member, lease, now)
+    }
+
+    /// What [`judge`](Self::judge) would say, without remembering anything:
+    /// for deciding whether a Lease is worth reading again from the API.
+    pub fn peek(&self, member: &str, lease: Option<&LeaseObject>, now: Instant) -> Lease {
+        let version = lease.and_then(|l| l.metadata.resource_version.clone());
+        let (since, revoked) = match self.seen.get(member) {
+            Some(seen) if seen.version == version => (seen.since, seen.revoked),
+            Some(seen) => (now, seen.revoked && version.is_none()),
+            None => (now, false),
+        };
         let released = lease.is_some_and(|l| {
             l.spec.as_ref().and_then(|s| s.holder_identity.as_deref()).is_none_or(str::is_empty)
         });
-        let quiet = now.saturating_duration_since(seen.since) >= LEASE;
-        match (lease, seen.revoked || released) {
+        let quiet = now.saturating_duration_since(since) >= LEASE;
+        match (lease, revoked || released) {
             (_, true) => Lease::Revoked,
             (None, false) if quiet => Lease::Revoked,
             (_, false) if quiet => Lease::Stale,
@@ -125,6 +137,20 @@ mod tests {
         // The agent comes back and takes a new Lease.
         let retaken = lease("12", Some("db-1/cd"));
         assert_eq!(clock.judge("db-1", Some(&retaken), t0 + LEASE * 2), Lease::Live);
+    }
+
+    #[test]
+    fn a_peek_remembers_nothing() {
+        let t0 = Instant::now();
+        let mut clock = LeaseClock::default();
+        let held = lease("10", Some("db-1/ab"));
+        clock.judge("db-1", Some(&held), t0);
+        assert_eq!(clock.peek("db-1", Some(&held), t0 + LEASE), Lease::Stale);
+        assert_eq!(clock.peek("db-1", None, t0 + LEASE), Lease::Stale, "gone just now, on a lagging cache");
+        // The API shows the Lease renewed: a new version, Live from now.
+        let renewed = lease("11", Some("db-1/ab"));
+        assert_eq!(clock.judge("db-1", Some(&renewed), t0 + LEASE), Lease::Live);
+        assert_eq!(clock.version("db-1").as_deref(), Some("11"));
     }
 
     #[test]

@@ -33,11 +33,12 @@ use super::{ACTIVE_INTERVAL, Context, Replicated, StoreStatus, last_written, wri
 use crate::api::common::EngineStatus;
 use crate::contract::{Instruction, decode_report};
 use crate::controllers::{Child, Claimant, Error, Planned, RESYNC, jittered, owned_child};
-use crate::failover::{Decision, Engine, Member, Route, State, Step, step};
+use crate::failover::{Decision, Engine, Lease, Member, Route, State, Step, step};
 use crate::resources::FIELD_MANAGER;
 use crate::resources::members::{
     Blueprint, INSTANCE_LABEL, INSTRUCTION_ANNOTATION, MEMBER_LABEL, Routing, TEMPLATE_HASH_ANNOTATION,
 };
+use k8s_openapi::api::coordination::v1::Lease as LeaseObject;
 
 /// A reconcile of a store with members (not an external one).
 pub(super) async fn reconcile_store<K: Replicated>(store: &K, ctx: &Context<K>) -> Result<Action, Error> {
@@ -138,7 +139,7 @@ async fn observe<K: Replicated>(store: &K, ctx: &Context<K>) -> Result<Seen<K>, 
         .filter(|p| p.labels().get(MEMBER_LABEL).is_some_and(|m| !blueprint.members.contains(m)))
         .collect();
 
-    let (members, next_lease_change) = judge_members(store, ctx, &blueprint.members, &old_status);
+    let (members, next_lease_change) = judge_members(store, ctx, &blueprint.members, &old_status).await?;
     let conflict = claims(store, ctx, &blueprint).await?;
     Ok(Seen {
         fresh: blueprint.storage.is_none() || volumes.is_empty(),
@@ -174,19 +175,38 @@ async fn read_secret<K: Replicated>(
     Ok(live.filter(|s| s.labels().get(INSTANCE_LABEL).map(String::as_str) == Some(instance)).map(Arc::new))
 }
 
-/// Every member as its Lease shows it, judged on the operator's clock.
-fn judge_members<K: Replicated>(
+/// Every member as its Lease shows it, judged on the operator's clock. A
+/// Lease the cache shows stale is read again from the API before it
+/// counts: a watch that fell behind must not fail a primary over.
+async fn judge_members<K: Replicated>(
     store: &K,
     ctx: &Context<K>,
     members: &[String],
     old_status: &K::Status,
-) -> (Vec<Member>, Option<Duration>) {
+) -> Result<(Vec<Member>, Option<Duration>), Error> {
     let namespace = store.namespace().unwrap_or_default();
     let name = store.name_any();
-    let now = Instant::now();
-    let mut clocks = ctx.leases.lock().unwrap_or_else(|p| p.into_inner());
-    let clock = clocks.entry(store.uid().unwrap_or_default()).or_default();
-    clock.retain(members);
+    let uid = store.uid().unwrap_or_default();
+    let mut leases: Vec<Option<Arc<LeaseObject>>> =
+        members.iter().map(|m| labelled(&ctx.caches.leases, &namespace, m, &name)).collect();
+    let doubtful: Vec<usize> = {
+        let mut clocks = ctx.leases.lock().unwrap_or_else(|p| p.into_inner());
+        let clock = clocks.entry(uid.clone()).or_default();
+        clock.retain(members);
+        let now = Instant::now();
+        (0..members.len())
+            .filter(|&i| clock.peek(&members[i], leases[i].as_deref(), now) == Lease::Stale)
+            .collect()
+    };
+    let api: Api<LeaseObject> = Api::namespaced(ctx.shared.client.clone(), &namespace);
+    for i in doubtful {
+        let fresh = api.get_opt(&members[i]).await.map_err(|source| Error::Read {
+            resource: "leases",
+            object: format!("{namespace}/{}", members[i]),
+            source,
+        })?;
+        leases[i] = fresh.filter(|l| l.labels().get(INSTANCE_LABEL) == Some(&name)).map(Arc::new);
+    }
     let recorded = |m: &str| {
         old_status
             .replication()
@@ -196,10 +216,13 @@ fn judge_members<K: Replicated>(
             .and_then(|s| s.position)
             .and_then(|p| u64::try_from(p).ok())
     };
+    let mut clocks = ctx.leases.lock().unwrap_or_else(|p| p.into_inner());
+    let clock = clocks.entry(uid).or_default();
+    let now = Instant::now();
     let observed = members
         .iter()
-        .map(|m| {
-            let lease = labelled(&ctx.caches.leases, &namespace, m, &name);
+        .zip(&leases)
+        .map(|(m, lease)| {
             let report = lease
                 .as_ref()
                 .and_then(|l| l.metadata.annotations.as_ref())
@@ -209,7 +232,7 @@ fn judge_members<K: Replicated>(
             Member { name: m.clone(), report, lease, recorded_position: recorded(m) }
         })
         .collect();
-    (observed, clock.next_change(now))
+    Ok((observed, clock.next_change(now)))
 }
 
 /// The first name this store needs that another object holds, said in
