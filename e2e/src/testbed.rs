@@ -338,7 +338,7 @@ impl Testbed {
             .with_context(|| format!("stopping the agent of {pod} (pid {pid})"))?;
         self.note(pod, &format!("agent stalled (SIGSTOP to pid {pid})"));
         crate::eventually(Duration::from_secs(10), &format!("agent {pid} to be stopped"), || async {
-            Ok((process_state(pid) == Some('T')).then_some(()))
+            Ok(frozen(pid).then_some(()))
         })
         .await
     }
@@ -366,7 +366,7 @@ impl Testbed {
         signal_group(pid, libc::SIGSTOP).with_context(|| format!("stopping the agent group of {pod}"))?;
         self.note(pod, &format!("agent and watchdog stalled (SIGSTOP to process group {pid})"));
         crate::eventually(Duration::from_secs(10), &format!("agent {pid} to be stopped"), || async {
-            Ok((process_state(pid) == Some('T')).then_some(()))
+            Ok(frozen(pid).then_some(()))
         })
         .await
     }
@@ -502,8 +502,10 @@ impl Drop for Testbed {
             let _ = member.stop.send(true);
             if let Some(pid) = member.agent {
                 signal(pid, libc::SIGTERM);
-                // A stalled agent would only see the SIGTERM once resumed.
+                // A stalled agent (and its watchdog) would only see the
+                // SIGTERM once resumed.
                 signal(pid, libc::SIGCONT);
+                let _ = signal_group(pid, libc::SIGCONT);
                 running.push((pid, member.server.clone()));
             }
         }
@@ -1239,10 +1241,26 @@ fn alive(pid: u32) -> bool {
     process_state(pid).is_some_and(|s| s != 'Z')
 }
 
+/// Every thread of `pid` is stopped, or blocked in the kernel where the
+/// pending stop holds it: a thread that was spawning a child when its
+/// whole process group was stopped waits (state D) for a child that is
+/// stopped too, and never shows T.
+fn frozen(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };
+    let states: Vec<Option<char>> =
+        tasks.filter_map(|t| t.ok()).map(|t| stat_state(&t.path().join("stat"))).collect();
+    !states.is_empty() && states.iter().all(|s| matches!(s, Some('T' | 't' | 'D')))
+}
+
 /// The state letter in /proc/<pid>/stat (R, S, T for stopped, Z...); `None`
 /// when there is no such process.
 fn process_state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_state(std::path::Path::new(&format!("/proc/{pid}/stat")))
+}
+
+/// The state letter of a process or thread `stat` file.
+fn stat_state(path: &std::path::Path) -> Option<char> {
+    let stat = std::fs::read_to_string(path).ok()?;
     // "pid (comm) S ...": comm may hold spaces and parentheses.
     stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next())
 }
