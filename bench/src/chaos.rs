@@ -28,7 +28,7 @@ use crate::failover::{
     FAILOVER_DELAY, MIRRORS, NAME, STORAGE, TRIAL_TIMEOUT, create_database, database_bed_ready, each_mode,
     host_paragraphs, in_namespace, kind_figures, pooled, trials_json,
 };
-use crate::report::{missed_markdown, num};
+use crate::report::{missed_markdown, num, targets_missed};
 use crate::{Config, Suite, log, percentile};
 
 /// Replication modes, measured in this order.
@@ -211,13 +211,7 @@ fn keys(cfg: &Config, runs: &[Value], elapsed: Duration) -> (Map<String, Value>,
         json!({"lost_acked_writes_sync": 0, "overlapping_writers": 0, "lost_outside_fences_async": 0}),
     );
     put("anchors", json!({"patroni": PATRONI, "cloudnativepg": CLOUDNATIVEPG}));
-    let missed: Vec<String> = TARGETS
-        .iter()
-        .filter_map(|(key, target, unit)| {
-            let v = out.get(&format!("chaos.{key}")).and_then(Value::as_f64)?;
-            (v > *target).then(|| format!("chaos.{key} = {v} {unit} (target ≤ {target})"))
-        })
-        .collect();
+    let missed = targets_missed(&out, "chaos", &TARGETS);
     let mut put = |key: &str, value: Value| {
         out.insert(format!("chaos.{key}"), value);
     };

@@ -24,7 +24,7 @@ use kube::api::{Api, PostParams};
 use serde_json::{Map, Value, json};
 
 use crate::operator::Operator;
-use crate::report::{missed_markdown, num};
+use crate::report::{missed_markdown, num, targets_missed};
 use crate::{
     Config, LoadSampler, Suite, create_namespace, delete_namespace, log, log_suite_end, percentile, round,
 };
@@ -365,13 +365,7 @@ fn keys(cfg: &Config, runs: &[Value], elapsed: Duration) -> (Map<String, Value>,
             "patroni_detection_s": [30, 40],
         }),
     );
-    let missed: Vec<String> = TARGETS
-        .iter()
-        .filter_map(|(key, target, unit)| {
-            let v = out.get(&format!("failover.{key}")).and_then(Value::as_f64)?;
-            (v > *target).then(|| format!("failover.{key} = {v} {unit} (target ≤ {target})"))
-        })
-        .collect();
+    let missed = targets_missed(&out, "failover", &TARGETS);
     let mut put = |key: &str, value: Value| {
         out.insert(format!("failover.{key}"), value);
     };

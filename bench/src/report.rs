@@ -26,6 +26,18 @@ const TARGETS: [(&str, f64, &str); 4] = [
     ("rss_mib", 48.0, "MiB"),
 ];
 
+/// The figures of `suite` in `out` above their target, as lines for the
+/// report: `(key, target, unit)`, every figure better lower.
+pub fn targets_missed(out: &Map<String, Value>, suite: &str, targets: &[(&str, f64, &str)]) -> Vec<String> {
+    targets
+        .iter()
+        .filter_map(|(key, target, unit)| {
+            let v = out.get(&format!("{suite}.{key}")).and_then(Value::as_f64)?;
+            (v > *target).then(|| format!("{suite}.{key} = {v} {unit} (target ≤ {target})"))
+        })
+        .collect()
+}
+
 fn missed_in(run: &Value) -> Vec<String> {
     TARGETS
         .iter()

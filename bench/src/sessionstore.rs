@@ -25,7 +25,7 @@ use kube::api::{Api, PostParams};
 use serde_json::{Map, Value, json};
 
 use crate::failover::{each_mode, in_namespace, kind_figures, mode_figures, pooled};
-use crate::report::{missed_markdown, num};
+use crate::report::{missed_markdown, num, targets_missed};
 use crate::{Config, Suite, log};
 
 /// Durability modes, measured in this order.
@@ -137,13 +137,7 @@ fn keys(cfg: &Config, runs: &[Value], elapsed: Duration) -> (Map<String, Value>,
     for (key, value) in figures {
         out.insert(format!("sessionstore.{key}"), value);
     }
-    let missed: Vec<String> = TARGETS
-        .iter()
-        .filter_map(|(key, target, unit)| {
-            let v = out.get(&format!("sessionstore.{key}")).and_then(Value::as_f64)?;
-            (v > *target).then(|| format!("sessionstore.{key} = {v} {unit} (target ≤ {target})"))
-        })
-        .collect();
+    let missed = targets_missed(&out, "sessionstore", &TARGETS);
     out.insert("sessionstore.targets_missed".into(), json!(missed));
     out.insert("sessionstore.runs".into(), json!(runs));
     out.insert(
