@@ -29,7 +29,10 @@ unit: deps lint
 	cargo test --package hostwright  # includes the agent driver on real PostgreSQL 15
 
 # With KUBECONFIG set the suite runs against that cluster; otherwise the
-# local control plane is brought up for the run and taken down afterwards.
+# local control plane is brought up for the run, with E2E_REAL_NODES real
+# nodes beside the fake ones, and taken down afterwards (failing the run if
+# anything is left behind).
+E2E_REAL_NODES ?= 2
 # Either way the Helm chart is installed first: the tests run the operator
 # binary as the chart's ServiceAccount, which proves its RBAC.
 e2e: deps
@@ -39,11 +42,13 @@ e2e: deps
 	  PATH="$(TOOLS_PATH):$$PATH" $(MAKE) --no-print-directory install-chart; \
 	  PATH="$(TOOLS_PATH):$$PATH" cargo test --package hostwright-e2e --no-fail-fast; \
 	else \
-	  trap '$(CLUSTER) down' EXIT; \
-	  $(CLUSTER) up; \
+	  trap '$(CLUSTER) down >/dev/null 2>&1 || true' EXIT; \
+	  HOSTWRIGHT_REAL_NODES=$(E2E_REAL_NODES) $(CLUSTER) up; \
 	  export KUBECONFIG=$$($(CLUSTER) kubeconfig) PATH="$(TOOLS_PATH):$$PATH"; \
 	  $(MAKE) --no-print-directory install-chart; \
-	  cargo test --package hostwright-e2e --no-fail-fast; \
+	  rc=0; cargo test --package hostwright-e2e --no-fail-fast || rc=$$?; \
+	  $(CLUSTER) down || { echo "e2e/cluster down left something behind" >&2; rc=1; }; \
+	  exit $$rc; \
 	fi
 
 # The chart into hostwright-system, a namespace enforcing the restricted Pod

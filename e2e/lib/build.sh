@@ -29,14 +29,15 @@ timed() {
 # k8s.io staging module at its published v0.X.Y (the replace directives in
 # kubernetes' own go.mod point into its source tree and are ignored when it
 # is used as a dependency).
-build_kubernetes() {
-  local v=$KUBERNETES_VERSION out
-  out=$(bin_dir kubernetes "$v")
-  if [ -x "$out/kube-apiserver" ] && [ -x "$out/kube-controller-manager" ] &&
-     [ -x "$out/kube-scheduler" ] && [ -x "$out/kubectl" ]; then
-    return 0
-  fi
-  echo ">> building Kubernetes $v (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl)"
+#
+# build_kubernetes_cmds OUT CMD...: build k8s.io/kubernetes/cmd/CMD for each
+# CMD into the cache directory OUT (see bin_dir), unless all are there.
+build_kubernetes_cmds() {
+  local v=$KUBERNETES_VERSION out=$1 cmd missing=0
+  shift
+  for cmd in "$@"; do [ -x "$out/$cmd" ] || missing=1; done
+  [ $missing -eq 0 ] && return 0
+  echo ">> building Kubernetes $v ($*)"
   local staging_v="v0.${v#v1.}" work
   work=$(mktemp -d "$HOSTWRIGHT_CACHE/work-kubernetes.XXXXXX")
   (
@@ -52,18 +53,11 @@ build_kubernetes() {
       go mod edit -replace="$mod=$mod@$staging_v"
     done
     go mod edit -require="k8s.io/kubernetes@$v"
-    cat >tools.go <<'GO'
-//go:build tools
-
-package tools
-
-import (
-	_ "k8s.io/kubernetes/cmd/kube-apiserver"
-	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
-	_ "k8s.io/kubernetes/cmd/kube-scheduler"
-	_ "k8s.io/kubernetes/cmd/kubectl"
-)
-GO
+    {
+      printf '//go:build tools\n\npackage tools\n\nimport (\n'
+      for cmd in "$@"; do printf '\t_ "k8s.io/kubernetes/cmd/%s"\n' "$cmd"; done
+      printf ')\n'
+    } >tools.go
     go mod tidy >/dev/null
     local minor=${v#v1.}; minor=${minor%%.*}
     local ldflags="-s -w"
@@ -73,8 +67,7 @@ GO
       ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
     done
     mkdir -p "$out.tmp"
-    local cmd
-    for cmd in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+    for cmd in "$@"; do
       timed "$cmd" go build -p "$HOSTWRIGHT_GO_PARALLEL" -trimpath -ldflags "$ldflags" \
         -o "$out.tmp/$cmd" "k8s.io/kubernetes/cmd/$cmd"
     done
@@ -83,6 +76,17 @@ GO
   local rc=$?
   rm -rf "$work"
   return $rc
+}
+
+# The control plane and kubectl.
+build_kubernetes() {
+  build_kubernetes_cmds "$(bin_dir kubernetes "$KUBERNETES_VERSION")" \
+    kube-apiserver kube-controller-manager kube-scheduler kubectl
+}
+
+# What a real node runs (e2e/lib/nodes.sh), from the same pinned module.
+build_kubernetes_node() {
+  build_kubernetes_cmds "$(bin_dir kubernetes-node "$KUBERNETES_VERSION")" kubelet kube-proxy
 }
 
 # etcd's server module carries replace directives, so `go install` refuses it;

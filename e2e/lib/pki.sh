@@ -26,16 +26,17 @@ make_cert() {
   rm -f "$ext" "$PKI/$name.csr"
 }
 
-# make_kubeconfig NAME: a kubeconfig for client certificate NAME.
+# make_kubeconfig NAME [SERVER]: a kubeconfig for client certificate NAME,
+# for the API server at SERVER (default https://127.0.0.1:<port>).
 make_kubeconfig() {
-  local name=$1
+  local name=$1 server=${2:-https://127.0.0.1:$API_PORT}
   cat >"$STATE/$name.kubeconfig" <<EOF
 apiVersion: v1
 kind: Config
 clusters:
 - name: hostwright-e2e
   cluster:
-    server: https://127.0.0.1:$API_PORT
+    server: $server
     certificate-authority: $PKI/ca.crt
 users:
 - name: $name
@@ -58,8 +59,10 @@ make_pki() {
     -addext "basicConstraints=critical,CA:TRUE" \
     -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" 2>/dev/null
   make_cert apiserver kube-apiserver "" \
-    "IP:127.0.0.1,IP:$SERVICE_IP,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+    "IP:127.0.0.1,IP:$SERVICE_IP,IP:$NODE_NET.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
   make_cert admin hostwright-admin system:masters
+  # The API server's identity towards kubelets (logs, exec, port-forward).
+  make_cert apiserver-kubelet-client kube-apiserver-kubelet-client system:masters
   make_cert controller-manager system:kube-controller-manager
   make_cert scheduler system:kube-scheduler
   # KWOK plays every kubelet; it needs node and pod status writes cluster-wide.

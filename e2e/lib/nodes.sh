@@ -1,0 +1,342 @@
+# shellcheck shell=bash
+# Real nodes for the local control plane: each one a kubelet, a kube-proxy
+# and a containerd (with runc and the CNI plugins) of its own, in a network
+# namespace of its own, with its own runtime state and cgroup root.
+#
+# Sourced by e2e/cluster. Addresses (NET = HOSTWRIGHT_POD_NET, default 244):
+#   bridge hw<NET>br on the host     192.168.<NET>.1/24, the nodes' network
+#   node i, netns hw<NET>n<i>        192.168.<NET>.(10+i), pods 10.<NET>.(100+i).0/24
+# The host routes each node's pod range and the Service range to the nodes,
+# so a packet for a pod or a Service never takes the default route off the
+# machine; the nodes have no default route at all, and the host does not
+# forward (net.ipv4.ip_forward stays as it is, 0 here). Nodes reach the API
+# server, which listens on 127.0.0.1 only, through one DNAT rule for
+# 192.168.<NET>.1:<API port> on the bridge (route_localnet on the bridge).
+#
+# Real nodes carry the taint hostwright.io/real-node=true:NoSchedule and the
+# label hostwright.io/node=real: the test bed's (KWOK) pods never land on
+# them, and a pod that is to run in a real container says so.
+#
+# `nodes_down` leaves nothing behind: the host-wide sysctls kubelet sets
+# (restored to what they were), processes (found by their state
+# directory and by each node's cgroup root), mounts under the state
+# directory, the network namespaces (and the pod namespaces, kept under the
+# state directory), the bridge, routes and the DNAT chain. `nodes_leftovers`
+# lists whatever it finds of them, so `e2e/cluster down` can check.
+
+: "${HOSTWRIGHT_REAL_NODES:=0}"
+NODE_NET="192.168.$HOSTWRIGHT_POD_NET"
+NODES_BRIDGE="hw${HOSTWRIGHT_POD_NET}br"
+NODES_CHAIN="HW${HOSTWRIGHT_POD_NET}-API"
+PAUSE_IMAGE=hostwright.local/pause:1
+BUSYBOX_IMAGE=hostwright.local/busybox:1
+# Host-wide settings kubelet changes to its liking at start (they are not per
+# network namespace); saved before and restored by nodes_down.
+KUBELET_SYSCTLS="vm.overcommit_memory kernel.panic kernel.panic_on_oops"
+CGROUP_V1_CONTROLLERS="cpu cpuacct cpuset memory pids blkio devices freezer hugetlb net_cls perf_event systemd"
+
+# shellcheck source=e2e/lib/images.sh
+. "$E2E_DIR/lib/images.sh"
+
+real_node_name() { echo "hw-real-$1"; }
+real_node_ns() { echo "hw${HOSTWRIGHT_POD_NET}n$1"; }
+real_node_ip() { echo "$NODE_NET.$((10 + $1))"; }
+real_node_pods() { echo "10.$HOSTWRIGHT_POD_NET.$((100 + $1)).0/24"; }
+real_node_dir() { echo "$STATE/nodes/$1"; }
+real_node_cgroup() { echo "hostwright-$HOSTWRIGHT_POD_NET-n$1"; }
+# Run a command in node I's network namespace. nsenter, not `ip netns exec`:
+# that one also gives the command a mount namespace with a fresh /sys, which
+# hides the cgroup mounts kubelet and runc need.
+in_node() { local i=$1; shift; nsenter --net="/run/netns/$(real_node_ns "$i")" -- "$@"; }
+
+nodes_check_deps() {
+  local missing="" c
+  for c in containerd containerd-shim-runc-v2 runc ctr ip iptables nsenter findmnt dpkg-deb apt-get; do
+    command -v "$c" >/dev/null || missing+=" $c"
+  done
+  [ -x /usr/lib/cni/bridge ] && [ -x /usr/lib/cni/host-local ] || missing+=" containernetworking-plugins"
+  [ -z "$missing" ] ||
+    die "real nodes need:$missing (e2e/install-deps installs them: containerd runc containernetworking-plugins iptables)"
+}
+
+# The nodes' network: the bridge, the DNAT towards the API server, and the
+# host's routes for the Service range (through node 1's kube-proxy).
+nodes_network_up() {
+  ip link add "$NODES_BRIDGE" type bridge
+  ip addr add "$NODE_NET.1/24" dev "$NODES_BRIDGE"
+  ip link set "$NODES_BRIDGE" up
+  sysctl -qw "net.ipv4.conf.$NODES_BRIDGE.route_localnet=1"
+  iptables -t nat -N "$NODES_CHAIN"
+  iptables -t nat -A "$NODES_CHAIN" -d "$NODE_NET.1" -p tcp --dport "$API_PORT" \
+    -j DNAT --to-destination "127.0.0.1:$API_PORT"
+  iptables -t nat -A PREROUTING -i "$NODES_BRIDGE" -j "$NODES_CHAIN"
+}
+
+# real_node_network I: node I's namespace, its link to the bridge, its routes.
+real_node_network() {
+  local i=$1 ns veth j
+  ns=$(real_node_ns "$i")
+  veth="hw${HOSTWRIGHT_POD_NET}v$i"
+  ip netns add "$ns"
+  ip link add "$veth" type veth peer name eth0 netns "$ns"
+  ip link set "$veth" master "$NODES_BRIDGE" up
+  in_node "$i" ip link set lo up
+  in_node "$i" ip addr add "$(real_node_ip "$i")/24" dev eth0
+  in_node "$i" ip link set eth0 up
+  in_node "$i" sysctl -qw net.ipv4.ip_forward=1
+  # Pod traffic through the pods' bridge goes through iptables, so a pod
+  # reaches a Service whose endpoint is on the same node.
+  in_node "$i" sysctl -qw net.bridge.bridge-nf-call-iptables=1 2>/dev/null || true
+  # Service addresses are rewritten before they are routed; the route only
+  # has to exist (and stay on this machine).
+  in_node "$i" ip route add "$SERVICE_CIDR" via "$NODE_NET.1"
+  for j in $(seq 1 "$HOSTWRIGHT_REAL_NODES"); do
+    [ "$j" = "$i" ] && continue
+    in_node "$i" ip route add "$(real_node_pods "$j")" via "$(real_node_ip "$j")"
+  done
+  ip route add "$(real_node_pods "$i")" via "$(real_node_ip "$i")"
+}
+
+# A cgroup root of the node's own in every v1 hierarchy (kubelet checks it
+# exists); cpuset needs its cpus and mems filled in before use.
+real_node_cgroups() {
+  local root c dir
+  root=$(real_node_cgroup "$1")
+  for c in $CGROUP_V1_CONTROLLERS; do
+    [ -d "/sys/fs/cgroup/$c" ] || continue
+    dir="/sys/fs/cgroup/$c/$root"
+    mkdir -p "$dir"
+    if [ "$c" = cpuset ]; then
+      cat /sys/fs/cgroup/cpuset/cpuset.cpus >"$dir/cpuset.cpus"
+      cat /sys/fs/cgroup/cpuset/cpuset.mems >"$dir/cpuset.mems"
+    fi
+  done
+}
+
+real_node_pki() {
+  local i=$1 name dir
+  name=$(real_node_name "$i")
+  dir=$(real_node_dir "$i")
+  make_cert "kubelet-$i" "system:node:$name" system:nodes
+  make_kubeconfig "kubelet-$i" "https://$NODE_NET.1:$API_PORT"
+  mv "$STATE/kubelet-$i.kubeconfig" "$dir/kubelet.kubeconfig"
+}
+
+real_node_config() {
+  local i=$1 dir name zone
+  dir=$(real_node_dir "$i")
+  name=$(real_node_name "$i")
+  if [ $((i % 2)) -eq 1 ]; then zone=zone-a; else zone=zone-b; fi
+  mkdir -p "$dir/cni" "$dir/pod-logs" "$dir/kubelet" "$dir/kubelet-pki"
+  cat >"$dir/containerd.toml" <<EOF
+version = 2
+root = "$dir/containerd/root"
+state = "$dir/containerd/state"
+[grpc]
+  address = "$dir/containerd.sock"
+[ttrpc]
+  address = "$dir/containerd.sock.ttrpc"
+[metrics]
+  address = ""
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$dir/containerd/opt"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "$PAUSE_IMAGE"
+  # This VM refuses negative oom_score_adj; without this every sandbox fails.
+  restrict_oom_score_adj = true
+  # Pod network namespaces live under the state directory, not /run/netns.
+  netns_mounts_under_state_dir = true
+  enable_selinux = false
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "$dir/cni"
+EOF
+  cat >"$dir/cni/10-hostwright.conflist" <<EOF
+{
+  "cniVersion": "0.4.0",
+  "name": "hostwright",
+  "plugins": [
+    {
+      "type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false, "hairpinMode": true,
+      "ipam": {
+        "type": "host-local", "dataDir": "$dir/cni-ipam",
+        "ranges": [[{"subnet": "$(real_node_pods "$i")"}]],
+        "routes": [{"dst": "0.0.0.0/0"}]
+      }
+    },
+    {"type": "portmap", "capabilities": {"portMappings": true}}
+  ]
+}
+EOF
+  cat >"$dir/kubelet.yaml" <<EOF
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+# cgroups here are v1, which kubelet refuses unless told.
+failCgroupV1: false
+cgroupDriver: cgroupfs
+cgroupRoot: /$(real_node_cgroup "$i")
+containerRuntimeEndpoint: unix://$dir/containerd.sock
+address: $(real_node_ip "$i")
+healthzBindAddress: 127.0.0.1
+readOnlyPort: 0
+authentication:
+  anonymous: {enabled: false}
+  webhook: {enabled: true}
+  x509: {clientCAFile: $PKI/ca.crt}
+authorization: {mode: Webhook}
+clusterDomain: cluster.local
+resolvConf: ""
+failSwapOn: false
+podLogsDir: $dir/pod-logs
+maxPods: 40
+serializeImagePulls: false
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+evictionHard: {memory.available: 100Mi, nodefs.available: 1%, imagefs.available: 1%}
+nodeStatusUpdateFrequency: 4s
+EOF
+  cat >"$dir/kube-proxy.yaml" <<EOF
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+clientConnection: {kubeconfig: $STATE/kube-proxy.kubeconfig}
+hostnameOverride: $name
+bindAddress: $(real_node_ip "$i")
+clusterCIDR: 10.$HOSTWRIGHT_POD_NET.0.0/16
+mode: iptables
+metricsBindAddress: 127.0.0.1:10249
+healthzBindAddress: 127.0.0.1:10256
+# Leave the kernel's conntrack settings alone (they are the host's).
+conntrack: {maxPerCore: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
+EOF
+  echo "$zone" >"$dir/zone"
+}
+
+real_node_start() {
+  local i=$1 dir name image
+  dir=$(real_node_dir "$i")
+  name=$(real_node_name "$i")
+  start "containerd-$i" nsenter --net="/run/netns/$(real_node_ns "$i")" -- \
+    containerd --config "$dir/containerd.toml" --log-level warn
+  wait_for "containerd of $name" 30 ctr --address "$dir/containerd.sock" version ||
+    fail_start "containerd-$i"
+  for image in "$PAUSE_ARCHIVE" "$BUSYBOX_ARCHIVE"; do
+    ctr --address "$dir/containerd.sock" -n k8s.io images import "$image" >/dev/null ||
+      die "could not import $image into $name"
+  done
+  start "kubelet-$i" nsenter --net="/run/netns/$(real_node_ns "$i")" -- \
+    kubelet --config "$dir/kubelet.yaml" --kubeconfig "$dir/kubelet.kubeconfig" \
+    --hostname-override "$name" --node-ip "$(real_node_ip "$i")" \
+    --root-dir "$dir/kubelet" --cert-dir "$dir/kubelet-pki" \
+    --node-labels "topology.kubernetes.io/zone=$(cat "$dir/zone"),topology.kubernetes.io/region=local,hostwright.io/node=real" \
+    --register-with-taints "hostwright.io/real-node=true:NoSchedule" \
+    --v 1
+  start "kube-proxy-$i" nsenter --net="/run/netns/$(real_node_ns "$i")" -- \
+    kube-proxy --config "$dir/kube-proxy.yaml" --v 1
+}
+
+# nodes_up: build and start HOSTWRIGHT_REAL_NODES real nodes; waits until Ready.
+nodes_up() {
+  [ "$HOSTWRIGHT_REAL_NODES" -gt 0 ] || return 0
+  nodes_check_deps
+  build_kubernetes_node
+  PATH="$(bin_dir kubernetes-node "$KUBERNETES_VERSION"):$PATH"
+  PAUSE_ARCHIVE=$(build_pause_image) || die "could not build the pause image"
+  BUSYBOX_ARCHIVE=$(build_busybox_image) || die "could not build the busybox image"
+  make_cert kube-proxy system:kube-proxy
+  make_kubeconfig kube-proxy "https://$NODE_NET.1:$API_PORT"
+  local i k
+  mkdir -p "$STATE/nodes"
+  for k in $KUBELET_SYSCTLS; do echo "$k=$(sysctl -n "$k")"; done >"$STATE/nodes/sysctls"
+  nodes_network_up
+  for i in $(seq 1 "$HOSTWRIGHT_REAL_NODES"); do
+    mkdir -p "$(real_node_dir "$i")"
+    real_node_network "$i"
+    real_node_cgroups "$i"
+    real_node_pki "$i"
+    real_node_config "$i"
+  done
+  # Host-made Service traffic goes through node 1's kube-proxy.
+  ip route add "$SERVICE_CIDR" via "$(real_node_ip 1)"
+  for i in $(seq 1 "$HOSTWRIGHT_REAL_NODES"); do real_node_start "$i"; done
+  for i in $(seq 1 "$HOSTWRIGHT_REAL_NODES"); do
+    wait_for "node $(real_node_name "$i") to register" 90 \
+      kubectl_admin get node "$(real_node_name "$i")" || fail_start "kubelet-$i"
+  done
+  kubectl_admin wait --for=condition=Ready node -l hostwright.io/node=real --timeout=120s >/dev/null ||
+    fail_start "kubelet-1"
+}
+
+# Every process of real node I: its components (by state directory, so
+# shims count too) and everything in its cgroup root (the containers).
+real_node_pids() {
+  local dir root c
+  dir=$(real_node_dir "$1")
+  root=$(real_node_cgroup "$1")
+  pgrep -f -- "$dir/" || true
+  for c in $CGROUP_V1_CONTROLLERS; do
+    [ -d "/sys/fs/cgroup/$c/$root" ] || continue
+    find "/sys/fs/cgroup/$c/$root" -name cgroup.procs -exec cat {} + 2>/dev/null || true
+  done
+}
+
+# nodes_down: stop and remove everything nodes_up made (also after a crash).
+nodes_down() {
+  local i dir pids c
+  # Components and containers at once, again until none is left (a dying
+  # kubelet or shim may have started one more).
+  for _ in 1 2 3 4 5; do
+    pids=""
+    for dir in "$STATE"/nodes/*; do
+      [ -d "$dir" ] && pids+=" $(real_node_pids "${dir##*/}" | sort -u | tr '\n' ' ')"
+    done
+    [ -z "${pids// /}" ] && break
+    # shellcheck disable=SC2086
+    kill -KILL $pids 2>/dev/null || true
+    sleep 0.5
+  done
+  # Mounts under the state directory, deepest first (overlays, volumes, netns).
+  local mounts m
+  mounts=$(findmnt -rn -o TARGET | grep -F "$STATE/nodes/" | sort -r || true)
+  for m in $mounts; do umount -l "$m" 2>/dev/null || true; done
+  for i in $(seq 1 20); do
+    ip netns del "$(real_node_ns "$i")" 2>/dev/null || true
+    ip route del "$(real_node_pods "$i")" 2>/dev/null || true
+    for c in $CGROUP_V1_CONTROLLERS; do
+      [ -d "/sys/fs/cgroup/$c/$(real_node_cgroup "$i")" ] || continue
+      find "/sys/fs/cgroup/$c/$(real_node_cgroup "$i")" -depth -type d -exec rmdir {} + 2>/dev/null || true
+    done
+  done
+  if [ -f "$STATE/nodes/sysctls" ]; then
+    sysctl -qw $(cat "$STATE/nodes/sysctls") >/dev/null 2>&1 || true
+    rm -f "$STATE/nodes/sysctls"
+  fi
+  ip route del "$SERVICE_CIDR" via "$(real_node_ip 1)" 2>/dev/null || true
+  ip link del "$NODES_BRIDGE" 2>/dev/null || true
+  iptables -t nat -D PREROUTING -i "$NODES_BRIDGE" -j "$NODES_CHAIN" 2>/dev/null || true
+  iptables -t nat -F "$NODES_CHAIN" 2>/dev/null || true
+  iptables -t nat -X "$NODES_CHAIN" 2>/dev/null || true
+}
+
+# What nodes_down should have removed and did not, one line each.
+nodes_leftovers() {
+  local i c
+  pgrep -af -- "$STATE/nodes/" || true
+  findmnt -rn -o TARGET | grep -F "$STATE/nodes/" || true
+  ip netns list 2>/dev/null | grep -E "^hw${HOSTWRIGHT_POD_NET}n[0-9]+" || true
+  ip link show "$NODES_BRIDGE" >/dev/null 2>&1 && echo "bridge $NODES_BRIDGE"
+  ip route show "$SERVICE_CIDR" | sed 's/^/route /'
+  iptables -t nat -S 2>/dev/null | grep -F "$NODES_CHAIN" || true
+  for i in $(seq 1 20); do
+    for c in $CGROUP_V1_CONTROLLERS; do
+      [ -d "/sys/fs/cgroup/$c/$(real_node_cgroup "$i")" ] && echo "cgroup /sys/fs/cgroup/$c/$(real_node_cgroup "$i")"
+    done
+  done
+  return 0
+}

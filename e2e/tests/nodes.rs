@@ -1,0 +1,173 @@
+//! Proof that the real nodes of the local cluster (e2e/lib/nodes.sh) are a
+//! real data path: kubelet runs a `restricted` pod in a runc container with
+//! real probes and a preStop hook, the API server reaches the kubelet (logs,
+//! exec), and a Service answers through kube-proxy's rules from pods on
+//! both nodes, in two zones.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use hostwright_e2e::{TestNamespace, client, eventually, kubectl, wait_for};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use kube::ResourceExt;
+use kube::api::{Api, ListParams, PostParams};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const REAL: &str = "hostwright.io/node=real";
+const IMAGE: &str = "hostwright.local/busybox:1";
+
+/// GET `path` from `addr` over HTTP/1.0; the status code and the body.
+async fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
+    let mut stream = tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(addr))
+        .await
+        .with_context(|| format!("connecting to {addr}: timed out"))?
+        .with_context(|| format!("connecting to {addr}"))?;
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await?;
+    let mut response = String::new();
+    tokio::time::timeout(Duration::from_secs(3), stream.read_to_string(&mut response))
+        .await
+        .with_context(|| format!("reading from {addr}: timed out"))??;
+    let (head, body) = response.split_once("\r\n\r\n").context("an HTTP response")?;
+    let status = head.split_whitespace().nth(1).context("a status line")?.parse()?;
+    Ok((status, body.to_string()))
+}
+
+fn web_deployment() -> Result<Deployment> {
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "hello"},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "hello"}},
+            "template": {
+                "metadata": {"labels": {"app": "hello"}},
+                "spec": {
+                    "nodeSelector": {"hostwright.io/node": "real"},
+                    "tolerations": [{"key": "hostwright.io/real-node", "operator": "Exists", "effect": "NoSchedule"}],
+                    "topologySpreadConstraints": [{
+                        "maxSkew": 1,
+                        "topologyKey": "topology.kubernetes.io/zone",
+                        "whenUnsatisfiable": "DoNotSchedule",
+                        "nodeTaintsPolicy": "Honor",
+                        "labelSelector": {"matchLabels": {"app": "hello"}},
+                    }],
+                    "securityContext": {
+                        "runAsNonRoot": true, "runAsUser": 10001, "runAsGroup": 10001,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "terminationGracePeriodSeconds": 10,
+                    "containers": [{
+                        "name": "web",
+                        "image": IMAGE,
+                        "imagePullPolicy": "Never",
+                        "command": ["/bin/sh", "-c",
+                            "echo \"hello from $(hostname)\" > /www/index.html && exec httpd -f -p 8080 -h /www"],
+                        "ports": [{"containerPort": 8080, "name": "http"}],
+                        "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1},
+                        "livenessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 5},
+                        "lifecycle": {"preStop": {"sleep": {"seconds": 2}}},
+                        "volumeMounts": [{"name": "www", "mountPath": "/www"}],
+                        "securityContext": {
+                            "allowPrivilegeEscalation": false,
+                            "readOnlyRootFilesystem": true,
+                            "capabilities": {"drop": ["ALL"]},
+                        },
+                    }],
+                    "volumes": [{"name": "www", "emptyDir": {}}],
+                },
+            },
+        },
+    }))?)
+}
+
+#[tokio::test]
+async fn a_restricted_pod_runs_on_each_real_node_and_its_service_answers_through_kube_proxy() -> Result<()> {
+    let client = client().await?;
+    let nodes = Api::<Node>::all(client.clone()).list(&ListParams::default().labels(REAL)).await?.items;
+    if nodes.len() < 2 {
+        bail!(
+            "this test needs two real nodes (e2e/cluster up with HOSTWRIGHT_REAL_NODES=2); found {}",
+            nodes.len()
+        );
+    }
+    let zones: BTreeSet<String> =
+        nodes.iter().filter_map(|n| n.labels().get("topology.kubernetes.io/zone").cloned()).collect();
+    ensure!(zones.len() >= 2, "real nodes in two zones, found {zones:?}");
+
+    let ns = TestNamespace::create(&client, "nodes", &[("pod-security.kubernetes.io/enforce", "restricted")])
+        .await?;
+    let deployments: Api<Deployment> = ns.api();
+    deployments.create(&PostParams::default(), &web_deployment()?).await?;
+    let services: Api<Service> = ns.api();
+    let service: Service = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "hello"},
+        "spec": {"selector": {"app": "hello"}, "ports": [{"port": 80, "targetPort": "http"}]},
+    }))?;
+    let service = services.create(&PostParams::default(), &service).await?;
+    wait_for(
+        &deployments,
+        "hello",
+        Duration::from_secs(120),
+        "2 pods Ready by their probes",
+        |d: Option<&Deployment>| {
+            d.and_then(|d| d.status.as_ref()).is_some_and(|s| s.ready_replicas == Some(2))
+        },
+    )
+    .await?;
+
+    let pods: Api<Pod> = ns.api();
+    let running = pods.list(&ListParams::default().labels("app=hello")).await?.items;
+    let hosts: BTreeSet<String> =
+        running.iter().filter_map(|p| p.spec.as_ref().and_then(|s| s.node_name.clone())).collect();
+    ensure!(hosts.len() == 2, "one pod on each real node, got {hosts:?}");
+
+    // The API server reaches each kubelet: logs and exec.
+    for pod in &running {
+        let name = pod.metadata.name.as_deref().context("a pod name")?;
+        let page = kubectl(&["-n", &ns.name, "exec", name, "--", "cat", "/www/index.html"])?;
+        ensure!(page.contains(&format!("hello from {name}")), "exec in {name} read {page:?}");
+        kubectl(&["-n", &ns.name, "logs", name])?;
+    }
+
+    // The Service's VIP, from this machine, through kube-proxy's rules: both
+    // pods answer.
+    let vip = service.spec.and_then(|s| s.cluster_ip).context("a ClusterIP")?;
+    let addr = format!("{vip}:80");
+    let answered = eventually(Duration::from_secs(60), "both pods answering through the Service", || {
+        let addr = addr.clone();
+        async move {
+            let mut seen = BTreeSet::new();
+            for _ in 0..40 {
+                let (status, body) = http_get(&addr, "/").await?;
+                ensure!(status == 200, "status {status} from {addr}");
+                seen.insert(body.trim().to_string());
+            }
+            Ok((seen.len() == 2).then_some(seen))
+        }
+    })
+    .await?;
+    println!("answers through {addr}: {answered:?}");
+    a_deleted_pod_runs_its_pre_stop_hook(&pods).await
+}
+
+/// The namespace's pods end through their preStop hook within the grace
+/// period: kubelet really stops containers.
+async fn a_deleted_pod_runs_its_pre_stop_hook(pods: &Api<Pod>) -> Result<()> {
+    let list = pods.list(&ListParams::default().labels("app=hello")).await?.items;
+    let name = list.first().and_then(|p| p.metadata.name.clone()).context("a pod")?;
+    let started = std::time::Instant::now();
+    pods.delete(&name, &Default::default()).await?;
+    eventually(Duration::from_secs(30), "the deleted pod to be gone", || {
+        let pods = pods.clone();
+        let name = name.clone();
+        async move { Ok(pods.get_opt(&name).await?.is_none().then_some(())) }
+    })
+    .await?;
+    let took = started.elapsed();
+    ensure!(took >= Duration::from_secs(2), "the preStop sleep of 2 s ran (gone after {took:?})");
+    Ok(())
+}
