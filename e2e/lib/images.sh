@@ -103,5 +103,5 @@ build_pause_image() {
 # A busybox image for tests (httpd, sh, wget), run as whatever user the pod says.
 build_busybox_image() {
   busybox_image busybox "$BUSYBOX_IMAGE" '{"Entrypoint":["/bin/busybox"],"Env":["PATH=/bin"]}' \
-    sh httpd wget sleep cat echo
+    sh httpd wget nc sleep cat echo
 }

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use hostwright_e2e::{TestNamespace, client, eventually, kubectl, wait_for};
+use hostwright_e2e::{TestNamespace, client, eventually, kubectl, kubectl_raw, wait_for};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use kube::ResourceExt;
@@ -132,6 +132,17 @@ async fn a_restricted_pod_runs_on_each_real_node_and_its_service_answers_through
         ensure!(page.contains(&format!("hello from {name}")), "exec in {name} read {page:?}");
         kubectl(&["-n", &ns.name, "logs", name])?;
     }
+    // A pod reaches the API server through the `kubernetes` Service, as an
+    // in-cluster client (the operator) does.
+    let first = running.first().and_then(|p| p.metadata.name.as_deref()).context("a pod")?;
+    // A TCP connection (busybox's nc; its static wget crashes without NSS
+    // files), beside a port of that address no Service has, which must fail.
+    let connect = |port: &str| {
+        kubectl_raw(&["-n", &ns.name, "exec", first, "--", "nc", "-w", "3", "10.96.0.1", port])
+            .map(|out| out.status.success())
+    };
+    ensure!(connect("443")?, "a pod could not connect to the kubernetes Service at 10.96.0.1:443");
+    ensure!(!connect("444")?, "a pod connected to 10.96.0.1:444, where no Service listens");
 
     // The Service's VIP, from this machine, through kube-proxy's rules: both
     // pods answer.
