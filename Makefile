@@ -44,6 +44,7 @@ e2e: deps
 	else \
 	  trap '$(CLUSTER) down >/dev/null 2>&1 || true' EXIT; \
 	  HOSTWRIGHT_REAL_NODES=$(E2E_REAL_NODES) $(CLUSTER) up; \
+	  $(CLUSTER) load-operator target/debug/hostwright; \
 	  export KUBECONFIG=$$($(CLUSTER) kubeconfig) PATH="$(TOOLS_PATH):$$PATH"; \
 	  $(MAKE) --no-print-directory install-chart; \
 	  rc=0; cargo test --package hostwright-e2e --no-fail-fast || rc=$$?; \

@@ -78,6 +78,7 @@ busybox_image() {
   out="$IMAGES_DIR/$name-$key.tar"
   if [ ! -f "$out" ]; then
     mkdir -p "$IMAGES_DIR"
+    find "$IMAGES_DIR" -maxdepth 1 -name "$name-*.tar" -delete
     rootfs=$(mktemp -d "$IMAGES_DIR/rootfs.XXXXXX")
     deb_unpack "$rootfs/.deb" busybox-static || { rm -rf "$rootfs"; return 1; }
     mkdir -p "$rootfs/bin" "$rootfs/tmp"
@@ -104,4 +105,35 @@ build_pause_image() {
 build_busybox_image() {
   busybox_image busybox "$BUSYBOX_IMAGE" '{"Entrypoint":["/bin/busybox"],"Env":["PATH=/bin"]}' \
     sh httpd wget nc sleep cat echo
+}
+
+# build_operator_image BINARY: the operator image (the `hostwright` binary is
+# also the agent) as `$OPERATOR_IMAGE`. The Dockerfile users build makes a
+# static musl binary on distroless; here no base image or musl target can be
+# fetched, so the image holds the binary as built for the tests, stripped,
+# with the glibc libraries it links (as `ldd` lists them) at their paths, and
+# runs as 65532 like the Dockerfile's. Prints the archive's path.
+build_operator_image() {
+  local binary=$1 key out rootfs lib rc
+  [ -x "$binary" ] || { echo "no operator binary at $binary (cargo build)" >&2; return 1; }
+  key=$( { sha256sum "$binary"; printf '%s' "$OPERATOR_IMAGE $(declare -f oci_archive build_operator_image)"; } |
+    sha256sum | cut -c1-12)
+  out="$IMAGES_DIR/hostwright-$key.tar"
+  if [ ! -f "$out" ]; then
+    mkdir -p "$IMAGES_DIR"
+    find "$IMAGES_DIR" -maxdepth 1 -name 'hostwright-*.tar' -delete
+    rootfs=$(mktemp -d "$IMAGES_DIR/rootfs.XXXXXX")
+    objcopy --strip-debug "$binary" "$rootfs/hostwright"
+    for lib in $(ldd "$binary" | grep -o '/[^ ]*'); do
+      mkdir -p "$rootfs$(dirname "$lib")"
+      cp -L "$lib" "$rootfs$lib"
+    done
+    mkdir -p "$rootfs/tmp" && chmod 1777 "$rootfs/tmp"
+    oci_archive "$OPERATOR_IMAGE" "$rootfs" \
+      '{"Entrypoint":["/hostwright"],"Cmd":["run"],"User":"65532:65532","ExposedPorts":{"8080/tcp":{}}}' "$out"
+    rc=$?
+    rm -rf "$rootfs"
+    [ $rc -eq 0 ] || return $rc
+  fi
+  echo "$out"
 }

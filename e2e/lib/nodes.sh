@@ -30,6 +30,7 @@ NODES_BRIDGE="hw${HOSTWRIGHT_POD_NET}br"
 NODES_CHAIN="HW${HOSTWRIGHT_POD_NET}-API"
 PAUSE_IMAGE=hostwright.local/pause:1
 BUSYBOX_IMAGE=hostwright.local/busybox:1
+OPERATOR_IMAGE=hostwright.local/hostwright:dev
 # Host-wide settings kubelet changes to its liking at start (they are not per
 # network namespace); saved before and restored by nodes_down.
 KUBELET_SYSCTLS="vm.overcommit_memory kernel.panic kernel.panic_on_oops"
@@ -271,6 +272,19 @@ nodes_up() {
   done
   kubectl_admin wait --for=condition=Ready node -l hostwright.io/node=real --timeout=120s >/dev/null ||
     fail_start "kubelet-1"
+}
+
+# nodes_load_operator BINARY: build the operator image from BINARY and load
+# it into every real node.
+nodes_load_operator() {
+  local archive dir
+  archive=$(build_operator_image "$1") || die "could not build the operator image from $1"
+  for dir in "$STATE"/nodes/*/; do
+    [ -S "$dir/containerd.sock" ] || continue
+    ctr --address "$dir/containerd.sock" -n k8s.io images import "$archive" >/dev/null ||
+      die "could not import $archive into the node at $dir"
+  done
+  log "loaded $OPERATOR_IMAGE ($archive) into the real nodes"
 }
 
 # Every process of real node I: its components (by state directory, so

@@ -345,6 +345,26 @@ pub fn signal(pid: u32, signal: libc::c_int) -> std::io::Result<()> {
     if unsafe { libc::kill(target, signal) } == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
+/// SIGKILL every process of a container on one of this machine's real
+/// nodes, found by the container's id in its cgroup path (`containerID` of
+/// a pod's status, `containerd://<id>`): a crash, so nothing in it runs its
+/// shutdown path. Returns how many processes were killed.
+pub fn kill_container(container_id: &str) -> Result<usize> {
+    let id = container_id.rsplit("://").next().unwrap_or(container_id);
+    if id.len() < 12 {
+        bail!("{container_id:?} is no container id");
+    }
+    let mut killed = 0;
+    for entry in std::fs::read_dir("/proc").context("reading /proc")?.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let in_container = std::fs::read_to_string(entry.path().join("cgroup")).is_ok_and(|c| c.contains(id));
+        if in_container && signal(pid, libc::SIGKILL).is_ok() {
+            killed += 1;
+        }
+    }
+    Ok(killed)
+}
+
 use hostwright::api::WebCluster;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use std::sync::Arc;
