@@ -68,12 +68,14 @@ oci_archive() {
 }
 
 # busybox_image NAME REF CONFIG_JSON [APPLET...]: an image of Debian's static
-# busybox alone, with a link per APPLET in /bin and a world-writable /tmp.
-# Prints the archive's path.
+# busybox, with a link per APPLET in /bin and a world-writable /tmp; a
+# function NAME_rootfs, if there is one, adds to the root filesystem (given
+# its path). Prints the archive's path.
 busybox_image() {
-  local name=$1 ref=$2 config=$3 key out rootfs applet rc
+  local name=$1 ref=$2 config=$3 key out rootfs applet rc hook="${1//-/_}_rootfs"
   shift 3
-  key=$(printf '%s %s %s %s' "$ref" "$config" "$*" "$(declare -f oci_archive busybox_image)" |
+  declare -F "$hook" >/dev/null || hook=""
+  key=$(printf '%s %s %s %s' "$ref" "$config" "$*" "$(declare -f oci_archive busybox_image $hook)" |
     sha256sum | cut -c1-12)
   out="$IMAGES_DIR/$name-$key.tar"
   if [ ! -f "$out" ]; then
@@ -86,6 +88,7 @@ busybox_image() {
     cp "$rootfs/.deb/bin/busybox" "$rootfs/bin/busybox"
     rm -rf "$rootfs/.deb"
     for applet in "$@"; do ln -s busybox "$rootfs/bin/$applet"; done
+    [ -z "$hook" ] || "$hook" "$rootfs"
     oci_archive "$ref" "$rootfs" "$config" "$out"
     rc=$?
     rm -rf "$rootfs"
@@ -105,6 +108,19 @@ build_pause_image() {
 build_busybox_image() {
   busybox_image busybox "$BUSYBOX_IMAGE" '{"Entrypoint":["/bin/busybox"],"Env":["PATH=/bin"]}' \
     sh httpd wget nc sleep cat echo
+}
+
+# A web server image for the web tier's tests, in two versions that answer
+# differently (a rollout goes from one to the other): busybox httpd on port
+# 8080 serving / (which names the version) and /healthz.
+web_v1_rootfs() { mkdir -p "$1/www" && echo "hostwright test site v1" >"$1/www/index.html" && echo ok >"$1/www/healthz"; }
+web_v2_rootfs() { mkdir -p "$1/www" && echo "hostwright test site v2" >"$1/www/index.html" && echo ok >"$1/www/healthz"; }
+build_web_images() {
+  local v
+  for v in 1 2; do
+    busybox_image "web-v$v" "hostwright.local/web:$v" \
+      '{"Entrypoint":["/bin/busybox","httpd","-f","-p","8080","-h","/www"],"User":"101:101","ExposedPorts":{"8080/tcp":{}}}' || return 1
+  done
 }
 
 # build_operator_image BINARY: the operator image (the `hostwright` binary is

@@ -227,7 +227,7 @@ real_node_start() {
     containerd --config "$dir/containerd.toml" --log-level warn
   wait_for "containerd of $name" 30 ctr --address "$dir/containerd.sock" version ||
     fail_start "containerd-$i"
-  for image in "$PAUSE_ARCHIVE" "$BUSYBOX_ARCHIVE"; do
+  for image in "$PAUSE_ARCHIVE" "$BUSYBOX_ARCHIVE" $WEB_ARCHIVES; do
     ctr --address "$dir/containerd.sock" -n k8s.io images import "$image" >/dev/null ||
       die "could not import $image into $name"
   done
@@ -250,6 +250,7 @@ nodes_up() {
   PATH="$(bin_dir kubernetes-node "$KUBERNETES_VERSION"):$PATH"
   PAUSE_ARCHIVE=$(build_pause_image) || die "could not build the pause image"
   BUSYBOX_ARCHIVE=$(build_busybox_image) || die "could not build the busybox image"
+  WEB_ARCHIVES=$(build_web_images) || die "could not build the web images"
   make_cert kube-proxy system:kube-proxy
   make_kubeconfig kube-proxy "https://$NODE_NET.1:$API_PORT"
   local i k

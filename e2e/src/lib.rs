@@ -345,6 +345,23 @@ pub fn signal(pid: u32, signal: libc::c_int) -> std::io::Result<()> {
     if unsafe { libc::kill(target, signal) } == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
+/// GET `path` from `addr` over HTTP/1.0; the status code and the body.
+pub async fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
+    let mut stream = tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(addr))
+        .await
+        .with_context(|| format!("connecting to {addr}: timed out"))?
+        .with_context(|| format!("connecting to {addr}"))?;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await?;
+    let mut response = String::new();
+    tokio::time::timeout(Duration::from_secs(3), stream.read_to_string(&mut response))
+        .await
+        .with_context(|| format!("reading from {addr}: timed out"))??;
+    let (head, body) = response.split_once("\r\n\r\n").context("an HTTP response")?;
+    let status = head.split_whitespace().nth(1).context("a status line")?.parse()?;
+    Ok((status, body.to_string()))
+}
+
 /// SIGKILL every process of a container on one of this machine's real
 /// nodes, found by the container's id in its cgroup path (`containerID` of
 /// a pod's status, `containerd://<id>`): a crash, so nothing in it runs its

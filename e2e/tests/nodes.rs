@@ -8,32 +8,15 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use hostwright_e2e::{TestNamespace, client, eventually, kubectl, kubectl_raw, wait_for};
+use hostwright_e2e::{TestNamespace, client, eventually, http_get, kubectl, kubectl_raw, wait_for};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const REAL: &str = "hostwright.io/node=real";
 const IMAGE: &str = "hostwright.local/busybox:1";
-
-/// GET `path` from `addr` over HTTP/1.0; the status code and the body.
-async fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
-    let mut stream = tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(addr))
-        .await
-        .with_context(|| format!("connecting to {addr}: timed out"))?
-        .with_context(|| format!("connecting to {addr}"))?;
-    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await?;
-    let mut response = String::new();
-    tokio::time::timeout(Duration::from_secs(3), stream.read_to_string(&mut response))
-        .await
-        .with_context(|| format!("reading from {addr}: timed out"))??;
-    let (head, body) = response.split_once("\r\n\r\n").context("an HTTP response")?;
-    let status = head.split_whitespace().nth(1).context("a status line")?.parse()?;
-    Ok((status, body.to_string()))
-}
 
 fn web_deployment() -> Result<Deployment> {
     Ok(serde_json::from_value(json!({
