@@ -275,6 +275,40 @@ nodes_up() {
     fail_start "kubelet-1"
 }
 
+# node_stop I: real node I fails as a machine losing power would: its
+# kubelet, kube-proxy, containerd, shims and containers are killed at once.
+# Its state stays, so node_start can bring it back.
+node_stop() {
+  [ -d "$(real_node_dir "$1")" ] || die "there is no real node $1"
+  real_node_kill "$1"
+  log "real node $(real_node_name "$1") stopped"
+}
+
+# real_node_kill I: SIGKILL node I's components and containers at once, and
+# again until none is left (a dying kubelet or shim may start one more).
+real_node_kill() {
+  local pids
+  for _ in 1 2 3 4 5; do
+    pids=$(real_node_pids "$1" | sort -u | tr '\n' ' ')
+    [ -z "${pids// /}" ] && return 0
+    # shellcheck disable=SC2086
+    kill -KILL $pids 2>/dev/null || true
+    sleep 0.5
+  done
+}
+
+# node_start I: start real node I's components again after node_stop.
+node_start() {
+  local i=$1
+  [ -d "$(real_node_dir "$i")" ] || die "there is no real node $i"
+  PATH="$(bin_dir kubernetes-node "$KUBERNETES_VERSION"):$PATH"
+  PAUSE_ARCHIVE=$(build_pause_image) || die "could not build the pause image"
+  BUSYBOX_ARCHIVE=$(build_busybox_image) || die "could not build the busybox image"
+  WEB_ARCHIVES=$(build_web_images) || die "could not build the web images"
+  real_node_start "$i"
+  log "real node $(real_node_name "$i") started"
+}
+
 # nodes_load_operator BINARY: build the operator image from BINARY and load
 # it into every real node.
 nodes_load_operator() {
@@ -303,18 +337,11 @@ real_node_pids() {
 
 # nodes_down: stop and remove everything nodes_up made (also after a crash).
 nodes_down() {
-  local i dir pids c
-  # Components and containers at once, again until none is left (a dying
-  # kubelet or shim may have started one more).
-  for _ in 1 2 3 4 5; do
-    pids=""
-    for dir in "$STATE"/nodes/*; do
-      [ -d "$dir" ] && pids+=" $(real_node_pids "${dir##*/}" | sort -u | tr '\n' ' ')"
-    done
-    [ -z "${pids// /}" ] && break
-    # shellcheck disable=SC2086
-    kill -KILL $pids 2>/dev/null || true
-    sleep 0.5
+  local i dir c
+  for dir in "$STATE"/nodes/*/; do
+    [ -d "$dir" ] || continue
+    dir=${dir%/}
+    real_node_kill "${dir##*/}"
   done
   # Mounts under the state directory, deepest first (overlays, volumes, netns).
   local mounts m

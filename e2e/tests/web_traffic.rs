@@ -1,6 +1,8 @@
 //! A WebCluster on the real nodes under steady HTTP traffic through its
 //! Service's VIP (kube-proxy), while the web tier rolls to a new image and
-//! while a node holding web pods is drained: not one request may fail.
+//! while a node holding web pods is drained: not one request may fail. In
+//! between, a whole node is lost: the requests that fail are counted and
+//! reported, and traffic must recover.
 //!
 //! The namespace's annotations (the PodNodeSelector and
 //! PodTolerationRestriction admission plugins) put its pods on the real
@@ -81,6 +83,26 @@ impl Traffic {
             let _ = task.await;
         }
     }
+}
+
+/// Run `e2e/cluster ARGS` (the local cluster's own script) off the runtime's
+/// threads, so the traffic goes on meanwhile.
+async fn cluster(args: &[&str]) -> Result<()> {
+    let args: Vec<String> = args.iter().map(|a| (*a).to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/cluster"))
+            .args(&args)
+            .output()
+            .context("running e2e/cluster")?;
+        ensure!(
+            out.status.success(),
+            "e2e/cluster {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    })
+    .await?
 }
 
 /// Running web pods on each node.
@@ -173,9 +195,37 @@ async fn no_request_fails_while_the_web_tier_rolls_and_a_node_drains() -> Result
     .await?;
     let (rollout_sent, rollout_failed, rollout_why) = traffic.take();
 
-    // 2. `kubectl drain` of the real node holding the most web pods.
+    // 2. The loss of a whole node: hw-real-2 (node 1's kube-proxy carries
+    // this machine's Service traffic, as a load balancer's node would).
+    // Requests sent to its pods fail until the node is found NotReady and
+    // its endpoints go: a figure, reported, and traffic must recover.
+    let lost = "hw-real-2";
+    let held_lost = pods_per_node(&ns.api::<Pod>()).await?.get(lost).copied().unwrap_or(0);
+    ensure!(held_lost > 0, "{lost} holds a web pod before it is lost");
+    cluster(&["stop-node", "2"]).await?;
+    let stopped = std::time::Instant::now();
+    let (mut lost_sent, mut lost_failed) = (0, 0);
+    let clean = loop {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let (sent, failed, _) = traffic.take();
+        lost_sent += sent;
+        lost_failed += failed;
+        if failed == 0 && sent > 0 {
+            break stopped.elapsed();
+        }
+        ensure!(stopped.elapsed() < READY, "requests still failing {READY:?} after {lost} was lost");
+    };
+    cluster(&["start-node", "2"]).await?;
+    println!(
+        "loss of {lost} ({held_lost} web pods): {lost_failed} of {lost_sent} requests failed; \
+         the first 5 s without a failure ended {:.1} s after the loss",
+        clean.as_secs_f64()
+    );
+    traffic.take();
+
+    // 3. `kubectl drain` of the real node holding the most web pods.
     let per_node = pods_per_node(&ns.api::<Pod>()).await?;
-    println!("web pods per node after the rollout: {per_node:?}");
+    println!("web pods per node before the drain: {per_node:?}");
     let (node, held) = per_node.into_iter().max_by_key(|(_, n)| *n).context("a node holding web pods")?;
     let drain_node = node.clone();
     // kubectl blocks: off the runtime's threads, so the traffic goes on.
