@@ -103,8 +103,9 @@ struct AgentArgs {
     /// PostgreSQL's programs (`--engine postgres`).
     #[arg(long, default_value = "/usr/lib/postgresql/15/bin")]
     bin_dir: std::path::PathBuf,
-    /// The Redis server (`--engine redis`).
-    #[arg(long, default_value = "/usr/bin/redis-server")]
+    /// The Redis server (`--engine redis`). A bare name is looked up on
+    /// PATH: the official image has it in /usr/local/bin, Debian in /usr/bin.
+    #[arg(long, default_value = "redis-server")]
     redis_server: std::path::PathBuf,
     #[arg(long, default_value = "0.0.0.0")]
     listen_address: String,
@@ -245,4 +246,35 @@ fn print_crds() -> Result<(), Box<dyn std::error::Error>> {
     let yaml = hostwright::api::crds_yaml()?;
     std::io::stdout().lock().write_all(yaml.as_bytes())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The defaults a member pod relies on match the official images'
+    /// layouts: PostgreSQL's Debian paths, and Redis found on PATH (the
+    /// official image installs it in /usr/local/bin, Debian in /usr/bin).
+    #[test]
+    fn the_agents_server_defaults_fit_the_official_images() {
+        let cli = Cli::try_parse_from([
+            "hostwright",
+            "agent",
+            "run",
+            "--engine",
+            "redis",
+            "--member",
+            "s-1",
+            "--namespace",
+            "n",
+            "--data-dir",
+            "/data",
+            "--advertise-address",
+            "10.0.0.1",
+        ])
+        .expect("parses");
+        let Command::Agent(AgentCommand::Run(args)) = cli.command else { panic!("agent run") };
+        assert_eq!(args.redis_server, std::path::PathBuf::from("redis-server"));
+        assert_eq!(args.bin_dir, std::path::PathBuf::from("/usr/lib/postgresql/15/bin"));
+    }
 }
