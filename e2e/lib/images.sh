@@ -67,6 +67,14 @@ oci_archive() {
   return $rc
 }
 
+# new_rootfs NAME: an empty directory to build image NAME's root filesystem
+# in; older archives of NAME (other inputs) are removed from the cache.
+new_rootfs() {
+  mkdir -p "$IMAGES_DIR"
+  find "$IMAGES_DIR" -maxdepth 1 -name "$1-*.tar" -delete
+  mktemp -d "$IMAGES_DIR/rootfs.XXXXXX"
+}
+
 # busybox_image NAME REF CONFIG_JSON [APPLET...]: an image of Debian's static
 # busybox, with a link per APPLET in /bin and a world-writable /tmp; a
 # function NAME_rootfs, if there is one, adds to the root filesystem (given
@@ -79,9 +87,7 @@ busybox_image() {
     sha256sum | cut -c1-12)
   out="$IMAGES_DIR/$name-$key.tar"
   if [ ! -f "$out" ]; then
-    mkdir -p "$IMAGES_DIR"
-    find "$IMAGES_DIR" -maxdepth 1 -name "$name-*.tar" -delete
-    rootfs=$(mktemp -d "$IMAGES_DIR/rootfs.XXXXXX")
+    rootfs=$(new_rootfs "$name")
     deb_unpack "$rootfs/.deb" busybox-static || { rm -rf "$rootfs"; return 1; }
     mkdir -p "$rootfs/bin" "$rootfs/tmp"
     chmod 1777 "$rootfs/tmp"
@@ -136,9 +142,7 @@ build_operator_image() {
     sha256sum | cut -c1-12)
   out="$IMAGES_DIR/hostwright-$key.tar"
   if [ ! -f "$out" ]; then
-    mkdir -p "$IMAGES_DIR"
-    find "$IMAGES_DIR" -maxdepth 1 -name 'hostwright-*.tar' -delete
-    rootfs=$(mktemp -d "$IMAGES_DIR/rootfs.XXXXXX")
+    rootfs=$(new_rootfs hostwright)
     objcopy --strip-debug "$binary" "$rootfs/hostwright"
     for lib in $(ldd "$binary" | grep -o '/[^ ]*'); do
       mkdir -p "$rootfs$(dirname "$lib")"
