@@ -26,6 +26,9 @@ struct Seen {
     since: Instant,
     /// The operator revoked this version.
     revoked: bool,
+    /// The API server itself showed this version (not only the cache), so
+    /// reading it again would tell nothing new.
+    read: bool,
 }
 
 /// Every member Lease of one store, by member.
@@ -42,17 +45,36 @@ impl LeaseClock {
             version: version.clone(),
             since: now,
             revoked: false,
+            read: false,
         });
         if seen.version != version {
             // Revoked, then gone: stays revoked until the agent takes a new one.
             let gone_after_revocation = seen.revoked && version.is_none();
-            *seen = Seen { version, since: now, revoked: gone_after_revocation };
+            *seen = Seen { version, since: now, revoked: gone_after_revocation, read: false };
         }
         self.peek(member, lease, now)
     }
 
-    /// What [`judge`](Self::judge) would say, without remembering anything:
-    /// for deciding whether a Lease is worth reading again from the API.
+    /// The cache shows `member`'s Lease stale, at a version the API server
+    /// has not yet confirmed: worth one read from the API (once per
+    /// version, so a member that is really gone costs no read per
+    /// reconcile).
+    pub fn worth_reading(&self, member: &str, lease: Option<&LeaseObject>, now: Instant) -> bool {
+        let version = lease.and_then(|l| l.metadata.resource_version.as_ref());
+        let confirmed = self.seen.get(member).is_some_and(|s| s.read && s.version.as_ref() == version);
+        !confirmed && self.peek(member, lease, now) == Lease::Stale
+    }
+
+    /// Judge `member`'s Lease as just read from the API server.
+    pub fn judge_read(&mut self, member: &str, lease: Option<&LeaseObject>, now: Instant) -> Lease {
+        let judged = self.judge(member, lease, now);
+        if let Some(seen) = self.seen.get_mut(member) {
+            seen.read = true;
+        }
+        judged
+    }
+
+    /// What [`judge`](Self::judge) would say, without remembering anything.
     pub fn peek(&self, member: &str, lease: Option<&LeaseObject>, now: Instant) -> Lease {
         let version = lease.and_then(|l| l.metadata.resource_version.clone());
         let (since, revoked) = match self.seen.get(member) {
@@ -81,7 +103,7 @@ impl LeaseClock {
 
     /// The operator deleted `member`'s Lease at the version it saw.
     pub fn revoked(&mut self, member: &str, now: Instant) {
-        self.seen.insert(member.to_string(), Seen { version: None, since: now, revoked: true });
+        self.seen.insert(member.to_string(), Seen { version: None, since: now, revoked: true, read: false });
     }
 
     /// A revocation failed because the Lease changed: it was renewed.
@@ -151,6 +173,23 @@ mod tests {
         let renewed = lease("11", Some("db-1/ab"));
         assert_eq!(clock.judge("db-1", Some(&renewed), t0 + LEASE), Lease::Live);
         assert_eq!(clock.version("db-1").as_deref(), Some("11"));
+    }
+
+    #[test]
+    fn a_stale_lease_is_worth_one_read_per_version() {
+        let t0 = Instant::now();
+        let mut clock = LeaseClock::default();
+        let held = lease("10", Some("db-1/ab"));
+        clock.judge("db-1", Some(&held), t0);
+        assert!(!clock.worth_reading("db-1", Some(&held), t0), "live: nothing to check");
+        assert!(clock.worth_reading("db-1", Some(&held), t0 + LEASE), "stale in the cache");
+        // The API shows the same version: stale indeed, and not read again.
+        assert_eq!(clock.judge_read("db-1", Some(&held), t0 + LEASE), Lease::Stale);
+        assert!(!clock.worth_reading("db-1", Some(&held), t0 + LEASE * 2));
+        // A renewal the cache shows later starts over.
+        let renewed = lease("11", Some("db-1/ab"));
+        assert_eq!(clock.judge("db-1", Some(&renewed), t0 + LEASE * 2), Lease::Live);
+        assert!(clock.worth_reading("db-1", Some(&renewed), t0 + LEASE * 3));
     }
 
     #[test]

@@ -33,7 +33,7 @@ use super::{ACTIVE_INTERVAL, Context, Replicated, StoreStatus, last_written, wri
 use crate::api::common::EngineStatus;
 use crate::contract::{Instruction, decode_report};
 use crate::controllers::{Child, Claimant, Error, Planned, RESYNC, jittered, owned_child};
-use crate::failover::{Decision, Engine, Lease, Member, Route, State, Step, step};
+use crate::failover::{Decision, Engine, Member, Route, State, Step, step};
 use crate::resources::FIELD_MANAGER;
 use crate::resources::members::{
     Blueprint, INSTANCE_LABEL, INSTRUCTION_ANNOTATION, MEMBER_LABEL, Routing, TEMPLATE_HASH_ANNOTATION,
@@ -112,7 +112,9 @@ async fn observe<K: Replicated>(store: &K, ctx: &Context<K>) -> Result<Seen<K>, 
         Some(cached) => Some(cached),
         // Not cached: just created and the watch is behind, or really gone.
         // Only the API can tell, and a Secret is never made twice on a guess.
-        None => read_secret(ctx, &namespace, &store.credentials_name(), &name).await?,
+        None => {
+            read_labelled(&ctx.shared.client, "secrets", &namespace, &store.credentials_name(), &name).await?
+        }
     };
     let has_engine = old_status.replication().engine.is_some();
     let (passwords, credentials) = match &live_secret {
@@ -159,20 +161,28 @@ async fn observe<K: Replicated>(store: &K, ctx: &Context<K>) -> Result<Seen<K>, 
     })
 }
 
-/// The store's credentials Secret as the API server has it now.
-async fn read_secret<K: Replicated>(
-    ctx: &Context<K>,
+/// `name` as the API server has it now, if it belongs to `instance`: what
+/// [`labelled`] gives from the cache, for when the cache may be behind.
+async fn read_labelled<C>(
+    client: &kube::Client,
+    resource: &'static str,
     namespace: &str,
-    secret: &str,
+    name: &str,
     instance: &str,
-) -> Result<Option<Arc<Secret>>, Error> {
-    let api: Api<Secret> = Api::namespaced(ctx.shared.client.clone(), namespace);
-    let live = api.get_opt(secret).await.map_err(|source| Error::Read {
-        resource: "secrets",
-        object: format!("{namespace}/{secret}"),
+) -> Result<Option<Arc<C>>, Error>
+where
+    C: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<C> = Api::namespaced(client.clone(), namespace);
+    let live = api.get_opt(name).await.map_err(|source| Error::Read {
+        resource,
+        object: format!("{namespace}/{name}"),
         source,
     })?;
-    Ok(live.filter(|s| s.labels().get(INSTANCE_LABEL).map(String::as_str) == Some(instance)).map(Arc::new))
+    Ok(live.filter(|o| o.labels().get(INSTANCE_LABEL).map(String::as_str) == Some(instance)).map(Arc::new))
 }
 
 /// Every member as its Lease shows it, judged on the operator's clock. A
@@ -189,23 +199,15 @@ async fn judge_members<K: Replicated>(
     let uid = store.uid().unwrap_or_default();
     let mut leases: Vec<Option<Arc<LeaseObject>>> =
         members.iter().map(|m| labelled(&ctx.caches.leases, &namespace, m, &name)).collect();
-    let doubtful: Vec<usize> = {
+    let doubtful: Vec<bool> = {
         let mut clocks = ctx.leases.lock().unwrap_or_else(|p| p.into_inner());
         let clock = clocks.entry(uid.clone()).or_default();
         clock.retain(members);
         let now = Instant::now();
-        (0..members.len())
-            .filter(|&i| clock.peek(&members[i], leases[i].as_deref(), now) == Lease::Stale)
-            .collect()
+        members.iter().zip(&leases).map(|(m, l)| clock.worth_reading(m, l.as_deref(), now)).collect()
     };
-    let api: Api<LeaseObject> = Api::namespaced(ctx.shared.client.clone(), &namespace);
-    for i in doubtful {
-        let fresh = api.get_opt(&members[i]).await.map_err(|source| Error::Read {
-            resource: "leases",
-            object: format!("{namespace}/{}", members[i]),
-            source,
-        })?;
-        leases[i] = fresh.filter(|l| l.labels().get(INSTANCE_LABEL) == Some(&name)).map(Arc::new);
+    for (i, _) in doubtful.iter().enumerate().filter(|(_, d)| **d) {
+        leases[i] = read_labelled(&ctx.shared.client, "leases", &namespace, &members[i], &name).await?;
     }
     let recorded = |m: &str| {
         old_status
@@ -222,13 +224,18 @@ async fn judge_members<K: Replicated>(
     let observed = members
         .iter()
         .zip(&leases)
-        .map(|(m, lease)| {
+        .zip(doubtful)
+        .map(|((m, lease), read)| {
             let report = lease
                 .as_ref()
                 .and_then(|l| l.metadata.annotations.as_ref())
                 .and_then(decode_report)
                 .map(|(report, _)| report);
-            let lease = clock.judge(m, lease.as_deref(), now);
+            let lease = if read {
+                clock.judge_read(m, lease.as_deref(), now)
+            } else {
+                clock.judge(m, lease.as_deref(), now)
+            };
             Member { name: m.clone(), report, lease, recorded_position: recorded(m) }
         })
         .collect();
