@@ -102,6 +102,49 @@ pub mod timing {
         assert!(RENEW_INTERVAL.as_millis() + RENEW_TIMEOUT.as_millis() + 1_000 < FENCE_AFTER.as_millis() + 1);
 }
 
+/// The agent's HTTP endpoint, which the kubelet probes. The operator builds
+/// the probes from these; the agent serves them.
+///
+/// Liveness carries the fencing argument into a real kubelet for the case
+/// the watchdog cannot cover: when the agent *and* its watchdog stop (a
+/// frozen container, a starved node), the agent answers no probe, and the
+/// kubelet kills the whole container, server included, within
+/// `PERIOD_SECONDS * FAILURE_THRESHOLD + TIMEOUT_SECONDS +
+/// LIVENESS_GRACE_SECONDS` (22 s). An agent
+/// that answers but whose lease loop has not come round for
+/// [`STALE_AFTER`](probes::STALE_AFTER) answers 503, with the same result.
+/// Readiness says the server answers its agent, so a Service sends clients
+/// only to a server that takes them.
+pub mod probes {
+    use std::time::Duration;
+
+    use super::timing::{RENEW_INTERVAL, RENEW_TIMEOUT};
+
+    /// The port the agent answers on (container port `agent`).
+    pub const PORT: u16 = 8000;
+    /// 200 while the agent makes progress.
+    pub const LIVENESS_PATH: &str = "/healthz";
+    /// 200 while the server answers.
+    pub const READINESS_PATH: &str = "/readyz";
+    /// The lease loop comes round every `RENEW_INTERVAL`, each time bounded by
+    /// `RENEW_TIMEOUT`; this long without a round means it has stopped.
+    pub const STALE_AFTER: Duration = Duration::from_millis(10_000);
+    /// Liveness: every 5 s, each answer within 2 s, restart after 3 misses.
+    pub const PERIOD_SECONDS: i32 = 5;
+    pub const TIMEOUT_SECONDS: i32 = 2;
+    pub const FAILURE_THRESHOLD: i32 = 3;
+    /// A container killed for failed liveness gets this long, not the pod's
+    /// grace period: its agent is stuck and cannot stop the server cleanly.
+    pub const LIVENESS_GRACE_SECONDS: i64 = 5;
+    /// Readiness is asked more often, so a server that starts (or a new
+    /// primary) gets clients within 2 s, and two misses in a row take it out.
+    pub const READINESS_PERIOD_SECONDS: i32 = 2;
+    pub const READINESS_FAILURE_THRESHOLD: i32 = 2;
+
+    const _: () =
+        assert!(RENEW_INTERVAL.as_millis() + RENEW_TIMEOUT.as_millis() * 2 < STALE_AFTER.as_millis());
+}
+
 /// What the engine tells a member's agent to make its server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Desired {

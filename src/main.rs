@@ -116,6 +116,9 @@ struct AgentArgs {
     advertise_address: String,
     #[arg(long, default_value = "/etc/hostwright/credentials")]
     credentials_dir: std::path::PathBuf,
+    /// Where the kubelet's liveness and readiness probes are answered.
+    #[arg(long, default_value_t = std::net::SocketAddr::from(([0, 0, 0, 0], hostwright::contract::probes::PORT)))]
+    probe_address: std::net::SocketAddr,
     /// When the agent runs as root (test beds), run the server as this user.
     #[arg(long)]
     run_as_user: Option<String>,
@@ -189,6 +192,7 @@ fn run_agent(args: AgentArgs) -> Result<(), Box<dyn std::error::Error>> {
         pod_uid: args.pod_uid.filter(|u| !u.is_empty()),
         run_as,
         binary: std::env::current_exe()?,
+        probe_address: args.probe_address,
     };
     tracing::info!(
         member = %options.member,

@@ -9,6 +9,7 @@
 //! - [`lease`]: the member Lease, renewed by compare-and-swap.
 //! - [`watchdog`]: the process that kills the server when renewals stop.
 //! - [`marker`]: what the agent keeps beside the data.
+//! - [`probe`]: the answers to the kubelet's liveness and readiness probes.
 //!
 //! What the agent and the operator share (keys, encodings, timings) is in
 //! [`crate::contract`].
@@ -17,6 +18,7 @@ pub mod lease;
 pub mod marker;
 pub mod plan;
 pub mod postgres;
+pub mod probe;
 pub mod redis;
 pub mod run;
 pub mod server;

@@ -11,6 +11,7 @@
 //!   stop, whatever the two loops are doing.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,6 +29,7 @@ use tracing::{error, info, warn};
 use super::lease::{Holder, Renewal};
 use super::marker::{Marker, MarkerError};
 use super::plan::{Action, Endpoint, Local, plan};
+use super::probe::Health;
 use super::server::{Observed, Server, Start};
 use super::watchdog::{Watchdog, WatchdogError, boottime_ms};
 use crate::contract::timing::{FENCE_AFTER, RENEW_INTERVAL, RENEW_TIMEOUT, TICK};
@@ -50,6 +52,8 @@ pub struct Options {
     pub run_as: Option<(u32, u32)>,
     /// This executable, which the watchdog runs as.
     pub binary: PathBuf,
+    /// Where the kubelet's probes are answered.
+    pub probe_address: SocketAddr,
 }
 
 /// Why the agent stopped.
@@ -61,6 +65,12 @@ pub enum AgentError {
     Signal(#[source] std::io::Error),
     #[error(transparent)]
     Watchdog(#[from] WatchdogError),
+    #[error("answering probes on {address}: {source}")]
+    Probe {
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Why one step failed (it is retried on a later tick).
@@ -90,6 +100,8 @@ struct Shared {
     orphaned: AtomicBool,
     /// Labels and owner reference the Lease carries, from our pod.
     lease_metadata: Mutex<Option<(BTreeMap<String, String>, OwnerReference)>>,
+    /// What the kubelet's probes are told.
+    health: Arc<Health>,
 }
 
 impl Shared {
@@ -105,13 +117,18 @@ fn wall_ms() -> Millis {
 /// Run until SIGTERM; the server is stopped cleanly on the way out and the
 /// Lease released, so the operator need not wait for it to go stale.
 pub async fn run<S: Server>(options: Options, driver: S) -> Result<(), AgentError> {
+    let probes = super::probe::bind(options.probe_address)
+        .await
+        .map_err(|source| AgentError::Probe { address: options.probe_address, source })?;
     let client = Client::try_default().await.map_err(AgentError::Client)?;
     let shared = Arc::new(Shared {
         watchdog: Mutex::new(Watchdog::spawn(&options.binary)?),
         held: AtomicBool::new(false),
         orphaned: AtomicBool::new(false),
         lease_metadata: Mutex::new(None),
+        health: Arc::new(Health::new()),
     });
+    let probe_server = tokio::spawn(super::probe::serve(probes, shared.health.clone()));
     let leases: Api<Lease> = Api::namespaced(client.clone(), &options.namespace);
     let (publish, published) = watch::channel(None);
     let lease_loop =
@@ -146,6 +163,7 @@ pub async fn run<S: Server>(options: Options, driver: S) -> Result<(), AgentErro
     info!("stopping: the server first, then the lease");
     let _ = agent.stop().await;
     lease_loop.abort();
+    probe_server.abort();
     agent.release().await;
     Ok(())
 }
@@ -520,6 +538,7 @@ impl<S: Server> Agent<S> {
             _ => ServerRole::Stopped,
         };
         self.serving_primary = role == ServerRole::Primary;
+        self.shared.health.set_serving(observed.is_some());
         let data = self.data(observed.is_some()).await;
         let report = Report {
             at: wall_ms(),
@@ -590,6 +609,7 @@ async fn keep_lease(
             }
         }
         next = tokio::time::Instant::now() + RENEW_INTERVAL;
+        shared.health.round();
         if shared.orphaned.load(Ordering::SeqCst) {
             continue;
         }

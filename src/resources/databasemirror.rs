@@ -481,4 +481,26 @@ mod tests {
             assert_eq!(sc.capabilities.as_ref().unwrap().drop.as_deref(), Some(&["ALL".to_string()][..]));
         }
     }
+
+    #[test]
+    fn the_kubelet_probes_the_agent_as_the_contract_says() {
+        use crate::contract::probes;
+        let pod = member_pod(&dbm("instance: {}\nmirrors: 1"), "shop-db-1", "hostwright:0.1").unwrap();
+        let server = &pod.spec.unwrap().containers[0];
+        let agent_port = server.ports.iter().flatten().find(|p| p.name.as_deref() == Some("agent")).unwrap();
+        assert_eq!(agent_port.container_port, i32::from(probes::PORT));
+        let live = server.liveness_probe.as_ref().unwrap();
+        let get = live.http_get.as_ref().unwrap();
+        assert_eq!(
+            (get.path.as_deref(), &get.port),
+            (Some(probes::LIVENESS_PATH), &IntOrString::String("agent".into()))
+        );
+        assert_eq!(live.period_seconds, Some(probes::PERIOD_SECONDS));
+        assert_eq!(live.failure_threshold, Some(probes::FAILURE_THRESHOLD));
+        // A stuck agent cannot stop its server cleanly: a short grace, not the pod's.
+        assert_eq!(live.termination_grace_period_seconds, Some(probes::LIVENESS_GRACE_SECONDS));
+        let ready = server.readiness_probe.as_ref().unwrap();
+        assert_eq!(ready.http_get.as_ref().unwrap().path.as_deref(), Some(probes::READINESS_PATH));
+        assert_eq!(ready.period_seconds, Some(probes::READINESS_PERIOD_SECONDS));
+    }
 }

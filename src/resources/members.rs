@@ -17,8 +17,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    EnvVarSource, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec, ResourceRequirements,
+    EnvVarSource, HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec, Probe, ResourceRequirements,
     SeccompProfile, SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec,
     TopologySpreadConstraint, Volume, VolumeMount, VolumeResourceRequirements,
 };
@@ -30,14 +30,13 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use super::labels;
 use crate::api::common::StorageSpec;
 pub use crate::contract::keys::{INSTANCE_LABEL, INSTRUCTION_ANNOTATION, MEMBER_LABEL};
-use crate::contract::{Instruction, keys};
+use crate::contract::{Instruction, keys, probes};
 use crate::failover::{Decision, Route};
 
 /// Label the Services route on: `primary`, `mirror` or `none`.
 pub const ROLE_LABEL: &str = "hostwright.io/role";
 /// Annotation with the hash of the template a pod was built from.
 pub const TEMPLATE_HASH_ANNOTATION: &str = "hostwright.io/template-hash";
-const AGENT_PORT: i32 = 8000;
 const CONTROLLER_DIR: &str = "/controller";
 /// Where the credentials Secret is mounted; the agents read their passwords here.
 pub const CREDENTIALS_DIR: &str = "/etc/hostwright/credentials";
@@ -302,10 +301,19 @@ impl Blueprint {
                 },
                 ContainerPort {
                     name: Some("agent".into()),
-                    container_port: AGENT_PORT,
+                    container_port: i32::from(probes::PORT),
                     ..ContainerPort::default()
                 },
             ]),
+            liveness_probe: Some(Probe {
+                termination_grace_period_seconds: Some(probes::LIVENESS_GRACE_SECONDS),
+                ..agent_probe(probes::LIVENESS_PATH, probes::PERIOD_SECONDS, probes::FAILURE_THRESHOLD)
+            }),
+            readiness_probe: Some(agent_probe(
+                probes::READINESS_PATH,
+                probes::READINESS_PERIOD_SECONDS,
+                probes::READINESS_FAILURE_THRESHOLD,
+            )),
             resources: self.resources.clone(),
             volume_mounts: Some(vec![
                 mount("data", engine.data_dir, false),
@@ -390,6 +398,23 @@ impl Blueprint {
             }),
             status: None,
         }
+    }
+}
+
+/// A probe of the agent's HTTP endpoint (see [`probes`] for what it
+/// guarantees). No initial delay: the agent answers from its first moment,
+/// and a long first step (initdb, a clone) does not stop its lease loop.
+fn agent_probe(path: &str, period_seconds: i32, failure_threshold: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("agent".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period_seconds),
+        timeout_seconds: Some(probes::TIMEOUT_SECONDS),
+        failure_threshold: Some(failure_threshold),
+        ..Probe::default()
     }
 }
 
