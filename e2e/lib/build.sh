@@ -121,6 +121,45 @@ GO
   return $rc
 }
 
+# CoreDNS with only the plugins the local cluster's DNS needs (a wrapper
+# module importing them registers exactly those), as the real nodes'
+# cluster DNS. The full build links every plugin and their clouds' SDKs.
+build_coredns() {
+  local v=$COREDNS_VERSION out
+  out=$(bin_dir coredns "$v")
+  [ -x "$out/coredns" ] && return 0
+  echo ">> building CoreDNS $v"
+  local work
+  work=$(mktemp -d "$HOSTWRIGHT_CACHE/work-coredns.XXXXXX")
+  (
+    set -euo pipefail
+    cd "$work"
+    go mod init hostwright.local/e2e/coredns >/dev/null 2>&1
+    go mod edit -require="github.com/coredns/coredns@$v"
+    cat >main.go <<'GO'
+package main
+
+import (
+	_ "github.com/coredns/coredns/core/dnsserver"
+	_ "github.com/coredns/coredns/plugin/bind"
+	_ "github.com/coredns/coredns/plugin/cache"
+	_ "github.com/coredns/coredns/plugin/errors"
+	_ "github.com/coredns/coredns/plugin/kubernetes"
+	"github.com/coredns/coredns/coremain"
+)
+
+func main() { coremain.Run() }
+GO
+    go mod tidy >/dev/null
+    mkdir -p "$out.tmp"
+    timed coredns go build -p "$HOSTWRIGHT_GO_PARALLEL" -trimpath -ldflags "-s -w" -o "$out.tmp/coredns" .
+    rm -rf "$out" && mv "$out.tmp" "$out"
+  )
+  local rc=$?
+  rm -rf "$work"
+  return $rc
+}
+
 # KWOK and helm install cleanly with `go install module@version`.
 build_go_install() {
   local name=$1 v=$2 pkg=$3 ldflags=${4:-} out

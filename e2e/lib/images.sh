@@ -38,9 +38,8 @@ oci_archive() {
   (
     set -euo pipefail
     mkdir -p "$work/blobs/sha256"
-    # Reproducible: fixed owner, order and times.
-    tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 \
-      -C "$rootfs" -cf "$work/layer.tar" .
+    # Reproducible: fixed order and times; owners as the builder set them.
+    tar --sort=name --numeric-owner --mtime=@0 -C "$rootfs" -cf "$work/layer.tar" .
     local layer_digest layer_size config_digest config_size manifest_digest manifest_size
     layer_digest=$(sha256sum "$work/layer.tar" | cut -d' ' -f1)
     layer_size=$(stat -c %s "$work/layer.tar")
@@ -72,7 +71,8 @@ oci_archive() {
 new_rootfs() {
   mkdir -p "$IMAGES_DIR"
   find "$IMAGES_DIR" -maxdepth 1 -name "$1-*.tar" -delete
-  mktemp -d "$IMAGES_DIR/rootfs.XXXXXX"
+  local dir
+  dir=$(mktemp -d "$IMAGES_DIR/rootfs.XXXXXX") && chmod 755 "$dir" && echo "$dir"
 }
 
 # busybox_image NAME REF CONFIG_JSON [APPLET...]: an image of Debian's static
@@ -129,31 +129,151 @@ build_web_images() {
   done
 }
 
-# build_operator_image BINARY: the operator image (the `hostwright` binary is
-# also the agent) as `$OPERATOR_IMAGE`. The Dockerfile users build makes a
-# static musl binary on distroless; here no base image or musl target can be
-# fetched, so the image holds the binary as built for the tests, stripped,
-# with the glibc libraries it links (as `ldd` lists them) at their paths, and
-# runs as 65532 like the Dockerfile's. Prints the archive's path.
-build_operator_image() {
-  local binary=$1 key out rootfs lib rc
-  [ -x "$binary" ] || { echo "no operator binary at $binary (cargo build)" >&2; return 1; }
-  key=$( { sha256sum "$binary"; printf '%s' "$OPERATOR_IMAGE $(declare -f oci_archive build_operator_image)"; } |
+# binary_image NAME REF BINARY CONFIG_JSON: an image of one program built
+# here, as /NAME-less `/<binary's name>`, stripped, with the glibc libraries
+# it links (as `ldd` lists them) at their paths and a world-writable /tmp.
+# Prints the archive's path.
+binary_image() {
+  local name=$1 ref=$2 binary=$3 config=$4 key out rootfs rc
+  [ -x "$binary" ] || { echo "no binary at $binary (cargo build)" >&2; return 1; }
+  key=$( { sha256sum "$binary"; printf '%s' "$ref $config $(declare -f oci_archive binary_image add_libraries)"; } |
     sha256sum | cut -c1-12)
-  out="$IMAGES_DIR/hostwright-$key.tar"
+  out="$IMAGES_DIR/$name-$key.tar"
   if [ ! -f "$out" ]; then
-    rootfs=$(new_rootfs hostwright)
-    objcopy --strip-debug "$binary" "$rootfs/hostwright"
-    for lib in $(ldd "$binary" | grep -o '/[^ ]*'); do
-      mkdir -p "$rootfs$(dirname "$lib")"
-      cp -L "$lib" "$rootfs$lib"
-    done
-    mkdir -p "$rootfs/tmp" && chmod 1777 "$rootfs/tmp"
-    oci_archive "$OPERATOR_IMAGE" "$rootfs" \
-      '{"Entrypoint":["/hostwright"],"Cmd":["run"],"User":"65532:65532","ExposedPorts":{"8080/tcp":{}}}' "$out"
+    rootfs=$(new_rootfs "$name")
+    objcopy --strip-debug "$binary" "$rootfs/$(basename "$binary")" &&
+      add_libraries "$rootfs" &&
+      mkdir -p "$rootfs/tmp" && chmod 1777 "$rootfs/tmp" &&
+      oci_archive "$ref" "$rootfs" "$config" "$out"
     rc=$?
     rm -rf "$rootfs"
     [ $rc -eq 0 ] || return $rc
   fi
   echo "$out"
+}
+
+# build_operator_image BINARY: the operator image (the `hostwright` binary is
+# also the agent) as `$OPERATOR_IMAGE`. The Dockerfile users build makes a
+# static musl binary on distroless; here no base image or musl target can be
+# fetched, so the image holds the binary as built for the tests, stripped,
+# with its glibc libraries, and runs as 65532 like the Dockerfile's.
+build_operator_image() {
+  binary_image hostwright "$OPERATOR_IMAGE" "$1" \
+    '{"Entrypoint":["/hostwright"],"Cmd":["run"],"User":"65532:65532","ExposedPorts":{"8080/tcp":{}}}'
+}
+
+# build_site_images BINARY: the demo site (`demo-site`) as
+# hostwright.local/site:1 and :2, which differ only in the version their
+# pages show (a rollout goes from one to the other). Prints both archives.
+build_site_images() {
+  local v
+  for v in 1 2; do
+    binary_image "site-v$v" "$SITE_IMAGE:$v" "$1" \
+      "{\"Entrypoint\":[\"/demo-site\"],\"Env\":[\"SITE_VERSION=$v\",\"PORT=8080\"],\"User\":\"65532:65532\",\"ExposedPorts\":{\"8080/tcp\":{}}}" ||
+      return 1
+  done
+}
+
+# copy_host_files ROOTFS PATH...: copy files and directories of this machine
+# into ROOTFS at the same paths.
+copy_host_files() {
+  local rootfs=$1 path
+  shift
+  for path in "$@"; do
+    mkdir -p "$rootfs$(dirname "$path")"
+    cp -a "$path" "$rootfs$(dirname "$path")/"
+  done
+}
+
+# add_libraries ROOTFS: copy in every shared library an ELF file in ROOTFS
+# links (as `ldd` lists them), so its programs run inside the image.
+add_libraries() {
+  local rootfs=$1 lib
+  # ldd's lines for a library: "\tname => /path (addr)" or "\t/path (addr)".
+  for lib in $(find "$rootfs" -type f \( -perm -u+x -o -name '*.so*' \) -exec ldd {} + 2>/dev/null |
+    awk '/^\t/ { if ($2 == "=>" && $3 ~ /^\//) print $3; else if ($1 ~ /^\//) print $1 }' | sort -u); do
+    [ -e "$rootfs$lib" ] && continue
+    mkdir -p "$rootfs$(dirname "$lib")"
+    cp -L --remove-destination "$lib" "$rootfs$lib"
+  done
+}
+
+# add_user ROOTFS NAME UID HOME: /etc/passwd and /etc/group with root and one
+# service user (initdb refuses to run as a uid without a name).
+add_user() {
+  mkdir -p "$1/etc"
+  printf 'root:x:0:0:root:/root:/bin/sh\n%s:x:%s:%s::%s:/bin/sh\n' "$2" "$3" "$3" "$4" >"$1/etc/passwd"
+  printf 'root:x:0:\n%s:x:%s:\n' "$2" "$3" >"$1/etc/group"
+}
+
+# store_image NAME REF CONFIG_JSON PACKAGES: an image whose root filesystem
+# NAME_rootfs fills from this machine's installed PACKAGES (their versions
+# are part of the cache key) plus busybox as /bin/sh. Prints the archive.
+store_image() {
+  local name=$1 ref=$2 config=$3 packages=$4 key out rootfs rc lib hook="${1//-/_}_rootfs"
+  # shellcheck disable=SC2086
+  key=$(printf '%s %s %s %s' "$ref" "$config" "$(dpkg-query -W $packages)" \
+    "$(declare -f oci_archive store_image copy_host_files add_libraries add_user "$hook")" | sha256sum | cut -c1-12)
+  out="$IMAGES_DIR/$name-$key.tar"
+  if [ ! -f "$out" ]; then
+    rootfs=$(new_rootfs "$name")
+    (
+      set -euo pipefail
+      deb_unpack "$rootfs/.deb" busybox-static
+      mkdir -p "$rootfs/bin" "$rootfs/tmp"
+      chmod 1777 "$rootfs/tmp"
+      cp "$rootfs/.deb/bin/busybox" "$rootfs/bin/busybox"
+      rm -rf "$rootfs/.deb"
+      for applet in sh ls cat ps; do ln -s busybox "$rootfs/bin/$applet"; done
+      "$hook" "$rootfs"
+      # The C runtime every Debian-based image has (packages libc6 and
+      # libgcc-s1): programs copied in later (the agent) find it too.
+      for lib in /lib/x86_64-linux-gnu/libc.so.6 /lib/x86_64-linux-gnu/libm.so.6 \
+        /lib/x86_64-linux-gnu/libgcc_s.so.1 /lib64/ld-linux-x86-64.so.2; do
+        mkdir -p "$rootfs$(dirname "$lib")" && cp -L --remove-destination "$lib" "$rootfs$lib"
+      done
+      add_libraries "$rootfs"
+    ) && oci_archive "$ref" "$rootfs" "$config" "$out"
+    rc=$?
+    rm -rf "$rootfs"
+    [ $rc -eq 0 ] || return $rc
+  fi
+  echo "$out"
+}
+
+# PostgreSQL 15 laid out as the official `postgres:15` image: programs in
+# /usr/lib/postgresql/15/bin (on PATH), user postgres 999:999, PGDATA
+# /var/lib/postgresql/data (1777, as the official image leaves it), the
+# socket directory /var/run/postgresql (3777), time zones in
+# /usr/share/zoneinfo. Without LLVM (100 MB): the server then runs without
+# JIT compilation, which it only uses for long analytic queries.
+postgres_rootfs() {
+  copy_host_files "$1" /usr/lib/postgresql/15 /usr/share/postgresql/15 /usr/share/zoneinfo
+  rm -rf "$1/usr/lib/postgresql/15/lib/llvmjit"* "$1/usr/lib/postgresql/15/lib/bitcode"
+  add_user "$1" postgres 999 /var/lib/postgresql
+  mkdir -p "$1/var/lib/postgresql/data" "$1/var/run/postgresql"
+  chown -R 999:999 "$1/var/lib/postgresql" "$1/var/run/postgresql"
+  chmod 1777 "$1/var/lib/postgresql/data"
+  chmod 3777 "$1/var/run/postgresql"
+}
+build_postgres_image() {
+  store_image postgres "$POSTGRES_IMAGE" \
+    '{"Entrypoint":["postgres"],"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/usr/lib/postgresql/15/bin","PGDATA=/var/lib/postgresql/data","PG_MAJOR=15"],"User":"999:999","ExposedPorts":{"5432/tcp":{}},"StopSignal":"SIGINT"}' \
+    postgresql-15
+}
+
+# Redis 7 laid out as the official `redis:7` image: /usr/local/bin/redis-server
+# (and redis-cli), user redis 999:999, working directory /data owned by it.
+redis_rootfs() {
+  mkdir -p "$1/usr/local/bin"
+  cp /usr/bin/redis-server "$1/usr/local/bin/redis-server"
+  cp /usr/bin/redis-cli "$1/usr/local/bin/redis-cli"
+  add_user "$1" redis 999 /home/redis
+  mkdir -p "$1/data"
+  chown 999:999 "$1/data"
+}
+build_redis_image() {
+  store_image redis "$REDIS_IMAGE" \
+    '{"Entrypoint":["redis-server"],"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],"User":"999:999","WorkingDir":"/data","ExposedPorts":{"6379/tcp":{}}}' \
+    "redis-server redis-tools"
 }

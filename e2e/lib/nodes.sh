@@ -31,6 +31,9 @@ NODES_CHAIN="HW${HOSTWRIGHT_POD_NET}-API"
 PAUSE_IMAGE=hostwright.local/pause:1
 BUSYBOX_IMAGE=hostwright.local/busybox:1
 OPERATOR_IMAGE=hostwright.local/hostwright:dev
+POSTGRES_IMAGE=hostwright.local/postgres:15
+REDIS_IMAGE=hostwright.local/redis:7
+SITE_IMAGE=hostwright.local/site
 # Host-wide settings kubelet changes to its liking at start (they are not per
 # network namespace); saved before and restored by nodes_down.
 KUBELET_SYSCTLS="vm.overcommit_memory kernel.panic kernel.panic_on_oops"
@@ -71,6 +74,27 @@ nodes_network_up() {
   iptables -t nat -A "$NODES_CHAIN" -d "$NODE_NET.1" -p tcp --dport "$API_PORT" \
     -j DNAT --to-destination "127.0.0.1:$API_PORT"
   iptables -t nat -A PREROUTING -i "$NODES_BRIDGE" -j "$NODES_CHAIN"
+}
+
+# nodes_dns_up: the cluster DNS, CoreDNS on the bridge's address, where
+# every real node's kubelet points its pods. It answers for cluster.local
+# from the API (Services, their endpoints) and refuses every other name:
+# nothing here resolves or reaches a name beyond this machine.
+nodes_dns_up() {
+  mkdir -p "$STATE/nodes/dns"
+  cat >"$STATE/nodes/dns/Corefile" <<EOF
+cluster.local:53 {
+  bind $NODE_NET.1
+  errors
+  kubernetes cluster.local {
+    kubeconfig $STATE/admin.kubeconfig
+  }
+  cache 5
+}
+EOF
+  start coredns coredns -conf "$STATE/nodes/dns/Corefile"
+  wait_for "the cluster DNS on $NODE_NET.1:53" 30 sh -c "ss -lnu | grep -qF '$NODE_NET.1:53 '" ||
+    fail_start coredns
 }
 
 # real_node_network I: node I's namespace, its link to the bridge, its routes.
@@ -193,6 +217,7 @@ authentication:
   x509: {clientCAFile: $PKI/ca.crt}
 authorization: {mode: Webhook}
 clusterDomain: cluster.local
+clusterDNS: [$NODE_NET.1]
 resolvConf: ""
 failSwapOn: false
 podLogsDir: $dir/pod-logs
@@ -227,7 +252,7 @@ real_node_start() {
     containerd --config "$dir/containerd.toml" --log-level warn
   wait_for "containerd of $name" 30 ctr --address "$dir/containerd.sock" version ||
     fail_start "containerd-$i"
-  for image in "$PAUSE_ARCHIVE" "$BUSYBOX_ARCHIVE" $WEB_ARCHIVES; do
+  for image in $NODE_ARCHIVES; do
     ctr --address "$dir/containerd.sock" -n k8s.io images import "$image" >/dev/null ||
       die "could not import $image into $name"
   done
@@ -242,21 +267,32 @@ real_node_start() {
     kube-proxy --config "$dir/kube-proxy.yaml" --v 1
 }
 
+# build_node_images: every image a real node holds from the start (the
+# operator's comes later, with load-operator), as NODE_ARCHIVES.
+build_node_images() {
+  local archive builder
+  NODE_ARCHIVES=""
+  for builder in build_pause_image build_busybox_image build_web_images build_postgres_image build_redis_image; do
+    archive=$("$builder") || die "could not build an image ($builder)"
+    NODE_ARCHIVES="$NODE_ARCHIVES $archive"
+  done
+}
+
 # nodes_up: build and start HOSTWRIGHT_REAL_NODES real nodes; waits until Ready.
 nodes_up() {
   [ "$HOSTWRIGHT_REAL_NODES" -gt 0 ] || return 0
   nodes_check_deps
   build_kubernetes_node
-  PATH="$(bin_dir kubernetes-node "$KUBERNETES_VERSION"):$PATH"
-  PAUSE_ARCHIVE=$(build_pause_image) || die "could not build the pause image"
-  BUSYBOX_ARCHIVE=$(build_busybox_image) || die "could not build the busybox image"
-  WEB_ARCHIVES=$(build_web_images) || die "could not build the web images"
+  build_coredns || die "could not build CoreDNS"
+  PATH="$(bin_dir kubernetes-node "$KUBERNETES_VERSION"):$(bin_dir coredns "$COREDNS_VERSION"):$PATH"
+  build_node_images
   make_cert kube-proxy system:kube-proxy
   make_kubeconfig kube-proxy "https://$NODE_NET.1:$API_PORT"
   local i k
   mkdir -p "$STATE/nodes"
   for k in $KUBELET_SYSCTLS; do echo "$k=$(sysctl -n "$k")"; done >"$STATE/nodes/sysctls"
   nodes_network_up
+  nodes_dns_up
   for i in $(seq 1 "$HOSTWRIGHT_REAL_NODES"); do
     mkdir -p "$(real_node_dir "$i")"
     real_node_network "$i"
@@ -302,24 +338,23 @@ node_start() {
   local i=$1
   [ -d "$(real_node_dir "$i")" ] || die "there is no real node $i"
   PATH="$(bin_dir kubernetes-node "$KUBERNETES_VERSION"):$PATH"
-  PAUSE_ARCHIVE=$(build_pause_image) || die "could not build the pause image"
-  BUSYBOX_ARCHIVE=$(build_busybox_image) || die "could not build the busybox image"
-  WEB_ARCHIVES=$(build_web_images) || die "could not build the web images"
+  build_node_images
   real_node_start "$i"
   log "real node $(real_node_name "$i") started"
 }
 
-# nodes_load_operator BINARY: build the operator image from BINARY and load
-# it into every real node.
-nodes_load_operator() {
+# nodes_load ARCHIVE...: load image archives into every real node.
+nodes_load() {
   local archive dir
-  archive=$(build_operator_image "$1") || die "could not build the operator image from $1"
-  for dir in "$STATE"/nodes/*/; do
-    [ -S "$dir/containerd.sock" ] || continue
-    ctr --address "$dir/containerd.sock" -n k8s.io images import "$archive" >/dev/null ||
-      die "could not import $archive into the node at $dir"
+  [ $# -gt 0 ] || return 1
+  for archive in "$@"; do
+    for dir in "$STATE"/nodes/*/; do
+      [ -S "$dir/containerd.sock" ] || continue
+      ctr --address "$dir/containerd.sock" -n k8s.io images import "$archive" >/dev/null ||
+        die "could not import $archive into the node at $dir"
+    done
+    log "loaded $archive into the real nodes"
   done
-  log "loaded $OPERATOR_IMAGE ($archive) into the real nodes"
 }
 
 # Every process of real node I: its components (by state directory, so
@@ -338,6 +373,10 @@ real_node_pids() {
 # nodes_down: stop and remove everything nodes_up made (also after a crash).
 nodes_down() {
   local i dir c
+  if [ -f "$PIDS/coredns.pid" ]; then
+    kill -KILL "$(cat "$PIDS/coredns.pid")" 2>/dev/null || true
+    rm -f "$PIDS/coredns.pid"
+  fi
   for dir in "$STATE"/nodes/*/; do
     [ -d "$dir" ] || continue
     dir=${dir%/}
