@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 use hostwright::controllers::members::{Replicated, StoreStatus};
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use kube::Client;
 use kube::api::Api;
 use tokio::task::JoinHandle;
 
-use crate::testbed::{ready_endpoints, twin};
+use crate::testbed::{pod_address, ready_endpoints};
 use crate::writer::Target;
 pub use crate::writer::Writer;
 
@@ -85,11 +85,10 @@ pub async fn connect_rw(
     }
 }
 
-/// The loopback twin of a member pod's IP.
+/// Where this machine reaches a member's server (see [`pod_address`]).
 pub async fn member_host(client: &Client, namespace: &str, member: &str) -> Result<String> {
     let pod = Api::<Pod>::namespaced(client.clone(), namespace).get(member).await?;
-    let ip = pod.status.and_then(|s| s.pod_ip).ok_or_else(|| anyhow!("{member} has no IP"))?;
-    twin(&ip).ok_or_else(|| anyhow!("{member}'s IP {ip} has no loopback twin"))
+    pod_address(client, &pod).await.with_context(|| format!("reaching member {member}"))
 }
 
 /// Every member Ready, replicating and routed, for the current generation
@@ -109,6 +108,17 @@ pub fn current_primary<K: Replicated>(store: &K) -> Option<String> {
     store.current_status().and_then(|s| s.replication().current_primary.clone())
 }
 
+/// The virtual IP of Service `service`: where a client in the cluster
+/// connects, kube-proxy choosing a ready endpoint per connection.
+pub async fn service_ip(client: &Client, namespace: &str, service: &str) -> Result<String> {
+    let found = Api::<Service>::namespaced(client.clone(), namespace).get(service).await?;
+    found
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .filter(|ip| ip != "None")
+        .with_context(|| format!("{service} has no virtual IP"))
+}
+
 /// Rows `(id)` inserted through `<name>-rw`: what [`Writer`] writes to a
 /// DatabaseMirror.
 pub struct SqlTable {
@@ -117,13 +127,19 @@ pub struct SqlTable {
     name: String,
     creds: Credentials,
     insert: String,
+    /// Connect to this virtual IP (kube-proxy) rather than following the
+    /// Service's EndpointSlices.
+    virtual_ip: Option<String>,
 }
 
 impl Target for SqlTable {
     type Connection = tokio_postgres::Client;
 
     async fn connect(&self) -> Result<tokio_postgres::Client> {
-        connect_rw(&self.client, &self.namespace, &self.name, &self.creds).await
+        match &self.virtual_ip {
+            Some(ip) => self.creds.connect(ip).await,
+            None => connect_rw(&self.client, &self.namespace, &self.name, &self.creds).await,
+        }
     }
 
     async fn write(&self, db: &mut tokio_postgres::Client, id: i64) -> Result<()> {
@@ -137,7 +153,21 @@ impl Writer {
     /// through `<name>-rw`, recording every acknowledged one.
     pub fn start(client: Client, namespace: String, name: String, creds: Credentials, table: &str) -> Self {
         let insert = format!("INSERT INTO {table} (id) VALUES ($1)");
-        Writer::run(SqlTable { client, namespace, name, creds, insert })
+        Writer::run(SqlTable { client, namespace, name, creds, insert, virtual_ip: None })
+    }
+
+    /// Like [`Writer::start`], connecting to the `<name>-rw` Service's
+    /// virtual IP, as a web server in the cluster does.
+    pub async fn start_via_service_ip(
+        client: Client,
+        namespace: String,
+        name: String,
+        creds: Credentials,
+        table: &str,
+    ) -> Result<Self> {
+        let virtual_ip = Some(service_ip(&client, &namespace, &format!("{name}-rw")).await?);
+        let insert = format!("INSERT INTO {table} (id) VALUES ($1)");
+        Ok(Writer::run(SqlTable { client, namespace, name, creds, insert, virtual_ip }))
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::{Condition, await_condition};
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -137,6 +137,30 @@ impl TestNamespace {
         })
         .await?;
         Ok(created)
+    }
+
+    /// Like [`TestNamespace::create`], for a namespace whose every pod runs on
+    /// the real nodes (kubelet, containers), by the admission plugins
+    /// PodNodeSelector and PodTolerationRestriction. Fails when the cluster
+    /// has fewer than two real nodes.
+    pub async fn on_real_nodes(client: &Client, prefix: &str) -> Result<Self> {
+        let real = Api::<k8s_openapi::api::core::v1::Node>::all(client.clone())
+            .list(&ListParams::default().labels(testbed::REAL_NODE_SELECTOR))
+            .await?;
+        if real.items.len() < 2 {
+            bail!("needs two real nodes (e2e/cluster up with HOSTWRIGHT_REAL_NODES=2)");
+        }
+        let ns = Self::create(client, prefix, &[]).await?;
+        let annotations = serde_json::json!({"metadata": {"annotations": {
+            "scheduler.alpha.kubernetes.io/node-selector": testbed::REAL_NODE_SELECTOR,
+            "scheduler.alpha.kubernetes.io/defaultTolerations":
+                r#"[{"key":"hostwright.io/real-node","operator":"Exists","effect":"NoSchedule"}]"#,
+        }}});
+        Api::<Namespace>::all(client.clone())
+            .patch(&ns.name, &PatchParams::default(), &Patch::Merge(annotations))
+            .await
+            .with_context(|| format!("placing namespace {} on the real nodes", ns.name))?;
+        Ok(ns)
     }
 
     pub fn api<K>(&self) -> Api<K>
@@ -345,6 +369,29 @@ pub fn signal(pid: u32, signal: libc::c_int) -> std::io::Result<()> {
     if unsafe { libc::kill(target, signal) } == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
+/// Run `e2e/cluster ARGS` (the local cluster's own script) off the runtime's
+/// threads, so traffic goes on meanwhile.
+pub async fn cluster(args: &[&str]) -> Result<()> {
+    run_blocking(concat!(env!("CARGO_MANIFEST_DIR"), "/cluster"), args).await
+}
+
+/// `kubectl ARGS` off the runtime's threads.
+pub async fn kubectl_async(args: &[&str]) -> Result<()> {
+    run_blocking("kubectl", args).await
+}
+
+async fn run_blocking(program: &'static str, args: &[&str]) -> Result<()> {
+    let args: Vec<String> = args.iter().map(|a| (*a).to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let out = Command::new(program).args(&args).output().with_context(|| format!("running {program}"))?;
+        if !out.status.success() {
+            bail!("{program} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    })
+    .await?
+}
+
 /// GET `path` from `addr` over HTTP/1.0; the status code and the body.
 pub async fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
     let mut stream = tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(addr))
@@ -362,24 +409,44 @@ pub async fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
     Ok((status, body.to_string()))
 }
 
-/// SIGKILL every process of a container on one of this machine's real
-/// nodes, found by the container's id in its cgroup path (`containerID` of
-/// a pod's status, `containerd://<id>`): a crash, so nothing in it runs its
-/// shutdown path. Returns how many processes were killed.
-pub fn kill_container(container_id: &str) -> Result<usize> {
+/// The processes of a container on one of this machine's real nodes, found
+/// by the container's id in their cgroup path (`containerID` of a pod's
+/// status, `containerd://<id>`), each with its command line.
+pub fn container_processes(container_id: &str) -> Result<Vec<(u32, String)>> {
     let id = container_id.rsplit("://").next().unwrap_or(container_id);
     if id.len() < 12 {
         bail!("{container_id:?} is no container id");
     }
-    let mut killed = 0;
+    let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").context("reading /proc")?.flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
-        let in_container = std::fs::read_to_string(entry.path().join("cgroup")).is_ok_and(|c| c.contains(id));
-        if in_container && signal(pid, libc::SIGKILL).is_ok() {
-            killed += 1;
+        if std::fs::read_to_string(entry.path().join("cgroup")).is_ok_and(|c| c.contains(id)) {
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            found.push((pid, String::from_utf8_lossy(&cmdline).replace('\0', " ").trim().to_string()));
         }
     }
-    Ok(killed)
+    Ok(found)
+}
+
+/// SIGKILL every process of a container on a real node: a crash, so nothing
+/// in it runs its shutdown path. Returns how many processes were killed.
+pub fn kill_container(container_id: &str) -> Result<usize> {
+    let processes = container_processes(container_id)?;
+    Ok(processes.iter().filter(|(pid, _)| signal(*pid, libc::SIGKILL).is_ok()).count())
+}
+
+/// The status of container `container` of pod `name`.
+pub async fn container_status(
+    pods: &Api<k8s_openapi::api::core::v1::Pod>,
+    name: &str,
+    container: &str,
+) -> Result<k8s_openapi::api::core::v1::ContainerStatus> {
+    pods.get(name)
+        .await?
+        .status
+        .and_then(|s| s.container_statuses)
+        .and_then(|cs| cs.into_iter().find(|c| c.name == container))
+        .with_context(|| format!("the status of container {container} of {name}"))
 }
 
 use hostwright::api::WebCluster;

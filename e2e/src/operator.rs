@@ -31,6 +31,12 @@ fn binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/hostwright"))
 }
 
+/// The image member pods install the agent from: `HOSTWRIGHT_AGENT_IMAGE`,
+/// or the one `e2e/cluster load-operator` loads into the real nodes.
+fn agent_image() -> String {
+    std::env::var("HOSTWRIGHT_AGENT_IMAGE").unwrap_or_else(|_| "hostwright.local/hostwright:dev".into())
+}
+
 /// A kubeconfig that authenticates as the chart's ServiceAccount, in a
 /// temporary directory of its own.
 pub async fn service_account_kubeconfig(client: &Client) -> Result<PathBuf> {
@@ -63,6 +69,7 @@ impl Operator {
             .args(["--lease-name", &format!("hostwright-{namespace}"), "--identity", identity])
             .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
             .env("KUBECONFIG", &kubeconfig)
+            .env("HOSTWRIGHT_AGENT_IMAGE", agent_image())
             .env("RUST_LOG", "info,hostwright=debug")
             .stdout(Stdio::from(log_file.try_clone()?))
             .stderr(Stdio::from(log_file))

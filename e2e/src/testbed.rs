@@ -45,7 +45,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use futures::StreamExt;
 use hostwright::contract::keys;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Namespace, PersistentVolume, PersistentVolumeClaim, Pod, Secret,
+    ConfigMap, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod, Secret,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::jiff::Timestamp;
@@ -72,6 +72,8 @@ const PROVISIONED_BY: &str = "pv.kubernetes.io/provisioned-by";
 const LOCK_FILE: &str = ".testbed.lock";
 /// Pods the runner plays the kubelet for.
 const POD_SELECTOR: &str = "app.kubernetes.io/name in (databasemirror,sessionstore)";
+/// The label `e2e/cluster` gives its real nodes (kubelet, containers).
+pub const REAL_NODE_SELECTOR: &str = "hostwright.io/node=real";
 /// Between an agent's exit and its restart, like a kubelet's first back-off.
 const RESTART_DELAY: Duration = Duration::from_secs(1);
 /// The agent stops PostgreSQL with a fast shutdown (up to 30 s) on SIGTERM.
@@ -97,8 +99,10 @@ pub fn twin(pod_ip: &str) -> Option<String> {
     }
 }
 
-/// Twin addresses of the ready endpoints of `service`, from its
+/// Where this machine reaches the ready endpoints of `service`, from its
 /// EndpointSlices: where a client of the Service would connect right now.
+/// A test-bed pod is reached at its loopback twin, a pod on a real node at
+/// its own address (routed to the nodes' bridge).
 pub async fn ready_endpoints(client: &Client, namespace: &str, service: &str) -> Result<Vec<String>> {
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), namespace);
     let params = ListParams::default().labels(&format!("kubernetes.io/service-name={service}"));
@@ -106,16 +110,47 @@ pub async fn ready_endpoints(client: &Client, namespace: &str, service: &str) ->
         .list(&params)
         .await
         .with_context(|| format!("listing EndpointSlices of {namespace}/{service}"))?;
-    let addresses: BTreeSet<String> = list
+    let mut addresses = BTreeSet::new();
+    let ready = list
         .items
         .iter()
         .flat_map(|s| s.endpoints.iter().flatten())
         // The API defines an unknown readiness as ready.
-        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true))
-        .flat_map(|e| e.addresses.iter())
-        .filter_map(|a| twin(a))
-        .collect();
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true));
+    for endpoint in ready {
+        let real = on_real_node(client, endpoint.node_name.as_deref()).await?;
+        for address in &endpoint.addresses {
+            addresses.extend(if real { Some(address.clone()) } else { twin(address) });
+        }
+    }
     Ok(addresses.into_iter().collect())
+}
+
+/// Where this machine reaches a pod's server: see [`ready_endpoints`].
+pub async fn pod_address(client: &Client, pod: &Pod) -> Result<String> {
+    let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone()).context("the pod has no IP")?;
+    if on_real_node(client, pod.spec.as_ref().and_then(|s| s.node_name.as_deref())).await? {
+        return Ok(ip);
+    }
+    twin(&ip).with_context(|| format!("the pod's IP {ip} has no loopback twin"))
+}
+
+/// Whether `node` is one of `e2e/cluster`'s real nodes (remembered: a
+/// node's labels do not change here).
+async fn on_real_node(client: &Client, node: Option<&str>) -> Result<bool> {
+    static KNOWN: Mutex<Option<HashMap<String, bool>>> = Mutex::new(None);
+    let Some(node) = node else { return Ok(false) };
+    if let Some(real) = lock(&KNOWN).as_ref().and_then(|k| k.get(node).copied()) {
+        return Ok(real);
+    }
+    let found = Api::<Node>::all(client.clone())
+        .get_opt(node)
+        .await
+        .with_context(|| format!("reading node {node}"))?;
+    let (key, value) = REAL_NODE_SELECTOR.split_once('=').unwrap_or_default();
+    let real = found.is_some_and(|n| n.labels().get(key).is_some_and(|v| v == value));
+    lock(&KNOWN).get_or_insert_default().insert(node.to_string(), real);
+    Ok(real)
 }
 
 /// Namespace and name of a pod.
@@ -684,8 +719,12 @@ async fn provision_one(
         .context("the claim requests no storage")?;
     let dir = shared.root.join("volumes").join(format!("{namespace}-{name}-{}", &uid[..uid.len().min(8)]));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    // The pod runner hands it to the server's user when a pod mounts it (fsGroup).
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    // Every node is this machine, so the directory serves a pod wherever it
+    // runs. For a pod on a KWOK node the pod runner hands it to the
+    // server's user (fsGroup); a real kubelet mounts a hostPath as it is,
+    // so until then anyone may create in it (the servers keep their data in
+    // a 0700 directory of their own, or files they own).
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777))?;
     let volume: PersistentVolume = serde_json::from_value(serde_json::json!({
         "apiVersion": "v1",
         "kind": "PersistentVolume",
@@ -777,6 +816,12 @@ async fn reclaim(shared: &Shared, volume: &PersistentVolume, api: &Api<Persisten
 async fn run_pods(shared: Arc<Shared>) -> Result<()> {
     let (pods, events) = reflect(shared.api::<Pod>(), watcher::Config::default().labels(POD_SELECTOR));
     let mut events = std::pin::pin!(events);
+    // Pods on real nodes run in real containers: a kubelet runs those.
+    let (real_nodes, node_events) = reflect(
+        Api::<Node>::all(shared.client.clone()),
+        watcher::Config::default().labels(REAL_NODE_SELECTOR),
+    );
+    let mut node_events = std::pin::pin!(node_events);
     let mut tick = tokio::time::interval(RESYNC);
     loop {
         tokio::select! {
@@ -785,15 +830,21 @@ async fn run_pods(shared: Arc<Shared>) -> Result<()> {
                 Some(Err(err)) => eprintln!("{} testbed: watching pods: {err}", Timestamp::now()),
                 None => bail!("the pod watch ended"),
             },
+            event = node_events.next() => match event {
+                Some(Ok(())) => {}
+                Some(Err(err)) => eprintln!("{} testbed: watching nodes: {err}", Timestamp::now()),
+                None => bail!("the node watch ended"),
+            },
             _ = tick.tick() => {}
         }
         // Before the first list the store is empty, and every pod would look gone.
-        if !ready(&pods) {
+        if !ready(&pods) || !ready(&real_nodes) {
             continue;
         }
         let mut wanted: HashMap<Key, Arc<Pod>> = HashMap::new();
         for pod in pods.state() {
-            let scheduled = pod.spec.as_ref().is_some_and(|s| s.node_name.is_some());
+            let node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
+            let scheduled = node.is_some_and(|n| real_nodes.get(&ObjectRef::new(n)).is_none());
             let addressed = pod.status.as_ref().is_some_and(|s| s.pod_ip.is_some());
             let key = (pod.namespace().unwrap_or_default(), pod.name_any());
             if scheduled
@@ -1186,6 +1237,8 @@ fn spawn_agent(
         .arg(paths.run())
         .args(["--listen-address", &setup.twin, "--advertise-address", &setup.twin])
         .args(["--port", &setup.port])
+        .arg("--probe-address")
+        .arg(format!("{}:{}", setup.twin, hostwright::contract::probes::PORT))
         .arg("--credentials-dir")
         .arg(paths.credentials())
         .args(["--run-as-user", setup.server.engine.user()])

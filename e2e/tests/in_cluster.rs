@@ -11,11 +11,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use hostwright::api::WebCluster;
 use hostwright_e2e::{
-    TestNamespace, client, ensure_crds, eventually, kill_container, wait_for, wait_web_ready,
+    TestNamespace, client, container_status, ensure_crds, eventually, kill_container, wait_for,
+    wait_web_ready,
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ContainerStatus, Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
@@ -138,29 +139,21 @@ async fn the_operator_runs_in_real_containers_and_a_deleted_leader_hands_over() 
     // Crash the new leader (SIGKILL of its container's processes): it cannot
     // release the Lease. Either its restarted container (the same pod, so
     // the same identity) or the standby must lead again and reconcile.
-    let container =
-        container_status(&pods, &second).await?.container_id.context("the leader's container id")?;
+    let container = container_status(&pods, &second, "hostwright")
+        .await?
+        .container_id
+        .context("the leader's container id")?;
     let killed = Instant::now();
     ensure!(kill_container(&container)? > 0, "no process of container {container} found on this machine");
     scale_and_wait(&sites, &deployments, 5).await?;
     let now = leader(&leases).await?.context("a leader after the crash")?;
-    let restarts = container_status(&pods, &second).await?.restart_count;
+    let restarts = container_status(&pods, &second, "hostwright").await?.restart_count;
     ensure!(restarts >= 1, "kubelet restarted the crashed container (restarts: {restarts})");
     println!(
         "leader {second} crashed (SIGKILL); {now} led and reconciled after {:.2} s (crashed container restarted {restarts}x)",
         killed.elapsed().as_secs_f64()
     );
     Ok(())
-}
-
-/// The status of the operator pod's one container.
-async fn container_status(pods: &Api<Pod>, name: &str) -> Result<ContainerStatus> {
-    pods.get(name)
-        .await?
-        .status
-        .and_then(|s| s.container_statuses)
-        .and_then(|cs| cs.into_iter().next())
-        .with_context(|| format!("the container status of {name}"))
 }
 
 /// Change the site's replicas; the leader of the moment must carry it to
