@@ -241,8 +241,10 @@ pub mod operator;
 pub mod partition;
 pub mod sessions;
 pub mod site;
+pub mod site_slo;
 pub mod testbed;
 pub mod trials;
+pub mod visitors;
 pub mod writer;
 
 /// Write `<dir>/kubeconfig`, authenticating as ServiceAccount
