@@ -1,5 +1,5 @@
 //! `hostwright-bench`: the benchmarks behind `make bench`, run as suites
-//! (`BENCH_SUITES`, default `webcluster failover sessionstore chaos`).
+//! (`BENCH_SUITES`, default `webcluster failover sessionstore chaos site`).
 //!
 //! **webcluster** — for each fleet size N (3-replica sites), on the cluster in KUBECONFIG:
 //! 1. direct: apply the Deployments, Services and PDBs the operator would
@@ -23,6 +23,10 @@
 //! **chaos** — a DatabaseMirror primary whose agent is frozen while its
 //! server runs on, in sync and in async mode: see [`chaos`].
 //!
+//! **site** — the demo site on real nodes under a few hundred visitors
+//! through a rollout, a lost node, a drain and the loss of each store's
+//! primary and of the operator's leader: see [`site`].
+//!
 //! Each suite's figures are merged into `$BENCH_RESULTS/latest.json` (its own
 //! key prefix replaced, the other suites' keys kept) and `latest.md` is
 //! rendered from that file; the curves for the plot go to `$BENCH_WORK`.
@@ -34,6 +38,7 @@ mod fleet;
 mod operator;
 mod report;
 mod sessionstore;
+mod site;
 mod snapshot;
 mod track;
 
@@ -60,6 +65,7 @@ pub enum Suite {
     Failover,
     SessionStore,
     Chaos,
+    Site,
 }
 
 impl Suite {
@@ -70,6 +76,7 @@ impl Suite {
             Suite::Failover => "failover",
             Suite::SessionStore => "sessionstore",
             Suite::Chaos => "chaos",
+            Suite::Site => "site",
         }
     }
 
@@ -79,14 +86,16 @@ impl Suite {
             Suite::WebCluster => "size",
             Suite::Failover | Suite::Chaos => "replication",
             Suite::SessionStore => "durability",
+            Suite::Site => "event",
         }
     }
 
-    const ALL: [Suite; 4] = [Suite::WebCluster, Suite::Failover, Suite::SessionStore, Suite::Chaos];
+    const ALL: [Suite; 5] =
+        [Suite::WebCluster, Suite::Failover, Suite::SessionStore, Suite::Chaos, Suite::Site];
 }
 
 /// The suites `BENCH_SUITES` runs when it is unset: all of them.
-const DEFAULT_SUITES: &str = "webcluster failover sessionstore chaos";
+const DEFAULT_SUITES: &str = "webcluster failover sessionstore chaos site";
 
 /// `BENCH_SUITES`: names separated by spaces or commas, run in the order
 /// given, each once.
@@ -247,6 +256,7 @@ async fn run() -> Result<bool> {
             Suite::Failover => failover::run(&cfg, &client).await?,
             Suite::SessionStore => sessionstore::run(&cfg, &client).await?,
             Suite::Chaos => chaos::run(&cfg, &client).await?,
+            Suite::Site => site::run(&cfg, &client).await?,
         };
     }
     Ok(complete)
