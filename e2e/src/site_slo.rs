@@ -101,22 +101,7 @@ impl SiteScenario {
         let root = std::env::temp_dir().join("hostwright-e2e").join(&ns.name);
         let volumes = Some(Testbed::start(client.clone(), Some(ns.name.clone()), root).await?);
         create_site(client, &ns.name).await?;
-        wait_for(
-            &ns.api::<SessionStore>(),
-            "sessions",
-            STEP,
-            "the SessionStore healthy",
-            |s: Option<&SessionStore>| s.is_some_and(all_healthy),
-        )
-        .await?;
-        wait_for(
-            &ns.api::<DatabaseMirror>(),
-            "db",
-            STEP,
-            "the DatabaseMirror healthy",
-            |d: Option<&DatabaseMirror>| d.is_some_and(all_healthy),
-        )
-        .await?;
+        stores_healthy(client, &ns.name).await?;
         wait_web_ready(&ns.api::<WebCluster>(), "site", STEP).await?;
         let vip =
             ns.api::<Service>().get("site").await?.spec.and_then(|s| s.cluster_ip).context("a virtual IP")?;

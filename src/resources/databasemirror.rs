@@ -485,7 +485,9 @@ mod tests {
     #[test]
     fn the_kubelet_probes_the_agent_as_the_contract_says() {
         use crate::contract::probes;
-        let pod = member_pod(&dbm("instance: {}\nmirrors: 1"), "shop-db-1", "hostwright:0.1").unwrap();
+        let pod =
+            member_pod(&dbm("instance: {storage: {size: 1Gi}}\nmirrors: 1"), "shop-db-1", "hostwright:0.1")
+                .unwrap();
         let server = &pod.spec.unwrap().containers[0];
         let agent_port = server.ports.iter().flatten().find(|p| p.name.as_deref() == Some("agent")).unwrap();
         assert_eq!(agent_port.container_port, i32::from(probes::PORT));
