@@ -116,19 +116,6 @@ build_busybox_image() {
     sh httpd wget nc sleep cat echo
 }
 
-# A web server image for the web tier's tests, in two versions that answer
-# differently (a rollout goes from one to the other): busybox httpd on port
-# 8080 serving / (which names the version) and /healthz.
-web_v1_rootfs() { mkdir -p "$1/www" && echo "hostwright test site v1" >"$1/www/index.html" && echo ok >"$1/www/healthz"; }
-web_v2_rootfs() { mkdir -p "$1/www" && echo "hostwright test site v2" >"$1/www/index.html" && echo ok >"$1/www/healthz"; }
-build_web_images() {
-  local v
-  for v in 1 2; do
-    busybox_image "web-v$v" "hostwright.local/web:$v" \
-      '{"Entrypoint":["/bin/busybox","httpd","-f","-p","8080","-h","/www"],"User":"101:101","ExposedPorts":{"8080/tcp":{}}}' || return 1
-  done
-}
-
 # binary_image NAME REF BINARY CONFIG_JSON: an image of one program built
 # here, as /NAME-less `/<binary's name>`, stripped, with the glibc libraries
 # it links (as `ldd` lists them) at their paths and a world-writable /tmp.

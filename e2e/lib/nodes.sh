@@ -272,7 +272,7 @@ real_node_start() {
 build_node_images() {
   local archive builder
   NODE_ARCHIVES=""
-  for builder in build_pause_image build_busybox_image build_web_images build_postgres_image build_redis_image; do
+  for builder in build_pause_image build_busybox_image build_postgres_image build_redis_image; do
     archive=$("$builder") || die "could not build an image ($builder)"
     NODE_ARCHIVES="$NODE_ARCHIVES $archive"
   done

@@ -73,6 +73,9 @@ fn start_agent(root: &Path, namespace: &str, name: &str) -> Result<Member> {
             "127.0.0.1",
             "--port",
             &port.to_string(),
+            // Two agents on one machine: each answers probes on a port of its own.
+            "--probe-address",
+            &format!("127.0.0.1:{}", free_port()?),
         ])
         .arg("--credentials-dir")
         .arg(root.join("credentials"))
