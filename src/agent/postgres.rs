@@ -153,6 +153,24 @@ impl Postgres {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// Remove a `postmaster.pid` no live server holds. A server killed with
+    /// its container leaves one behind, and in the next container's PID
+    /// namespace its PID is often another process's (the agent's watchdog):
+    /// PostgreSQL then refuses to start, for ever. The agent starts this data
+    /// directory's only server and is called with none running, so the file
+    /// is stale unless its PID is a live `postgres` (then it is left: the
+    /// server refuses to start and the step is retried).
+    fn clear_stale_pid_file(&self) -> Result<(), PostgresError> {
+        let path = self.data_dir.join("postmaster.pid");
+        let Ok(text) = std::fs::read_to_string(&path) else { return Ok(()) };
+        let holder = lock_file_pid(&text);
+        if holder.is_some_and(|pid| process_name(pid).as_deref() == Some("postgres")) {
+            return Ok(());
+        }
+        tracing::warn!(?holder, "removing a stale postmaster.pid (its server is gone)");
+        std::fs::remove_file(&path).map_err(|source| PostgresError::Write { path, source })
+    }
+
     /// The data directory holds a cluster.
     pub fn initialized(&self) -> bool {
         self.data_dir.join("PG_VERSION").exists()
@@ -256,6 +274,7 @@ impl Postgres {
 
     /// Make a stopped former primary a copy of the new primary's history.
     pub async fn rewind(&self, primary_conninfo: &str) -> Result<(), PostgresError> {
+        self.clear_stale_pid_file()?;
         let data = self.data_dir.to_string_lossy().into_owned();
         let source = format!("--source-server={primary_conninfo}");
         self.run("pg_rewind", &["--target-pgdata", &data, &source]).await.map(drop)
@@ -312,6 +331,7 @@ impl Postgres {
         // Our settings come last so they win over anything the template set.
         self.write("hostwright.conf", &self.render_conf(role, false)).await?;
         self.ensure_included().await?;
+        self.clear_stale_pid_file()?;
 
         let data = self.data_dir.to_string_lossy().into_owned();
         let mut child = self
@@ -567,9 +587,50 @@ pub fn data_dir(root: &Path) -> PathBuf {
     root.join("pgdata")
 }
 
+/// The postmaster's PID: the first line of `postmaster.pid`.
+fn lock_file_pid(text: &str) -> Option<u32> {
+    text.lines().next()?.trim().parse().ok().filter(|pid| *pid > 0)
+}
+
+/// The command name of process `pid` (`/proc/<pid>/comm`), if it exists.
+fn process_name(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|name| name.trim().to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_lock_files_pid_is_its_first_line() {
+        assert_eq!(lock_file_pid("14\n/var/lib/postgresql/data/pgdata\n1764425000\n5432\n"), Some(14));
+        assert_eq!(lock_file_pid(""), None);
+        assert_eq!(lock_file_pid("0\n"), None, "no process is 0");
+        assert_eq!(lock_file_pid("garbage\n"), None);
+    }
+
+    #[test]
+    fn a_pid_file_held_by_no_postgres_is_removed_and_only_that() {
+        let dir = std::env::temp_dir().join(format!("hostwright-pidfile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pg = Postgres {
+            bin_dir: PathBuf::new(),
+            data_dir: dir.clone(),
+            socket_dir: dir.clone(),
+            listen_address: String::new(),
+            port: 0,
+            settings_file: None,
+            application_name: String::new(),
+            run_as: None,
+        };
+        let pid_file = dir.join("postmaster.pid");
+        // Our own PID: a live process, but not a postgres (the container case).
+        std::fs::write(&pid_file, format!("{}\n{}\n", std::process::id(), dir.display())).unwrap();
+        pg.clear_stale_pid_file().unwrap();
+        assert!(!pid_file.exists(), "a PID taken by another program is stale");
+        pg.clear_stale_pid_file().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn lsns_are_byte_positions() {
