@@ -1,7 +1,7 @@
 //! The site's two stores. Each keeps one connection, shared by every
-//! request, and opens a new one after an error: a failover closes the old
-//! primary's connections, and the Service routes a new one to whichever
-//! member takes writes now. An operation is retried on a new connection
+//! request, and opens a new one after an error (not after a mere timeout):
+//! a failover closes the old primary's connections, and the Service routes
+//! a new one to whichever member takes writes now. An operation is retried
 //! for up to [`RETRY_FOR`], so a store failover shorter than that costs a
 //! visitor a slow page rather than an error.
 
@@ -36,6 +36,17 @@ pub enum StoreError {
     Unconfirmed,
     #[error("{0} timed out")]
     Timeout(&'static str),
+}
+
+impl StoreError {
+    /// Whether the connection should be replaced. Not after a timeout: a
+    /// server that is slow (a synchronous commit waiting for a mirror) is
+    /// slow on a new connection too, and the old one's backend lingers until
+    /// its commit is done, so replacing it at every timeout piles up
+    /// backends until the server refuses every client.
+    fn breaks_connection(&self) -> bool {
+        !matches!(self, StoreError::Timeout(_))
+    }
 }
 
 /// Run `call` until it succeeds or [`RETRY_FOR`] has passed. Each try drops
@@ -100,7 +111,7 @@ impl Sessions {
         let attempt = async { call(self.connection().await?).await };
         let result =
             tokio::time::timeout(CALL_TIMEOUT, attempt).await.unwrap_or(Err(StoreError::Timeout(what)));
-        if result.is_err() {
+        if result.as_ref().is_err_and(StoreError::breaks_connection) {
             self.forget().await;
         }
         result
@@ -197,7 +208,7 @@ impl Views {
             let result = tokio::time::timeout(CALL_TIMEOUT, attempt)
                 .await
                 .unwrap_or(Err(StoreError::Timeout("recording a page view")));
-            if result.is_err() {
+            if result.as_ref().is_err_and(StoreError::breaks_connection) {
                 *self.client.lock().await = None;
             }
             result
