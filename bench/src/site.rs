@@ -40,9 +40,6 @@ pub async fn run(cfg: &Config, client: &Client) -> Result<bool> {
         log(format!("site: could not be measured completely: {err:#}"));
         Vec::new()
     });
-    for event in &events {
-        log(format!("site: {event}"));
-    }
     let (keys, missed) = keys(&events, complete, started.elapsed());
     crate::report::merge(&cfg.results, Suite::Site, keys)?;
     crate::log_suite_end(Suite::Site, &missed, started, &cfg.results);
@@ -50,10 +47,14 @@ pub async fn run(cfg: &Config, client: &Client) -> Result<bool> {
 }
 
 async fn measure(client: &Client) -> Result<Vec<EventReport>> {
+    let seen = |report: &EventReport| log(format!("site: {report}"));
     let mut site = SiteScenario::start(client).await?;
     let mut events = vec![site.visit(USERS, WORKERS).await?];
-    events.extend(site.run_events().await?);
-    events.push(site.finish().await?);
+    seen(&events[0]);
+    events.extend(site.run_events(seen).await?);
+    let after = site.finish().await?;
+    seen(&after);
+    events.push(after);
     Ok(events)
 }
 

@@ -133,19 +133,28 @@ impl SiteScenario {
         .await
     }
 
-    /// Every event of the scenario in turn.
-    pub async fn run_events(&mut self) -> Result<Vec<EventReport>> {
+    /// Every event of the scenario in turn; `seen` hears of each as it ends
+    /// (so a later event's failure does not hide the earlier figures).
+    pub async fn run_events(&mut self, seen: impl Fn(&EventReport)) -> Result<Vec<EventReport>> {
         let mut reports = Vec::new();
-        reports.push(self.rollout().await?);
-        reports.push(self.node_loss().await?);
-        reports.push(self.drain().await?);
-        reports.push(
-            self.store_primary_loss::<SessionStore>("session_primary_loss", "sessions", "redis").await?,
-        );
-        reports.push(
-            self.store_primary_loss::<DatabaseMirror>("database_primary_loss", "db", "postgres").await?,
-        );
-        reports.push(self.operator_leader_loss().await?);
+        for event in 0..6 {
+            let report = match event {
+                0 => self.rollout().await?,
+                1 => self.node_loss().await?,
+                2 => self.drain().await?,
+                3 => {
+                    self.store_primary_loss::<SessionStore>("session_primary_loss", "sessions", "redis")
+                        .await?
+                }
+                4 => {
+                    self.store_primary_loss::<DatabaseMirror>("database_primary_loss", "db", "postgres")
+                        .await?
+                }
+                _ => self.operator_leader_loss().await?,
+            };
+            seen(&report);
+            reports.push(report);
+        }
         Ok(reports)
     }
 

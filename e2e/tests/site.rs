@@ -24,11 +24,9 @@ async fn the_site_keeps_its_visitors_sessions_and_page_views_through_every_event
     let steady = site.visit(USERS, WORKERS).await?;
     println!("{steady}");
     ensure!(steady.failed == 0 && steady.requests > 0, "the site failed before anything happened: {steady}");
-    let events = site.run_events().await?;
+    let events = site.run_events(|report| println!("{report}")).await?;
     let after = site.finish().await?;
-    for report in events.iter().chain([&after]) {
-        println!("{report}");
-    }
+    println!("{after}");
     for report in events.iter().chain([&after]) {
         ensure!(report.sessions_lost == 0, "sessions lost: {report}");
         ensure!(report.rows_lost == 0, "acknowledged page views lost: {report}");
