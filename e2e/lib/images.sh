@@ -110,10 +110,59 @@ build_pause_image() {
     '{"Entrypoint":["/bin/busybox","sleep","2147483647"],"User":"65535:65535"}'
 }
 
-# A busybox image for tests (httpd, sh, wget), run as whatever user the pod says.
+# A busybox image for tests (httpd, sh, wget, nc, nslookup), run as whatever
+# user the pod says.
 build_busybox_image() {
   busybox_image busybox "$BUSYBOX_IMAGE" '{"Entrypoint":["/bin/busybox"],"Env":["PATH=/bin"]}' \
-    sh httpd wget nc sleep cat echo
+    sh httpd wget nc nslookup sleep cat echo
+}
+
+# nginx laid out as the nginxinc/nginx-unprivileged image: Debian's nginx
+# (with nginx-common's mime.types), user nginx 101:101, listening on 8080,
+# its pid and temporary files in /tmp, logs to the container's output,
+# pages in /usr/share/nginx/html (and /healthz answered by nginx itself).
+nginx_rootfs() {
+  deb_unpack "$1/.deb" nginx nginx-common || return 1
+  mkdir -p "$1/usr/sbin" "$1/etc/nginx/conf.d" "$1/usr/share/nginx/html" "$1/var/log/nginx"
+  cp "$1/.deb/usr/sbin/nginx" "$1/usr/sbin/nginx"
+  cp "$1/.deb/etc/nginx/mime.types" "$1/etc/nginx/mime.types"
+  rm -rf "$1/.deb"
+  cat >"$1/etc/nginx/nginx.conf" <<'CONF'
+worker_processes auto;
+pid /tmp/nginx.pid;
+error_log /var/log/nginx/error.log notice;
+events { worker_connections 1024; }
+http {
+  include /etc/nginx/mime.types;
+  default_type application/octet-stream;
+  access_log /var/log/nginx/access.log;
+  client_body_temp_path /tmp/client_temp;
+  proxy_temp_path /tmp/proxy_temp;
+  fastcgi_temp_path /tmp/fastcgi_temp;
+  uwsgi_temp_path /tmp/uwsgi_temp;
+  scgi_temp_path /tmp/scgi_temp;
+  sendfile on;
+  keepalive_timeout 65;
+  include /etc/nginx/conf.d/*.conf;
+}
+CONF
+  cat >"$1/etc/nginx/conf.d/default.conf" <<'CONF'
+server {
+  listen 8080;
+  server_name localhost;
+  location = /healthz { return 200 "ok\n"; }
+  location / { root /usr/share/nginx/html; index index.html; }
+}
+CONF
+  echo "<h1>Welcome to nginx (hostwright.local/nginx)</h1>" >"$1/usr/share/nginx/html/index.html"
+  ln -s /dev/stdout "$1/var/log/nginx/access.log"
+  ln -s /dev/stderr "$1/var/log/nginx/error.log"
+  add_user "$1" nginx 101 /nonexistent
+  add_libraries "$1"
+}
+build_nginx_image() {
+  busybox_image nginx "$NGINX_IMAGE" \
+    '{"Entrypoint":["/usr/sbin/nginx","-g","daemon off;"],"User":"101:101","ExposedPorts":{"8080/tcp":{}},"StopSignal":"SIGQUIT"}'
 }
 
 # binary_image NAME REF BINARY CONFIG_JSON: an image of one program built

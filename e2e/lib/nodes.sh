@@ -33,6 +33,7 @@ BUSYBOX_IMAGE=hostwright.local/busybox:1
 OPERATOR_IMAGE=hostwright.local/hostwright:dev
 POSTGRES_IMAGE=hostwright.local/postgres:15
 REDIS_IMAGE=hostwright.local/redis:7
+NGINX_IMAGE=hostwright.local/nginx:1.22
 SITE_IMAGE=hostwright.local/site
 # Host-wide settings kubelet changes to its liking at start (they are not per
 # network namespace); saved before and restored by nodes_down.
@@ -272,7 +273,7 @@ real_node_start() {
 build_node_images() {
   local archive builder
   NODE_ARCHIVES=""
-  for builder in build_pause_image build_busybox_image build_postgres_image build_redis_image; do
+  for builder in build_pause_image build_busybox_image build_nginx_image build_postgres_image build_redis_image; do
     archive=$("$builder") || die "could not build an image ($builder)"
     NODE_ARCHIVES="$NODE_ARCHIVES $archive"
   done

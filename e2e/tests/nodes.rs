@@ -1,8 +1,9 @@
 //! Proof that the real nodes of the local cluster (e2e/lib/nodes.sh) are a
 //! real data path: kubelet runs a `restricted` pod in a runc container with
 //! real probes and a preStop hook, the API server reaches the kubelet (logs,
-//! exec), and a Service answers through kube-proxy's rules from pods on
-//! both nodes, in two zones.
+//! exec), a Service answers through kube-proxy's rules from pods on both
+//! nodes, in two zones, and its name resolves through the cluster DNS; the
+//! nginx image serves unprivileged.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -17,6 +18,7 @@ use serde_json::json;
 
 const REAL: &str = "hostwright.io/node=real";
 const IMAGE: &str = "hostwright.local/busybox:1";
+const NGINX_IMAGE: &str = "hostwright.local/nginx:1.22";
 
 fn web_deployment() -> Result<Deployment> {
     Ok(serde_json::from_value(json!({
@@ -126,6 +128,17 @@ async fn a_restricted_pod_runs_on_each_real_node_and_its_service_answers_through
     };
     ensure!(connect("443")?, "a pod could not connect to the kubernetes Service at 10.96.0.1:443");
     ensure!(!connect("444")?, "a pod connected to 10.96.0.1:444, where no Service listens");
+    // The cluster DNS: a Service's name resolves to its virtual IP from a pod;
+    // a name outside the cluster does not resolve at all.
+    let lookup = |name: &str| kubectl_raw(&["-n", &ns.name, "exec", first, "--", "nslookup", name]);
+    let found = lookup(&format!("hello.{}.svc.cluster.local", ns.name))?;
+    let vip = service.spec.as_ref().and_then(|s| s.cluster_ip.clone()).context("a ClusterIP")?;
+    ensure!(
+        found.status.success() && String::from_utf8_lossy(&found.stdout).contains(&vip),
+        "hello's name did not resolve to {vip}: {}",
+        String::from_utf8_lossy(&found.stdout)
+    );
+    ensure!(!lookup("example.com")?.status.success(), "a name outside the cluster resolved");
 
     // The Service's VIP, from this machine, through kube-proxy's rules: both
     // pods answer.
@@ -146,6 +159,51 @@ async fn a_restricted_pod_runs_on_each_real_node_and_its_service_answers_through
     .await?;
     println!("answers through {addr}: {answered:?}");
     a_deleted_pod_runs_its_pre_stop_hook(&pods).await
+}
+
+/// The nginx image (laid out as nginxinc/nginx-unprivileged) serves under
+/// the `restricted` profile with a read-only root filesystem, as a
+/// WebCluster's pods run it: uid 101, port 8080, temporary files in /tmp.
+#[tokio::test]
+async fn the_nginx_image_serves_unprivileged_with_a_read_only_root() -> Result<()> {
+    let client = client().await?;
+    let ns = TestNamespace::create(&client, "nginx", &[("pod-security.kubernetes.io/enforce", "restricted")])
+        .await?;
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "nginx", "labels": {"app": "nginx"}},
+        "spec": {
+            "nodeSelector": {"hostwright.io/node": "real"},
+            "tolerations": [{"key": "hostwright.io/real-node", "operator": "Exists", "effect": "NoSchedule"}],
+            "securityContext": {"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{
+                "name": "nginx",
+                "image": NGINX_IMAGE,
+                "imagePullPolicy": "Never",
+                "ports": [{"containerPort": 8080, "name": "http"}],
+                "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 1},
+                "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                "securityContext": {
+                    "allowPrivilegeEscalation": false,
+                    "readOnlyRootFilesystem": true,
+                    "capabilities": {"drop": ["ALL"]},
+                },
+            }],
+            "volumes": [{"name": "tmp", "emptyDir": {}}],
+        },
+    }))?;
+    let pods: Api<Pod> = ns.api();
+    pods.create(&PostParams::default(), &pod).await?;
+    let ready = wait_for(&pods, "nginx", Duration::from_secs(120), "nginx Ready", |p: Option<&Pod>| {
+        p.and_then(|p| p.status.as_ref())
+            .and_then(|s| s.container_statuses.as_ref())
+            .is_some_and(|cs| cs.iter().all(|c| c.ready))
+    })
+    .await?;
+    let ip = ready.status.and_then(|s| s.pod_ip).context("a pod IP")?;
+    let (status, body) = http_get(&format!("{ip}:8080"), "/").await?;
+    ensure!(status == 200 && body.contains("Welcome to nginx"), "nginx answered {status}: {body:?}");
+    Ok(())
 }
 
 /// The namespace's pods end through their preStop hook within the grace
