@@ -153,22 +153,27 @@ impl Postgres {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// Remove a `postmaster.pid` no live server holds. A server killed with
-    /// its container leaves one behind, and in the next container's PID
-    /// namespace its PID is often another process's (the agent's watchdog):
-    /// PostgreSQL then refuses to start, for ever. The agent starts this data
-    /// directory's only server and is called with none running, so the file
-    /// is stale unless its PID is a live `postgres` (then it is left: the
-    /// server refuses to start and the step is retried).
-    fn clear_stale_pid_file(&self) -> Result<(), PostgresError> {
-        let path = self.data_dir.join("postmaster.pid");
-        let Ok(text) = std::fs::read_to_string(&path) else { return Ok(()) };
-        let holder = lock_file_pid(&text);
-        if holder.is_some_and(|pid| process_name(pid).as_deref() == Some("postgres")) {
-            return Ok(());
+    /// Remove the lock files (`postmaster.pid`, and the socket's lock in the
+    /// socket directory, an emptyDir that outlives the container) that no
+    /// live server holds. A server killed with its container leaves them
+    /// behind, and in the next container's PID namespace their PID is often
+    /// another process's (the agent's watchdog): PostgreSQL then refuses to
+    /// start, for ever. The agent starts this data directory's only server
+    /// and is called with none running, so a lock file is stale unless its
+    /// PID is a live `postgres` (then it is left: the server refuses to start
+    /// and the step is retried).
+    fn clear_stale_lock_files(&self) -> Result<(), PostgresError> {
+        let socket_lock = self.socket_dir.join(format!(".s.PGSQL.{}.lock", self.port));
+        for path in [self.data_dir.join("postmaster.pid"), socket_lock] {
+            let Ok(text) = std::fs::read_to_string(&path) else { continue };
+            let holder = lock_file_pid(&text);
+            if holder.is_some_and(|pid| process_name(pid).as_deref() == Some("postgres")) {
+                continue;
+            }
+            tracing::warn!(?holder, path = %path.display(), "removing a stale lock file (its server is gone)");
+            std::fs::remove_file(&path).map_err(|source| PostgresError::Write { path, source })?;
         }
-        tracing::warn!(?holder, "removing a stale postmaster.pid (its server is gone)");
-        std::fs::remove_file(&path).map_err(|source| PostgresError::Write { path, source })
+        Ok(())
     }
 
     /// The data directory holds a cluster.
@@ -274,7 +279,7 @@ impl Postgres {
 
     /// Make a stopped former primary a copy of the new primary's history.
     pub async fn rewind(&self, primary_conninfo: &str) -> Result<(), PostgresError> {
-        self.clear_stale_pid_file()?;
+        self.clear_stale_lock_files()?;
         let data = self.data_dir.to_string_lossy().into_owned();
         let source = format!("--source-server={primary_conninfo}");
         self.run("pg_rewind", &["--target-pgdata", &data, &source]).await.map(drop)
@@ -331,7 +336,7 @@ impl Postgres {
         // Our settings come last so they win over anything the template set.
         self.write("hostwright.conf", &self.render_conf(role, false)).await?;
         self.ensure_included().await?;
-        self.clear_stale_pid_file()?;
+        self.clear_stale_lock_files()?;
 
         let data = self.data_dir.to_string_lossy().into_owned();
         let mut child = self
@@ -624,11 +629,15 @@ mod tests {
             run_as: None,
         };
         let pid_file = dir.join("postmaster.pid");
+        let socket_lock = dir.join(".s.PGSQL.0.lock");
         // Our own PID: a live process, but not a postgres (the container case).
-        std::fs::write(&pid_file, format!("{}\n{}\n", std::process::id(), dir.display())).unwrap();
-        pg.clear_stale_pid_file().unwrap();
+        for lock in [&pid_file, &socket_lock] {
+            std::fs::write(lock, format!("{}\n{}\n", std::process::id(), dir.display())).unwrap();
+        }
+        pg.clear_stale_lock_files().unwrap();
         assert!(!pid_file.exists(), "a PID taken by another program is stale");
-        pg.clear_stale_pid_file().unwrap();
+        assert!(!socket_lock.exists(), "so is the socket's lock naming it");
+        pg.clear_stale_lock_files().unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
