@@ -14,7 +14,7 @@ use super::members::{self, Blueprint, Engine};
 use super::webcluster::secret_keys;
 use super::{BuildError, controller_ref, namespace_of};
 use crate::api::DatabaseMirror;
-use crate::api::databasemirror::{Replication, is_parameter_name, is_reserved_parameter};
+use crate::api::databasemirror::{MAX_MIRRORS, Replication, is_parameter_name, is_reserved_parameter};
 
 /// `app.kubernetes.io/name` of database pods.
 pub const APP_NAME: &str = "databasemirror";
@@ -91,7 +91,7 @@ fn config_name(dbm: &DatabaseMirror) -> String {
 /// parameters that cannot be written into postgresql.conf (see
 /// [`postgresql_conf`]), so such an object fails alone, with the reason.
 pub fn blueprint(dbm: &DatabaseMirror) -> Result<Blueprint, BuildError> {
-    check_parameters(dbm)?;
+    let settings = postgresql_conf(dbm)?;
     let template = &dbm.spec.instance;
     Ok(Blueprint {
         app: APP_NAME,
@@ -110,7 +110,7 @@ pub fn blueprint(dbm: &DatabaseMirror) -> Result<Blueprint, BuildError> {
         agent_args: vec![
             format!("--database-mirror={}", dbm.name_any()),
             format!("--data-dir={DATA_DIR}/pgdata"),
-            format!("--config={}/postgresql.conf", members::CONFIG_DIR),
+            format!("--config={}/{}", members::CONFIG_DIR, settings_key(&settings)),
         ],
         template_hash: template_hash(dbm),
     })
@@ -129,6 +129,7 @@ pub fn children(dbm: &DatabaseMirror, blueprint: &Blueprint) -> DatabaseMirrorCh
     // full file; a caller that skipped it gets the managed settings alone,
     // never a smuggled line.
     let conf = postgresql_conf(dbm).unwrap_or_else(|_| render_conf(managed_settings(dbm)));
+    let key = settings_key(&conf);
     DatabaseMirrorChildren {
         read_write: blueprint.service(format!("{}-rw", dbm.name_any()), "primary"),
         read_only: blueprint.service(format!("{}-ro", dbm.name_any()), "mirror"),
@@ -136,10 +137,15 @@ pub fn children(dbm: &DatabaseMirror, blueprint: &Blueprint) -> DatabaseMirrorCh
         mirror_budget,
         config: ConfigMap {
             metadata: blueprint.metadata(config_name(dbm)),
-            data: Some(BTreeMap::from([("postgresql.conf".to_string(), conf)])),
+            data: Some(BTreeMap::from([(key, conf)])),
             ..ConfigMap::default()
         },
     }
+}
+
+/// The ConfigMap key of a rendered settings text.
+fn settings_key(conf: &str) -> String {
+    members::settings_key("postgresql", conf)
 }
 
 /// `postgresql.conf` settings of every member: the user's parameters, then
@@ -165,10 +171,11 @@ pub fn postgresql_conf(dbm: &DatabaseMirror) -> Result<String, BuildError> {
 
 /// The settings replication and failover rely on, as postgresql.conf values.
 fn managed_settings(dbm: &DatabaseMirror) -> BTreeMap<String, String> {
-    // Every member is listed, the primary included (it is never its own
-    // standby), so the list stays right when a mirror is promoted.
-    let members: Vec<String> =
-        member_names(dbm).iter().map(|m| format!("\"{}\"", m.replace('-', "_"))).collect();
+    // Every member there can ever be is listed, the primary included (it is
+    // never its own standby), so the list stays right when a mirror is
+    // promoted, and adding or removing a mirror changes no member's settings.
+    let most = members::member_names(&dbm.name_any(), MAX_MIRRORS + 1);
+    let members: Vec<String> = most.iter().map(|m| format!("\"{}\"", m.replace('-', "_"))).collect();
     let managed = [
         ("listen_addresses", "'*'".to_string()),
         ("port", PORT.to_string()),
@@ -226,6 +233,30 @@ fn check_parameters(dbm: &DatabaseMirror) -> Result<(), BuildError> {
     Ok(())
 }
 
+/// The PostgreSQL major version an image's tag names (`postgres:15.4` → 15,
+/// `…/postgres:16-alpine` → 16); None when the tag does not say (none,
+/// `latest`, a digest alone).
+pub fn postgres_major(image: &str) -> Option<u32> {
+    let name = image.split('@').next()?;
+    let last = name.rsplit('/').next()?;
+    let (_, tag) = last.split_once(':')?;
+    let digits: String = tag.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// Why members running `running` may not be rolled onto the template's
+/// image: a major version change, which streaming replication and
+/// `pg_rewind` cannot cross.
+pub fn major_change(dbm: &DatabaseMirror, running: &[String]) -> Option<String> {
+    let wanted = postgres_major(&dbm.spec.instance.image)?;
+    let old = running.iter().filter_map(|i| postgres_major(i)).find(|m| *m != wanted)?;
+    Some(format!(
+        "instance.image asks for PostgreSQL {wanted} but the members run PostgreSQL {old}: a major version \
+         change needs pg_upgrade, which Hostwright does not do yet; set instance.image back to a {old}.x image \
+         (minor versions roll as usual)"
+    ))
+}
+
 /// The Secret the web tier and the agents read. Host names are the stable
 /// Services, so a promotion changes nothing here.
 pub fn credentials(dbm: &DatabaseMirror, blueprint: &Blueprint, passwords: &Passwords) -> Secret {
@@ -257,15 +288,17 @@ pub fn credentials(dbm: &DatabaseMirror, blueprint: &Blueprint, passwords: &Pass
 /// A short, stable hash of everything in the instance template that shapes a
 /// member pod. Members carrying another hash were built from another template
 /// (or changed by hand): the spec is no longer equal.
+///
+/// The volumes are not in it: a rollout replaces pods over the same
+/// volumes, so a new size is an expansion of the volumes, not a rollout.
 pub fn template_hash(dbm: &DatabaseMirror) -> String {
     let t = &dbm.spec.instance;
+    let settings = postgresql_conf(dbm).unwrap_or_default();
     let text = format!(
-        "{}|{}|{:?}|{}|{:?}",
+        "{}|{}|{}",
         t.image,
         serde_json::to_string(&t.resources).unwrap_or_default(),
-        t.storage.size,
-        t.storage.storage_class_name.clone().unwrap_or_default(),
-        t.parameters
+        settings_key(&settings)
     );
     members::template_hash(&text)
 }
@@ -333,8 +366,43 @@ mod tests {
         assert_eq!(c.read_write.metadata.name.as_deref(), Some("shop-db-rw"));
         assert_eq!(c.read_write.spec.as_ref().unwrap().selector.as_ref().unwrap()[ROLE_LABEL], "primary");
         assert_eq!(c.read_only.spec.as_ref().unwrap().selector.as_ref().unwrap()[ROLE_LABEL], "mirror");
-        assert_eq!(c.primary_budget.spec.unwrap().max_unavailable, Some(IntOrString::Int(0)));
-        assert_eq!(c.mirror_budget.spec.unwrap().max_unavailable, Some(IntOrString::Int(1)));
+        assert_eq!(c.primary_budget.spec.unwrap().min_available, Some(IntOrString::Int(1)));
+        assert_eq!(
+            c.mirror_budget.spec.unwrap().min_available,
+            Some(IntOrString::Int(0)),
+            "one mirror may go"
+        );
+        let three = build(&dbm("instance: {storage: {size: 1Gi}}\nmirrors: 3")).unwrap();
+        assert_eq!(three.mirror_budget.spec.unwrap().min_available, Some(IntOrString::Int(2)));
+    }
+
+    #[test]
+    fn each_settings_text_has_a_key_of_its_own_and_the_volume_size_rolls_nothing() {
+        let a = dbm("instance: {storage: {size: 1Gi}, parameters: {work_mem: 4MB}}");
+        let b = dbm("instance: {storage: {size: 1Gi}, parameters: {work_mem: 8MB}}");
+        let key = |d: &DatabaseMirror| {
+            children(d, &blueprint(d).unwrap()).config.data.unwrap().into_keys().next().unwrap()
+        };
+        assert_ne!(key(&a), key(&b));
+        assert!(key(&a).starts_with("postgresql-") && key(&a).ends_with(".conf"), "{}", key(&a));
+        let arg = format!("--config={}/{}", members::CONFIG_DIR, key(&a));
+        assert!(blueprint(&a).unwrap().agent_args.contains(&arg));
+        let bigger = dbm("instance: {storage: {size: 5Gi}, parameters: {work_mem: 4MB}}");
+        assert_eq!(template_hash(&a), template_hash(&bigger), "a new size expands volumes, it does not roll");
+    }
+
+    #[test]
+    fn a_major_version_change_is_refused_and_a_minor_one_is_not() {
+        assert_eq!(postgres_major("postgres:15.4"), Some(15));
+        assert_eq!(postgres_major("registry.local:5000/postgres:16-alpine"), Some(16));
+        assert_eq!(postgres_major("postgres:15@sha256:abc"), Some(15));
+        assert_eq!(postgres_major("postgres@sha256:abc"), None);
+        assert_eq!(postgres_major("postgres:latest"), None);
+        let to_16 = dbm("instance: {image: 'postgres:16.1', storage: {size: 1Gi}}");
+        let why = major_change(&to_16, &["postgres:15.4".into()]).unwrap();
+        assert!(why.contains("PostgreSQL 16") && why.contains("PostgreSQL 15"), "{why}");
+        let minor = dbm("instance: {image: 'postgres:15.5', storage: {size: 1Gi}}");
+        assert_eq!(major_change(&minor, &["postgres:15.4".into()]), None);
     }
 
     #[test]
@@ -343,12 +411,13 @@ mod tests {
             "instance: {storage: {size: 1Gi}, parameters: {shared_buffers: 512MB}}\nmirrors: 2\nreplication: sync",
         ))
         .unwrap();
-        assert!(
-            conf.contains(
-                "synchronous_standby_names = 'ANY 1 (\"shop_db_1\", \"shop_db_2\", \"shop_db_3\")'"
-            ),
-            "{conf}"
+        let every_member: Vec<String> = (1..=9).map(|i| format!("\"shop_db_{i}\"")).collect();
+        let line = format!("synchronous_standby_names = 'ANY 1 ({})'", every_member.join(", "));
+        assert!(conf.contains(&line), "{conf}");
+        let grown = dbm(
+            "instance: {storage: {size: 1Gi}, parameters: {shared_buffers: 512MB}}\nmirrors: 4\nreplication: sync",
         );
+        assert_eq!(postgresql_conf(&grown).unwrap(), conf, "a new mirror changes no member's settings");
         assert!(conf.contains("synchronous_commit = on"));
         assert!(conf.contains("shared_buffers = '512MB'"));
         let async_conf = postgresql_conf(&dbm("instance: {storage: {size: 1Gi}}")).unwrap();
@@ -414,7 +483,7 @@ mod tests {
         assert!(matches!(postgresql_conf(&d), Err(BuildError::InvalidParameter { .. })));
         // Even a caller that skips the check gets the managed settings alone.
         let b = blueprint(&dbm("instance: {storage: {size: 1Gi}}")).unwrap();
-        let conf = children(&d, &b).config.data.unwrap()["postgresql.conf"].clone();
+        let conf = children(&d, &b).config.data.unwrap().into_values().next().unwrap();
         assert!(!conf.contains("synchronous_commit = off"), "{conf}");
         assert!(conf.contains("synchronous_commit = local"), "{conf}");
         assert!(!conf.contains("application_name"), "{conf}");

@@ -87,11 +87,19 @@ pub struct Blueprint {
     pub config_map: String,
     /// Agent arguments beyond the common ones (the object's name, settings file).
     pub agent_args: Vec<String>,
-    /// Hash of the template ([`template_hash`]), on every pod.
+    /// Hash of the template ([`template_hash`]); with the agent's image it
+    /// makes the revision on every pod ([`Blueprint::revision`]).
     pub template_hash: String,
 }
 
 impl Blueprint {
+    /// The revision a member pod built now carries: the template and the
+    /// agent that runs it (an operator upgrade rolls members like a template
+    /// change does).
+    pub fn revision(&self, agent_image: &str) -> String {
+        template_hash(&format!("{}|{agent_image}", self.template_hash))
+    }
+
     /// Metadata of a child: the common labels and a controller reference.
     pub fn metadata(&self, name: String) -> ObjectMeta {
         ObjectMeta {
@@ -131,14 +139,20 @@ impl Blueprint {
         }
     }
 
-    /// The primary may not be evicted (a drain waits for a switchover);
-    /// the others may go one at a time. Named `<name>-primary` and
-    /// `<name>-<mirror_word>`.
+    /// The primary may not be evicted (a drain waits for the switchover
+    /// the operator starts when it sees the node cordoned); the others may
+    /// go one at a time. Named `<name>-primary` and `<name>-<mirror_word>`.
+    ///
+    /// Both say `minAvailable` as a number: the disruption controller
+    /// counts the selected pods for that. With `maxUnavailable` it would
+    /// look for a scale subresource on the pods' owner, which a store does
+    /// not have, and allow no eviction at all.
     pub fn budgets(&self) -> [PodDisruptionBudget; 2] {
-        let budget = |suffix: &str, role: &str, max_unavailable: i32| PodDisruptionBudget {
+        let mirrors = i32::try_from(self.members.len()).unwrap_or(i32::MAX).saturating_sub(1);
+        let budget = |suffix: &str, role: &str, min_available: i32| PodDisruptionBudget {
             metadata: self.metadata(format!("{}-{suffix}", self.name)),
             spec: Some(PodDisruptionBudgetSpec {
-                max_unavailable: Some(IntOrString::Int(max_unavailable)),
+                min_available: Some(IntOrString::Int(min_available)),
                 selector: Some(LabelSelector {
                     match_labels: Some(self.role_selector(role)),
                     ..LabelSelector::default()
@@ -148,7 +162,7 @@ impl Blueprint {
             }),
             status: None,
         };
-        [budget("primary", "primary", 0), budget(self.mirror_word, "mirror", 1)]
+        [budget("primary", "primary", 1), budget(self.mirror_word, "mirror", (mirrors - 1).max(0))]
     }
 
     /// Name of the ServiceAccount, Role and RoleBinding of the members' agents.
@@ -240,7 +254,7 @@ impl Blueprint {
         pod_labels.insert(MEMBER_LABEL.into(), member.into());
         pod_labels.insert(ROLE_LABEL.into(), "none".into());
         meta.annotations =
-            Some(BTreeMap::from([(TEMPLATE_HASH_ANNOTATION.to_string(), self.template_hash.clone())]));
+            Some(BTreeMap::from([(TEMPLATE_HASH_ANNOTATION.to_string(), self.revision(agent_image))]));
 
         let mount = |name: &str, path: &str, read_only: bool| VolumeMount {
             name: name.into(),
@@ -454,6 +468,42 @@ impl Routing {
             instruction: decision.instructions.get(member)?.clone(),
             route: decision.routes.get(member).copied().unwrap_or(Route::None),
         })
+    }
+}
+
+/// The settings file a member pod reads: the ConfigMap key its server's
+/// `--config` argument names. Each settings text has a key of its own
+/// ([`settings_key`]), so a pod keeps the settings it was built with until
+/// the rollout replaces it, and a change reaches no member early.
+pub fn settings_key_of(pod: &Pod) -> Option<String> {
+    let prefix = format!("--config={CONFIG_DIR}/");
+    pod.spec
+        .as_ref()?
+        .containers
+        .iter()
+        .flat_map(|c| c.args.iter().flatten())
+        .find_map(|a| a.strip_prefix(&prefix))
+        .map(str::to_string)
+}
+
+/// The ConfigMap key of a settings text: `<stem>-<hash>.conf`.
+pub fn settings_key(stem: &str, text: &str) -> String {
+    format!("{stem}-{}.conf", template_hash(text))
+}
+
+/// `desired` (the current settings) plus the keys of `live` that pods
+/// still read (`in_use`): older settings stay until no pod needs them.
+pub fn keep_settings_in_use(
+    desired: &mut k8s_openapi::api::core::v1::ConfigMap,
+    live: Option<&k8s_openapi::api::core::v1::ConfigMap>,
+    in_use: &std::collections::BTreeSet<String>,
+) {
+    let Some(old) = live.and_then(|l| l.data.as_ref()) else { return };
+    let data = desired.data.get_or_insert_default();
+    for key in in_use {
+        if let Some(text) = old.get(key).filter(|_| !data.contains_key(key)) {
+            data.insert(key.clone(), text.clone());
+        }
     }
 }
 
