@@ -153,12 +153,17 @@ pub async fn run<S: Server>(options: Options, driver: S) -> Result<(), AgentErro
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(AgentError::Signal)?;
+    // A signal ends the wait between ticks, never a tick: a step under way
+    // (a pg_rewind, a promotion) finishes before the server is stopped, so
+    // a pod deleted mid-step (a rolling update, a drain) leaves no data
+    // directory half rewound. The signal is kept until the next wait.
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
-            () = tokio::time::sleep(TICK) => agent.tick().await,
+            () = tokio::time::sleep(TICK) => {}
         }
+        agent.tick().await;
     }
     info!("stopping: the server first, then the lease");
     let _ = agent.stop().await;

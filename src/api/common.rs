@@ -24,6 +24,8 @@ pub mod condition_type {
     pub const PROGRESSING: &str = "Progressing";
     /// Running with less redundancy or capacity than asked for.
     pub const DEGRADED: &str = "Degraded";
+    /// Stores: a drain of the primary's node waits, and why.
+    pub const DRAIN_BLOCKED: &str = "DrainBlocked";
 }
 
 /// A reference to another Hostwright object in the same namespace.
@@ -43,10 +45,12 @@ pub struct LocalObjectReference {
 }
 
 /// A persistent volume for a member's data.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StorageSpec {
-    /// Requested size of each member's volume, e.g. `10Gi`.
+    /// Requested size of each member's volume, e.g. `10Gi`. Raising it
+    /// expands the volumes where their StorageClass allows; it never shrinks.
+    #[x_kube(validation = storage_never_shrinks_rule())]
     pub size: Quantity,
     /// StorageClass of the volumes; the cluster default when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -55,6 +59,20 @@ pub struct StorageSpec {
     /// customer data outlives the object unless you say otherwise.
     #[serde(default)]
     pub delete_on_removal: bool,
+}
+
+/// CEL transition rule: `storage.size` may grow, never shrink (a volume
+/// cannot give space back). Sizes CEL cannot read are left to the API.
+fn storage_never_shrinks_rule() -> Rule {
+    Rule::new(
+        "!isQuantity(string(oldSelf)) || !isQuantity(string(self)) || \
+         quantity(string(self)).compareTo(quantity(string(oldSelf))) >= 0",
+    )
+    .message(Message::Message(
+        "storage.size cannot shrink: a volume cannot give space back (create a new store and move the data \
+         to use smaller volumes)"
+            .into(),
+    ))
 }
 
 /// CPU and memory for a container; a plain Kubernetes ResourceRequirements.
@@ -122,6 +140,33 @@ fn failover_delay_rule() -> Rule {
 /// 16 MiB: one WAL segment.
 fn default_max_lag_bytes() -> i64 {
     16 * 1024 * 1024
+}
+
+/// How members move to a changed template (image, resources, settings, or
+/// the operator's own agent): the mirrors one at a time, each streaming and
+/// caught up before the next is touched, then the primary.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateStrategy {
+    /// How the primary moves once every mirror runs the new template.
+    #[serde(default)]
+    pub primary: PrimaryUpdate,
+}
+
+/// How a rolling update moves the primary.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PrimaryUpdate {
+    /// A planned switchover to an updated mirror (writes pause for about a
+    /// second), then the old primary is updated as a mirror.
+    #[default]
+    Switchover,
+    /// The primary is restarted in place: writes pause until it is back, and
+    /// no failover is started for a restart that stays within a minute.
+    Restart,
+    /// Wait for a person to set `spec.primary` to an updated member; the
+    /// Progressing condition says so.
+    Supervised,
 }
 
 /// What synchronous replication (DatabaseMirror `replication: sync`,
@@ -215,6 +260,8 @@ pub enum StorePhase {
     FailingOver,
     /// A planned change of primary (`spec.primary`) is under way.
     SwitchingOver,
+    /// A rolling update moves the members onto a changed template.
+    Updating,
     /// No member can take writes and none may be promoted; see the conditions.
     Failed,
 }
@@ -271,6 +318,9 @@ pub struct EngineStatus {
     /// known position, in bytes: the most an async failover can lose.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag_bytes: Option<i64>,
+    /// Promoting: the last step of a planned switchover, not a failover.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub planned: bool,
     /// Bootstrapping: no member can hold data, so the first may initialise.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub fresh: bool,
@@ -278,6 +328,27 @@ pub struct EngineStatus {
     /// (`durability: preferred` while no mirror is healthy).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub relaxed: bool,
+}
+
+/// Where a rolling update of the members stands.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    /// The template revision the members are moving to.
+    pub revision: String,
+    /// Members running it, streaming and caught up.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub updated: Vec<String>,
+    /// Members still running an older revision.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outdated: Vec<String>,
+    /// What the rollout waits for now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
+    /// The member that did not come back on the new revision: the rollout
+    /// is halted and touches nothing else until the template changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub halted_on: Option<String>,
 }
 
 /// Status every replicated store reports (DatabaseMirror and SessionStore
@@ -307,6 +378,9 @@ pub struct ReplicationStatus {
     /// Failover history.
     #[serde(default)]
     pub failover: FailoverStatus,
+    /// A rolling update under way (absent when every member runs the template).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutStatus>,
     /// Where the failover engine stands. Kept here so that a restarted
     /// operator, or a new leader, resumes a failover where it was.
     #[serde(default, skip_serializing_if = "Option::is_none")]

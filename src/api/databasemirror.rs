@@ -7,7 +7,9 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{DataDurability, FailoverSpec, ReplicationStatus, Resources, StorageSpec};
+use super::common::{
+    DataDurability, FailoverSpec, ReplicationStatus, Resources, StorageSpec, UpdateStrategy,
+};
 use super::names::{max_name_length, name_rule};
 
 /// The longest suffix a DatabaseMirror's builders append to its name: the
@@ -83,6 +85,11 @@ pub struct DatabaseMirrorSpec {
     #[serde(default)]
     pub failover: FailoverSpec,
 
+    /// How members move to a changed template: mirrors one at a time, then
+    /// the primary (`primary: switchover`, `restart` or `supervised`).
+    #[serde(default)]
+    pub update_strategy: UpdateStrategy,
+
     /// Set to a member name to switch the primary over to it on purpose
     /// (clean demotion first, then the same steps as a failover).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -99,6 +106,9 @@ pub struct DatabaseMirrorSpec {
     #[x_kube(validation = Rule::new("self != 'postgres' && self != 'replication'").message("owner must not be a role the operator reserves (postgres, replication)"))]
     pub owner: String,
 }
+
+/// The most mirrors a DatabaseMirror may have (the schema's bound on `mirrors`).
+pub const MAX_MIRRORS: i32 = 8;
 
 fn default_mirrors() -> i32 {
     1

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::common::{
     DataDurability, FailoverSpec, LocalObjectReference, ReplicationStatus, Resources, StorageSpec,
+    UpdateStrategy,
 };
 use super::names::{max_name_length, name_rule};
 
@@ -107,6 +108,11 @@ pub struct SessionStoreSpec {
     /// When and how a replica is promoted after the primary fails.
     #[serde(default)]
     pub failover: FailoverSpec,
+
+    /// How members move to a changed template: mirrors one at a time, then
+    /// the primary (`primary: switchover`, `restart` or `supervised`).
+    #[serde(default)]
+    pub update_strategy: UpdateStrategy,
 
     /// The member that should be primary. Set it to another member to switch
     /// over on purpose (before maintenance); unset, the operator keeps

@@ -5,7 +5,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 
 use super::members::{Replicated, SharedChildren, StoreStatus, Summary, policy, random_password, status};
-use crate::api::common::{DataDurability, FailoverSpec, ReplicationStatus};
+use crate::api::common::{DataDurability, FailoverSpec, PrimaryUpdate, ReplicationStatus};
 use crate::api::databasemirror::Replication;
 use crate::api::{DatabaseMirror, DatabaseMirrorStatus};
 use crate::failover::Policy;
@@ -64,6 +64,14 @@ impl Replicated for DatabaseMirror {
 
     fn failover(&self) -> &FailoverSpec {
         &self.spec.failover
+    }
+
+    fn update_strategy(&self) -> PrimaryUpdate {
+        self.spec.update_strategy.primary
+    }
+
+    fn refused_change(&self, images: &[String]) -> Option<String> {
+        crate::resources::databasemirror::major_change(self, images)
     }
 
     fn policy(&self) -> Policy {

@@ -176,6 +176,35 @@ impl Shared {
         self.event_on(&obj.object_ref(&()), type_, reason, action, note).await;
     }
 
+    /// [`Shared::event`] naming a second object it concerns (`related`).
+    pub async fn event_with<K>(
+        &self,
+        obj: &K,
+        related: Option<k8s_openapi::api::core::v1::ObjectReference>,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) where
+        K: Resource<DynamicType = ()>,
+    {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: action.into(),
+            secondary: related,
+        };
+        self.publish(&event, &obj.object_ref(&())).await;
+    }
+
+    async fn publish(&self, event: &Event, reference: &k8s_openapi::api::core::v1::ObjectReference) {
+        match self.recorder.publish(event, reference).await {
+            Ok(()) => self.metrics.write(self.controller, "events", "create"),
+            Err(err) => tracing::warn!(%err, reason = %event.reason, "could not publish event"),
+        }
+    }
+
     /// [`Shared::event`] about the object `reference` names.
     pub async fn event_on(
         &self,
@@ -187,10 +216,7 @@ impl Shared {
     ) {
         let event =
             Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
-        match self.recorder.publish(&event, reference).await {
-            Ok(()) => self.metrics.write(self.controller, "events", "create"),
-            Err(err) => tracing::warn!(%err, reason, "could not publish event"),
-        }
+        self.publish(&event, reference).await;
     }
 
     /// Server-side apply `desired` unless `live` already has every field of
@@ -302,12 +328,21 @@ impl Shared {
         let namespace = live.namespace().unwrap_or_default();
         let resource = resource_name::<K>();
         let api: Api<K> = Api::namespaced(self.client.clone(), &namespace);
-        match api.delete(&name, &DeleteParams::background()).await {
+        // Only the object this decision was made about: a successor that
+        // took its name (a member pod built again) is not deleted on a
+        // stale view.
+        let params = DeleteParams {
+            preconditions: live
+                .uid()
+                .map(|uid| kube::api::Preconditions { uid: Some(uid), resource_version: None }),
+            ..DeleteParams::background()
+        };
+        match api.delete(&name, &params).await {
             Ok(_) => {
                 self.metrics.write(self.controller, resource, "delete");
                 Ok(())
             }
-            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
             Err(source) => Err(Error::Delete { resource, object: format!("{namespace}/{name}"), source }),
         }
     }

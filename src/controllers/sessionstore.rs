@@ -20,7 +20,7 @@ use super::members::{
 use super::{Error, jittered};
 use crate::agent::redis::command;
 use crate::api::common::condition_type::{DEGRADED, PROGRESSING, READY};
-use crate::api::common::{DataDurability, FailoverSpec, ReplicationStatus, StorePhase};
+use crate::api::common::{DataDurability, FailoverSpec, PrimaryUpdate, ReplicationStatus, StorePhase};
 use crate::api::sessionstore::{Durability, ExternalSessionStore};
 use crate::api::{SessionStore, SessionStoreStatus};
 use crate::conditions::{self, Observed};
@@ -80,6 +80,10 @@ impl Replicated for SessionStore {
 
     fn failover(&self) -> &FailoverSpec {
         &self.spec.failover
+    }
+
+    fn update_strategy(&self) -> PrimaryUpdate {
+        self.spec.update_strategy.primary
     }
 
     fn policy(&self) -> Policy {

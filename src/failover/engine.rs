@@ -106,8 +106,8 @@ impl<'a> Ctx<'a> {
             State::Fencing { old, epoch, started, last_position } => {
                 self.fencing(old, *epoch, *started, *last_position)
             }
-            State::Promoting { old, candidate, started, since, lag_bytes } => {
-                self.promoting(old, candidate, *started, *since, *lag_bytes)
+            State::Promoting { old, candidate, started, since, lag_bytes, planned } => {
+                self.promoting(old, candidate, (*started, *since), *lag_bytes, *planned)
             }
             State::Demoting { old, target, epoch, asked_at, started } => {
                 self.demoting(old, target, *epoch, *asked_at, *started)
@@ -258,7 +258,14 @@ impl<'a> Ctx<'a> {
             Ok((candidate, lag_bytes)) => {
                 let position = self.find(&candidate).and_then(|c| c.report.as_ref()).and_then(|r| r.position);
                 self.steps.push(Step::Promoting { member: candidate.clone(), position });
-                State::Promoting { old: old.to_string(), candidate, started, since: self.now, lag_bytes }
+                State::Promoting {
+                    old: old.to_string(),
+                    candidate,
+                    started,
+                    since: self.now,
+                    lag_bytes,
+                    planned: false,
+                }
             }
             Err(_)
                 if self
@@ -356,9 +363,9 @@ impl<'a> Ctx<'a> {
         &mut self,
         old: &str,
         candidate: &str,
-        started: Millis,
-        since: Millis,
+        (started, since): (Millis, Millis),
         lag_bytes: Option<u64>,
+        planned: bool,
     ) -> State {
         let chosen = self.find(candidate);
         let promoted = chosen.is_some_and(|c| {
@@ -392,7 +399,14 @@ impl<'a> Ctx<'a> {
             };
         }
         self.revoke_if_stale(chosen);
-        State::Promoting { old: old.to_string(), candidate: candidate.to_string(), started, since, lag_bytes }
+        State::Promoting {
+            old: old.to_string(),
+            candidate: candidate.to_string(),
+            started,
+            since,
+            lag_bytes,
+            planned,
+        }
     }
 
     fn demoting(
@@ -450,6 +464,7 @@ impl<'a> Ctx<'a> {
                 started,
                 since: self.now,
                 lag_bytes: Some(0),
+                planned: true,
             };
         }
         if timed_out {

@@ -141,7 +141,15 @@ pub enum State {
     /// writes and the others have detached from it, then choosing.
     Fencing { old: String, epoch: Epoch, started: Millis, last_position: Option<u64> },
     /// `candidate` was told to promote at `since`; waiting for its report.
-    Promoting { old: String, candidate: String, started: Millis, since: Millis, lag_bytes: Option<u64> },
+    /// `planned`: the last step of a switchover, not of a failover.
+    Promoting {
+        old: String,
+        candidate: String,
+        started: Millis,
+        since: Millis,
+        lag_bytes: Option<u64>,
+        planned: bool,
+    },
     /// Planned switchover: `old` was told at `epoch` (at `asked_at`) to stop
     /// taking writes, after which `target` takes over.
     Demoting { old: String, target: String, epoch: Epoch, asked_at: Millis, started: Millis },

@@ -19,6 +19,7 @@ fn millis(value: Option<i64>) -> Millis {
 impl From<&Engine> for EngineStatus {
     fn from(engine: &Engine) -> Self {
         let status = |state, member: &str| EngineStatus {
+            planned: false,
             state,
             member: member.to_string(),
             successor: None,
@@ -50,8 +51,9 @@ impl From<&Engine> for EngineStatus {
                 last_position: last_position.and_then(signed),
                 ..status(EngineState::Fencing, old)
             },
-            State::Promoting { old, candidate, started, since, lag_bytes } => EngineStatus {
+            State::Promoting { old, candidate, started, since, lag_bytes, planned } => EngineStatus {
                 successor: Some(candidate.clone()),
+                planned: *planned,
                 since_ms: signed(*since),
                 started_ms: signed(*started),
                 lag_bytes: lag_bytes.and_then(signed),
@@ -97,6 +99,7 @@ impl EngineStatus {
                 started: millis(self.started_ms),
                 since: millis(self.since_ms),
                 lag_bytes: unsigned(self.lag_bytes),
+                planned: self.planned,
             },
             EngineState::Demoting => State::Demoting {
                 old: member,
@@ -130,6 +133,15 @@ mod tests {
                 started: 4,
                 since: 6,
                 lag_bytes: Some(12),
+                planned: false,
+            },
+            State::Promoting {
+                old: "db-1".into(),
+                candidate: "db-3".into(),
+                started: 4,
+                since: 6,
+                lag_bytes: Some(0),
+                planned: true,
             },
             State::Demoting { old: "db-1".into(), target: "db-3".into(), epoch: 9, asked_at: 9, started: 8 },
         ];
@@ -151,6 +163,7 @@ mod tests {
                 started: 1,
                 since: 1,
                 lag_bytes: None,
+                planned: false,
             },
             epoch: 2,
         };

@@ -786,6 +786,7 @@ fn a_slow_promotion_is_waited_for_and_never_doubled() {
             started: 0,
             since: 1_000,
             lag_bytes: Some(0),
+            planned: false,
         },
         epoch: 4,
     };

@@ -73,7 +73,11 @@ pub fn blueprint(store: &SessionStore) -> Result<Blueprint, BuildError> {
         agent_args: vec![
             format!("--session-store={}", store.name_any()),
             format!("--data-dir={DATA_DIR}"),
-            format!("--config={}/redis.conf", members::CONFIG_DIR),
+            format!(
+                "--config={}/{}",
+                members::CONFIG_DIR,
+                members::settings_key("redis", &redis_conf(store))
+            ),
         ],
         template_hash: template_hash(store),
     })
@@ -114,9 +118,10 @@ pub fn redis_conf(store: &SessionStore) -> String {
 
 /// The settings ConfigMap.
 pub fn config(store: &SessionStore, blueprint: &Blueprint) -> ConfigMap {
+    let conf = redis_conf(store);
     ConfigMap {
         metadata: blueprint.metadata(config_name(store)),
-        data: Some(BTreeMap::from([("redis.conf".to_string(), redis_conf(store))])),
+        data: Some(BTreeMap::from([(members::settings_key("redis", &conf), conf)])),
         ..ConfigMap::default()
     }
 }
@@ -210,15 +215,17 @@ fn parse_url(url: &str) -> Result<ExternalEndpoint, String> {
     Ok(ExternalEndpoint { host: host.to_string(), port, password })
 }
 
-/// Hash of what shapes a member pod (see [`members::template_hash`]).
+/// Hash of what shapes a member pod (see [`members::template_hash`]):
+/// whether members keep a volume, but not its size (a new size expands the
+/// volumes; it does not roll the members).
 pub fn template_hash(store: &SessionStore) -> String {
     let s = &store.spec;
     let text = format!(
         "{}|{}|{}|{}",
         s.image,
         serde_json::to_string(&s.resources).unwrap_or_default(),
-        serde_json::to_string(&s.storage).unwrap_or_default(),
-        redis_conf(store),
+        s.storage.is_some(),
+        members::settings_key("redis", &redis_conf(store)),
     );
     members::template_hash(&text)
 }

@@ -11,23 +11,27 @@
 
 pub mod leases;
 mod reconcile;
+pub mod rollout;
 pub mod status;
+mod volumes;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Node, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount,
+};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -35,7 +39,7 @@ use tracing::{Instrument, info_span};
 
 use super::invalid::{self, DeserializeGuard};
 use super::{Error, Scope, Shared, cached, filled};
-use crate::api::common::{FailoverSpec, ReplicationStatus};
+use crate::api::common::{FailoverSpec, PrimaryUpdate, ReplicationStatus};
 use crate::failover::Policy;
 use crate::resources::members::{Blueprint, INSTANCE_LABEL};
 use crate::resources::{BuildError, FIELD_MANAGER};
@@ -95,6 +99,13 @@ pub trait Replicated:
     fn blueprint(&self) -> Result<Blueprint, BuildError>;
     fn shared_children(&self, blueprint: &Blueprint) -> SharedChildren;
     fn failover(&self) -> &FailoverSpec;
+    /// How a rolling update moves the primary.
+    fn update_strategy(&self) -> PrimaryUpdate;
+    /// Why the template may not be rolled onto members running the server
+    /// `images` (a PostgreSQL major version, say); None: it may.
+    fn refused_change(&self, _images: &[String]) -> Option<String> {
+        None
+    }
     fn policy(&self) -> Policy;
     /// The Service writes go through, for messages.
     fn read_write_service(&self) -> String;
@@ -130,6 +141,8 @@ pub struct Caches {
     pub roles: Store<Role>,
     pub bindings: Store<RoleBinding>,
     pub leases: Store<Lease>,
+    /// Nodes, trimmed to their spec: which are cordoned (being drained).
+    pub nodes: Store<Node>,
 }
 
 /// The status this process last wrote for an object, and its
@@ -173,6 +186,7 @@ pub async fn run<K: Replicated>(
     let (roles, role_events) = cached::<Role>(&scope, Some(&mine));
     let (bindings, binding_events) = cached::<RoleBinding>(&scope, Some(&mine));
     let (leases, lease_events) = cached::<Lease>(&scope, Some(&mine));
+    let (nodes, node_events) = cordons(&scope.client);
 
     let controller =
         Controller::new(scope.api::<DeserializeGuard<K>>(), watcher::Config::default().any_semantic())
@@ -191,6 +205,7 @@ pub async fn run<K: Replicated>(
             roles: roles.clone(),
             bindings: bindings.clone(),
             leases: leases.clone(),
+            nodes: nodes.clone(),
         },
         caches_ready: AtomicBool::new(false),
         agent_image,
@@ -211,6 +226,10 @@ pub async fn run<K: Replicated>(
         .watches_stream(volume_events, by_instance::<K, _>)
         .watches_stream(secret_events, by_instance::<K, _>)
         .watches_stream(lease_events, by_instance::<K, _>)
+        .watches_stream(node_events, {
+            let pods = pods.clone();
+            move |node: Node| stores_on_node::<K>(&pods, &node.name_any())
+        })
         .graceful_shutdown_on(shutdown);
 
     let caches_ready = {
@@ -228,6 +247,7 @@ pub async fn run<K: Replicated>(
                 filled(&roles),
                 filled(&bindings),
                 filled(&leases),
+                filled(&nodes),
             );
             context.caches_ready.store(true, Ordering::Release);
             ready();
@@ -243,6 +263,50 @@ pub async fn run<K: Replicated>(
             }
         })
         .await;
+}
+
+/// Every node, trimmed to its name and spec, and a stream of the nodes
+/// whose cordon changed: a drain starts with a cordon, and the stores with
+/// a member there must look at once.
+fn cordons(
+    client: &kube::Client,
+) -> (Store<Node>, impl futures::Stream<Item = Result<Node, watcher::Error>> + Send + 'static) {
+    let (reader, writer) = kube::runtime::reflector::store();
+    let seen: Mutex<HashMap<String, bool>> = Mutex::new(HashMap::new());
+    let stream = watcher(Api::<Node>::all(client.clone()), watcher::Config::default().any_semantic())
+        .inspect_err(|err| tracing::warn!(%err, "node watch failed; retrying with backoff"))
+        .default_backoff()
+        .modify(|node| {
+            node.status = None;
+            node.metadata = kube::api::ObjectMeta {
+                name: node.metadata.name.take(),
+                resource_version: node.metadata.resource_version.take(),
+                ..Default::default()
+            };
+        })
+        .reflect(writer)
+        .applied_objects()
+        .try_filter(move |node| {
+            let cordoned = cordoned(node);
+            let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+            let changed = seen.insert(node.name_any(), cordoned).is_some_and(|was| was != cordoned);
+            std::future::ready(changed)
+        });
+    (reader, stream)
+}
+
+/// The node is marked unschedulable (`kubectl cordon`, the first step of `kubectl drain`).
+pub fn cordoned(node: &Node) -> bool {
+    node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false)
+}
+
+/// The stores with a member pod on `node`.
+fn stores_on_node<K: Replicated>(pods: &Store<Pod>, node: &str) -> Vec<ObjectRef<DeserializeGuard<K>>> {
+    pods.state()
+        .iter()
+        .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node))
+        .filter_map(|p| by_instance::<K, Pod>(p.as_ref().clone()))
+        .collect()
 }
 
 /// The store an object belongs to, by its instance label.

@@ -14,7 +14,7 @@
 //! The decision is durable before any pod is told anything, so a crash
 //! between the two only repeats the instruction.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,7 +28,9 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use tracing::{info, warn};
 
+use super::rollout::{self, PodFacts};
 use super::status::{self, Credentials, Facts};
+use super::volumes;
 use super::{ACTIVE_INTERVAL, Context, Replicated, StoreStatus, last_written, write_status};
 use crate::api::common::EngineStatus;
 use crate::contract::{Instruction, decode_report};
@@ -37,6 +39,7 @@ use crate::failover::{Decision, Engine, Member, Route, State, Step, step};
 use crate::resources::FIELD_MANAGER;
 use crate::resources::members::{
     Blueprint, INSTANCE_LABEL, INSTRUCTION_ANNOTATION, MEMBER_LABEL, Routing, TEMPLATE_HASH_ANNOTATION,
+    keep_settings_in_use, settings_key_of,
 };
 use k8s_openapi::api::coordination::v1::Lease as LeaseObject;
 
@@ -78,6 +81,14 @@ pub(super) struct Seen<K: Replicated> {
     conflict: Option<String>,
     /// When the first Live Lease could go stale.
     next_lease_change: Option<Duration>,
+    /// The revision a member pod built now carries.
+    revision: String,
+    /// Member pods (the extra ones too) as the day-2 planner sees them.
+    pod_facts: BTreeMap<String, PodFacts>,
+    /// Nodes marked unschedulable.
+    cordoned: BTreeSet<String>,
+    /// Volumes smaller than the template asks for, and whether they can grow.
+    resizes: Vec<volumes::Resize>,
 }
 
 fn now_ms() -> u64 {
@@ -132,7 +143,7 @@ async fn observe<K: Replicated>(store: &K, ctx: &Context<K>) -> Result<Seen<K>, 
         .iter()
         .filter_map(|m| Some((m.clone(), owned_child(&caches.pods, &namespace, m, &uid)?)))
         .collect();
-    let extra_pods = caches
+    let extra_pods: Vec<Arc<Pod>> = caches
         .pods
         .state()
         .into_iter()
@@ -143,7 +154,22 @@ async fn observe<K: Replicated>(store: &K, ctx: &Context<K>) -> Result<Seen<K>, 
 
     let (members, next_lease_change) = judge_members(store, ctx, &blueprint.members, &old_status).await?;
     let conflict = claims(store, ctx, &blueprint).await?;
+    let pod_facts = pods
+        .iter()
+        .map(|(m, p)| (m.clone(), p.clone()))
+        .chain(extra_pods.iter().map(|p| (p.name_any(), p.clone())))
+        .map(|(m, pod): (String, Arc<Pod>)| {
+            let lease = labelled(&caches.leases, &namespace, &m, &name);
+            (m, pod_facts(&pod, lease.as_deref()))
+        })
+        .collect();
+    let cordoned = caches.nodes.state().iter().filter(|n| super::cordoned(n)).map(|n| n.name_any()).collect();
+    let resizes = volumes::resizes(&ctx.shared.client, &blueprint, &volumes).await?;
     Ok(Seen {
+        revision: blueprint.revision(&ctx.agent_image),
+        pod_facts,
+        cordoned,
+        resizes,
         fresh: blueprint.storage.is_none() || volumes.is_empty(),
         blueprint,
         old_status,
@@ -159,6 +185,19 @@ async fn observe<K: Replicated>(store: &K, ctx: &Context<K>) -> Result<Seen<K>, 
         conflict,
         next_lease_change,
     })
+}
+
+/// A member pod as the day-2 planner needs it: its revision, age, node, and
+/// whether its member's Lease was last renewed by the agent in this pod.
+fn pod_facts(pod: &Pod, lease: Option<&LeaseObject>) -> PodFacts {
+    let uid = pod.uid();
+    PodFacts {
+        revision: pod.annotations().get(TEMPLATE_HASH_ANNOTATION).cloned().unwrap_or_default(),
+        created_ms: pod.creation_timestamp().map(|t| t.0.as_millisecond().max(0) as u64).unwrap_or_default(),
+        terminating: pod.metadata.deletion_timestamp.is_some(),
+        node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+        reporting: lease.is_some_and(|l| l.owner_references().iter().any(|o| Some(&o.uid) == uid.as_ref())),
+    }
 }
 
 /// `name` as the API server has it now, if it belongs to `instance`: what
@@ -308,8 +347,8 @@ pub(super) struct Plan<K: Replicated> {
     decision: Decision,
     status: K::Status,
     events: Vec<Planned>,
-    /// A member the spec no longer has but that cannot go: the primary.
-    shrink_blocked: Option<String>,
+    /// Rollout, drain and shrink.
+    day2: rollout::Plan,
 }
 
 fn decide<K: Replicated>(store: &K, seen: &Seen<K>) -> Plan<K> {
@@ -320,13 +359,13 @@ fn decide<K: Replicated>(store: &K, seen: &Seen<K>) -> Plan<K> {
         .as_ref()
         .and_then(EngineStatus::to_engine)
         .unwrap_or_else(|| Engine::bootstrap(seen.fresh));
-    let decision = step(&engine, &seen.members, &store.policy(), seen.now_ms);
-    let told_primary = decision.primary().map(str::to_string);
-    let shrink_blocked = seen
-        .extra_pods
-        .iter()
-        .map(|p| p.name_any())
-        .find(|p| Some(p) == told_primary.as_ref() || Some(p.as_str()) == decision.read_write());
+    let day2 = plan_day2(store, seen, &engine);
+    let mut policy = store.policy();
+    policy.requested_primary = day2.primary.clone();
+    if day2.restarting_primary {
+        policy.delay_ms = policy.delay_ms.max(rollout::RESTART_GRACE_MS);
+    }
+    let decision = step(&engine, &seen.members, &policy, seen.now_ms);
     let pod_hashes: BTreeMap<String, String> = seen
         .pods
         .iter()
@@ -337,13 +376,47 @@ fn decide<K: Replicated>(store: &K, seen: &Seen<K>) -> Plan<K> {
     let facts = Facts {
         members: &seen.members,
         pod_hashes: &pod_hashes,
-        template_hash: &seen.blueprint.template_hash,
+        revision: &seen.revision,
         credentials: &seen.credentials,
-        shrink_blocked: shrink_blocked.as_deref(),
+        day2: &day2,
     };
     let status = status::compute(store, &decision, &facts, &seen.old_status, &Time(Timestamp::now()));
     let events = status::events(store, Some(&decision), &seen.old_status, &status);
-    Plan { decision, status, events, shrink_blocked }
+    Plan { decision, status, events, day2 }
+}
+
+/// The day-2 planner's view of this store, stepped from `engine`.
+fn plan_day2<K: Replicated>(store: &K, seen: &Seen<K>, engine: &Engine) -> rollout::Plan {
+    let (steady, told) = match &engine.state {
+        State::Steady { primary, .. } => (Some(primary.as_str()), Some(primary.as_str())),
+        State::Suspect { primary, .. } => (None, Some(primary.as_str())),
+        State::Bootstrapping { primary, .. } => (None, primary.as_deref()),
+        _ => (None, None),
+    };
+    let extra: Vec<String> = seen.extra_pods.iter().map(|p| p.name_any()).collect();
+    let container = seen.blueprint.engine.container;
+    let images: Vec<String> = seen
+        .pods
+        .values()
+        .filter_map(|p| p.spec.as_ref()?.containers.iter().find(|c| c.name == container)?.image.clone())
+        .collect();
+    let policy = store.policy();
+    rollout::plan(&rollout::Input {
+        members: &seen.members,
+        extra: &extra,
+        pods: &seen.pod_facts,
+        revision: &seen.revision,
+        steady_primary: steady,
+        engine_primary: told,
+        strategy: store.update_strategy(),
+        requested_primary: policy.requested_primary.as_deref(),
+        max_lag_bytes: policy.max_lag_bytes,
+        synchronous: policy.synchronous,
+        cordoned: &seen.cordoned,
+        refused: store.refused_change(&images),
+        was_rolling: seen.old_status.replication().rollout.is_some(),
+        now_ms: seen.now_ms,
+    })
 }
 
 async fn act<K: Replicated>(
@@ -355,14 +428,16 @@ async fn act<K: Replicated>(
     keep_credentials(store, ctx, seen).await?;
     keep_children(store, ctx, seen).await?;
     keep_volumes(ctx, seen).await?;
+    volumes::expand(store, ctx, &seen.resizes).await?;
     for event in &plan.events {
         ctx.shared.event(store, event.type_, event.reason, event.action, event.note.clone()).await;
     }
     count_promotions::<K>(ctx, &plan.decision);
     let superseded = instruct_pods(store, ctx, seen, &plan.decision).await?;
     let revoked = revoke(store, ctx, &plan.decision).await?;
-    remove_extra_members(ctx, seen, plan.shrink_blocked.as_deref()).await?;
-    if superseded || revoked {
+    let replaced = replace_member(store, ctx, seen, plan.day2.replace.as_deref()).await?;
+    remove_extra_members(ctx, seen, &plan.day2.remove, &plan.decision).await?;
+    if superseded || revoked || replaced {
         return Ok(Action::requeue(ACTIVE_INTERVAL));
     }
     Ok(Action::requeue(next_look(&plan.decision, &plan.status, seen.next_lease_change)))
@@ -398,8 +473,15 @@ async fn keep_children<K: Replicated>(store: &K, ctx: &Context<K>, seen: &Seen<K
     for budget in &children.budgets {
         shared.apply_owned(budget, &caches.budgets, &uid).await?;
     }
+    // Pods keep reading the settings they were built with until the
+    // rollout replaces them.
+    let in_use: BTreeSet<String> =
+        seen.pods.values().chain(&seen.extra_pods).filter_map(|p| settings_key_of(p)).collect();
     for config in &children.config_maps {
-        shared.apply_owned(config, &caches.config_maps, &uid).await?;
+        let mut config = config.clone();
+        let live = owned_child(&caches.config_maps, &seen.blueprint.namespace, &config.name_any(), &uid);
+        keep_settings_in_use(&mut config, live.as_deref(), &in_use);
+        shared.apply_owned(&config, &caches.config_maps, &uid).await?;
     }
     let (account, role, binding) = seen.blueprint.agent_rbac();
     shared.apply_owned(&account, &caches.accounts, &uid).await?;
@@ -587,17 +669,45 @@ async fn revoked_event<K: Replicated>(store: &K, ctx: &Context<K>, member: &str)
     ctx.shared.event(store, EventType::Warning, "LeaseRevoked", "Failover", note).await;
 }
 
-/// Members beyond the spec: removed, unless one is the primary; their
-/// volumes go too when `storage.deleteOnRemoval` says so.
+/// The rollout's next member: its pod is deleted (its agent stops the
+/// server cleanly) and built again from the template over the same volume
+/// once it is gone. True when a pod was deleted.
+async fn replace_member<K: Replicated>(
+    store: &K,
+    ctx: &Context<K>,
+    seen: &Seen<K>,
+    member: Option<&str>,
+) -> Result<bool, Error> {
+    let Some(pod) = member.and_then(|m| seen.pods.get(m)) else { return Ok(false) };
+    if pod.metadata.deletion_timestamp.is_some() {
+        return Ok(false);
+    }
+    ctx.shared.delete(pod.as_ref()).await?;
+    let was = pod.annotations().get(TEMPLATE_HASH_ANNOTATION).cloned().unwrap_or_default();
+    let note =
+        format!("replacing {} (revision {was}) with a pod of revision {}", pod.name_any(), seen.revision);
+    // The pod as the related object: one Event per replaced pod, not a
+    // series under the first one's note.
+    let related = Some(pod.object_ref(&()));
+    ctx.shared.event_with(store, related, EventType::Normal, "UpdatingMember", "Update", note).await;
+    Ok(true)
+}
+
+/// Members beyond the spec that the day-2 plan lets go (never the one
+/// this decision routes writes to); their volumes go too when
+/// `storage.deleteOnRemoval` says so.
 async fn remove_extra_members<K: Replicated>(
     ctx: &Context<K>,
     seen: &Seen<K>,
-    blocked: Option<&str>,
+    removable: &[String],
+    decision: &Decision,
 ) -> Result<(), Error> {
     let delete_volumes = seen.blueprint.storage.as_ref().is_some_and(|s| s.delete_on_removal);
     for pod in &seen.extra_pods {
         let member = pod.name_any();
-        if Some(member.as_str()) == blocked {
+        let writer =
+            decision.primary() == Some(member.as_str()) || decision.read_write() == Some(member.as_str());
+        if !removable.contains(&member) || writer {
             continue;
         }
         ctx.shared.delete(pod.as_ref()).await?;
@@ -618,6 +728,10 @@ fn next_look<S: StoreStatus>(decision: &Decision, status: &S, lease_change: Opti
         && status.replication().members.iter().all(|m| m.healthy);
     if !settled {
         return ACTIVE_INTERVAL;
+    }
+    // A rollout moves on events (pods, Leases), but halts on the clock.
+    if status.replication().rollout.is_some() {
+        return Duration::from_secs(1);
     }
     // A Lease goes stale without an event: look again just after it would.
     lease_change.map(|d| d + Duration::from_millis(50)).unwrap_or(RESYNC).min(jittered(RESYNC))

@@ -9,7 +9,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::events::EventType;
 
+use super::rollout::{Drain, Plan};
 use super::{Replicated, StoreStatus, Summary};
+use crate::api::common::condition_type::DRAIN_BLOCKED;
 use crate::api::common::condition_type::{DEGRADED, PROGRESSING, READY};
 use crate::api::common::{
     EngineStatus, FailoverStatus, MemberRole, MemberStatus, ReplicationStatus, StorePhase,
@@ -33,14 +35,13 @@ pub enum Credentials {
 pub struct Facts<'a> {
     /// The engine's inputs: every member and its agent's latest report.
     pub members: &'a [Member],
-    /// `hostwright.io/template-hash` of every member pod that exists.
+    /// `hostwright.io/template-hash` (the revision) of every member pod that exists.
     pub pod_hashes: &'a BTreeMap<String, String>,
-    /// The hash of the current instance template.
-    pub template_hash: &'a str,
+    /// The revision of the current template and agent.
+    pub revision: &'a str,
     pub credentials: &'a Credentials,
-    /// A member that `mirrors` no longer includes but that cannot be removed
-    /// (it is the primary).
-    pub shrink_blocked: Option<&'a str>,
+    /// The day-2 plan: rollout, drain, shrink.
+    pub day2: &'a Plan,
 }
 
 /// Why a failover cannot go on, for conditions and Events.
@@ -101,7 +102,7 @@ fn member_status(m: &Member, decision: &Decision, primary_position: Option<u64>,
         healthy: decision.routes.get(&m.name).is_some_and(|r| *r != Route::None),
         position: position.and_then(|p| i64::try_from(p).ok()),
         lag_bytes: lag.and_then(|l| i64::try_from(l).ok()),
-        spec_drift: o.pod_hashes.get(&m.name).is_some_and(|h| h != o.template_hash),
+        spec_drift: o.pod_hashes.get(&m.name).is_some_and(|h| h != o.revision),
         last_report_time: report.and_then(|r| time_of(r.at)),
     }
 }
@@ -157,7 +158,7 @@ pub fn compute<K: Replicated>(
 
     let switching = match &decision.engine.state {
         State::Demoting { .. } => true,
-        State::Promoting { candidate, .. } => policy.requested_primary.as_deref() == Some(candidate.as_str()),
+        State::Promoting { planned, .. } => *planned,
         _ => false,
     };
     let anything_reported = o.members.iter().any(|m| m.report.is_some());
@@ -167,7 +168,9 @@ pub fn compute<K: Replicated>(
         _ if blocked.is_some() => StorePhase::Failed,
         _ if switching => StorePhase::SwitchingOver,
         State::Suspect { .. } | State::Fencing { .. } | State::Promoting { .. } => StorePhase::FailingOver,
-        _ if healthy == o.members.len() && drifted.is_empty() && !writes_blocked => StorePhase::Ready,
+        _ if o.day2.halted() || o.day2.reason == "UpdateRefused" => StorePhase::Degraded,
+        _ if o.day2.rollout.is_some() => StorePhase::Updating,
+        _ if healthy == o.members.len() && !writes_blocked => StorePhase::Ready,
         _ => StorePhase::Degraded,
     };
 
@@ -255,6 +258,15 @@ pub fn compute<K: Replicated>(
             waiting_switchover.map(|b| describe_blocked(b, store)).unwrap_or_default(),
         ),
         (Some((reason, message)), None) => Observed::new(PROGRESSING, true, reason, message.clone()),
+        (None, None) if o.day2.rollout.is_some() => {
+            let moving = !o.day2.halted() && o.day2.reason != "UpdateRefused";
+            let waiting = o.day2.rollout.as_ref().and_then(|r| r.waiting_for.clone()).unwrap_or_default();
+            let message = match moving {
+                true => format!("rolling the members onto revision {}: waiting for {waiting}", o.revision),
+                false => waiting,
+            };
+            Observed::new(PROGRESSING, moving, o.day2.reason, message)
+        }
         (None, None) if healthy < o.members.len() => Observed::new(
             PROGRESSING,
             true,
@@ -265,15 +277,13 @@ pub fn compute<K: Replicated>(
     };
     let degraded = if let Some(b) = blocked {
         Observed::new(DEGRADED, true, "FailoverBlocked", describe_blocked(b, store))
-    } else if let Some(member) = o.shrink_blocked {
-        Observed::new(
-            DEGRADED,
-            true,
-            "ShrinkBlocked",
-            format!(
-                "{member} is no longer wanted but is the primary: set spec.primary to another member first"
-            ),
-        )
+    } else if let Some(why) = &o.day2.shrink_waiting {
+        Observed::new(DEGRADED, true, "ShrinkBlocked", why.clone())
+    } else if let Some(halted) = o.day2.rollout.as_ref().filter(|r| r.halted_on.is_some()) {
+        Observed::new(DEGRADED, true, "RolloutHalted", halted.waiting_for.clone().unwrap_or_default())
+    } else if o.day2.reason == "UpdateRefused" && o.day2.rollout.is_some() {
+        let why = o.day2.rollout.as_ref().and_then(|r| r.waiting_for.clone()).unwrap_or_default();
+        Observed::new(DEGRADED, true, "UpdateRefused", why)
     } else if primary.is_none() {
         Observed::new(DEGRADED, false, "NoPrimary", "no member takes writes yet: see the Ready condition")
     } else if relaxed {
@@ -290,13 +300,6 @@ pub fn compute<K: Replicated>(
             true,
             "MirrorsUnhealthy",
             format!("{mirrors_healthy} of {wanted_mirrors} mirrors stream from the primary"),
-        )
-    } else if !drifted.is_empty() {
-        Observed::new(
-            DEGRADED,
-            true,
-            "SpecDrift",
-            format!("{} differ from the instance template", drifted.join(", ")),
         )
     } else {
         Observed::new(
@@ -322,9 +325,10 @@ pub fn compute<K: Replicated>(
         members,
         failover,
         engine: Some(EngineStatus::from(&decision.engine)),
+        rollout: o.day2.rollout.clone(),
         conditions: conditions::merge(
             &old.replication().conditions,
-            vec![ready, progressing, degraded],
+            vec![ready, progressing, degraded, drain_condition(&o.day2.drain)],
             store.meta().generation,
             now,
         ),
@@ -334,6 +338,66 @@ pub fn compute<K: Replicated>(
         equal_spec: (!o.pod_hashes.is_empty()).then_some(drifted.is_empty()),
     };
     store.status(replication, summary)
+}
+
+/// Events for a rollout that started, halted or finished, and for a drain
+/// that moves the primary or waits.
+fn rollout_events(old: &ReplicationStatus, new: &ReplicationStatus) -> Vec<Planned> {
+    let event = |type_, reason, note: String| Planned { type_, reason, action: "Update", note };
+    let mut events = Vec::new();
+    match (&old.rollout, &new.rollout) {
+        (None, Some(r)) => events.push(event(
+            EventType::Normal,
+            "RolloutStarted",
+            format!(
+                "rolling {} onto revision {}: mirrors one at a time, then the primary",
+                r.outdated.join(", "),
+                r.revision
+            ),
+        )),
+        (Some(r), None) => events.push(event(
+            EventType::Normal,
+            "RolloutComplete",
+            format!("every member runs revision {}", r.revision),
+        )),
+        _ => {}
+    }
+    let halted = |s: &ReplicationStatus| s.rollout.as_ref().and_then(|r| r.halted_on.clone());
+    if let Some(member) = halted(new).filter(|m| halted(old).as_ref() != Some(m)) {
+        let why = new.rollout.as_ref().and_then(|r| r.waiting_for.clone()).unwrap_or_default();
+        events.push(event(EventType::Warning, "RolloutHalted", format!("halted on {member}: {why}")));
+    }
+    let drain = |s: &ReplicationStatus| {
+        conditions::find(&s.conditions, DRAIN_BLOCKED).map(|c| (c.reason.clone(), c.message.clone()))
+    };
+    if let Some((reason, message)) = drain(new).filter(|d| drain(old).map(|o| o.0) != Some(d.0.clone())) {
+        match reason.as_str() {
+            "SwitchingOver" => events.push(event(EventType::Normal, "DrainSwitchover", message)),
+            "DrainBlocked" => events.push(event(EventType::Warning, "DrainBlocked", message)),
+            _ => {}
+        }
+    }
+    events
+}
+
+/// `DrainBlocked`: true while the primary's node is cordoned and the
+/// primary cannot move off it.
+fn drain_condition(drain: &Drain) -> Observed {
+    match drain {
+        Drain::None => Observed::new(DRAIN_BLOCKED, false, "NoDrain", "the primary's node is not cordoned"),
+        Drain::SwitchingOver { node, to } => Observed::new(
+            DRAIN_BLOCKED,
+            false,
+            "SwitchingOver",
+            format!("node {node} is cordoned: switching the primary over to {to} so the drain can proceed"),
+        ),
+        Drain::Blocked { node, reason } => Observed::new(
+            DRAIN_BLOCKED,
+            true,
+            "DrainBlocked",
+            format!("node {node} is cordoned but the primary stays on it: {reason}"),
+        ),
+    }
 }
 
 /// The status of a store that cannot be deployed because a name it needs
@@ -493,6 +557,7 @@ pub fn events<K: Replicated>(
     {
         events.push(event(EventType::Warning, "NotReady", "Observe", c.message.clone()));
     }
+    events.extend(rollout_events(old.replication(), new.replication()));
     if let Some(c) = conditions::find(&new.replication().conditions, DEGRADED)
         && reason(old, DEGRADED) != reason(new, DEGRADED)
     {

@@ -68,7 +68,8 @@ fn observe<'a>(
     pods: &'a BTreeMap<String, String>,
     credentials: &'a Credentials,
 ) -> Facts<'a> {
-    Facts { members, pod_hashes: pods, template_hash: "h1", credentials, shrink_blocked: None }
+    static IDLE: Plan = Plan::idle();
+    Facts { members, pod_hashes: pods, revision: "h1", credentials, day2: &IDLE }
 }
 
 fn condition<'a>(
@@ -143,6 +144,7 @@ fn a_promotion_is_counted_timed_and_announced() {
             started: 17_500,
             since: 18_000,
             lag_bytes: Some(0),
+            planned: false,
         },
         epoch: 1,
     };
@@ -175,20 +177,54 @@ fn deleted_credentials_are_refused_not_regenerated() {
 }
 
 #[test]
-fn a_member_changed_by_hand_breaks_equal_spec() {
+fn a_member_on_another_revision_is_rolled_and_says_so() {
     let d = dbm("instance: {storage: {size: 1Gi}}\nmirrors: 2");
     let members = healthy_trio();
     let decision = step(&steady(), &members, &policy(1 << 24), 20_000);
     let mut pods = hashes(&["db-1", "db-2", "db-3"], "h1");
     pods.insert("db-3".into(), "other".into());
-    let s =
-        compute(&d, &decision, &observe(&members, &pods, &Credentials::Ready), &Default::default(), &at(1));
+    let rolling = Plan {
+        rollout: Some(crate::api::common::RolloutStatus {
+            revision: "h1".into(),
+            updated: vec!["db-1".into(), "db-2".into()],
+            outdated: vec!["db-3".into()],
+            waiting_for: Some("db-3 to come back on the new template".into()),
+            halted_on: None,
+        }),
+        ..Plan::idle()
+    };
+    let facts = Facts { day2: &rolling, ..observe(&members, &pods, &Credentials::Ready) };
+    let s = compute(&d, &decision, &facts, &Default::default(), &at(1));
     assert_eq!(s.equal_spec, Some(false));
     assert!(s.replication.members[2].spec_drift);
-    let degraded = condition(&s, DEGRADED);
+    assert_eq!(s.replication.phase, Some(StorePhase::Updating));
+    let progressing = condition(&s, PROGRESSING);
+    assert_eq!(progressing.reason, "RollingUpdate");
+    assert!(progressing.message.contains("db-3 to come back"), "{}", progressing.message);
+    assert_eq!(condition(&s, DEGRADED).status, "False", "a rollout on healthy members is no degradation");
+    let started = events(&d, Some(&decision), &Default::default(), &s);
+    assert!(started.iter().any(|e| e.reason == "RolloutStarted"), "{started:?}");
+
+    let halted = Plan {
+        rollout: Some(crate::api::common::RolloutStatus {
+            halted_on: Some("db-3".into()),
+            waiting_for: Some("db-3 did not stream".into()),
+            ..rolling.rollout.clone().unwrap()
+        }),
+        reason: "RolloutHalted",
+        ..Plan::idle()
+    };
+    let facts = Facts { day2: &halted, ..observe(&members, &pods, &Credentials::Ready) };
+    let h = compute(&d, &decision, &facts, &s, &at(2));
+    assert_eq!(h.replication.phase, Some(StorePhase::Degraded));
     assert_eq!(
-        (degraded.reason.as_str(), degraded.message.as_str()),
-        ("SpecDrift", "db-3 differ from the instance template")
+        (condition(&h, DEGRADED).reason.as_str(), condition(&h, PROGRESSING).status.as_str()),
+        ("RolloutHalted", "False")
+    );
+    let halting = events(&d, Some(&decision), &s, &h);
+    assert!(
+        halting.iter().any(|e| e.reason == "RolloutHalted" && e.type_ == EventType::Warning),
+        "{halting:?}"
     );
 }
 
