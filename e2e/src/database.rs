@@ -215,13 +215,17 @@ impl SplitBrainProbe {
         let stop = Arc::new(AtomicBool::new(false));
         let mut tasks = Vec::new();
         for member in members {
-            let host = member_host(client, namespace, member).await?;
+            member_host(client, namespace, member).await?;
             let (accepted, stop, creds, member) =
                 (accepted.clone(), stop.clone(), creds.clone(), member.clone());
+            let (client, namespace) = (client.clone(), namespace.to_string());
             let insert = format!("INSERT INTO {table} (member) VALUES ($1)");
             tasks.push(tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
-                    let Ok(db) = creds.connect(&host).await else {
+                    // Looked up again on every connection: a rolling update
+                    // replaces the member's pod, and its address with it.
+                    let host = member_host(&client, &namespace, &member).await;
+                    let Ok(db) = async { creds.connect(&host?).await }.await else {
                         tokio::time::sleep(Duration::from_millis(20)).await;
                         continue;
                     };

@@ -237,6 +237,7 @@ where
 }
 
 pub mod database;
+pub mod lifecycle;
 pub mod operator;
 pub mod partition;
 pub mod sessions;

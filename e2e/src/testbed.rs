@@ -48,8 +48,9 @@ use k8s_openapi::api::core::v1::{
     ConfigMap, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod, Secret,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -677,6 +678,9 @@ async fn provision(shared: Arc<Shared>) -> Result<()> {
             if let Err(err) = provision_one(&shared, &claim, &volumes, &volumes_api).await {
                 eprintln!("{} testbed: provisioning {}: {err:#}", Timestamp::now(), claim.name_any());
             }
+            if let Err(err) = expand_one(&shared, &claim, &volumes, &volumes_api).await {
+                eprintln!("{} testbed: expanding {}: {err:#}", Timestamp::now(), claim.name_any());
+            }
         }
         for volume in volumes.state() {
             if let Err(err) = reclaim(&shared, &volume, &volumes_api).await {
@@ -760,6 +764,44 @@ async fn provision_one(
         }
         Err(e) => Err(e).context("creating the PersistentVolume"),
     }
+}
+
+/// Grow the volume of a bound claim whose request was raised, as a CSI
+/// resizer and kubelet would: the volume's capacity, then the claim's
+/// (a hostPath directory has no size of its own to change).
+async fn expand_one(
+    shared: &Shared,
+    claim: &PersistentVolumeClaim,
+    volumes: &Store<PersistentVolume>,
+    api: &Api<PersistentVolume>,
+) -> Result<()> {
+    let storage =
+        |m: Option<&std::collections::BTreeMap<String, Quantity>>| m.and_then(|m| m.get("storage")).cloned();
+    let spec = claim.spec.clone().unwrap_or_default();
+    let (Some(volume_name), Some(wanted)) =
+        (spec.volume_name.clone(), storage(spec.resources.as_ref().and_then(|r| r.requests.as_ref())))
+    else {
+        return Ok(());
+    };
+    let Some(volume) = volumes.get(&ObjectRef::new(&volume_name)) else { return Ok(()) };
+    let namespace = claim.namespace().unwrap_or_default();
+    let have = storage(volume.spec.as_ref().and_then(|s| s.capacity.as_ref()));
+    let claimed = storage(claim.status.as_ref().and_then(|s| s.capacity.as_ref()));
+    let grown = have.as_ref() == Some(&wanted) && claimed.as_ref() == Some(&wanted);
+    if grown || spec.storage_class_name.as_deref() != Some(STORAGE_CLASS) || !shared.serves(&namespace).await
+    {
+        return Ok(());
+    }
+    if have.as_ref() != Some(&wanted) {
+        let patch = serde_json::json!({ "spec": { "capacity": { "storage": wanted } } });
+        api.patch(&volume_name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    }
+    if claimed.as_ref() != Some(&wanted) {
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(shared.client.clone(), &namespace);
+        let patch = serde_json::json!({ "status": { "capacity": { "storage": wanted } } });
+        claims.patch_status(&claim.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    }
+    Ok(())
 }
 
 /// A volume directory no running test bed will reclaim: it is gone, or its

@@ -340,7 +340,7 @@ async fn run_trials<K: Replicated>(
     Ok(trials)
 }
 
-async fn healthy<K: Replicated>(api: &Api<K>, name: &str, timeout: Duration) -> Result<K> {
+pub async fn healthy<K: Replicated>(api: &Api<K>, name: &str, timeout: Duration) -> Result<K> {
     wait_for(api, name, timeout, "every member healthy and streaming", |o: Option<&K>| {
         o.is_some_and(all_healthy)
     })
