@@ -478,6 +478,7 @@ mod tests {
             suites: vec![Suite::Chaos],
             failover_trials: 2,
             chaos_trials: 2,
+            switchovers: 2,
             sizes: vec![1],
             idle: Duration::ZERO,
             change_sample: 1,

@@ -23,6 +23,9 @@
 //! **chaos** — a DatabaseMirror primary whose agent is frozen while its
 //! server runs on, in sync and in async mode: see [`chaos`].
 //!
+//! **lifecycle** — planned switchovers and a rolling update of a
+//! DatabaseMirror under a confirming writer: see [`lifecycle`].
+//!
 //! **site** — the demo site on real nodes under a few hundred visitors
 //! through a rollout, a lost node, a drain and the loss of each store's
 //! primary and of the operator's leader: see [`site`].
@@ -35,6 +38,7 @@
 mod chaos;
 mod failover;
 mod fleet;
+mod lifecycle;
 mod operator;
 mod report;
 mod sessionstore;
@@ -65,6 +69,7 @@ pub enum Suite {
     Failover,
     SessionStore,
     Chaos,
+    Lifecycle,
     Site,
 }
 
@@ -76,6 +81,7 @@ impl Suite {
             Suite::Failover => "failover",
             Suite::SessionStore => "sessionstore",
             Suite::Chaos => "chaos",
+            Suite::Lifecycle => "lifecycle",
             Suite::Site => "site",
         }
     }
@@ -84,18 +90,24 @@ impl Suite {
     pub fn mode_key(self) -> &'static str {
         match self {
             Suite::WebCluster => "size",
-            Suite::Failover | Suite::Chaos => "replication",
+            Suite::Failover | Suite::Chaos | Suite::Lifecycle => "replication",
             Suite::SessionStore => "durability",
             Suite::Site => "event",
         }
     }
 
-    const ALL: [Suite; 5] =
-        [Suite::WebCluster, Suite::Failover, Suite::SessionStore, Suite::Chaos, Suite::Site];
+    const ALL: [Suite; 6] = [
+        Suite::WebCluster,
+        Suite::Failover,
+        Suite::SessionStore,
+        Suite::Chaos,
+        Suite::Lifecycle,
+        Suite::Site,
+    ];
 }
 
 /// The suites `BENCH_SUITES` runs when it is unset: all of them.
-const DEFAULT_SUITES: &str = "webcluster failover sessionstore chaos site";
+const DEFAULT_SUITES: &str = "webcluster failover sessionstore chaos lifecycle site";
 
 /// `BENCH_SUITES`: names separated by spaces or commas, run in the order
 /// given, each once.
@@ -124,6 +136,8 @@ pub struct Config {
     pub failover_trials: usize,
     /// Stalled-agent trials in each replication mode (the chaos suite).
     pub chaos_trials: usize,
+    /// Planned switchovers of the lifecycle suite.
+    pub switchovers: usize,
     pub sizes: Vec<usize>,
     pub idle: Duration,
     pub change_sample: usize,
@@ -173,7 +187,12 @@ impl Config {
         if chaos_trials == 0 {
             bail!("BENCH_CHAOS_TRIALS must be above 0");
         }
+        let switchovers = env_or("BENCH_SWITCHOVERS", 20)?;
+        if switchovers == 0 {
+            bail!("BENCH_SWITCHOVERS must be above 0");
+        }
         Ok(Config {
+            switchovers,
             suites: parse_suites(&std::env::var("BENCH_SUITES").unwrap_or_else(|_| DEFAULT_SUITES.into()))?,
             failover_trials,
             chaos_trials,
@@ -256,6 +275,7 @@ async fn run() -> Result<bool> {
             Suite::Failover => failover::run(&cfg, &client).await?,
             Suite::SessionStore => sessionstore::run(&cfg, &client).await?,
             Suite::Chaos => chaos::run(&cfg, &client).await?,
+            Suite::Lifecycle => lifecycle::run(&cfg, &client).await?,
             Suite::Site => site::run(&cfg, &client).await?,
         };
     }

@@ -1,7 +1,7 @@
 //! `latest.json` and `latest.md`, shared by the suites.
 //!
 //! Each suite owns the keys that start with its name and a dot
-//! (`webcluster.*`, `failover.*`, `sessionstore.*`, `chaos.*`, `site.*`). A suite's results replace its own keys in
+//! (`webcluster.*`, `failover.*`, `sessionstore.*`, `chaos.*`, `lifecycle.*`, `site.*`). A suite's results replace its own keys in
 //! `latest.json` and leave the other suites' alone, so running one suite
 //! keeps the figures of the last run of another. `latest.md` is rendered
 //! from the merged `latest.json` alone: one section per suite present.
@@ -159,6 +159,12 @@ fn markdown(all: &Map<String, Value>) -> String {
             md.push('\n');
         }
         md.push_str(&crate::chaos::markdown(all));
+    }
+    if all.contains_key("lifecycle.settings") {
+        if !md.is_empty() {
+            md.push('\n');
+        }
+        md.push_str(&crate::lifecycle::markdown(all));
     }
     if all.contains_key("site.events") {
         if !md.is_empty() {
