@@ -33,6 +33,11 @@ pub mod keys {
     pub const MEMBER_LABEL: &str = "hostwright.io/member";
     /// The encoded [`super::Instruction`] on a member's pod.
     pub const INSTRUCTION_ANNOTATION: &str = "hostwright.io/instruction";
+    /// On a member's pod: the key (file name) in the settings ConfigMap of
+    /// the settings its server should run with. Changed on a running pod
+    /// when only settings PostgreSQL reloads changed; the agent then loads
+    /// them without a restart (see [`super::SettingsReport`]).
+    pub const SETTINGS_ANNOTATION: &str = "hostwright.io/settings";
     /// Pod labels an agent copies onto its Lease: the operator watches
     /// member Leases by these.
     pub const LEASE_LABELS: &[&str] = &[NAME_LABEL, INSTANCE_LABEL, MEMBER_LABEL];
@@ -52,6 +57,10 @@ pub mod keys {
         pub const LINEAGE: &str = "hostwright.io/lineage";
         pub const REPORTED_AT: &str = "hostwright.io/reported-at";
         pub const ADDRESS: &str = "hostwright.io/address";
+        /// The settings key the server runs with.
+        pub const SETTINGS: &str = "hostwright.io/settings";
+        /// `<key>: <why>`: settings the server refused (and does not keep).
+        pub const SETTINGS_ERROR: &str = "hostwright.io/settings-error";
     }
 }
 
@@ -390,9 +399,59 @@ pub fn decode_report(annotations: &BTreeMap<String, String>) -> Option<(Report, 
     Some((report, annotations.get(k::ADDRESS).cloned().unwrap_or_default()))
 }
 
+/// What settings a member's server runs with, reported on its Lease beside
+/// the [`Report`]: the settings key in effect, and the last key it refused
+/// with the reason (a refused text is not kept, so a restart never picks it up).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SettingsReport {
+    pub applied: Option<String>,
+    pub refused: Option<(String, String)>,
+}
+
+/// The longest reason for refused settings carried on a Lease.
+const MAX_SETTINGS_ERROR: usize = 512;
+
+/// The Lease annotations carrying `settings`.
+pub fn encode_settings(settings: &SettingsReport) -> BTreeMap<String, String> {
+    use keys::report as k;
+    let mut out = BTreeMap::new();
+    if let Some(key) = &settings.applied {
+        out.insert(k::SETTINGS.to_string(), key.clone());
+    }
+    if let Some((key, why)) = &settings.refused {
+        let why: String = why.chars().take(MAX_SETTINGS_ERROR).collect();
+        out.insert(k::SETTINGS_ERROR.to_string(), format!("{key}: {why}"));
+    }
+    out
+}
+
+/// [`encode_settings`] read back; what is missing or unreadable is None.
+pub fn decode_settings(annotations: &BTreeMap<String, String>) -> SettingsReport {
+    use keys::report as k;
+    SettingsReport {
+        applied: annotations.get(k::SETTINGS).filter(|s| !s.is_empty()).cloned(),
+        refused: annotations
+            .get(k::SETTINGS_ERROR)
+            .and_then(|e| e.split_once(": "))
+            .map(|(key, why)| (key.to_string(), why.to_string())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_reports_survive_the_round_trip() {
+        let report = SettingsReport {
+            applied: Some("postgresql-00aa.conf".into()),
+            refused: Some(("postgresql-00bb.conf".into(), "work_mem: invalid value: \"banana\"".into())),
+        };
+        assert_eq!(decode_settings(&encode_settings(&report)), report);
+        assert_eq!(decode_settings(&BTreeMap::new()), SettingsReport::default());
+        let long = SettingsReport { applied: None, refused: Some(("k".into(), "x".repeat(5000))) };
+        assert!(encode_settings(&long)[keys::report::SETTINGS_ERROR].len() < 600);
+    }
 
     #[test]
     fn instructions_survive_the_round_trip_and_read_well() {

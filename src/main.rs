@@ -193,6 +193,7 @@ fn run_agent(args: AgentArgs) -> Result<(), Box<dyn std::error::Error>> {
         run_as,
         binary: std::env::current_exe()?,
         probe_address: args.probe_address,
+        settings_file: args.config.clone(),
     };
     tracing::info!(
         member = %options.member,
@@ -225,6 +226,7 @@ fn run_agent(args: AgentArgs) -> Result<(), Box<dyn std::error::Error>> {
             listen_address: args.listen_address,
             port: args.port,
             settings_file: args.config,
+            reloaded: Default::default(),
             application_name: args.member.replace('-', "_"),
             run_as,
         },

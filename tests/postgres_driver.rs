@@ -54,6 +54,7 @@ fn member(root: &Path, name: &str) -> Postgres {
         listen_address: "127.0.0.1".into(),
         port: free_port(),
         settings_file: None,
+        reloaded: Default::default(),
         application_name: name.replace('-', "_"),
         run_as: owner,
     }
@@ -202,5 +203,76 @@ async fn a_detached_mirror_acknowledges_nothing_and_a_relaxed_primary_needs_none
     drop((db, db2));
     b.stop(&mut b_server).await.unwrap();
     a.stop(&mut a_server).await.unwrap();
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// Settings a reload applies are loaded into the running server and kept
+/// for its next start; a value it cannot parse, or a setting only a restart
+/// applies, is refused and put back, so no later restart picks it up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloadable_settings_load_without_a_restart_and_refused_ones_are_not_kept() {
+    let root = temp_root();
+    let file = |name: &str, text: &str| {
+        let path = root.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let first = file("postgresql-1.conf", "work_mem = '4MB'\n");
+    let mut a = member(&root, "db-1");
+    a.settings_file = Some(first);
+    let bootstrap = Bootstrap {
+        superuser_password: "su".into(),
+        replication_password: "repl".into(),
+        database: "shop".into(),
+        owner: "shop".into(),
+        owner_password: "shop".into(),
+    };
+    a.initdb(&bootstrap).await.unwrap();
+    let mut server = a.start(&StartAs::Primary).await.unwrap();
+    let show = |name: &'static str| {
+        let a = a.clone();
+        async move {
+            let row = a.connect().await.unwrap().query_one(&format!("SHOW {name}"), &[]).await.unwrap();
+            row.get::<_, String>(0)
+        }
+    };
+    let started: String = a
+        .connect()
+        .await
+        .unwrap()
+        .query_one("SELECT pg_postmaster_start_time()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(show("work_mem").await, "4MB");
+
+    let second = file("postgresql-2.conf", "work_mem = '8MB'\n");
+    assert_eq!(a.reload_settings(&second).await.unwrap(), Ok(()));
+    assert_eq!(show("work_mem").await, "8MB");
+
+    let invalid = file("postgresql-3.conf", "work_mem = 'banana'\n");
+    let refused = a.reload_settings(&invalid).await.unwrap().unwrap_err();
+    assert!(refused.contains("work_mem"), "{refused}");
+    assert_eq!(show("work_mem").await, "8MB");
+
+    let restart_only = file("postgresql-4.conf", "work_mem = '8MB'\nmax_connections = '150'\n");
+    let refused = a.reload_settings(&restart_only).await.unwrap().unwrap_err();
+    assert!(refused.contains("max_connections"), "{refused}");
+    let same: String = a
+        .connect()
+        .await
+        .unwrap()
+        .query_one("SELECT pg_postmaster_start_time()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(same, started, "no restart happened");
+
+    // The next start runs the reloaded settings, not the refused ones.
+    a.stop(&mut server).await.unwrap();
+    let mut server = a.start(&StartAs::Primary).await.unwrap();
+    assert_eq!(show("work_mem").await, "8MB");
+    assert_eq!(show("max_connections").await, "100");
+    a.stop(&mut server).await.unwrap();
     let _ = std::fs::remove_dir_all(&root);
 }

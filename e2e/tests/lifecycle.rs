@@ -482,3 +482,112 @@ async fn a_shrink_removes_the_highest_mirror_without_losing_a_write() -> Result<
     site.testbed.stop().await?;
     Ok(())
 }
+
+/// `SHOW <setting>` and the postmaster's start time on every member, through
+/// its own address.
+async fn on_each_member(
+    site: &Site,
+    name: &str,
+    members: &[String],
+    setting: &str,
+) -> Result<Vec<(String, String)>> {
+    let creds = site.credentials(name).await?;
+    let mut out = Vec::new();
+    for m in members {
+        let host = hostwright_e2e::database::member_host(&site.client, &site.ns.name, m).await?;
+        let db = creds.connect(&host).await?;
+        let value: String = db.query_one(&format!("SHOW {setting}"), &[]).await?.get(0);
+        let started: String = db.query_one("SELECT pg_postmaster_start_time()::text", &[]).await?.get(0);
+        out.push((value, started));
+    }
+    Ok(out)
+}
+
+/// The rollout of the current generation is over and every member streams.
+async fn settled(site: &Site, name: &str) -> Result<DatabaseMirror> {
+    let api = site.api::<DatabaseMirror>();
+    let generation = api.get(name).await?.metadata.generation;
+    wait_for(
+        &api,
+        name,
+        ROLLOUT_TIMEOUT,
+        "the settings rollout to finish",
+        move |d: Option<&DatabaseMirror>| {
+            d.is_some_and(|d| {
+                all_healthy(d)
+                    && d.status.as_ref().is_some_and(|s| {
+                        s.replication.rollout.is_none() && s.replication.observed_generation >= generation
+                    })
+            })
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_reloadable_setting_restarts_nothing_and_a_bad_one_stops_at_the_first_mirror() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let site = Site::start("reload").await?;
+    site.database(
+        "reload",
+        "instance: {storage: {size: 1Gi}, parameters: {work_mem: 4MB}}\nmirrors: 2\nfailover: {delay: 1s}",
+    )
+    .await?;
+    let dbm = site.healthy::<DatabaseMirror>("reload").await?;
+    let members = dbm.blueprint()?.members;
+    let uids = |pods: Vec<Pod>| pods.into_iter().map(|p| p.uid().unwrap_or_default()).collect::<Vec<_>>();
+    let pods_now = || async {
+        let mut pods = Vec::new();
+        for m in &members {
+            pods.push(site.api::<Pod>().get(m).await?);
+        }
+        anyhow::Ok(pods)
+    };
+    let before_uids = uids(pods_now().await?);
+    let before = on_each_member(&site, "reload", &members, "work_mem").await?;
+    ensure!(before.iter().all(|(v, _)| v == "4MB"), "{before:?}");
+
+    site.patch_spec::<DatabaseMirror>("reload", json!({"instance": {"parameters": {"work_mem": "8MB"}}}))
+        .await?;
+    settled(&site, "reload").await?;
+    let after = on_each_member(&site, "reload", &members, "work_mem").await?;
+    println!("work_mem 4MB → 8MB: {after:?}");
+    ensure!(after.iter().all(|(v, _)| v == "8MB"), "every member loaded the new value: {after:?}");
+    ensure!(
+        after.iter().zip(&before).all(|((_, a), (_, b))| a == b),
+        "no server restarted: {before:?} → {after:?}"
+    );
+    ensure!(uids(pods_now().await?) == before_uids, "no pod was replaced");
+    let events = events_about(&site, "reload").await?;
+    ensure!(events.iter().filter(|(r, _)| r == "ReloadingSettings").count() == 3, "{events:?}");
+
+    // A value PostgreSQL cannot read stops at the first mirror.
+    site.patch_spec::<DatabaseMirror>("reload", json!({"instance": {"parameters": {"work_mem": "banana"}}}))
+        .await?;
+    let halted = wait_for(
+        &site.api::<DatabaseMirror>(),
+        "reload",
+        ROLLOUT_TIMEOUT,
+        "the reload to halt",
+        |d: Option<&DatabaseMirror>| {
+            d.and_then(|d| d.status.as_ref()?.replication.rollout.as_ref()?.halted_on.clone()).is_some()
+        },
+    )
+    .await?;
+    let rollout = halted.status.as_ref().and_then(|s| s.replication.rollout.clone()).context("rollout")?;
+    println!("halted: {rollout:?}");
+    ensure!(rollout.halted_on.as_deref() == Some("reload-3"), "{rollout:?}");
+    ensure!(rollout.waiting_for.as_deref().is_some_and(|w| w.contains("work_mem")), "{rollout:?}");
+    let now = on_each_member(&site, "reload", &members, "work_mem").await?;
+    ensure!(now.iter().all(|(v, _)| v == "8MB"), "nobody runs the bad value: {now:?}");
+    ensure!(current_primary(&halted).as_deref() == Some("reload-1"));
+
+    site.patch_spec::<DatabaseMirror>("reload", json!({"instance": {"parameters": {"work_mem": "16MB"}}}))
+        .await?;
+    settled(&site, "reload").await?;
+    let fixed = on_each_member(&site, "reload", &members, "work_mem").await?;
+    ensure!(fixed.iter().all(|(v, _)| v == "16MB"), "{fixed:?}");
+    ensure!(uids(pods_now().await?) == before_uids, "still no pod replaced");
+    site.testbed.stop().await?;
+    Ok(())
+}

@@ -36,6 +36,12 @@ pub enum PostgresError {
     },
     #[error("querying the server: {0}")]
     Query(#[from] tokio_postgres::Error),
+    #[error("reading the settings {path}: {source}")]
+    Settings {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the server did not accept connections within {0:?}")]
     StartTimeout(Duration),
     #[error("unreadable replication position {0:?}")]
@@ -48,6 +54,26 @@ pub enum PostgresError {
     },
 }
 
+/// The settings file a running server last loaded on a reload, kept for its
+/// next start (shared by the clones of a [`Postgres`]).
+#[derive(Clone, Debug, Default)]
+pub struct ReloadedSettings(std::sync::Arc<std::sync::Mutex<Option<PathBuf>>>);
+
+impl ReloadedSettings {
+    fn get(&self) -> Option<PathBuf> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set(&self, file: &Path) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(file.to_path_buf());
+    }
+}
+
+/// The file in the data directory holding the settings in effect: a copy
+/// of the template's, so that a reload can swap it and a refused text can be
+/// put back before anything reads it.
+const SETTINGS_COPY: &str = "hostwright-settings.conf";
+
 /// Where and how one member's server runs.
 #[derive(Clone, Debug)]
 pub struct Postgres {
@@ -59,8 +85,11 @@ pub struct Postgres {
     /// Address the server listens on for clients and mirrors.
     pub listen_address: String,
     pub port: u16,
-    /// Settings rendered from the instance template (the ConfigMap file).
+    /// Settings rendered from the instance template (the ConfigMap file)
+    /// the pod was built with.
     pub settings_file: Option<PathBuf>,
+    /// Settings loaded since without a restart; they win over `settings_file`.
+    pub reloaded: ReloadedSettings,
     /// `application_name` of this member as a standby (its member name with
     /// `_` for `-`), as `synchronous_standby_names` lists it.
     pub application_name: String,
@@ -277,6 +306,61 @@ impl Postgres {
         self.write_access_rules().await
     }
 
+    /// Copy the settings in effect (the last reloaded, else the pod's) into
+    /// the data directory, where `hostwright.conf` includes them.
+    async fn install_settings(&self) -> Result<(), PostgresError> {
+        match self.reloaded.get().or_else(|| self.settings_file.clone()) {
+            Some(source) => match tokio::fs::read_to_string(&source).await {
+                Ok(text) => self.write(SETTINGS_COPY, &text).await,
+                // Not projected yet: the template's settings arrive with the file.
+                Err(_) => Ok(()),
+            },
+            None => Ok(()),
+        }
+    }
+
+    /// Load the settings in `file` into the running server without a
+    /// restart. Ok(Err(why)) when the server refuses them (a value it cannot
+    /// parse, or a setting that only a restart applies): the previous
+    /// settings are then put back, so no later restart picks the refused
+    /// text up.
+    pub async fn reload_settings(&self, file: &Path) -> Result<Result<(), String>, PostgresError> {
+        let text = tokio::fs::read_to_string(file)
+            .await
+            .map_err(|source| PostgresError::Settings { path: file.to_path_buf(), source })?;
+        let previous = tokio::fs::read_to_string(self.data_dir.join(SETTINGS_COPY)).await.unwrap_or_default();
+        self.write(SETTINGS_COPY, &text).await?;
+        let db = self.connect().await?;
+        let problems: Vec<String> = db
+            .query("SELECT name || ': ' || error FROM pg_file_settings WHERE error IS NOT NULL", &[])
+            .await?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        if !problems.is_empty() {
+            self.write(SETTINGS_COPY, &previous).await?;
+            return Ok(Err(problems.join("; ")));
+        }
+        db.simple_query("SELECT pg_reload_conf()").await?;
+        // The postmaster reads the files on SIGHUP; a new session sees the result.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let pending: Vec<String> = self
+            .connect()
+            .await?
+            .query("SELECT name FROM pg_settings WHERE pending_restart", &[])
+            .await?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        if !pending.is_empty() {
+            self.write(SETTINGS_COPY, &previous).await?;
+            db.simple_query("SELECT pg_reload_conf()").await?;
+            return Ok(Err(format!("only a restart applies {}", pending.join(", "))));
+        }
+        self.reloaded.set(file);
+        Ok(Ok(()))
+    }
+
     /// Make a stopped former primary a copy of the new primary's history.
     pub async fn rewind(&self, primary_conninfo: &str) -> Result<(), PostgresError> {
         self.clear_stale_lock_files()?;
@@ -300,9 +384,8 @@ impl Postgres {
     /// every start and rewritten (then reloaded) to repoint, detach or relax.
     fn render_conf(&self, role: &StartAs, relaxed: bool) -> String {
         let mut conf = String::from("# Written by hostwright agent.\n");
-        if let Some(settings) = &self.settings_file {
-            conf.push_str(&format!("include_if_exists {}\n", quote_sql_literal(&settings.to_string_lossy())));
-        }
+        // The copy of the settings in effect (see `install_settings`).
+        conf.push_str(&format!("include_if_exists {}\n", quote_sql_literal(SETTINGS_COPY)));
         // pg_rewind needs hint bits in WAL and the WAL back to the last
         // common checkpoint, so segments are kept.
         conf.push_str("wal_log_hints = on\nwal_keep_size = '512MB'\nhot_standby = on\n");
@@ -333,6 +416,7 @@ impl Postgres {
             }
             StartAs::Standby { .. } => self.write("standby.signal", "").await?,
         }
+        self.install_settings().await?;
         // Our settings come last so they win over anything the template set.
         self.write("hostwright.conf", &self.render_conf(role, false)).await?;
         self.ensure_included().await?;
@@ -582,6 +666,10 @@ impl Server for PostgresMember {
         self.postgres.stop(server).await
     }
 
+    async fn reload_settings(&self, file: &Path) -> Result<Result<(), String>, PostgresError> {
+        self.postgres.reload_settings(file).await
+    }
+
     async fn set_relaxed(&self, relaxed: bool) -> Result<(), PostgresError> {
         self.postgres.reconfigure(&StartAs::Primary, relaxed).await
     }
@@ -625,6 +713,7 @@ mod tests {
             listen_address: String::new(),
             port: 0,
             settings_file: None,
+            reloaded: ReloadedSettings::default(),
             application_name: String::new(),
             run_as: None,
         };

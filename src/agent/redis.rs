@@ -538,6 +538,12 @@ impl Server for RedisMember {
         }
     }
 
+    /// Every setting of a SessionStore is part of its members' revision:
+    /// new settings arrive with new pods, never on a running server.
+    async fn reload_settings(&self, _file: &Path) -> Result<Result<(), String>, RedisError> {
+        Ok(Err("a SessionStore's settings change only by replacing its members".into()))
+    }
+
     async fn stop(&self, server: &mut Child) -> Result<Option<u64>, RedisError> {
         // Without the password the server can still be stopped, not paused.
         let password = self.password().await.unwrap_or_default();

@@ -34,7 +34,8 @@ use super::server::{Observed, Server, Start};
 use super::watchdog::{Watchdog, WatchdogError, boottime_ms};
 use crate::contract::timing::{FENCE_AFTER, RENEW_INTERVAL, RENEW_TIMEOUT, TICK};
 use crate::contract::{
-    DataState, Desired, Epoch, Instruction, Millis, Report, ServerRole, decode_report, encode_report, keys,
+    DataState, Desired, Epoch, Instruction, Millis, Report, ServerRole, SettingsReport, decode_report,
+    encode_report, encode_settings, keys,
 };
 
 /// Who the agent is and where its server is reached.
@@ -54,6 +55,9 @@ pub struct Options {
     pub binary: PathBuf,
     /// Where the kubelet's probes are answered.
     pub probe_address: SocketAddr,
+    /// The settings file the pod was built with (`--config`); the files of
+    /// later settings sit beside it (the ConfigMap's other keys).
+    pub settings_file: Option<PathBuf>,
 }
 
 /// Why the agent stopped.
@@ -87,6 +91,7 @@ enum StepError<E: std::error::Error + 'static> {
 struct Published {
     report: Report,
     address: String,
+    settings: SettingsReport,
 }
 
 /// What the two loops share.
@@ -134,6 +139,8 @@ pub async fn run<S: Server>(options: Options, driver: S) -> Result<(), AgentErro
     let lease_loop =
         tokio::spawn(keep_lease(Holder::new(leases.clone(), &options.member), published, shared.clone()));
     let marker_path = driver.marker_path();
+    // The server starts with the pod's settings file: its key is in effect.
+    let initial_settings = options.settings_file.as_deref().and_then(settings_key);
     let mut agent = Agent {
         pods: Api::namespaced(client, &options.namespace),
         leases,
@@ -150,6 +157,8 @@ pub async fn run<S: Server>(options: Options, driver: S) -> Result<(), AgentErro
         instruction: None,
         upstream: None,
         last_position: None,
+        wanted_settings: None,
+        settings: SettingsReport { applied: initial_settings, refused: None },
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(AgentError::Signal)?;
@@ -193,6 +202,10 @@ struct Agent<S> {
     upstream: Option<Endpoint>,
     /// The highest position this member's current history reached.
     last_position: Option<u64>,
+    /// The settings key the pod asks for ([`keys::SETTINGS_ANNOTATION`]).
+    wanted_settings: Option<String>,
+    /// The settings the server runs with, and the last it refused.
+    settings: SettingsReport,
 }
 
 impl<S: Server> Agent<S> {
@@ -222,7 +235,39 @@ impl<S: Server> Agent<S> {
             // The step changed the server: report what it is now.
             observed = self.observe().await;
         }
+        if observed.is_some() && self.server.is_some() {
+            self.keep_settings().await;
+        }
         self.publish(observed).await;
+    }
+
+    /// Load the settings the pod asks for into the running server, once
+    /// their file is there (a kubelet projects a ConfigMap's new key within
+    /// a minute). Refused settings are reported and not tried again.
+    async fn keep_settings(&mut self) {
+        let Some(key) = self.wanted_settings.clone() else { return };
+        let refused = self.settings.refused.as_ref().is_some_and(|(k, _)| *k == key);
+        if self.settings.applied.as_ref() == Some(&key) || refused {
+            return;
+        }
+        let Some(dir) = self.options.settings_file.as_deref().and_then(std::path::Path::parent) else {
+            return;
+        };
+        let file = dir.join(&key);
+        if !file.exists() {
+            return;
+        }
+        match self.driver.reload_settings(&file).await {
+            Ok(Ok(())) => {
+                info!(%key, "loaded new settings without a restart");
+                self.settings = SettingsReport { applied: Some(key), refused: None };
+            }
+            Ok(Err(why)) => {
+                warn!(%key, %why, "the server refused the new settings; keeping the old ones");
+                self.settings.refused = Some((key, why));
+            }
+            Err(err) => warn!(%err, %key, "could not load the new settings; retrying"),
+        }
     }
 
     fn told(&self, desired: Desired) -> bool {
@@ -270,6 +315,7 @@ impl<S: Server> Agent<S> {
             return self.orphan("a pod of our name with another uid: not ours to serve");
         }
         self.remember_pod(&pod, uid);
+        self.wanted_settings = pod.annotations().get(keys::SETTINGS_ANNOTATION).cloned();
         let Some(text) = pod.annotations().get(keys::INSTRUCTION_ANNOTATION) else { return };
         let instruction = match Instruction::parse(text) {
             Ok(i) => i,
@@ -558,7 +604,8 @@ impl<S: Server> Agent<S> {
             data,
             lineage: self.marker.as_ref().and_then(|m| m.lineage),
         };
-        let _ = self.publish.send(Some(Published { report, address: self.options.advertise.clone() }));
+        let (address, settings) = (self.options.advertise.clone(), self.settings.clone());
+        let _ = self.publish.send(Some(Published { report, address, settings }));
     }
 
     /// Say, after a clean stop, that this agent will renew nothing more: the
@@ -580,6 +627,11 @@ impl<S: Server> Agent<S> {
     }
 }
 
+/// The ConfigMap key of a settings file: its name.
+fn settings_key(file: &std::path::Path) -> Option<String> {
+    file.file_name().map(|n| n.to_string_lossy().into_owned())
+}
+
 /// What changes in a report between renewals without being news.
 fn significant(a: &Report, b: &Report) -> bool {
     let strip = |r: &Report| Report { at: 0, position: None, last_position: None, ..r.clone() };
@@ -593,7 +645,7 @@ async fn keep_lease(
     mut published: watch::Receiver<Option<Published>>,
     shared: Arc<Shared>,
 ) {
-    let mut last_sent: Option<Report> = None;
+    let mut last_sent: Option<(Report, SettingsReport)> = None;
     // After a loss, only a report made after the fence is sent.
     let mut fresh_after: Millis = 0;
     let mut next = tokio::time::Instant::now();
@@ -605,7 +657,9 @@ async fn keep_lease(
                     return;
                 }
                 let news = match (&last_sent, &*published.borrow()) {
-                    (Some(sent), Some(now)) => significant(sent, &now.report),
+                    (Some((report, settings)), Some(now)) => {
+                        significant(report, &now.report) || *settings != now.settings
+                    }
                     _ => true,
                 };
                 if !news {
@@ -627,11 +681,13 @@ async fn keep_lease(
             continue;
         };
         let sent = boottime_ms();
-        match holder.renew(encode_report(&current.report, &current.address), labels, Some(owner)).await {
+        let mut annotations = encode_report(&current.report, &current.address);
+        annotations.extend(encode_settings(&current.settings));
+        match holder.renew(annotations, labels, Some(owner)).await {
             Renewal::Renewed => {
                 shared.watchdog().deadline(sent + FENCE_AFTER.as_millis() as u64);
                 shared.held.store(true, Ordering::SeqCst);
-                last_sent = Some(current.report);
+                last_sent = Some((current.report, current.settings));
             }
             Renewal::Lost(why) => {
                 error!(why, "lost the member lease: killing the server before taking a new one");

@@ -7,7 +7,7 @@
 //! against this trait.
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use tokio::process::Child;
 
@@ -71,6 +71,14 @@ pub trait Server: Send + Sync {
     /// Make a stopped former primary's data fit to follow `primary` (its
     /// history may have diverged from the new primary's).
     fn rewind(&self, primary: &Endpoint) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// Load the settings in `file` into the running server without a
+    /// restart; Ok(Err(why)) when the server refuses them (nothing of them
+    /// is then kept).
+    fn reload_settings(
+        &self,
+        file: &Path,
+    ) -> impl Future<Output = Result<Result<(), String>, Self::Error>> + Send;
 
     /// Make the running replica follow `primary` instead, or nobody (None:
     /// it stops receiving, stays read-only and keeps what it has). `server`

@@ -112,6 +112,7 @@ pub fn blueprint(dbm: &DatabaseMirror) -> Result<Blueprint, BuildError> {
             format!("--data-dir={DATA_DIR}/pgdata"),
             format!("--config={}/{}", members::CONFIG_DIR, settings_key(&settings)),
         ],
+        settings_key: settings_key(&settings),
         template_hash: template_hash(dbm),
     })
 }
@@ -141,6 +142,72 @@ pub fn children(dbm: &DatabaseMirror, blueprint: &Blueprint) -> DatabaseMirrorCh
             ..ConfigMap::default()
         },
     }
+}
+
+/// PostgreSQL 15's settings that only a restart applies (context
+/// `postmaster`, from `postgres --describe-config`). A change to any of them,
+/// or to a setting of an extension (`name.setting`, which PostgreSQL cannot
+/// describe before the extension loads), rolls the members; every other
+/// change is loaded with a reload.
+pub const RESTART_SETTINGS: &[&str] = &[
+    "archive_mode",
+    "autovacuum_freeze_max_age",
+    "autovacuum_max_workers",
+    "autovacuum_multixact_freeze_max_age",
+    "bonjour",
+    "bonjour_name",
+    "cluster_name",
+    "data_directory",
+    "data_sync_retry",
+    "dynamic_shared_memory_type",
+    "event_source",
+    "external_pid_file",
+    "hba_file",
+    "hot_standby",
+    "huge_page_size",
+    "huge_pages",
+    "ident_file",
+    "jit_provider",
+    "listen_addresses",
+    "logging_collector",
+    "max_connections",
+    "max_files_per_process",
+    "max_locks_per_transaction",
+    "max_logical_replication_workers",
+    "max_pred_locks_per_transaction",
+    "max_prepared_transactions",
+    "max_replication_slots",
+    "max_wal_senders",
+    "max_worker_processes",
+    "min_dynamic_shared_memory",
+    "old_snapshot_threshold",
+    "port",
+    "recovery_target",
+    "recovery_target_action",
+    "recovery_target_inclusive",
+    "recovery_target_lsn",
+    "recovery_target_name",
+    "recovery_target_time",
+    "recovery_target_timeline",
+    "recovery_target_xid",
+    "shared_buffers",
+    "shared_memory_type",
+    "shared_preload_libraries",
+    "superuser_reserved_connections",
+    "track_activity_query_size",
+    "track_commit_timestamp",
+    "unix_socket_directories",
+    "unix_socket_group",
+    "unix_socket_permissions",
+    "wal_buffers",
+    "wal_decode_buffer_size",
+    "wal_level",
+    "wal_log_hints",
+];
+
+/// Only a restart applies `name` (see [`RESTART_SETTINGS`]).
+pub fn needs_restart(name: &str) -> bool {
+    name.contains('.') || RESTART_SETTINGS.contains(&name)
 }
 
 /// The ConfigMap key of a rendered settings text.
@@ -291,15 +358,15 @@ pub fn credentials(dbm: &DatabaseMirror, blueprint: &Blueprint, passwords: &Pass
 ///
 /// The volumes are not in it: a rollout replaces pods over the same
 /// volumes, so a new size is an expansion of the volumes, not a rollout.
+///
+/// Only the settings a restart applies are in it: the others are loaded
+/// into running members (see [`needs_restart`]).
 pub fn template_hash(dbm: &DatabaseMirror) -> String {
     let t = &dbm.spec.instance;
-    let settings = postgresql_conf(dbm).unwrap_or_default();
-    let text = format!(
-        "{}|{}|{}",
-        t.image,
-        serde_json::to_string(&t.resources).unwrap_or_default(),
-        settings_key(&settings)
-    );
+    let restart_only: BTreeMap<&String, &String> =
+        t.parameters.iter().filter(|(k, _)| needs_restart(&k.to_ascii_lowercase())).collect();
+    let text =
+        format!("{}|{}|{:?}", t.image, serde_json::to_string(&t.resources).unwrap_or_default(), restart_only);
     members::template_hash(&text)
 }
 
@@ -389,6 +456,19 @@ mod tests {
         assert!(blueprint(&a).unwrap().agent_args.contains(&arg));
         let bigger = dbm("instance: {storage: {size: 5Gi}, parameters: {work_mem: 4MB}}");
         assert_eq!(template_hash(&a), template_hash(&bigger), "a new size expands volumes, it does not roll");
+        assert_eq!(template_hash(&a), template_hash(&b), "work_mem is reloaded, not rolled");
+        let restart =
+            dbm("instance: {storage: {size: 1Gi}, parameters: {work_mem: 4MB, max_connections: '200'}}");
+        assert_ne!(template_hash(&a), template_hash(&restart), "max_connections needs a restart");
+        let extension = dbm(
+            "instance: {storage: {size: 1Gi}, parameters: {work_mem: 4MB, pg_stat_statements.max: '500'}}",
+        );
+        assert_ne!(
+            template_hash(&a),
+            template_hash(&extension),
+            "an extension's setting is taken to need one"
+        );
+        assert_eq!(blueprint(&a).unwrap().settings_key, key(&a));
     }
 
     #[test]

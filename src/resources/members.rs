@@ -87,6 +87,9 @@ pub struct Blueprint {
     pub config_map: String,
     /// Agent arguments beyond the common ones (the object's name, settings file).
     pub agent_args: Vec<String>,
+    /// The settings ConfigMap key members run with now (a pod's
+    /// `hostwright.io/settings`); see [`settings_key`].
+    pub settings_key: String,
     /// Hash of the template ([`template_hash`]); with the agent's image it
     /// makes the revision on every pod ([`Blueprint::revision`]).
     pub template_hash: String,
@@ -253,8 +256,10 @@ impl Blueprint {
         let pod_labels = meta.labels.get_or_insert_default();
         pod_labels.insert(MEMBER_LABEL.into(), member.into());
         pod_labels.insert(ROLE_LABEL.into(), "none".into());
-        meta.annotations =
-            Some(BTreeMap::from([(TEMPLATE_HASH_ANNOTATION.to_string(), self.revision(agent_image))]));
+        meta.annotations = Some(BTreeMap::from([
+            (TEMPLATE_HASH_ANNOTATION.to_string(), self.revision(agent_image)),
+            (keys::SETTINGS_ANNOTATION.to_string(), self.settings_key.clone()),
+        ]));
 
         let mount = |name: &str, path: &str, read_only: bool| VolumeMount {
             name: name.into(),
@@ -484,6 +489,13 @@ pub fn settings_key_of(pod: &Pod) -> Option<String> {
         .flat_map(|c| c.args.iter().flatten())
         .find_map(|a| a.strip_prefix(&prefix))
         .map(str::to_string)
+}
+
+/// Every settings key a member pod may read: the one it was built with and
+/// the one it was told to load since ([`keys::SETTINGS_ANNOTATION`]).
+pub fn settings_keys_of(pod: &Pod) -> impl Iterator<Item = String> {
+    let told = pod.metadata.annotations.as_ref().and_then(|a| a.get(keys::SETTINGS_ANNOTATION)).cloned();
+    settings_key_of(pod).into_iter().chain(told)
 }
 
 /// The ConfigMap key of a settings text: `<stem>-<hash>.conf`.

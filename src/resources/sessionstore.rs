@@ -79,6 +79,7 @@ pub fn blueprint(store: &SessionStore) -> Result<Blueprint, BuildError> {
                 members::settings_key("redis", &redis_conf(store))
             ),
         ],
+        settings_key: members::settings_key("redis", &redis_conf(store)),
         template_hash: template_hash(store),
     })
 }

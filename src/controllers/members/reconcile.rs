@@ -33,13 +33,14 @@ use super::status::{self, Credentials, Facts};
 use super::volumes;
 use super::{ACTIVE_INTERVAL, Context, Replicated, StoreStatus, last_written, write_status};
 use crate::api::common::EngineStatus;
-use crate::contract::{Instruction, decode_report};
+use crate::contract::keys::SETTINGS_ANNOTATION;
+use crate::contract::{Instruction, decode_report, decode_settings};
 use crate::controllers::{Child, Claimant, Error, Planned, RESYNC, jittered, owned_child};
 use crate::failover::{Decision, Engine, Member, Route, State, Step, step};
 use crate::resources::FIELD_MANAGER;
 use crate::resources::members::{
     Blueprint, INSTANCE_LABEL, INSTRUCTION_ANNOTATION, MEMBER_LABEL, Routing, TEMPLATE_HASH_ANNOTATION,
-    keep_settings_in_use, settings_key_of,
+    keep_settings_in_use, settings_keys_of,
 };
 use k8s_openapi::api::coordination::v1::Lease as LeaseObject;
 
@@ -191,12 +192,19 @@ async fn observe<K: Replicated>(store: &K, ctx: &Context<K>) -> Result<Seen<K>, 
 /// whether its member's Lease was last renewed by the agent in this pod.
 fn pod_facts(pod: &Pod, lease: Option<&LeaseObject>) -> PodFacts {
     let uid = pod.uid();
+    let reporting = lease.is_some_and(|l| l.owner_references().iter().any(|o| Some(&o.uid) == uid.as_ref()));
     PodFacts {
         revision: pod.annotations().get(TEMPLATE_HASH_ANNOTATION).cloned().unwrap_or_default(),
         created_ms: pod.creation_timestamp().map(|t| t.0.as_millisecond().max(0) as u64).unwrap_or_default(),
         terminating: pod.metadata.deletion_timestamp.is_some(),
         node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
-        reporting: lease.is_some_and(|l| l.owner_references().iter().any(|o| Some(&o.uid) == uid.as_ref())),
+        reporting,
+        settings: pod.annotations().get(SETTINGS_ANNOTATION).cloned(),
+        settings_report: lease
+            .filter(|_| reporting)
+            .and_then(|l| l.metadata.annotations.as_ref())
+            .map(decode_settings)
+            .unwrap_or_default(),
     }
 }
 
@@ -406,6 +414,7 @@ fn plan_day2<K: Replicated>(store: &K, seen: &Seen<K>, engine: &Engine) -> rollo
         extra: &extra,
         pods: &seen.pod_facts,
         revision: &seen.revision,
+        settings_key: &seen.blueprint.settings_key,
         steady_primary: steady,
         engine_primary: told,
         strategy: store.update_strategy(),
@@ -436,6 +445,7 @@ async fn act<K: Replicated>(
     let superseded = instruct_pods(store, ctx, seen, &plan.decision).await?;
     let revoked = revoke(store, ctx, &plan.decision).await?;
     let replaced = replace_member(store, ctx, seen, plan.day2.replace.as_deref()).await?;
+    reload_member(store, ctx, seen, plan.day2.reload.as_deref()).await?;
     remove_extra_members(ctx, seen, &plan.day2.remove, &plan.decision).await?;
     if superseded || revoked || replaced {
         return Ok(Action::requeue(ACTIVE_INTERVAL));
@@ -476,7 +486,7 @@ async fn keep_children<K: Replicated>(store: &K, ctx: &Context<K>, seen: &Seen<K
     // Pods keep reading the settings they were built with until the
     // rollout replaces them.
     let in_use: BTreeSet<String> =
-        seen.pods.values().chain(&seen.extra_pods).filter_map(|p| settings_key_of(p)).collect();
+        seen.pods.values().chain(&seen.extra_pods).flat_map(|p| settings_keys_of(p)).collect();
     for config in &children.config_maps {
         let mut config = config.clone();
         let live = owned_child(&caches.config_maps, &seen.blueprint.namespace, &config.name_any(), &uid);
@@ -691,6 +701,37 @@ async fn replace_member<K: Replicated>(
     let related = Some(pod.object_ref(&()));
     ctx.shared.event_with(store, related, EventType::Normal, "UpdatingMember", "Update", note).await;
     Ok(true)
+}
+
+/// Tell a member's agent to load the current settings without a restart:
+/// the settings key on its pod (a metadata patch, like the instructions).
+async fn reload_member<K: Replicated>(
+    store: &K,
+    ctx: &Context<K>,
+    seen: &Seen<K>,
+    member: Option<&str>,
+) -> Result<(), Error> {
+    let Some(pod) = member.and_then(|m| seen.pods.get(m)) else { return Ok(()) };
+    let key = &seen.blueprint.settings_key;
+    let (namespace, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
+    let api: Api<Pod> = Api::namespaced(ctx.shared.client.clone(), &namespace);
+    let patch = serde_json::json!({
+        "metadata": { "resourceVersion": pod.resource_version(), "annotations": { SETTINGS_ANNOTATION: key } }
+    });
+    let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..PatchParams::default() };
+    match api.patch(&name, &params, &Patch::Merge(&patch)).await {
+        Ok(_) => {}
+        // Changed meanwhile: the next reconcile decides again.
+        Err(kube::Error::Api(e)) if e.code == 409 => return Ok(()),
+        Err(source) => {
+            return Err(Error::Apply { resource: "pods", object: format!("{namespace}/{name}"), source });
+        }
+    }
+    ctx.shared.metrics.write(K::CONTROLLER, "pods", "patch");
+    let note = format!("{name} loads the new settings ({key}) without a restart");
+    let related = Some(pod.object_ref(&()));
+    ctx.shared.event_with(store, related, EventType::Normal, "ReloadingSettings", "Update", note).await;
+    Ok(())
 }
 
 /// Members beyond the spec that the day-2 plan lets go (never the one

@@ -17,6 +17,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::api::common::{PrimaryUpdate, RolloutStatus};
+use crate::contract::SettingsReport;
 use crate::failover::Member;
 
 /// How long a member replaced by the rollout may take to stream from the
@@ -40,6 +41,10 @@ pub struct PodFacts {
     /// Its member's Lease was last renewed by the agent in *this* pod: the
     /// report describes this pod, not a predecessor.
     pub reporting: bool,
+    /// The settings key the pod tells its agent to run with.
+    pub settings: Option<String>,
+    /// What the agent in this pod reports of its settings.
+    pub settings_report: SettingsReport,
 }
 
 /// Everything one plan is made from.
@@ -52,6 +57,9 @@ pub struct Input<'a> {
     pub pods: &'a BTreeMap<String, PodFacts>,
     /// The revision of the current template.
     pub revision: &'a str,
+    /// The settings key of the current template (settings that differ only
+    /// in what a reload applies share a revision, not a key).
+    pub settings_key: &'a str,
     /// The primary, when the engine is steady (no failover or switchover
     /// under way); None otherwise.
     pub steady_primary: Option<&'a str>,
@@ -89,6 +97,8 @@ pub enum Drain {
 pub struct Plan {
     /// The member whose pod to delete now, to be built again from the template.
     pub replace: Option<String>,
+    /// The member to tell to load the current settings without a restart.
+    pub reload: Option<String>,
     /// The member the engine should make primary (a planned switchover when
     /// it is not the primary already); None: keep the primary.
     pub primary: Option<String>,
@@ -112,6 +122,7 @@ impl Plan {
     pub const fn idle() -> Self {
         Plan {
             replace: None,
+            reload: None,
             primary: None,
             restarting_primary: false,
             remove: Vec::new(),
@@ -176,6 +187,20 @@ impl View<'_> {
     /// Its pod runs the current revision (and is not going away).
     fn updated(&self, name: &str) -> bool {
         self.pod(name).is_some_and(|p| p.revision == self.input.revision && !p.terminating)
+    }
+
+    /// Its agent runs the current settings (a pod built with them, or one
+    /// that loaded them since).
+    fn settings_current(&self, name: &str) -> bool {
+        let key = Some(self.input.settings_key);
+        self.pod(name).is_some_and(|p| {
+            p.settings.as_deref() == key && p.reporting && p.settings_report.applied.as_deref() == key
+        })
+    }
+
+    /// On the current revision, but not yet on the current settings.
+    fn settings_stale(&self, name: &str) -> bool {
+        self.updated(name) && !self.settings_current(name)
     }
 
     /// The agent in its current pod reports it streaming from `primary`
@@ -311,7 +336,10 @@ impl View<'_> {
         waiting_for: Option<String>,
         halted_on: Option<String>,
     ) -> Option<RolloutStatus> {
-        let outdated = self.outdated();
+        let mut outdated = self.outdated();
+        let stale = self.input.members.iter().map(|m| m.name.clone()).filter(|m| self.settings_stale(m));
+        outdated.extend(stale);
+        outdated.sort();
         let catching_up = self.input.was_rolling
             && !self.in_flight(self.input.steady_primary.or(self.input.engine_primary)).is_empty();
         if outdated.is_empty() && halted_on.is_none() && !catching_up {
@@ -325,6 +353,7 @@ impl View<'_> {
             .map(|m| m.name.clone())
             .filter(|m| {
                 self.updated(m)
+                    && self.settings_current(m)
                     && (Some(m.as_str()) == primary || primary.is_some_and(|p| self.caught_up(m, p)))
             })
             .collect();
@@ -358,7 +387,7 @@ impl View<'_> {
         let outdated = self.outdated();
         let in_flight = self.in_flight(Some(primary));
         if outdated.is_empty() && in_flight.is_empty() {
-            return;
+            return self.reload(primary, plan);
         }
         let input = self.input;
         if let Some(refused) = &input.refused {
@@ -442,6 +471,48 @@ impl View<'_> {
                 )
             }
             (_, None) => "an updated mirror to catch up, to switch over to".into(),
+        };
+        plan.rollout = self.rollout_status(Some(waiting), None);
+    }
+}
+
+impl View<'_> {
+    /// Every member runs the current revision: bring each onto the current
+    /// settings with a reload, mirrors first (highest-numbered first), the
+    /// primary last, one at a time. Settings a member refuses halt it there.
+    fn reload(&self, primary: &str, plan: &mut Plan) {
+        let key = self.input.settings_key;
+        let names = self.input.members.iter().map(|m| m.name.as_str());
+        let stale: Vec<&str> = names.filter(|m| self.settings_stale(m)).collect();
+        if stale.is_empty() {
+            return;
+        }
+        let refused = stale.iter().find_map(|m| {
+            let refused = self.pod(m)?.settings_report.refused.as_ref().filter(|(k, _)| k == key)?;
+            Some((m.to_string(), refused.1.clone()))
+        });
+        if let Some((member, why)) = refused {
+            let why = format!(
+                "{member} refused the new settings ({why}); it keeps the old ones, as do the others: fix the template"
+            );
+            plan.rollout = self.rollout_status(Some(why), Some(member));
+            plan.reason = "RolloutHalted";
+            return;
+        }
+        let told = |m: &&&str| self.pod(m).is_some_and(|p| p.settings.as_deref() == Some(key));
+        if let Some(loading) = stale.iter().find(told) {
+            plan.rollout = self.rollout_status(Some(format!("{loading} to load the new settings")), None);
+            return;
+        }
+        let mirrors = stale.iter().filter(|m| **m != primary && self.caught_up(m, primary));
+        let next = mirrors.max_by_key(|m| member_number(m)).copied();
+        let next = next.or_else(|| stale.iter().all(|m| *m == primary).then_some(primary));
+        let waiting = match next {
+            Some(next) => {
+                plan.reload = Some(next.to_string());
+                format!("{next} to load the new settings (no restart)")
+            }
+            None => "every mirror to stream before it loads the new settings".to_string(),
         };
         plan.rollout = self.rollout_status(Some(waiting), None);
     }

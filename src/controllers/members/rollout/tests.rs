@@ -1,10 +1,11 @@
 use super::*;
-use crate::contract::{DataState, Desired, Report, ServerRole};
+use crate::contract::{DataState, Desired, Report, ServerRole, SettingsReport};
 use crate::failover::Lease;
 
 const NEW: &str = "rev-new";
 const OLD: &str = "rev-old";
 const NOW: u64 = 1_000_000;
+const KEY: &str = "postgresql-new.conf";
 
 fn report(role: ServerRole, position: u64, from: Option<&str>) -> Report {
     Report {
@@ -49,6 +50,8 @@ fn pod(revision: &str, node: &str) -> PodFacts {
         terminating: false,
         node: Some(node.into()),
         reporting: true,
+        settings: Some(KEY.into()),
+        settings_report: SettingsReport { applied: Some(KEY.into()), refused: None },
     }
 }
 
@@ -94,6 +97,7 @@ impl Case {
             extra: &self.extra,
             pods: &self.pods,
             revision: NEW,
+            settings_key: KEY,
             steady_primary: self.steady.then_some("db-1"),
             engine_primary: Some("db-1"),
             strategy: self.strategy,
@@ -304,4 +308,47 @@ fn a_shrink_that_drops_the_primary_switches_over_first() {
     assert!(plan.remove.is_empty());
     assert_eq!(plan.primary.as_deref(), Some("db-2"));
     assert!(plan.shrink_waiting.unwrap().contains("switching over to db-2"));
+}
+
+/// Every member on `NEW`, each running the settings `applied` and told `told`.
+fn with_settings(told: [&str; 3], applied: [&str; 3]) -> Case {
+    let mut case = Case::trio([NEW, NEW, NEW]);
+    for ((m, t), a) in ["db-1", "db-2", "db-3"].iter().zip(told).zip(applied) {
+        let p = case.pods.get_mut(*m).unwrap();
+        p.settings = Some(t.into());
+        p.settings_report.applied = Some(a.into());
+    }
+    case
+}
+
+#[test]
+fn reloadable_settings_are_loaded_mirrors_first_then_the_primary_without_replacing_anyone() {
+    const OLD_KEY: &str = "postgresql-old.conf";
+    let plan = with_settings([OLD_KEY; 3], [OLD_KEY; 3]).plan();
+    assert_eq!((plan.replace, plan.reload.as_deref()), (None, Some("db-3")));
+    assert_eq!(plan.rollout.unwrap().outdated, ["db-1", "db-2", "db-3"]);
+
+    let plan = with_settings([OLD_KEY, OLD_KEY, KEY], [OLD_KEY, OLD_KEY, OLD_KEY]).plan();
+    assert_eq!(plan.reload, None, "db-3 was told and has not loaded them yet");
+    assert!(plan.rollout.unwrap().waiting_for.unwrap().contains("db-3 to load"));
+
+    let plan = with_settings([OLD_KEY, OLD_KEY, KEY], [OLD_KEY, OLD_KEY, KEY]).plan();
+    assert_eq!(plan.reload.as_deref(), Some("db-2"));
+    let plan = with_settings([OLD_KEY, KEY, KEY], [OLD_KEY, KEY, KEY]).plan();
+    assert_eq!(plan.reload.as_deref(), Some("db-1"), "the primary last");
+    assert_eq!(with_settings([KEY; 3], [KEY; 3]).plan(), Plan::idle());
+}
+
+#[test]
+fn settings_a_mirror_refuses_halt_before_the_primary() {
+    const OLD_KEY: &str = "postgresql-old.conf";
+    let mut case = with_settings([OLD_KEY, OLD_KEY, KEY], [OLD_KEY, OLD_KEY, OLD_KEY]);
+    case.pods.get_mut("db-3").unwrap().settings_report.refused =
+        Some((KEY.into(), "work_mem: invalid".into()));
+    let plan = case.plan();
+    assert_eq!((plan.reload, plan.replace), (None, None));
+    assert_eq!(plan.reason, "RolloutHalted");
+    let rollout = plan.rollout.unwrap();
+    assert_eq!(rollout.halted_on.as_deref(), Some("db-3"));
+    assert!(rollout.waiting_for.unwrap().contains("work_mem: invalid"));
 }
