@@ -60,6 +60,17 @@ fn member(root: &Path, name: &str) -> Postgres {
     }
 }
 
+/// The passwords and database every test initialises its primary with.
+fn bootstrap() -> Bootstrap {
+    Bootstrap {
+        superuser_password: "su".into(),
+        replication_password: "repl".into(),
+        database: "shop".into(),
+        owner: "shop".into(),
+        owner_password: "shop".into(),
+    }
+}
+
 fn temp_root() -> PathBuf {
     let root = std::env::temp_dir().join(format!("hostwright-pg-{}", rand::random::<u64>()));
     std::fs::create_dir_all(&root).unwrap();
@@ -159,13 +170,7 @@ async fn a_detached_mirror_acknowledges_nothing_and_a_relaxed_primary_needs_none
         .unwrap();
     let (mut a, b) = (member(&root, "db-1"), member(&root, "db-2"));
     a.settings_file = Some(settings);
-    let bootstrap = Bootstrap {
-        superuser_password: "su".into(),
-        replication_password: "repl".into(),
-        database: "shop".into(),
-        owner: "shop".into(),
-        owner_password: "shop".into(),
-    };
+    let bootstrap = bootstrap();
     a.initdb(&bootstrap).await.unwrap();
     let mut a_server = a.start(&StartAs::Primary).await.unwrap();
     let conninfo = replication_conninfo("127.0.0.1", a.port, "repl", "db_2");
@@ -220,13 +225,7 @@ async fn reloadable_settings_load_without_a_restart_and_refused_ones_are_not_kep
     let first = file("postgresql-1.conf", "work_mem = '4MB'\n");
     let mut a = member(&root, "db-1");
     a.settings_file = Some(first);
-    let bootstrap = Bootstrap {
-        superuser_password: "su".into(),
-        replication_password: "repl".into(),
-        database: "shop".into(),
-        owner: "shop".into(),
-        owner_password: "shop".into(),
-    };
+    let bootstrap = bootstrap();
     a.initdb(&bootstrap).await.unwrap();
     let mut server = a.start(&StartAs::Primary).await.unwrap();
     let show = |name: &'static str| {

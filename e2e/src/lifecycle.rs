@@ -11,8 +11,8 @@ use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 
-use crate::database::{Credentials, SplitBrainProbe, Writer, connect_rw, current_primary, lost_writes};
-use crate::trials::healthy;
+use crate::database::{current_primary, lost_writes};
+use crate::trials::{healthy, start_load};
 use crate::wait_for;
 
 /// A pause longer than this counts as the store not taking writes (the
@@ -58,19 +58,8 @@ pub async fn measure(
 ) -> Result<LifecycleReport> {
     let api: Api<DatabaseMirror> = Api::namespaced(client.clone(), namespace);
     let dbm = healthy(&api, name, timeout).await?;
-    let members = hostwright::resources::databasemirror::member_names(&dbm);
-    let creds = Credentials::read(client, namespace, name).await?;
-    connect_rw(client, namespace, name, &creds)
-        .await?
-        .batch_execute(&format!(
-            "CREATE TABLE {ACKED_TABLE} (id bigint PRIMARY KEY); \
-             CREATE TABLE {PROBE_TABLE} (member text, at timestamptz DEFAULT now())"
-        ))
-        .await
-        .context("creating the writer's and the probe's tables")?;
-    healthy(&api, name, timeout).await?;
-    let probe = SplitBrainProbe::start(client, namespace, &members, &creds, PROBE_TABLE).await?;
-    let writer = Writer::start(client.clone(), namespace.into(), name.into(), creds.clone(), ACKED_TABLE);
+    let (creds, members, probe, writer) =
+        start_load(&api, name, &dbm, (ACKED_TABLE, PROBE_TABLE), timeout).await?;
     let moves = run_moves(&api, name, &members, switchovers, timeout, &mut log).await;
     let acked_at = writer.acked_at();
     let acked = writer.stop().await;

@@ -243,20 +243,8 @@ pub async fn failover_trials(
     let api: Api<DatabaseMirror> = Api::namespaced(client.clone(), namespace);
     let dbm = healthy(&api, name, timeout).await?;
     let failovers_before = failover_count(&dbm);
-    let creds = Credentials::read(client, namespace, name).await?;
-    connect_rw(client, namespace, name, &creds)
-        .await?
-        .batch_execute(&format!(
-            "CREATE TABLE {ACKED_TABLE} (id bigint PRIMARY KEY); \
-             CREATE TABLE {PROBE_TABLE} (member text, at timestamptz DEFAULT now())"
-        ))
-        .await
-        .context("creating the writer's and the probe's tables")?;
-    let members = hostwright::resources::databasemirror::member_names(&dbm);
-    // Let the tables reach every mirror before probing them.
-    healthy(&api, name, timeout).await?;
-    let probe = SplitBrainProbe::start(client, namespace, &members, &creds, PROBE_TABLE).await?;
-    let writer = Writer::start(client.clone(), namespace.into(), name.into(), creds.clone(), ACKED_TABLE);
+    let (creds, members, probe, writer) =
+        start_load(&api, name, &dbm, (ACKED_TABLE, PROBE_TABLE), timeout).await?;
 
     let bed = Bed { client, namespace, testbed, probe: Some(&probe) };
     let run = run_trials(&api, name, &bed, &writer, &members, losses, timeout, on_trial).await;
@@ -278,6 +266,36 @@ pub async fn failover_trials(
         failovers_before,
         failovers_after: failover_count(&dbm),
     })
+}
+
+/// Create the writer's table (`id bigint primary key`) and the probe's on
+/// the primary of `dbm`, let them reach every mirror, then start writing
+/// through `<name>-rw` and probing every member. Returns the owner's login
+/// and the members besides.
+pub async fn start_load(
+    api: &Api<DatabaseMirror>,
+    name: &str,
+    dbm: &DatabaseMirror,
+    (acked_table, probe_table): (&str, &str),
+    timeout: Duration,
+) -> Result<(Credentials, Vec<String>, SplitBrainProbe, Writer)> {
+    let client = api.clone().into_client();
+    let namespace = kube::ResourceExt::namespace(dbm).unwrap_or_default();
+    let creds = Credentials::read(&client, &namespace, name).await?;
+    connect_rw(&client, &namespace, name, &creds)
+        .await?
+        .batch_execute(&format!(
+            "CREATE TABLE {acked_table} (id bigint PRIMARY KEY); \
+             CREATE TABLE {probe_table} (member text, at timestamptz DEFAULT now())"
+        ))
+        .await
+        .context("creating the writer's and the probe's tables")?;
+    let members = hostwright::resources::databasemirror::member_names(dbm);
+    // Let the tables reach every mirror before probing them.
+    healthy(api, name, timeout).await?;
+    let probe = SplitBrainProbe::start(&client, &namespace, &members, &creds, probe_table).await?;
+    let writer = Writer::start(client, namespace, name.into(), creds.clone(), acked_table);
+    Ok((creds, members, probe, writer))
 }
 
 #[allow(clippy::too_many_arguments)]
