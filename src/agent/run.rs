@@ -627,6 +627,10 @@ impl<S: Server> Agent<S> {
     }
 }
 
+/// How long after the instructions change a changed position alone is sent
+/// at once rather than with the next renewal.
+const TRANSITION: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// The ConfigMap key of a settings file: its name.
 fn settings_key(file: &std::path::Path) -> Option<String> {
     file.file_name().map(|n| n.to_string_lossy().into_owned())
@@ -646,6 +650,10 @@ async fn keep_lease(
     shared: Arc<Shared>,
 ) {
     let mut last_sent: Option<(Report, SettingsReport)> = None;
+    // When the instructions last changed: for a moment after, a new
+    // position is news too (a switchover waits for its target to report the
+    // old primary's last position).
+    let mut transition_at = tokio::time::Instant::now();
     // After a loss, only a report made after the fence is sent.
     let mut fresh_after: Millis = 0;
     let mut next = tokio::time::Instant::now();
@@ -658,7 +666,12 @@ async fn keep_lease(
                 }
                 let news = match (&last_sent, &*published.borrow()) {
                     (Some((report, settings)), Some(now)) => {
-                        significant(report, &now.report) || *settings != now.settings
+                        if report.epoch != now.report.epoch {
+                            transition_at = tokio::time::Instant::now();
+                        }
+                        let moving = report.position != now.report.position
+                            && transition_at.elapsed() < TRANSITION;
+                        significant(report, &now.report) || *settings != now.settings || moving
                     }
                     _ => true,
                 };
