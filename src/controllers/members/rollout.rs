@@ -23,6 +23,10 @@ use crate::failover::Member;
 /// How long a member replaced by the rollout may take to stream from the
 /// primary before the rollout halts on it.
 pub const UPDATE_TIMEOUT_MS: u64 = 90_000;
+/// How long the agent of a replaced member may run without getting its
+/// server to start before the rollout halts on it (a replaced member over
+/// its own volume starts in seconds).
+pub const START_TIMEOUT_MS: u64 = 30_000;
 /// With `primary: restart`: how long the restarted primary may be down
 /// before the failover engine treats it as lost.
 pub const RESTART_GRACE_MS: u64 = 60_000;
@@ -216,6 +220,21 @@ impl View<'_> {
             })
     }
 
+    /// Why a member replaced on the new revision is taken not to come back:
+    /// its agent runs but cannot start its server for [`START_TIMEOUT_MS`]
+    /// (a setting the server refuses), or it does not stream within
+    /// [`UPDATE_TIMEOUT_MS`]. Judged anew on every step: one that catches up
+    /// after all lets the rollout go on.
+    fn not_coming_back(&self, name: &str) -> Option<String> {
+        let age = self.input.now_ms.saturating_sub(self.pod(name)?.created_ms);
+        let reporting = self.pod(name).is_some_and(|p| p.reporting);
+        let stopped = self.member(name).and_then(Member::role) == Some(crate::contract::ServerRole::Stopped);
+        if reporting && stopped && age >= START_TIMEOUT_MS {
+            return Some(format!("has not started its server within {} s", START_TIMEOUT_MS / 1000));
+        }
+        (age >= UPDATE_TIMEOUT_MS).then(|| format!("did not stream within {} s", UPDATE_TIMEOUT_MS / 1000))
+    }
+
     /// The lag of a caught-up member, for choosing among several.
     fn lag(&self, name: &str, primary: &str) -> u64 {
         let position = |n: &str| self.member(n).and_then(|m| m.live_report()).and_then(|r| r.position);
@@ -397,14 +416,10 @@ impl View<'_> {
         }
         // A member that came back on the new revision but never caught up
         // halts everything: the rest keep the template that works.
-        let halted = in_flight.iter().find(|m| {
-            self.pod(m).is_some_and(|p| input.now_ms.saturating_sub(p.created_ms) >= UPDATE_TIMEOUT_MS)
-        });
-        if let Some(halted) = halted {
+        let halted = in_flight.iter().find_map(|m| self.not_coming_back(m).map(|why| (m, why)));
+        if let Some((halted, why)) = halted {
             let why = format!(
-                "{halted} did not stream from {primary} within {} s on the new template; fix the template \
-                 (the other members keep the old one)",
-                UPDATE_TIMEOUT_MS / 1000
+                "{halted} {why} on the new template; fix the template (the other members keep the old one)"
             );
             plan.rollout = self.rollout_status(Some(why), Some(halted.clone()));
             plan.reason = "RolloutHalted";

@@ -223,6 +223,19 @@ fn a_member_that_never_catches_up_halts_the_rollout() {
     assert_eq!(plan.reason, "RolloutHalted");
     assert_eq!(plan.rollout.unwrap().halted_on.as_deref(), Some("db-3"));
 
+    // An agent that runs but cannot start its server halts it sooner.
+    let mut refused = Case::trio([OLD, OLD, NEW]);
+    refused.members[2] = Member {
+        name: "db-3".into(),
+        report: Some(report(ServerRole::Stopped, 900, None)),
+        lease: Lease::Live,
+        recorded_position: None,
+    };
+    refused.pods.get_mut("db-3").unwrap().created_ms = NOW - START_TIMEOUT_MS;
+    assert!(refused.plan().halted(), "its server never started");
+    refused.pods.get_mut("db-3").unwrap().created_ms = NOW - START_TIMEOUT_MS + 5_000;
+    assert!(!refused.plan().halted(), "still within the start timeout");
+
     // A fixed template is a new revision: db-3 is outdated (and broken), so it goes first.
     let mut fixed = Case::trio([OLD, OLD, "rev-bad"]);
     fixed.members[2] = down("db-3");
