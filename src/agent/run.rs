@@ -107,6 +107,9 @@ struct Shared {
     lease_metadata: Mutex<Option<(BTreeMap<String, String>, OwnerReference)>>,
     /// What the kubelet's probes are told.
     health: Arc<Health>,
+    /// A step that must not be cut short is under way (a pg_rewind, a
+    /// promotion): SIGTERM waits for it.
+    critical: AtomicBool,
 }
 
 impl Shared {
@@ -132,6 +135,7 @@ pub async fn run<S: Server>(options: Options, driver: S) -> Result<(), AgentErro
         orphaned: AtomicBool::new(false),
         lease_metadata: Mutex::new(None),
         health: Arc::new(Health::new()),
+        critical: AtomicBool::new(false),
     });
     let probe_server = tokio::spawn(super::probe::serve(probes, shared.health.clone()));
     let leases: Api<Lease> = Api::namespaced(client.clone(), &options.namespace);
@@ -162,17 +166,31 @@ pub async fn run<S: Server>(options: Options, driver: S) -> Result<(), AgentErro
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(AgentError::Signal)?;
-    // A signal ends the wait between ticks, never a tick: a step under way
-    // (a pg_rewind, a promotion) finishes before the server is stopped, so
-    // a pod deleted mid-step (a rolling update, a drain) leaves no data
-    // directory half rewound. The signal is kept until the next wait.
+    // A signal cuts a tick short (a server still starting is not waited
+    // for), except a step that must finish (a pg_rewind, a promotion): a
+    // pod deleted mid-rewind (a rolling update, a drain) leaves no data
+    // directory half rewound.
+    let critical = shared.clone();
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
             () = tokio::time::sleep(TICK) => {}
         }
-        agent.tick().await;
+        let tick = agent.tick();
+        tokio::pin!(tick);
+        let signalled = tokio::select! {
+            () = &mut tick => false,
+            _ = term.recv() => true,
+            _ = tokio::signal::ctrl_c() => true,
+        };
+        if signalled {
+            if critical.critical.load(Ordering::SeqCst) {
+                info!("finishing the step under way before stopping");
+                tick.await;
+            }
+            break;
+        }
     }
     info!("stopping: the server first, then the lease");
     let _ = agent.stop().await;
@@ -472,7 +490,10 @@ impl<S: Server> Agent<S> {
             }
             Action::Stop => self.stop().await?,
             Action::Rewind(primary) => {
-                self.driver.rewind(primary).await.map_err(StepError::Server)?;
+                {
+                    let _rewinding = Critical::enter(&self.shared);
+                    self.driver.rewind(primary).await.map_err(StepError::Server)?;
+                }
                 self.adopt(primary)?;
                 let child =
                     self.driver.start(Start::Replica(Some(primary))).await.map_err(StepError::Server)?;
@@ -624,6 +645,22 @@ impl<S: Server> Agent<S> {
             Ok(Ok(_)) => info!("released the member lease"),
             _ => warn!("could not release the member lease; the operator will wait for it to go stale"),
         }
+    }
+}
+
+/// Marks a step SIGTERM must wait for, while it lives.
+struct Critical<'a>(&'a Shared);
+
+impl<'a> Critical<'a> {
+    fn enter(shared: &'a Shared) -> Self {
+        shared.critical.store(true, Ordering::SeqCst);
+        Critical(shared)
+    }
+}
+
+impl Drop for Critical<'_> {
+    fn drop(&mut self) {
+        self.0.critical.store(false, Ordering::SeqCst);
     }
 }
 
