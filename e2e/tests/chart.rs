@@ -58,6 +58,10 @@ async fn the_cluster_role_grants_exactly_what_the_controllers_use() -> Result<()
         ("rbac.authorization.k8s.io", "rolebindings", &["get", "list", "watch", "create", "patch"]),
         // `delete`: revoking the Lease of a member that stopped renewing.
         ("coordination.k8s.io", "leases", &["get", "list", "watch", "create", "patch", "update", "delete"]),
+        // Cordoned nodes: a drain of the primary's node starts a switchover.
+        ("", "nodes", &["list", "watch"]),
+        // Whether a member volume's StorageClass allows expansion.
+        ("storage.k8s.io", "storageclasses", &["get"]),
     ];
     for (g, r, verbs) in database {
         for v in verbs {
@@ -75,6 +79,9 @@ async fn the_cluster_role_grants_exactly_what_the_controllers_use() -> Result<()
         ("update", "secrets"),
         ("delete", "namespaces"),
         ("delete", "persistentvolumes"),
+        ("patch", "nodes"),
+        ("delete", "nodes"),
+        ("patch", "storageclasses.storage.k8s.io"),
         ("create", "clusterroles.rbac.authorization.k8s.io"),
         ("patch", "webclusters.hostwright.io"),
         ("delete", "webclusters.hostwright.io"),
