@@ -228,21 +228,12 @@ async fn reloadable_settings_load_without_a_restart_and_refused_ones_are_not_kep
     let bootstrap = bootstrap();
     a.initdb(&bootstrap).await.unwrap();
     let mut server = a.start(&StartAs::Primary).await.unwrap();
-    let show = |name: &'static str| {
+    let query = |sql: String| {
         let a = a.clone();
-        async move {
-            let row = a.connect().await.unwrap().query_one(&format!("SHOW {name}"), &[]).await.unwrap();
-            row.get::<_, String>(0)
-        }
+        async move { a.connect().await.unwrap().query_one(&sql, &[]).await.unwrap().get::<_, String>(0) }
     };
-    let started: String = a
-        .connect()
-        .await
-        .unwrap()
-        .query_one("SELECT pg_postmaster_start_time()::text", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let show = |name: &str| query(format!("SHOW {name}"));
+    let started = query("SELECT pg_postmaster_start_time()::text".into()).await;
     assert_eq!(show("work_mem").await, "4MB");
 
     let second = file("postgresql-2.conf", "work_mem = '8MB'\n");
@@ -257,14 +248,7 @@ async fn reloadable_settings_load_without_a_restart_and_refused_ones_are_not_kep
     let restart_only = file("postgresql-4.conf", "work_mem = '8MB'\nmax_connections = '150'\n");
     let refused = a.reload_settings(&restart_only).await.unwrap().unwrap_err();
     assert!(refused.contains("max_connections"), "{refused}");
-    let same: String = a
-        .connect()
-        .await
-        .unwrap()
-        .query_one("SELECT pg_postmaster_start_time()::text", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let same = query("SELECT pg_postmaster_start_time()::text".into()).await;
     assert_eq!(same, started, "no restart happened");
 
     // The next start runs the reloaded settings, not the refused ones.

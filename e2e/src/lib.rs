@@ -379,6 +379,30 @@ pub async fn cluster(args: &[&str]) -> Result<()> {
 }
 
 /// `kubectl ARGS` off the runtime's threads.
+/// `kubectl drain` of `node` for the pods of store `instance` (the
+/// `app.kubernetes.io/instance` label), then `kubectl uncordon` whatever
+/// happened. Returns kubectl's output and how long the drain took.
+pub async fn drain_node(node: &str, instance: &str, timeout: Duration) -> Result<(String, Duration)> {
+    let started = std::time::Instant::now();
+    let (node, selector, timeout) = (
+        node.to_string(),
+        format!("--pod-selector=app.kubernetes.io/instance={instance}"),
+        format!("--timeout={}s", timeout.as_secs()),
+    );
+    let drained = tokio::task::spawn_blocking({
+        let node = node.clone();
+        move || {
+            kubectl(&["drain", &node, "--ignore-daemonsets", "--delete-emptydir-data", &selector, &timeout])
+        }
+    })
+    .await?;
+    let took = started.elapsed();
+    let uncordon = kubectl(&["uncordon", &node]);
+    let output = drained.with_context(|| format!("kubectl drain of {node} completes"))?;
+    uncordon?;
+    Ok((output, took))
+}
+
 pub async fn kubectl_async(args: &[&str]) -> Result<()> {
     run_blocking("kubectl", args).await
 }

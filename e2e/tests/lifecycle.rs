@@ -20,7 +20,7 @@ use hostwright_e2e::database::{
 use hostwright_e2e::sessions::{self, Sessions};
 use hostwright_e2e::site::{SERIAL, Site, condition, failovers};
 use hostwright_e2e::writer::Writer as Load;
-use hostwright_e2e::{eventually, kubectl, wait_for};
+use hostwright_e2e::{drain_node, eventually, wait_for};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::storage::v1::StorageClass;
@@ -343,26 +343,7 @@ async fn a_drain_of_the_primary_node_switches_over_and_completes() -> Result<()>
     let writer =
         Writer::start(site.client.clone(), site.ns.name.clone(), "drain".into(), creds.clone(), "acked");
 
-    let started = Instant::now();
-    let selector = "--pod-selector=app.kubernetes.io/instance=drain".to_string();
-    let drained = tokio::task::spawn_blocking({
-        let node = node.clone();
-        move || {
-            kubectl(&[
-                "drain",
-                &node,
-                "--ignore-daemonsets",
-                "--delete-emptydir-data",
-                &selector,
-                "--timeout=120s",
-            ])
-        }
-    })
-    .await?;
-    let took = started.elapsed();
-    let uncordon = kubectl(&["uncordon", &node]);
-    let output = drained.context("kubectl drain completes")?;
-    uncordon?;
+    let (output, took) = drain_node(&node, "drain", Duration::from_secs(120)).await?;
     let dbm = site.healthy::<DatabaseMirror>("drain").await?;
     let acked = writer.stop().await;
     let (probed, overlaps) = probe.stop().await;

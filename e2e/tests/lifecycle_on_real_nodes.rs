@@ -12,7 +12,7 @@ use hostwright::resources::members::TEMPLATE_HASH_ANNOTATION;
 use hostwright_e2e::database::{Credentials, Writer, all_healthy, connect_rw, current_primary, lost_writes};
 use hostwright_e2e::operator::Operator;
 use hostwright_e2e::testbed::Testbed;
-use hostwright_e2e::{TestNamespace, client, ensure_crds, eventually, kubectl, wait_for};
+use hostwright_e2e::{TestNamespace, client, drain_node, ensure_crds, eventually, wait_for};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -103,26 +103,7 @@ async fn a_rolling_update_and_a_drain_in_real_containers_lose_no_row() -> Result
 
     // A drain of the primary's node.
     let node = pods.get(&primary).await?.spec.and_then(|s| s.node_name).context("scheduled")?;
-    let started = Instant::now();
-    let selector = "--pod-selector=app.kubernetes.io/instance=db".to_string();
-    let drained = tokio::task::spawn_blocking({
-        let node = node.clone();
-        move || {
-            kubectl(&[
-                "drain",
-                &node,
-                "--ignore-daemonsets",
-                "--delete-emptydir-data",
-                &selector,
-                "--timeout=180s",
-            ])
-        }
-    })
-    .await?;
-    let took = started.elapsed();
-    let uncordon = kubectl(&["uncordon", &node]);
-    drained.context("kubectl drain of the primary's real node completes")?;
-    uncordon?;
+    let (_, took) = drain_node(&node, "db", Duration::from_secs(180)).await?;
     let dbm = settled(&databases).await?;
     ensure!(current_primary(&dbm).is_some_and(|p| p != primary), "the primary moved off {node}");
     tokio::time::sleep(Duration::from_secs(1)).await;
