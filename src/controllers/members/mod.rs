@@ -164,6 +164,9 @@ pub struct Context<K: Replicated> {
     written: Mutex<HashMap<String, Written<K::Status>>>,
     /// How each store's member Leases look on this operator's clock, by store uid.
     leases: Mutex<HashMap<String, leases::LeaseClock>>,
+    /// Refused volume resizes already announced (`<store uid>/<member>/<size>`):
+    /// the Warning is published once, not on every reconcile.
+    resize_refusals: Mutex<std::collections::HashSet<String>>,
 }
 
 /// Run the controller of `K` until `shutdown` resolves.
@@ -211,6 +214,7 @@ pub async fn run<K: Replicated>(
         agent_image,
         written: Mutex::new(HashMap::new()),
         leases: Mutex::new(HashMap::new()),
+        resize_refusals: Mutex::new(std::collections::HashSet::new()),
     });
 
     // Volumes, the Secret and the agents' Leases may have no owner (kept

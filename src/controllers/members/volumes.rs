@@ -107,8 +107,12 @@ pub async fn expand<K: Replicated>(store: &K, ctx: &Context<K>, resizes: &[Resiz
     for resize in resizes {
         let Resize { member, from, to, expandable } = resize;
         if let Err(why) = expandable {
-            let note = format!("volume {member} stays at {from} (asked for {}): {why}", to.0);
-            ctx.shared.event(store, EventType::Warning, "ResizeUnsupported", "Resize", note).await;
+            let key = format!("{}/{member}/{}", store.uid().unwrap_or_default(), to.0);
+            let new = ctx.resize_refusals.lock().unwrap_or_else(|p| p.into_inner()).insert(key);
+            if new {
+                let note = format!("volume {member} stays at {from} (asked for {}): {why}", to.0);
+                ctx.shared.event(store, EventType::Warning, "ResizeUnsupported", "Resize", note).await;
+            }
             continue;
         }
         let patch = serde_json::json!({ "spec": { "resources": { "requests": { "storage": to } } } });
