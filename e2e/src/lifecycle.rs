@@ -145,3 +145,18 @@ async fn run_moves(
     log(format!("rolling update of {} took {:.1} s", old.join(", "), started.elapsed().as_secs_f64()));
     Ok((windows, window))
 }
+
+/// Wait until the DatabaseMirror's rollout for the generation it has now is
+/// over and every member streams.
+pub async fn settled(api: &Api<DatabaseMirror>, name: &str, timeout: Duration) -> Result<DatabaseMirror> {
+    let generation = api.get(name).await?.metadata.generation;
+    wait_for(api, name, timeout, "the rollout to finish", move |d: Option<&DatabaseMirror>| {
+        d.is_some_and(|d| {
+            crate::database::all_healthy(d)
+                && d.status.as_ref().is_some_and(|s| {
+                    s.replication.rollout.is_none() && s.replication.observed_generation >= generation
+                })
+        })
+    })
+    .await
+}

@@ -17,6 +17,7 @@ use hostwright::resources::members::TEMPLATE_HASH_ANNOTATION;
 use hostwright_e2e::database::{
     Credentials, SplitBrainProbe, Writer, all_healthy, current_primary, lost_writes,
 };
+use hostwright_e2e::lifecycle::settled;
 use hostwright_e2e::sessions::{self, Sessions};
 use hostwright_e2e::site::{SERIAL, Site, condition, failovers};
 use hostwright_e2e::writer::Writer as Load;
@@ -484,27 +485,6 @@ async fn on_each_member(
     Ok(out)
 }
 
-/// The rollout of the current generation is over and every member streams.
-async fn settled(site: &Site, name: &str) -> Result<DatabaseMirror> {
-    let api = site.api::<DatabaseMirror>();
-    let generation = api.get(name).await?.metadata.generation;
-    wait_for(
-        &api,
-        name,
-        ROLLOUT_TIMEOUT,
-        "the settings rollout to finish",
-        move |d: Option<&DatabaseMirror>| {
-            d.is_some_and(|d| {
-                all_healthy(d)
-                    && d.status.as_ref().is_some_and(|s| {
-                        s.replication.rollout.is_none() && s.replication.observed_generation >= generation
-                    })
-            })
-        },
-    )
-    .await
-}
-
 #[tokio::test]
 async fn a_reloadable_setting_restarts_nothing_and_a_bad_one_stops_at_the_first_mirror() -> Result<()> {
     let _serial = SERIAL.lock().await;
@@ -530,7 +510,7 @@ async fn a_reloadable_setting_restarts_nothing_and_a_bad_one_stops_at_the_first_
 
     site.patch_spec::<DatabaseMirror>("reload", json!({"instance": {"parameters": {"work_mem": "8MB"}}}))
         .await?;
-    settled(&site, "reload").await?;
+    settled(&site.api(), "reload", ROLLOUT_TIMEOUT).await?;
     let after = on_each_member(&site, "reload", &members, "work_mem").await?;
     println!("work_mem 4MB → 8MB: {after:?}");
     ensure!(after.iter().all(|(v, _)| v == "8MB"), "every member loaded the new value: {after:?}");
@@ -565,7 +545,7 @@ async fn a_reloadable_setting_restarts_nothing_and_a_bad_one_stops_at_the_first_
 
     site.patch_spec::<DatabaseMirror>("reload", json!({"instance": {"parameters": {"work_mem": "16MB"}}}))
         .await?;
-    settled(&site, "reload").await?;
+    settled(&site.api(), "reload", ROLLOUT_TIMEOUT).await?;
     let fixed = on_each_member(&site, "reload", &members, "work_mem").await?;
     ensure!(fixed.iter().all(|(v, _)| v == "16MB"), "{fixed:?}");
     ensure!(uids(pods_now().await?) == before_uids, "still no pod replaced");

@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use hostwright::api::{DatabaseMirror, DatabaseMirrorSpec};
 use hostwright::resources::members::TEMPLATE_HASH_ANNOTATION;
-use hostwright_e2e::database::{Credentials, Writer, all_healthy, connect_rw, current_primary, lost_writes};
+use hostwright_e2e::database::{Credentials, Writer, connect_rw, current_primary, lost_writes};
+use hostwright_e2e::lifecycle::settled;
 use hostwright_e2e::operator::Operator;
 use hostwright_e2e::testbed::Testbed;
-use hostwright_e2e::{TestNamespace, client, drain_node, ensure_crds, eventually, wait_for};
+use hostwright_e2e::{TestNamespace, client, drain_node, ensure_crds, eventually};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -20,27 +21,6 @@ use serde_json::json;
 
 /// Generous: real containers start, stop and catch up.
 const TIMEOUT: Duration = Duration::from_secs(240);
-
-/// The store's members are healthy for the generation it has now, with no
-/// rollout left.
-async fn settled(databases: &Api<DatabaseMirror>) -> Result<DatabaseMirror> {
-    let generation = databases.get("db").await?.metadata.generation;
-    wait_for(
-        databases,
-        "db",
-        TIMEOUT,
-        "every member updated and streaming",
-        move |d: Option<&DatabaseMirror>| {
-            d.is_some_and(|d| {
-                all_healthy(d)
-                    && d.status.as_ref().is_some_and(|s| {
-                        s.replication.rollout.is_none() && s.replication.observed_generation >= generation
-                    })
-            })
-        },
-    )
-    .await
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_update_and_a_drain_in_real_containers_lose_no_row() -> Result<()> {
@@ -58,7 +38,7 @@ async fn a_rolling_update_and_a_drain_in_real_containers_lose_no_row() -> Result
          replication: sync\nfailover: {delay: 1s}",
     )?;
     databases.create(&PostParams::default(), &DatabaseMirror::new("db", spec)).await?;
-    settled(&databases).await?;
+    settled(&databases, "db", TIMEOUT).await?;
     let creds = Credentials::read(&client, &ns.name, "db").await?;
     connect_rw(&client, &ns.name, "db", &creds)
         .await?
@@ -82,7 +62,7 @@ async fn a_rolling_update_and_a_drain_in_real_containers_lose_no_row() -> Result
         "parameters": {"max_connections": "120"},
     }}});
     databases.patch("db", &PatchParams::default(), &Patch::Merge(&patch)).await?;
-    let dbm = settled(&databases).await?;
+    let dbm = settled(&databases, "db", TIMEOUT).await?;
     let rolled = started.elapsed();
     for m in ["db-1", "db-2", "db-3"] {
         let pod = pods.get(m).await?;
@@ -104,7 +84,7 @@ async fn a_rolling_update_and_a_drain_in_real_containers_lose_no_row() -> Result
     // A drain of the primary's node.
     let node = pods.get(&primary).await?.spec.and_then(|s| s.node_name).context("scheduled")?;
     let (_, took) = drain_node(&node, "db", Duration::from_secs(180)).await?;
-    let dbm = settled(&databases).await?;
+    let dbm = settled(&databases, "db", TIMEOUT).await?;
     ensure!(current_primary(&dbm).is_some_and(|p| p != primary), "the primary moved off {node}");
     tokio::time::sleep(Duration::from_secs(1)).await;
     let acked = rows.stop().await;
