@@ -60,6 +60,13 @@ pub mod secret_keys {
     pub const DATABASE_URL: &str = "uri";
     /// `postgresql://` URL of the read-only (`-ro`) Service.
     pub const DATABASE_RO_URL: &str = "ro-uri";
+    /// PEM of the CA that signed the store's server certificate; the URLs
+    /// verify the server against it (`sslmode=verify-full`, `rediss://`).
+    pub const CA_CERT: &str = "ca.crt";
+    /// Where a web pod finds the DatabaseMirror's CA (`sslrootcert` of its URLs).
+    pub const DATABASE_CA_PATH: &str = "/etc/hostwright/database/ca.crt";
+    /// Where a web pod finds the SessionStore's CA.
+    pub const SESSION_STORE_CA_PATH: &str = "/etc/hostwright/session-store/ca.crt";
 }
 
 /// Connection Secrets a WebCluster's pods read, resolved from its references.
