@@ -9,3 +9,4 @@ pub mod failover;
 pub mod resources;
 pub mod run;
 pub mod telemetry;
+pub mod tls;
