@@ -45,6 +45,41 @@ pub mod keys {
     /// the downward API): an agent acts only on the pod it was started for.
     pub const POD_UID_ENV: &str = "POD_UID";
 
+    /// Files of the members' own Secret (`<name>-agent-credentials`),
+    /// mounted into member pods only: no web pod references it.
+    pub mod credentials {
+        /// Password of the application's user (PostgreSQL: the owner role;
+        /// Redis: the ACL user `app`), which the agent creates.
+        pub const APP_PASSWORD: &str = "password";
+        /// Password of the user the mirrors/replicas stream as.
+        pub const REPLICATION_PASSWORD: &str = "replication-password";
+        /// Password of the administrator (PostgreSQL `postgres`; Redis the
+        /// agent's ACL user): reachable only inside the member's pod.
+        pub const SUPERUSER_PASSWORD: &str = "superuser-password";
+        /// PostgreSQL: the database and owner the first primary creates.
+        pub const DATABASE: &str = "database";
+        pub const USERNAME: &str = "username";
+    }
+
+    /// Files of a store's TLS Secret (`<name>-tls`, the `kubernetes.io/tls`
+    /// type's keys), mounted into member pods.
+    pub mod tls {
+        pub const CERT: &str = "tls.crt";
+        pub const KEY: &str = "tls.key";
+        pub const CA: &str = "ca.crt";
+    }
+
+    /// Redis ACL users of a session store.
+    pub mod redis_users {
+        /// What the web tier connects as: data commands only.
+        pub const APP: &str = "app";
+        /// What replicas sync as: PSYNC, REPLCONF and PING only.
+        pub const REPLICATION: &str = "replicator";
+        /// What the agent administers its own server as (over a unix
+        /// socket inside the pod).
+        pub const AGENT: &str = "hostwright";
+    }
+
     /// Annotations of a member Lease carrying the agent's [`super::Report`].
     pub mod report {
         pub const ROLE: &str = "hostwright.io/role";

@@ -58,6 +58,11 @@ struct RunArgs {
     /// (the operator's own image).
     #[arg(long, env = "HOSTWRIGHT_AGENT_IMAGE", default_value = concat!("ghcr.io/hostwright/hostwright:", env!("CARGO_PKG_VERSION")))]
     agent_image: String,
+    /// Lifetime of the server certificates the operator issues to stores,
+    /// in seconds (default 90 days); each is renewed when a third is left.
+    #[arg(long, env = "HOSTWRIGHT_CERTIFICATE_LIFETIME_SECONDS", default_value_t = 90 * 24 * 3600,
+          value_parser = clap::value_parser!(u64).range(60..=10 * 365 * 24 * 3600))]
+    certificate_lifetime_seconds: u64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -116,6 +121,11 @@ struct AgentArgs {
     advertise_address: String,
     #[arg(long, default_value = "/etc/hostwright/credentials")]
     credentials_dir: std::path::PathBuf,
+    /// The mounted TLS Secret (`tls.crt`, `tls.key`, `ca.crt`). Without
+    /// it the server runs without TLS (an agent run by hand); the operator
+    /// always passes it.
+    #[arg(long)]
+    tls_dir: Option<std::path::PathBuf>,
     /// Where the kubelet's liveness and readiness probes are answered.
     #[arg(long, default_value_t = std::net::SocketAddr::from(([0, 0, 0, 0], hostwright::contract::probes::PORT)))]
     probe_address: std::net::SocketAddr,
@@ -166,10 +176,28 @@ fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         namespace: args.namespace.filter(|n| !n.is_empty()),
         concurrency: args.concurrency,
         agent_image: args.agent_image,
+        certificate_lifetime: std::time::Duration::from_secs(args.certificate_lifetime_seconds),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(hostwright::run::run(options))?;
     Ok(())
+}
+
+/// The database and owner the members' Secret names: the application's
+/// user may reach that database and no other.
+fn postgres_access(
+    credentials: &std::path::Path,
+) -> Result<hostwright::agent::postgres::Access, Box<dyn std::error::Error>> {
+    use hostwright::contract::keys::credentials as files;
+    let read = |key: &str| -> Result<String, Box<dyn std::error::Error>> {
+        let path = credentials.join(key);
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+        Ok(text.trim().to_string())
+    };
+    Ok(hostwright::agent::postgres::Access {
+        database: read(files::DATABASE)?,
+        owner: read(files::USERNAME)?,
+    })
 }
 
 fn install_agent(path: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
@@ -203,6 +231,11 @@ fn run_agent(args: AgentArgs) -> Result<(), Box<dyn std::error::Error>> {
         "agent starting"
     );
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    // Copies private to the server's user, in the pod's own run directory.
+    let tls = args
+        .tls_dir
+        .clone()
+        .map(|dir| hostwright::agent::certificates::Certificates::new(dir, args.socket_dir.clone(), run_as));
     if args.engine == "redis" {
         let redis = hostwright::agent::redis::RedisMember {
             redis: hostwright::agent::redis::Redis {
@@ -212,6 +245,8 @@ fn run_agent(args: AgentArgs) -> Result<(), Box<dyn std::error::Error>> {
                 port: args.port,
                 settings_file: args.config,
                 run_as,
+                socket_dir: args.socket_dir,
+                tls,
             },
             credentials_dir: args.credentials_dir,
         };
@@ -229,6 +264,8 @@ fn run_agent(args: AgentArgs) -> Result<(), Box<dyn std::error::Error>> {
             reloaded: Default::default(),
             application_name: args.member.replace('-', "_"),
             run_as,
+            access: postgres_access(&args.credentials_dir)?,
+            tls,
         },
         credentials_dir: args.credentials_dir,
     };

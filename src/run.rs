@@ -41,6 +41,8 @@ pub struct Options {
     pub concurrency: u16,
     /// Image with `hostwright agent`, run beside every database server.
     pub agent_image: String,
+    /// Lifetime of the stores' server certificates.
+    pub certificate_lifetime: std::time::Duration,
 }
 
 /// Why the operator stopped other than by a clean shutdown.
@@ -226,6 +228,7 @@ async fn run_controllers(
             scope.clone(),
             database,
             options.agent_image.clone(),
+            options.certificate_lifetime,
             options.concurrency,
             move || {
                 let _ = database_ready.0.send(());
@@ -236,6 +239,7 @@ async fn run_controllers(
             scope,
             sessions,
             options.agent_image.clone(),
+            options.certificate_lifetime,
             options.concurrency,
             move || {
                 let _ = sessions_ready.0.send(());

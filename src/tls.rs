@@ -8,6 +8,9 @@
 //! one site opens nothing of another.
 //!
 //! Pure: key generation, signing and reading certificates back; no I/O.
+//! [`client`] connects to a store the way its users should: verifying it.
+
+pub mod client;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -88,10 +91,12 @@ pub fn new_authority(common_name: &str, now: SystemTime) -> Result<Authority, Tl
     let mut params = CertificateParams::default();
     params.distinguished_name = name(common_name);
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    params.key_usages =
+        vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     params.not_before = offset(now - BACKDATE);
     params.not_after = offset(now + AUTHORITY_LIFETIME);
-    let cert = params.self_signed(&key).map_err(|source| TlsError::Sign { subject: common_name.into(), source })?;
+    let cert =
+        params.self_signed(&key).map_err(|source| TlsError::Sign { subject: common_name.into(), source })?;
     Ok(Authority { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
 }
 
@@ -112,7 +117,8 @@ pub fn issue_server(
     params.distinguished_name = name(&subject);
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
     // Members also connect to each other (replication) with it.
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    params.extended_key_usages =
+        vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
     params.not_before = offset(now - BACKDATE);
     params.not_after = offset(now + lifetime);
     let cert = params.signed_by(&key, &issuer).map_err(sign_err)?;
@@ -167,7 +173,12 @@ pub fn inspect(cert_pem: &str, authority_pem: &str) -> Result<Facts, TlsError> {
 /// third of `lifetime` left (or more than `lifetime`: the lifetime was
 /// shortened). Renewing at two thirds leaves a month of a 90-day
 /// certificate to notice a renewal that keeps failing.
-pub fn renewal_due(facts: &Facts, dns_names: &[String], now: SystemTime, lifetime: Duration) -> Option<&'static str> {
+pub fn renewal_due(
+    facts: &Facts,
+    dns_names: &[String],
+    now: SystemTime,
+    lifetime: Duration,
+) -> Option<&'static str> {
     let now = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or_default();
     let lifetime = lifetime.as_secs() as i64;
     let mut have = facts.dns_names.clone();

@@ -1,13 +1,19 @@
 //! The agent's PostgreSQL driver against real PostgreSQL servers (Debian's
 //! postgresql-15, installed by `make deps`): bootstrap a primary, clone a
 //! mirror that streams, crash the primary, promote the mirror, rewind the old
-//! primary and let it rejoin as a mirror of the new one.
+//! primary and let it rejoin as a mirror of the new one. Every member runs
+//! with TLS, as in a pod: certificates from the store's own CA.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use hostwright::agent::postgres::{Bootstrap, Postgres, StartAs, replication_conninfo};
+use hostwright::agent::certificates::Certificates;
+use hostwright::agent::postgres::{Access, Bootstrap, Postgres, StartAs};
+use hostwright::contract::keys::tls as tls_files;
+
+/// The names the test servers' certificates carry.
+const SERVER_NAME: &str = "shop-db-rw.customer-a.svc";
 
 fn bin_dir() -> PathBuf {
     let dir = std::env::var_os("HOSTWRIGHT_PG_BIN")
@@ -37,7 +43,39 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// The store's CA and server certificate, as the operator issues them,
+/// written where a pod has its TLS Secret mounted (`<root>/tls`). Returns
+/// the CA's PEM.
+fn issue_certificates(root: &Path) -> String {
+    let dir = root.join("tls");
+    let now = std::time::SystemTime::now();
+    let ca = match std::fs::read_to_string(root.join("ca.key")) {
+        Ok(key_pem) => hostwright::tls::Authority {
+            cert_pem: std::fs::read_to_string(dir.join(tls_files::CA)).unwrap(),
+            key_pem,
+        },
+        Err(_) => hostwright::tls::new_authority("customer-a/shop-db CA", now).unwrap(),
+    };
+    let issued =
+        hostwright::tls::issue_server(&ca, &[SERVER_NAME.to_string()], now, hostwright::tls::SERVER_LIFETIME)
+            .unwrap();
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(root.join("ca.key"), &ca.key_pem).unwrap();
+    std::fs::write(dir.join(tls_files::CA), &ca.cert_pem).unwrap();
+    std::fs::write(dir.join(tls_files::CERT), &issued.cert_pem).unwrap();
+    std::fs::write(dir.join(tls_files::KEY), &issued.key_pem).unwrap();
+    ca.cert_pem
+}
+
+/// How a mirror reaches the primary at `port` (as the agent does).
+async fn conninfo_to(mirror: &Postgres, port: u16, password: &str) -> String {
+    mirror.conninfo_to("127.0.0.1", port, password).await.unwrap()
+}
+
 fn member(root: &Path, name: &str) -> Postgres {
+    if !root.join("tls").exists() {
+        issue_certificates(root);
+    }
     let dir = root.join(name);
     let socket = root.join(format!("{name}-run"));
     let owner = run_as();
@@ -57,7 +95,13 @@ fn member(root: &Path, name: &str) -> Postgres {
         reloaded: Default::default(),
         application_name: name.replace('-', "_"),
         run_as: owner,
+        access: Access { database: "shop".into(), owner: "shop".into() },
+        tls: Some(Certificates::new(root.join("tls"), socket_dir(root, name), owner)),
     }
+}
+
+fn socket_dir(root: &Path, name: &str) -> PathBuf {
+    root.join(format!("{name}-run"))
 }
 
 /// The passwords and database every test initialises its primary with.
@@ -109,7 +153,7 @@ async fn bootstrap_stream_crash_promote_rewind_rejoin() {
     a.initdb(&bootstrap).await.unwrap();
     assert!(a.initialized());
     let mut a_server = a.start(&StartAs::Primary).await.unwrap();
-    let conninfo_a = replication_conninfo("127.0.0.1", a.port, &bootstrap.replication_password, "db_2");
+    let conninfo_a = conninfo_to(&b, a.port, &bootstrap.replication_password).await;
     a.connect()
         .await
         .unwrap()
@@ -138,7 +182,7 @@ async fn bootstrap_stream_crash_promote_rewind_rejoin() {
     assert_eq!(count, 3, "every write made before the crash was streamed");
 
     // The old primary rewinds onto the new history and rejoins as a mirror.
-    let conninfo_b = replication_conninfo("127.0.0.1", b.port, &bootstrap.replication_password, "db_1");
+    let conninfo_b = conninfo_to(&a, b.port, &bootstrap.replication_password).await;
     a.rewind(&conninfo_b).await.unwrap();
     let mut a_again = a.start(&StartAs::Standby { primary_conninfo: conninfo_b }).await.unwrap();
     let b_pos = b.observe().await.unwrap().position;
@@ -173,7 +217,7 @@ async fn a_detached_mirror_acknowledges_nothing_and_a_relaxed_primary_needs_none
     let bootstrap = bootstrap();
     a.initdb(&bootstrap).await.unwrap();
     let mut a_server = a.start(&StartAs::Primary).await.unwrap();
-    let conninfo = replication_conninfo("127.0.0.1", a.port, "repl", "db_2");
+    let conninfo = conninfo_to(&b, a.port, "repl").await;
     b.basebackup(&conninfo).await.unwrap();
     let mut b_server = b.start(&StartAs::Standby { primary_conninfo: conninfo.clone() }).await.unwrap();
     wait_until("the mirror to stream", || async { b.observe().await.is_ok_and(|o| o.streaming) }).await;
@@ -257,5 +301,84 @@ async fn reloadable_settings_load_without_a_restart_and_refused_ones_are_not_kep
     assert_eq!(show("work_mem").await, "8MB");
     assert_eq!(show("max_connections").await, "100");
     a.stop(&mut server).await.unwrap();
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// What a client over the network meets: TLS or nothing, the application's
+/// user in its own database alone, and a renewed certificate served
+/// without a restart while connections already open go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_and_mirrors_use_tls_and_a_renewed_certificate_loads_without_a_restart() {
+    let root = temp_root();
+    let ca = issue_certificates(&root);
+    let (a, b) = (member(&root, "db-1"), member(&root, "db-2"));
+    let bootstrap = bootstrap();
+    a.initdb(&bootstrap).await.unwrap();
+    let mut a_server = a.start(&StartAs::Primary).await.unwrap();
+    let conninfo = conninfo_to(&b, a.port, &bootstrap.replication_password).await;
+    b.basebackup(&conninfo).await.unwrap();
+    let mut b_server = b.start(&StartAs::Standby { primary_conninfo: conninfo }).await.unwrap();
+    wait_until("the mirror to stream", || async { b.observe().await.is_ok_and(|o| o.streaming) }).await;
+
+    let client = |user: &str, password: &str, db: &str| {
+        let mut config = tokio_postgres::Config::new();
+        config.host(SERVER_NAME).hostaddr([127, 0, 0, 1].into()).port(a.port).user(user).password(password);
+        config.dbname(db).connect_timeout(Duration::from_secs(2));
+        config
+    };
+    let tls = || hostwright::tls::client::postgres(&ca).unwrap();
+    let app = client("shop", "shop", "shop");
+
+    // Plaintext is refused; TLS verified against the store's CA is not.
+    let mut plain = app.clone();
+    plain.ssl_mode(tokio_postgres::config::SslMode::Disable);
+    let refused =
+        plain.connect(tokio_postgres::NoTls).await.err().expect("a plaintext connection was accepted");
+    let reason = refused.as_db_error().map(|e| e.message().to_string()).unwrap_or_default();
+    assert!(reason.contains("no encryption"), "{refused:?}");
+    let (db, connection) = app.connect(tls()).await.expect("the application connects over TLS");
+    tokio::spawn(connection);
+    let ssl: bool =
+        db.query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[]).await.unwrap().get(0);
+    assert!(ssl, "the client's own connection is TLS");
+    let superuser = a.connect().await.unwrap();
+    let replication_tls: bool = superuser
+        .query_one("SELECT bool_and(s.ssl) FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid)", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(replication_tls, "the mirror streams over TLS");
+
+    // The application's user: its own database only, no roles, no superuser over the network.
+    for (user, password, database) in [("shop", "shop", "postgres"), ("postgres", "su", "postgres")] {
+        let refused = client(user, password, database).connect(tls()).await;
+        assert!(refused.is_err(), "{user} reached database {database} over the network");
+    }
+    let create_role = db.batch_execute("CREATE ROLE intruder LOGIN").await;
+    assert!(create_role.is_err(), "the application's user created a role");
+
+    // A renewed certificate: installed and loaded with no restart.
+    let serial = || async {
+        let (c, conn) = app.connect(tls()).await.unwrap();
+        tokio::spawn(conn);
+        let started: String =
+            c.query_one("SELECT pg_postmaster_start_time()::text", &[]).await.unwrap().get(0);
+        started
+    };
+    let started = serial().await;
+    let before = std::fs::read_to_string(root.join("tls").join(tls_files::CERT)).unwrap();
+    issue_certificates(&root);
+    assert!(a.refresh_certificates().await.unwrap(), "a renewed certificate was installed");
+    assert!(!a.refresh_certificates().await.unwrap(), "and only once");
+    let installed = a.tls.as_ref().unwrap().installed().unwrap();
+    assert_ne!(std::fs::read_to_string(&installed.cert).unwrap(), before);
+    assert_eq!(serial().await, started, "no restart");
+    db.batch_execute("CREATE TABLE kept (v int); INSERT INTO kept VALUES (1)")
+        .await
+        .expect("the open connection goes on");
+
+    drop((db, superuser));
+    b.stop(&mut b_server).await.unwrap();
+    a.stop(&mut a_server).await.unwrap();
     let _ = std::fs::remove_dir_all(&root);
 }

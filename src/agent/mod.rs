@@ -9,11 +9,13 @@
 //! - [`lease`]: the member Lease, renewed by compare-and-swap.
 //! - [`watchdog`]: the process that kills the server when renewals stop.
 //! - [`marker`]: what the agent keeps beside the data.
+//! - [`certificates`]: the server's TLS files, reinstalled when renewed.
 //! - [`probe`]: the answers to the kubelet's liveness and readiness probes.
 //!
 //! What the agent and the operator share (keys, encodings, timings) is in
 //! [`crate::contract`].
 
+pub mod certificates;
 pub mod lease;
 pub mod marker;
 pub mod plan;

@@ -11,9 +11,11 @@ use std::time::Duration;
 
 use tokio::process::{Child, Command};
 
+use super::certificates::Certificates;
 use super::plan::Endpoint;
 use super::server::{Observed, Server, Start, shut_down};
 use crate::contract::DataState;
+use crate::contract::keys::credentials as credential_files;
 
 /// Errors of the PostgreSQL driver, each naming the step that failed.
 #[derive(Debug, thiserror::Error)]
@@ -96,7 +98,28 @@ pub struct Postgres {
     /// When the agent runs as root (test beds), run the server as this
     /// uid/gid: PostgreSQL refuses to run as root.
     pub run_as: Option<(u32, u32)>,
+    /// Who may connect, and how (`pg_hba.conf`).
+    pub access: Access,
+    /// The server's certificate (None: no TLS, for an agent run by hand).
+    pub tls: Option<Certificates>,
 }
+
+/// Who may connect over the network: the application's user to its own
+/// database, the replication user for streaming and `pg_rewind`; the
+/// superuser only over the unix socket inside the pod. With TLS, every
+/// network connection must use it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Access {
+    pub database: String,
+    pub owner: String,
+}
+
+/// The file in the data directory holding the TLS settings (the paths of
+/// the certificate in use), rewritten when it is renewed.
+const TLS_SETTINGS: &str = "hostwright-tls.conf";
+/// The password file libpq reads the replication password from, so it
+/// appears in no command line and no configuration file.
+const PASSFILE: &str = ".pgpass";
 
 /// How the server starts.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -109,13 +132,23 @@ pub enum StartAs {
 }
 
 /// Roles created on the first primary.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Bootstrap {
     pub superuser_password: String,
     pub replication_password: String,
     pub database: String,
     pub owner: String,
     pub owner_password: String,
+}
+
+// Passwords print redacted: a log line or an error never carries one.
+impl std::fmt::Debug for Bootstrap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bootstrap")
+            .field("database", &self.database)
+            .field("owner", &self.owner)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A replication position (LSN) as bytes: `X/Y` is `X << 32 | Y`.
@@ -130,16 +163,70 @@ pub fn parse_lsn(text: &str) -> Result<u64, PostgresError> {
     Ok(hi << 32 | lo)
 }
 
-/// A libpq connection string for the replication role at `host:port`.
-pub fn replication_conninfo(host: &str, port: u16, password: &str, application_name: &str) -> String {
-    format!(
-        "host={host} port={port} user=replication password={} dbname=postgres application_name={application_name} connect_timeout=2",
-        quote_conninfo(password)
-    )
+/// A libpq connection string for the replication role at `host:port`: the
+/// password comes from `passfile`, and with a CA (`ca`) the connection is
+/// TLS and the server must hold a certificate the store's CA signed
+/// (`verify-ca`: members are reached by pod address, and only the store's
+/// own members hold such a certificate).
+pub fn replication_conninfo(
+    host: &str,
+    port: u16,
+    application_name: &str,
+    passfile: &Path,
+    ca: Option<&Path>,
+) -> String {
+    let mut conninfo = format!(
+        "host={host} port={port} user=replication passfile={} dbname=postgres application_name={application_name} connect_timeout=2",
+        quote_conninfo(&passfile.to_string_lossy())
+    );
+    match ca {
+        Some(ca) => {
+            // No client certificate: the password authenticates. Without
+            // naming one, libpq tries ~/.postgresql/postgresql.crt, and a
+            // HOME the server's user cannot read fails the connection.
+            let none = ca.with_file_name(".no-client-certificate");
+            conninfo.push_str(&format!(
+                " sslmode=verify-ca sslrootcert={} sslcert={}",
+                quote_conninfo(&ca.to_string_lossy()),
+                quote_conninfo(&none.to_string_lossy())
+            ));
+        }
+        None => conninfo.push_str(" sslmode=disable"),
+    }
+    conninfo
 }
 
 fn quote_conninfo(value: &str) -> String {
     format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// A `.pgpass` line for `user` on any server: `:` and `\` escaped.
+fn passfile_line(user: &str, password: &str) -> String {
+    let escape = |v: &str| v.replace('\\', "\\\\").replace(':', "\\:");
+    format!("*:*:*:{}:{}\n", escape(user), escape(password))
+}
+
+/// `pg_hba.conf` for `access`; `tls`: network connections must use TLS.
+pub fn access_rules(access: &Access, tls: bool) -> String {
+    let host = if tls { "hostssl" } else { "host" };
+    let mut rules = String::from("# Written by hostwright agent.\n");
+    rules.push_str("local all postgres trust\nlocal all all reject\n");
+    rules.push_str(&format!("{host} replication replication all scram-sha-256\n"));
+    // pg_rewind reads the new primary's files over a normal connection.
+    rules.push_str(&format!("{host} postgres replication all scram-sha-256\n"));
+    rules.push_str(&format!(
+        "{host} {} {} all scram-sha-256\n",
+        hba_name(&access.database),
+        hba_name(&access.owner)
+    ));
+    rules.push_str("host all all all reject\n");
+    rules
+}
+
+/// A database or role name as `pg_hba.conf` reads it: quoted, so that no
+/// name is taken for a keyword (`all`, `replication`, `sameuser`).
+fn hba_name(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', ""))
 }
 
 fn quote_sql_literal(value: &str) -> String {
@@ -266,7 +353,6 @@ impl Postgres {
             .await;
         let _ = tokio::fs::remove_file(&pwfile).await;
         result?;
-        self.write_access_rules().await?;
         let mut server = self.start(&StartAs::Primary).await?;
         let client = self.connect().await?;
         // One statement at a time: CREATE DATABASE cannot share a transaction.
@@ -281,6 +367,13 @@ impl Postgres {
                 quote_sql_literal(&bootstrap.owner_password)
             ),
             format!("CREATE DATABASE {} OWNER {}", quote_ident(&bootstrap.database), quote_ident(&bootstrap.owner)),
+            // The application's user reaches its own database and no other
+            // (pg_hba.conf says so too).
+            "REVOKE CONNECT, TEMPORARY ON DATABASE postgres, template1 FROM PUBLIC".into(),
+            // pg_rewind connects to `postgres` as the replication user.
+            "GRANT CONNECT ON DATABASE postgres TO replication".into(),
+            format!("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC", quote_ident(&bootstrap.database)),
+            format!("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}", quote_ident(&bootstrap.database), quote_ident(&bootstrap.owner)),
             // What pg_rewind reads from the new primary when an old one rejoins.
             "GRANT EXECUTE ON FUNCTION pg_catalog.pg_ls_dir(text, boolean, boolean) TO replication".into(),
             "GRANT EXECUTE ON FUNCTION pg_catalog.pg_stat_file(text, boolean) TO replication".into(),
@@ -302,8 +395,8 @@ impl Postgres {
     pub async fn basebackup(&self, primary_conninfo: &str) -> Result<(), PostgresError> {
         let data = self.data_dir.to_string_lossy().into_owned();
         self.run("pg_basebackup", &["-d", primary_conninfo, "-D", &data, "-X", "stream", "-c", "fast"])
-            .await?;
-        self.write_access_rules().await
+            .await
+            .map(drop)
     }
 
     /// Copy the settings in effect (the last reloaded, else the pod's) into
@@ -369,15 +462,68 @@ impl Postgres {
         self.run("pg_rewind", &["--target-pgdata", &data, &source]).await.map(drop)
     }
 
+    /// `pg_hba.conf`, written on every start: who may connect is the
+    /// agent's to say, whatever a clone or an older agent left.
     async fn write_access_rules(&self) -> Result<(), PostgresError> {
-        self.write(
-            "pg_hba.conf",
-            "# Written by hostwright agent.\n\
-             local all all trust\n\
-             host replication replication all scram-sha-256\n\
-             host all all all scram-sha-256\n",
-        )
-        .await
+        self.write("pg_hba.conf", &access_rules(&self.access, self.tls.is_some())).await
+    }
+
+    /// Install the mounted certificate when it changed, and point the TLS
+    /// settings at the installed files. True when new files were installed.
+    async fn install_certificates(&self) -> Result<bool, PostgresError> {
+        let Some(tls) = &self.tls else { return Ok(false) };
+        let fresh =
+            tls.refresh().map_err(|source| PostgresError::Write { path: tls.source.clone(), source })?;
+        let Some(files) = fresh.or_else(|| tls.installed()) else { return Ok(false) };
+        let conf = format!(
+            "# Written by hostwright agent: the certificate in use.\nssl = on\nssl_cert_file = {}\nssl_key_file = {}\nssl_ca_file = {}\nssl_min_protocol_version = 'TLSv1.2'\n",
+            quote_sql_literal(&files.cert.to_string_lossy()),
+            quote_sql_literal(&files.key.to_string_lossy()),
+            quote_sql_literal(&files.ca.to_string_lossy()),
+        );
+        let changed =
+            tokio::fs::read_to_string(self.data_dir.join(TLS_SETTINGS)).await.ok().as_deref() != Some(&conf);
+        if changed {
+            self.write(TLS_SETTINGS, &conf).await?;
+        }
+        Ok(changed)
+    }
+
+    /// Load a renewed certificate into the running server (PostgreSQL
+    /// reads its TLS files again on a reload).
+    pub async fn refresh_certificates(&self) -> Result<bool, PostgresError> {
+        if !self.install_certificates().await? {
+            return Ok(false);
+        }
+        self.connect().await?.simple_query("SELECT pg_reload_conf()").await?;
+        Ok(true)
+    }
+
+    /// How this member reaches the primary at `host:port` as the
+    /// replication user: over TLS verified against the store's CA (its copy
+    /// installed first), the password in a file.
+    pub async fn conninfo_to(&self, host: &str, port: u16, password: &str) -> Result<String, PostgresError> {
+        let passfile = self.write_passfile(password).await?;
+        let ca = match &self.tls {
+            Some(tls) => {
+                tls.refresh().map_err(|source| PostgresError::Write { path: tls.source.clone(), source })?;
+                Some(tls.ca_path())
+            }
+            None => None,
+        };
+        Ok(replication_conninfo(host, port, &self.application_name, &passfile, ca.as_deref()))
+    }
+
+    /// The password file for the replication user, private to the server's
+    /// user; libpq (the WAL receiver, pg_basebackup, pg_rewind) reads it.
+    async fn write_passfile(&self, password: &str) -> Result<PathBuf, PostgresError> {
+        let path = self.socket_dir.join(PASSFILE);
+        let line = passfile_line("replication", password);
+        if tokio::fs::read_to_string(&path).await.ok().as_deref() != Some(line.as_str()) {
+            let write_err = |source| PostgresError::Write { path: path.clone(), source };
+            write_private_file(&path, &line, self.run_as).map_err(write_err)?;
+        }
+        Ok(path)
     }
 
     /// `hostwright.conf`: what the agent's own work relies on, written on
@@ -386,6 +532,7 @@ impl Postgres {
         let mut conf = String::from("# Written by hostwright agent.\n");
         // The copy of the settings in effect (see `install_settings`).
         conf.push_str(&format!("include_if_exists {}\n", quote_sql_literal(SETTINGS_COPY)));
+        conf.push_str(&format!("include_if_exists {}\n", quote_sql_literal(TLS_SETTINGS)));
         // pg_rewind needs hint bits in WAL and the WAL back to the last
         // common checkpoint, so segments are kept.
         conf.push_str("wal_log_hints = on\nwal_keep_size = '512MB'\nhot_standby = on\n");
@@ -417,6 +564,8 @@ impl Postgres {
             StartAs::Standby { .. } => self.write("standby.signal", "").await?,
         }
         self.install_settings().await?;
+        self.write_access_rules().await?;
+        self.install_certificates().await?;
         // Our settings come last so they win over anything the template set.
         self.write("hostwright.conf", &self.render_conf(role, false)).await?;
         self.ensure_included().await?;
@@ -576,13 +725,20 @@ impl PostgresMember {
             .map_err(|source| PostgresError::Credentials { path, source })
     }
 
-    fn conninfo(&self, primary: &Endpoint) -> Result<String, PostgresError> {
-        let password = self.secret("replication-password")?;
-        Ok(replication_conninfo(&primary.host, primary.port, &password, &self.postgres.application_name))
+    async fn conninfo(&self, primary: &Endpoint) -> Result<String, PostgresError> {
+        let password = self.secret(credential_files::REPLICATION_PASSWORD)?;
+        self.postgres.conninfo_to(&primary.host, primary.port, &password).await
+    }
+
+    async fn primary_conninfo(&self, primary: Option<&Endpoint>) -> Result<String, PostgresError> {
+        match primary {
+            Some(p) => self.conninfo(p).await,
+            None => Ok(String::new()),
+        }
     }
 
     async fn start_standby(&self, primary: Option<&Endpoint>) -> Result<Child, PostgresError> {
-        let primary_conninfo = primary.map(|p| self.conninfo(p)).transpose()?.unwrap_or_default();
+        let primary_conninfo = self.primary_conninfo(primary).await?;
         self.postgres.start(&StartAs::Standby { primary_conninfo }).await
     }
 }
@@ -620,17 +776,17 @@ impl Server for PostgresMember {
 
     async fn initialize(&self) -> Result<(), PostgresError> {
         let bootstrap = Bootstrap {
-            superuser_password: self.secret("superuser-password")?,
-            replication_password: self.secret("replication-password")?,
-            database: self.secret("database")?,
-            owner: self.secret("username")?,
-            owner_password: self.secret("password")?,
+            superuser_password: self.secret(credential_files::SUPERUSER_PASSWORD)?,
+            replication_password: self.secret(credential_files::REPLICATION_PASSWORD)?,
+            database: self.postgres.access.database.clone(),
+            owner: self.postgres.access.owner.clone(),
+            owner_password: self.secret(credential_files::APP_PASSWORD)?,
         };
         self.postgres.initdb(&bootstrap).await
     }
 
     async fn clone_from(&self, primary: &Endpoint) -> Result<(), PostgresError> {
-        self.postgres.basebackup(&self.conninfo(primary)?).await
+        self.postgres.basebackup(&self.conninfo(primary).await?).await
     }
 
     async fn start(&self, start: Start<'_>) -> Result<Child, PostgresError> {
@@ -645,7 +801,7 @@ impl Server for PostgresMember {
     }
 
     async fn rewind(&self, primary: &Endpoint) -> Result<(), PostgresError> {
-        self.postgres.rewind(&self.conninfo(primary)?).await
+        self.postgres.rewind(&self.conninfo(primary).await?).await
     }
 
     /// A reload with the new `primary_conninfo` (empty: receive from nobody).
@@ -658,7 +814,7 @@ impl Server for PostgresMember {
             *server = Some(self.start_standby(primary).await?);
             return Ok(());
         }
-        let primary_conninfo = primary.map(|p| self.conninfo(p)).transpose()?.unwrap_or_default();
+        let primary_conninfo = self.primary_conninfo(primary).await?;
         self.postgres.reconfigure(&StartAs::Standby { primary_conninfo }, false).await
     }
 
@@ -673,6 +829,24 @@ impl Server for PostgresMember {
     async fn set_relaxed(&self, relaxed: bool) -> Result<(), PostgresError> {
         self.postgres.reconfigure(&StartAs::Primary, relaxed).await
     }
+
+    async fn refresh_certificates(&self) -> Result<bool, PostgresError> {
+        self.postgres.refresh_certificates().await
+    }
+}
+
+/// Write `path` atomically, mode 0600, owned by `run_as` when given.
+fn write_private_file(path: &Path, contents: &str, run_as: Option<(u32, u32)>) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+    file.write_all(contents.as_bytes())?;
+    if let Some((uid, gid)) = run_as {
+        std::os::unix::fs::chown(&tmp, Some(uid), Some(gid))?;
+    }
+    std::fs::rename(&tmp, path)
 }
 
 /// The data directory of a member inside `root`.
@@ -716,6 +890,8 @@ mod tests {
             reloaded: ReloadedSettings::default(),
             application_name: String::new(),
             run_as: None,
+            access: Access { database: "db".into(), owner: "app".into() },
+            tls: None,
         };
         let pid_file = dir.join("postmaster.pid");
         let socket_lock = dir.join(".s.PGSQL.0.lock");
@@ -741,11 +917,38 @@ mod tests {
     }
 
     #[test]
-    fn connection_strings_quote_passwords() {
-        let c = replication_conninfo("127.244.1.2", 5432, "it's\\x", "db_2");
+    fn replication_connects_over_tls_with_the_password_in_a_file() {
+        let c = replication_conninfo(
+            "127.244.1.2",
+            5432,
+            "db_2",
+            Path::new("/run/it's/.pgpass"),
+            Some(Path::new("/run/tls-ca.crt")),
+        );
         assert_eq!(
             c,
-            "host=127.244.1.2 port=5432 user=replication password='it\\'s\\\\x' dbname=postgres application_name=db_2 connect_timeout=2"
+            "host=127.244.1.2 port=5432 user=replication passfile='/run/it\\'s/.pgpass' dbname=postgres \
+             application_name=db_2 connect_timeout=2 sslmode=verify-ca sslrootcert='/run/tls-ca.crt' \
+             sslcert='/run/.no-client-certificate'"
+        );
+        assert!(!c.contains("password="));
+        assert_eq!(passfile_line("replication", "a:b\\c"), "*:*:*:replication:a\\:b\\\\c\n");
+    }
+
+    #[test]
+    fn with_tls_the_network_takes_tls_connections_of_the_app_to_its_database_alone() {
+        let rules = access_rules(&Access { database: "shop".into(), owner: "shop".into() }, true);
+        let lines: Vec<&str> = rules.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(
+            lines,
+            [
+                "local all postgres trust",
+                "local all all reject",
+                "hostssl replication replication all scram-sha-256",
+                "hostssl postgres replication all scram-sha-256",
+                "hostssl \"shop\" \"shop\" all scram-sha-256",
+                "host all all all reject",
+            ]
         );
     }
 

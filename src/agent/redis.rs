@@ -18,9 +18,12 @@ use std::time::Duration;
 use redis::{AsyncConnectionConfig, ConnectionAddr, FromRedisValue, IntoConnectionInfo, RedisConnectionInfo};
 use tokio::process::{Child, Command};
 
+use super::certificates::{Certificates, Installed};
 use super::plan::Endpoint;
 use super::server::{Observed, Server, Start, shut_down};
 use crate::contract::DataState;
+use crate::contract::keys::credentials as credential_files;
+use crate::contract::keys::redis_users;
 
 /// The config file the agent writes into the data directory on every start.
 pub const CONFIG_FILE: &str = "hostwright-redis.conf";
@@ -107,7 +110,31 @@ pub struct Redis {
     pub settings_file: Option<PathBuf>,
     /// When the agent runs as root (test beds), run the server as this uid/gid.
     pub run_as: Option<(u32, u32)>,
+    /// A directory private to the pod: the unix socket the agent
+    /// administers the server through, and the certificate copies.
+    pub socket_dir: PathBuf,
+    /// The server's certificate (None: no TLS, for an agent run by hand).
+    pub tls: Option<Certificates>,
 }
+
+/// The passwords of the server's ACL users (see
+/// [`crate::contract::keys::redis_users`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Users {
+    pub app: String,
+    pub replication: String,
+    pub agent: String,
+}
+
+// Passwords print redacted: a log line or an error never carries one.
+impl std::fmt::Debug for Users {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Users { <redacted> }")
+    }
+}
+
+/// The unix socket in the pod the agent administers its server through.
+const SOCKET: &str = "redis.sock";
 
 /// The member's role as [`ROLE_FILE`] records it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -206,7 +233,7 @@ pub fn client_host(listen_address: &str) -> String {
 
 /// Run one command on a fresh connection to `host:port`, authenticated with
 /// `password` when given, within `timeout` for connecting and answering
-/// together. Also how the operator checks an external session store.
+/// together. How the operator checks an external session store.
 pub async fn command<T: FromRedisValue>(
     host: &str,
     port: u16,
@@ -215,16 +242,39 @@ pub async fn command<T: FromRedisValue>(
     args: &[&str],
     timeout: Duration,
 ) -> Result<T, RedisError> {
-    let address = format!("{host}:{port}");
+    let mut settings = RedisConnectionInfo::default();
+    if let Some(password) = password.filter(|p| !p.is_empty()) {
+        settings = settings.set_password(password);
+    }
+    run_command(ConnectionAddr::Tcp(host.to_string(), port), settings, command, args, timeout).await
+}
+
+/// [`command`] over a unix socket, as an ACL user.
+async fn local_command<T: FromRedisValue>(
+    socket: &Path,
+    user: &str,
+    password: &str,
+    command: &'static str,
+    args: &[&str],
+    timeout: Duration,
+) -> Result<T, RedisError> {
+    let settings = RedisConnectionInfo::default().set_username(user).set_password(password);
+    run_command(ConnectionAddr::Unix(socket.to_path_buf()), settings, command, args, timeout).await
+}
+
+async fn run_command<T: FromRedisValue>(
+    addr: ConnectionAddr,
+    settings: RedisConnectionInfo,
+    command: &'static str,
+    args: &[&str],
+    timeout: Duration,
+) -> Result<T, RedisError> {
+    let address = addr.to_string();
     let mut cmd = redis::cmd(command);
     cmd.arg(args);
     let work = async {
         // CLIENT SETINFO, which the crate sends by default, is Redis 7.2's.
-        let mut settings = RedisConnectionInfo::default().set_skip_set_lib_name();
-        if let Some(password) = password.filter(|p| !p.is_empty()) {
-            settings = settings.set_password(password);
-        }
-        let addr = ConnectionAddr::Tcp(host.to_string(), port);
+        let settings = settings.set_skip_set_lib_name();
         let client = redis::Client::open(addr.into_connection_info()?.set_redis_settings(settings))?;
         // The outer timeout bounds the whole call; the crate's own
         // defaults (0.5 s per answer) would cut WAIT short.
@@ -247,22 +297,39 @@ pub async fn command<T: FromRedisValue>(
 /// replicas, and RDB snapshots every few minutes cost a fork each. Settings
 /// that want snapshots say `save …` (the first `save` line of a file resets
 /// the rules, so theirs replace ours) or `appendonly yes`.
-pub fn render_config(redis: &Redis, password: &str, start: Start<'_>) -> String {
+pub fn render_config(redis: &Redis, users: &Users, tls: Option<&Installed>, start: Start<'_>) -> String {
     let mut conf = String::from("# Written by hostwright agent on every start.\nsave \"\"\n");
     if let Some(settings) = &redis.settings_file {
         let _ = writeln!(conf, "include {}", quote(&settings.to_string_lossy()));
     }
     let bind: Vec<String> = redis.listen_address.split_whitespace().map(quote).collect();
     let _ = writeln!(conf, "bind {}", bind.join(" "));
-    let _ = writeln!(conf, "port {}", redis.port);
+    match tls {
+        // TLS only: a plaintext connection finds no port to talk to.
+        Some(files) => {
+            let _ = writeln!(conf, "port 0\ntls-port {}", redis.port);
+            let _ = writeln!(conf, "tls-cert-file {}", quote(&files.cert.to_string_lossy()));
+            let _ = writeln!(conf, "tls-key-file {}", quote(&files.key.to_string_lossy()));
+            let _ = writeln!(conf, "tls-ca-cert-file {}", quote(&files.ca.to_string_lossy()));
+            // Clients prove who they are by ACL password, not certificate;
+            // replicas verify their primary's certificate against the CA.
+            conf.push_str("tls-auth-clients no\ntls-replication yes\ntls-protocols \"TLSv1.2 TLSv1.3\"\n");
+        }
+        None => {
+            let _ = writeln!(conf, "port {}", redis.port);
+        }
+    }
+    let socket = redis.socket_dir.join(SOCKET);
+    let _ = writeln!(conf, "unixsocket {}\nunixsocketperm 700", quote(&socket.to_string_lossy()));
     let _ = writeln!(conf, "dir {}", quote(&redis.data_dir.to_string_lossy()));
     // Redis retitles its process to its address; the pid file is how an
     // outside observer (a test bed killing "the server") finds it.
     let pidfile = redis.data_dir.join(PID_FILE);
     let _ = writeln!(conf, "pidfile {}", quote(&pidfile.to_string_lossy()));
-    conf.push_str("daemonize no\nprotected-mode no\n");
-    let _ = writeln!(conf, "requirepass {}", quote(password));
-    let _ = writeln!(conf, "masterauth {}", quote(password));
+    conf.push_str("daemonize no\nprotected-mode yes\n");
+    conf.push_str(&acl_users(users));
+    let _ = writeln!(conf, "masteruser {}", quote(redis_users::REPLICATION));
+    let _ = writeln!(conf, "masterauth {}", quote(&users.replication));
     // A full resync streams the RDB straight to the replica, at once: the
     // default 5 s delay would slow every rejoin.
     conf.push_str(
@@ -277,6 +344,26 @@ pub fn render_config(redis: &Redis, password: &str, start: Start<'_>) -> String 
         }
     }
     conf
+}
+
+/// The ACL users: nobody as `default`; the application may run data
+/// commands only (no `CONFIG`, `REPLICAOF`, `SHUTDOWN`, `DEBUG`, `KEYS`…:
+/// the `@admin` and `@dangerous` categories); replicas may only sync; the
+/// agent, over the pod's unix socket, may do anything.
+fn acl_users(users: &Users) -> String {
+    let secret = |password: &str| quote(&format!(">{password}"));
+    format!(
+        "user default off resetkeys resetchannels -@all\n\
+         user {app} on {} ~* &* +@all -@admin -@dangerous\n\
+         user {replication} on {} +psync +replconf +ping\n\
+         user {agent} on {} ~* &* +@all\n",
+        secret(&users.app),
+        secret(&users.replication),
+        secret(&users.agent),
+        app = redis_users::APP,
+        replication = redis_users::REPLICATION,
+        agent = redis_users::AGENT,
+    )
 }
 
 /// Write `tmp` (mode 0600, owned by `run_as`), flush it, and rename it to
@@ -303,8 +390,19 @@ impl Redis {
         command_name: &'static str,
         args: &[&str],
     ) -> Result<T, RedisError> {
-        let host = client_host(&self.listen_address);
-        command(&host, self.port, Some(password), command_name, args, CALL_TIMEOUT).await
+        let socket = self.socket_dir.join(SOCKET);
+        local_command(&socket, redis_users::AGENT, password, command_name, args, CALL_TIMEOUT).await
+    }
+
+    /// Install a renewed certificate and have the running server switch to
+    /// it (Redis reloads its TLS context on `CONFIG SET tls-*`).
+    pub async fn refresh_certificates(&self, password: &str) -> Result<bool, RedisError> {
+        let Some(tls) = &self.tls else { return Ok(false) };
+        let fresh = tls.refresh().map_err(|source| RedisError::Write { path: tls.source.clone(), source })?;
+        let Some(files) = fresh else { return Ok(false) };
+        let (cert, key) = (files.cert.to_string_lossy(), files.key.to_string_lossy());
+        self.call::<()>(password, "CONFIG", &["SET", "tls-cert-file", &cert, "tls-key-file", &key]).await?;
+        Ok(true)
     }
 
     /// See [`parse_replication`].
@@ -353,13 +451,22 @@ impl Redis {
 
     /// Write the config, start the server as `start` says and wait until it
     /// answers PING.
-    pub async fn start(&self, password: &str, start: Start<'_>) -> Result<Child, RedisError> {
+    pub async fn start(&self, users: &Users, start: Start<'_>) -> Result<Child, RedisError> {
         let role = match start {
             Start::Primary => Role::Primary,
             Start::Replica(_) => Role::Replica,
         };
         self.write_role(role).await?;
-        self.write_private(CONFIG_FILE, &render_config(self, password, start)).await?;
+        let tls = match &self.tls {
+            Some(tls) => {
+                let write_err = |source| RedisError::Write { path: tls.source.clone(), source };
+                tls.refresh().map_err(write_err)?;
+                tls.installed()
+            }
+            None => None,
+        };
+        self.write_private(CONFIG_FILE, &render_config(self, users, tls.as_ref(), start)).await?;
+        let password = users.agent.as_str();
 
         let mut cmd = Command::new(&self.server_bin);
         if let Some((uid, gid)) = self.run_as {
@@ -450,20 +557,32 @@ impl Redis {
 #[derive(Clone, Debug)]
 pub struct RedisMember {
     pub redis: Redis,
-    /// Directory of the credentials Secret (file `password`: clients',
-    /// replicas' and the agent's).
+    /// Directory of the members' Secret (the ACL users' passwords).
     pub credentials_dir: PathBuf,
 }
 
 impl RedisMember {
-    /// The password, read on every use so a rotated Secret is picked up on
-    /// the next start.
-    async fn password(&self) -> Result<String, RedisError> {
-        let path = self.credentials_dir.join("password");
+    /// One of the members' passwords, read on every use so a rotated
+    /// Secret is picked up on the next start.
+    async fn secret(&self, key: &str) -> Result<String, RedisError> {
+        let path = self.credentials_dir.join(key);
         match tokio::fs::read_to_string(&path).await {
             Ok(password) => Ok(password.trim().to_string()),
             Err(source) => Err(RedisError::Credentials { path, source }),
         }
+    }
+
+    /// The agent's own password.
+    async fn password(&self) -> Result<String, RedisError> {
+        self.secret(credential_files::SUPERUSER_PASSWORD).await
+    }
+
+    async fn users(&self) -> Result<Users, RedisError> {
+        Ok(Users {
+            app: self.secret(credential_files::APP_PASSWORD).await?,
+            replication: self.secret(credential_files::REPLICATION_PASSWORD).await?,
+            agent: self.password().await?,
+        })
     }
 
     /// Run one command on the member's server (see [`Redis::call`]).
@@ -509,7 +628,7 @@ impl Server for RedisMember {
     }
 
     async fn start(&self, start: Start<'_>) -> Result<Child, RedisError> {
-        self.redis.start(&self.password().await?, start).await
+        self.redis.start(&self.users().await?, start).await
     }
 
     async fn promote(&self) -> Result<(), RedisError> {
@@ -528,11 +647,10 @@ impl Server for RedisMember {
         server: &mut Option<Child>,
         primary: Option<&Endpoint>,
     ) -> Result<(), RedisError> {
-        let password = self.password().await?;
         match server {
-            Some(_) => self.redis.repoint(&password, primary).await,
+            Some(_) => self.redis.repoint(&self.password().await?, primary).await,
             None => {
-                *server = Some(self.redis.start(&password, Start::Replica(primary)).await?);
+                *server = Some(self.redis.start(&self.users().await?, Start::Replica(primary)).await?);
                 Ok(())
             }
         }
@@ -553,6 +671,10 @@ impl Server for RedisMember {
     async fn set_relaxed(&self, relaxed: bool) -> Result<(), RedisError> {
         self.redis.set_relaxed(&self.password().await?, relaxed).await
     }
+
+    async fn refresh_certificates(&self) -> Result<bool, RedisError> {
+        self.redis.refresh_certificates(&self.password().await?).await
+    }
 }
 
 #[cfg(test)]
@@ -567,6 +689,21 @@ mod tests {
             port: 6379,
             settings_file: settings.map(PathBuf::from),
             run_as: None,
+            socket_dir: "/run/redis".into(),
+            tls: None,
+        }
+    }
+
+    fn users() -> Users {
+        Users { app: "a pw".into(), replication: "r".into(), agent: "s3cret".into() }
+    }
+
+    fn installed() -> Installed {
+        Installed {
+            cert: "/run/redis/tls-1.crt".into(),
+            key: "/run/redis/tls-1.key".into(),
+            ca: "/run/redis/tls-ca.crt".into(),
+            version: "1".into(),
         }
     }
 
@@ -645,18 +782,33 @@ mod tests {
 
     #[test]
     fn settings_come_between_the_defaults_and_what_the_agent_relies_on() {
-        let conf = render_config(&redis(Some("/etc/redis/settings.conf")), "s3cret", Start::Primary);
+        let conf = render_config(
+            &redis(Some("/etc/redis/settings.conf")),
+            &users(),
+            Some(&installed()),
+            Start::Primary,
+        );
         let lines: Vec<&str> = conf.lines().collect();
         let at = |line: &str| lines.iter().position(|l| *l == line).unwrap();
         assert!(at("save \"\"") < at("include \"/etc/redis/settings.conf\""));
         assert!(at("include \"/etc/redis/settings.conf\"") < at("bind \"0.0.0.0\""));
         for line in [
-            "port 6379",
+            "port 0",
+            "tls-port 6379",
+            "tls-cert-file \"/run/redis/tls-1.crt\"",
+            "tls-replication yes",
+            "tls-auth-clients no",
+            "unixsocket \"/run/redis/redis.sock\"",
+            "unixsocketperm 700",
             "dir \"/data/my redis\"",
             "daemonize no",
-            "protected-mode no",
-            "requirepass \"s3cret\"",
-            "masterauth \"s3cret\"",
+            "protected-mode yes",
+            "user default off resetkeys resetchannels -@all",
+            "user app on \">a pw\" ~* &* +@all -@admin -@dangerous",
+            "user replicator on \">r\" +psync +replconf +ping",
+            "user hostwright on \">s3cret\" ~* &* +@all",
+            "masteruser \"replicator\"",
+            "masterauth \"r\"",
             "repl-diskless-sync-delay 0",
             "replicaof no one",
         ] {
@@ -667,10 +819,11 @@ mod tests {
     #[test]
     fn a_replica_follows_its_primary_or_waits_read_only() {
         let primary = Endpoint { member: "s-1".into(), host: "10.0.0.1".into(), port: 6380, lineage: None };
-        let conf = render_config(&redis(None), "pw", Start::Replica(Some(&primary)));
+        let conf = render_config(&redis(None), &users(), None, Start::Replica(Some(&primary)));
+        assert!(conf.contains("\nport 6379\n") && !conf.contains("tls-port"), "no TLS without certificates");
         assert!(conf.contains("\nreplicaof \"10.0.0.1\" 6380\n"));
         assert!(!conf.contains("include"));
-        let waiting = render_config(&redis(None), "pw", Start::Replica(None));
+        let waiting = render_config(&redis(None), &users(), None, Start::Replica(None));
         assert!(waiting.contains("\nreplicaof \"127.0.0.1\" 0\n"));
     }
 }

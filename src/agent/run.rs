@@ -255,6 +255,7 @@ impl<S: Server> Agent<S> {
         }
         if observed.is_some() && self.server.is_some() {
             self.keep_settings().await;
+            self.keep_certificates().await;
         }
         self.publish(observed).await;
     }
@@ -285,6 +286,16 @@ impl<S: Server> Agent<S> {
                 self.settings.refused = Some((key, why));
             }
             Err(err) => warn!(%err, %key, "could not load the new settings; retrying"),
+        }
+    }
+
+    /// Load a renewed server certificate (the kubelet projects the
+    /// Secret's new contents within a minute) without a restart.
+    async fn keep_certificates(&mut self) {
+        match self.driver.refresh_certificates().await {
+            Ok(true) => info!("loaded a renewed server certificate without a restart"),
+            Ok(false) => {}
+            Err(err) => warn!(%err, "could not load the renewed server certificate; retrying"),
         }
     }
 

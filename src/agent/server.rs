@@ -93,6 +93,11 @@ pub trait Server: Send + Sync {
     /// written. Returns the final position when the engine can tell it.
     fn stop(&self, server: &mut Child) -> impl Future<Output = Result<Option<u64>, Self::Error>> + Send;
 
+    /// Install a renewed server certificate (when the mounted one changed)
+    /// and have the running server load it without a restart. True when a
+    /// new one was loaded.
+    fn refresh_certificates(&self) -> impl Future<Output = Result<bool, Self::Error>> + Send;
+
     /// On a running primary: `relaxed` lets commits return without a
     /// replica's acknowledgement; false restores the configured rule.
     fn set_relaxed(&self, relaxed: bool) -> impl Future<Output = Result<(), Self::Error>> + Send;

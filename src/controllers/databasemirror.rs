@@ -10,7 +10,9 @@ use crate::api::databasemirror::Replication;
 use crate::api::{DatabaseMirror, DatabaseMirrorStatus};
 use crate::failover::Policy;
 use crate::resources::BuildError;
-use crate::resources::databasemirror::{Passwords, children, credentials, credentials_name};
+use crate::resources::databasemirror::{
+    Passwords, agent_credentials, agent_credentials_name, children, credentials, credentials_name,
+};
 use crate::resources::members::Blueprint;
 
 impl StoreStatus for DatabaseMirrorStatus {
@@ -88,6 +90,10 @@ impl Replicated for DatabaseMirror {
     }
 
     fn credentials_name(&self) -> String {
+        agent_credentials_name(self)
+    }
+
+    fn app_secret_name(&self) -> String {
         credentials_name(self)
     }
 
@@ -100,6 +106,10 @@ impl Replicated for DatabaseMirror {
     }
 
     fn credentials(&self, blueprint: &Blueprint, passwords: &Passwords) -> Secret {
-        credentials(self, blueprint, passwords)
+        agent_credentials(self, blueprint, passwords)
+    }
+
+    fn app_secret(&self, blueprint: &Blueprint, passwords: &Passwords, ca_pem: &str) -> Secret {
+        credentials(self, blueprint, &passwords.owner, ca_pem)
     }
 }

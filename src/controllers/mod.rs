@@ -77,6 +77,12 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    #[error("the certificates of {object}: {source}")]
+    Certificate {
+        object: String,
+        #[source]
+        source: crate::tls::TlsError,
+    },
 }
 
 impl Error {
@@ -88,6 +94,7 @@ impl Error {
             Error::Read { .. } => "read",
             Error::Status { .. } => "status",
             Error::Encode { .. } => "encode",
+            Error::Certificate { .. } => "certificate",
         }
     }
 }

@@ -28,7 +28,8 @@ use crate::failover::Policy;
 use crate::resources::BuildError;
 use crate::resources::members::Blueprint;
 use crate::resources::sessionstore::{
-    self, ExternalEndpoint, blueprint, config, connection, connection_name, external_endpoint,
+    self, ExternalEndpoint, Passwords, agent_credentials, agent_credentials_name, blueprint, config,
+    connection, connection_name, external_endpoint,
 };
 
 /// How often an external store is checked again.
@@ -56,7 +57,7 @@ impl Replicated for SessionStore {
     const CONTROLLER: &'static str = sessionstore::APP_NAME;
     const STATUS_RESOURCE: &'static str = "sessionstores/status";
     type Status = SessionStoreStatus;
-    type Passwords = String;
+    type Passwords = Passwords;
 
     fn current_status(&self) -> Option<&SessionStoreStatus> {
         self.status.as_ref()
@@ -100,23 +101,31 @@ impl Replicated for SessionStore {
     }
 
     fn credentials_name(&self) -> String {
+        agent_credentials_name(self)
+    }
+
+    fn app_secret_name(&self) -> String {
         connection_name(self)
     }
 
-    fn generate_passwords() -> String {
-        random_password()
+    fn generate_passwords() -> Passwords {
+        Passwords { app: random_password(), replication: random_password(), admin: random_password() }
     }
 
-    fn read_passwords(secret: &Secret) -> Result<String, &'static str> {
-        let password = secret.data.as_ref().and_then(|d| d.get(sessionstore::keys::PASSWORD));
-        password
-            .and_then(|v| String::from_utf8(v.0.clone()).ok())
-            .filter(|v| !v.is_empty())
-            .ok_or(sessionstore::keys::PASSWORD)
+    fn read_passwords(secret: &Secret) -> Result<Passwords, &'static str> {
+        Passwords::from_secret(secret)
     }
 
-    fn credentials(&self, blueprint: &Blueprint, password: &String) -> Secret {
-        connection(self, blueprint, password)
+    fn adopt_passwords(connection: &Secret) -> Option<Passwords> {
+        Passwords::adopt(connection, random_password)
+    }
+
+    fn credentials(&self, blueprint: &Blueprint, passwords: &Passwords) -> Secret {
+        agent_credentials(self, blueprint, passwords)
+    }
+
+    fn app_secret(&self, blueprint: &Blueprint, passwords: &Passwords, ca_pem: &str) -> Secret {
+        connection(self, blueprint, &passwords.app, ca_pem)
     }
 
     async fn external(&self, ctx: &Context<Self>) -> Option<Result<Action, Error>> {
@@ -276,14 +285,19 @@ mod tests {
     }
 
     #[test]
-    fn the_password_is_read_back_and_a_missing_one_is_named() {
+    fn the_passwords_are_read_back_and_a_missing_one_is_named() {
         let mut managed = SessionStore::new("sessions", serde_yaml::from_str("{}").unwrap());
         managed.metadata.namespace = Some("customer-a".into());
         managed.metadata.uid = Some("uid".into());
         let blueprint = managed.blueprint().unwrap();
-        let secret = managed.credentials(&blueprint, &"s3cret".to_string());
-        assert_eq!(SessionStore::read_passwords(&secret), Ok("s3cret".to_string()));
-        let emptied = connection(&managed, &blueprint, "");
-        assert_eq!(SessionStore::read_passwords(&emptied), Err("password"));
+        let passwords = Passwords { app: "a".into(), replication: "r".into(), admin: "s".into() };
+        let secret = managed.credentials(&blueprint, &passwords);
+        assert_eq!(SessionStore::read_passwords(&secret), Ok(passwords.clone()));
+        let app_only = managed.app_secret(&blueprint, &passwords, "ca");
+        assert_eq!(SessionStore::read_passwords(&app_only), Err("replication-password"));
+        // A store made before the members had a Secret: its one password stays the application's.
+        let adopted = SessionStore::adopt_passwords(&app_only).unwrap();
+        assert_eq!(adopted.app, "a");
+        assert!(adopted.replication != "r" && adopted.admin != "s");
     }
 }

@@ -57,7 +57,10 @@ fn database_children(name: &str) -> Vec<Child> {
         child("PodDisruptionBudget", &c.primary_budget),
         child("PodDisruptionBudget", &c.mirror_budget),
         child("ConfigMap", &c.config),
-        child("Secret", &databasemirror::credentials(&d, &blueprint, &passwords)),
+        child("Secret", &databasemirror::credentials(&d, &blueprint, &passwords.owner, "ca")),
+        child("Secret", &databasemirror::agent_credentials(&d, &blueprint, &passwords)),
+        child("Secret", &blueprint.ca_secret(&ca())),
+        child("Secret", &blueprint.tls_secret(&issued(), "ca")),
     ];
     out.extend(member_children(&blueprint));
     out
@@ -75,10 +78,25 @@ fn session_children(name: &str) -> Vec<Child> {
         child("PodDisruptionBudget", &primary_budget),
         child("PodDisruptionBudget", &replica_budget),
         child("ConfigMap", &sessionstore::config(&s, &blueprint)),
-        child("Secret", &sessionstore::connection(&s, &blueprint, "pw")),
+        child("Secret", &sessionstore::connection(&s, &blueprint, "pw", "ca")),
+        child("Secret", &sessionstore::agent_credentials(&s, &blueprint, &session_passwords())),
+        child("Secret", &blueprint.ca_secret(&ca())),
+        child("Secret", &blueprint.tls_secret(&issued(), "ca")),
     ];
     out.extend(member_children(&blueprint));
     out
+}
+
+fn ca() -> crate::tls::Authority {
+    crate::tls::Authority { cert_pem: "ca".into(), key_pem: "key".into() }
+}
+
+fn issued() -> crate::tls::Issued {
+    crate::tls::Issued { cert_pem: "cert".into(), key_pem: "key".into() }
+}
+
+fn session_passwords() -> sessionstore::Passwords {
+    sessionstore::Passwords { app: "a".into(), replication: "r".into(), admin: "s".into() }
 }
 
 /// Pods, volumes, Leases and the agents' RBAC of every member.

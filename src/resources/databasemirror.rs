@@ -15,6 +15,7 @@ use super::webcluster::secret_keys;
 use super::{BuildError, controller_ref, namespace_of};
 use crate::api::DatabaseMirror;
 use crate::api::databasemirror::{MAX_MIRRORS, Replication, is_parameter_name, is_reserved_parameter};
+use crate::contract::keys::credentials as credential_files;
 
 /// `app.kubernetes.io/name` of database pods.
 pub const APP_NAME: &str = "databasemirror";
@@ -34,7 +35,7 @@ const POSTGRES: Engine = Engine {
 };
 
 /// Secrets a DatabaseMirror owns, generated once by the reconciler.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Passwords {
     /// Password of the owner role the web tier connects as.
     pub owner: String,
@@ -44,9 +45,17 @@ pub struct Passwords {
     pub superuser: String,
 }
 
+// Passwords print redacted: a log line or an error never carries one.
+impl std::fmt::Debug for Passwords {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Passwords { <redacted> }")
+    }
+}
+
 impl Passwords {
-    /// The passwords kept in an existing credentials Secret, or the first key
-    /// missing from it.
+    /// The passwords kept in the members' Secret (or, for a store made
+    /// before it existed, the credentials Secret that then held them all),
+    /// or the first key missing from it.
     pub fn from_secret(secret: &Secret) -> Result<Self, &'static str> {
         let data = secret.data.clone().unwrap_or_default();
         let get = |key: &'static str| {
@@ -56,9 +65,9 @@ impl Passwords {
                 .ok_or(key)
         };
         Ok(Self {
-            owner: get("password")?,
-            replication: get("replication-password")?,
-            superuser: get("superuser-password")?,
+            owner: get(credential_files::APP_PASSWORD)?,
+            replication: get(credential_files::REPLICATION_PASSWORD)?,
+            superuser: get(credential_files::SUPERUSER_PASSWORD)?,
         })
     }
 }
@@ -78,9 +87,16 @@ pub fn member_names(dbm: &DatabaseMirror) -> Vec<String> {
     members::member_names(&dbm.name_any(), dbm.spec.mirrors.max(0) + 1)
 }
 
-/// Name of the Secret the web tier reads (`uri`, `ro-uri`, …).
+/// Name of the Secret the web tier reads (`uri`, `ro-uri`, `ca.crt`, …):
+/// the application's user alone.
 pub fn credentials_name(dbm: &DatabaseMirror) -> String {
     format!("{}-credentials", dbm.name_any())
+}
+
+/// Name of the members' own Secret: every password, the superuser's and
+/// the replication user's among them. Only member pods mount it.
+pub fn agent_credentials_name(dbm: &DatabaseMirror) -> String {
+    format!("{}-agent", dbm.name_any())
 }
 
 fn config_name(dbm: &DatabaseMirror) -> String {
@@ -105,7 +121,8 @@ pub fn blueprint(dbm: &DatabaseMirror) -> Result<Blueprint, BuildError> {
         image: template.image.clone(),
         resources: template.resources.clone(),
         storage: Some(template.storage.clone()),
-        credentials_secret: credentials_name(dbm),
+        credentials_secret: agent_credentials_name(dbm),
+        service_names: vec![format!("{}-rw", dbm.name_any()), format!("{}-ro", dbm.name_any())],
         config_map: config_name(dbm),
         agent_args: vec![
             format!("--database-mirror={}", dbm.name_any()),
@@ -324,32 +341,49 @@ pub fn major_change(dbm: &DatabaseMirror, running: &[String]) -> Option<String> 
     ))
 }
 
-/// The Secret the web tier and the agents read. Host names are the stable
-/// Services, so a promotion changes nothing here.
-pub fn credentials(dbm: &DatabaseMirror, blueprint: &Blueprint, passwords: &Passwords) -> Secret {
+/// The Secret the web tier reads: the application's user, its URLs and the
+/// CA that signed the server's certificate. The URLs verify the server
+/// (`sslmode=verify-full`) against the CA where a web pod finds it. Host
+/// names are the stable Services, so a promotion changes nothing here.
+pub fn credentials(dbm: &DatabaseMirror, blueprint: &Blueprint, password: &str, ca_pem: &str) -> Secret {
     let (name, ns) = (&blueprint.name, &blueprint.namespace);
     let (db, user) = (&dbm.spec.database, &dbm.spec.owner);
     let host = |suffix: &str| format!("{name}-{suffix}.{ns}.svc");
-    let uri = |suffix: &str| format!("postgresql://{user}:{}@{}:{PORT}/{db}", passwords.owner, host(suffix));
-    let data: BTreeMap<String, ByteString> = [
+    let tls = format!("sslmode=verify-full&sslrootcert={}", secret_keys::DATABASE_CA_PATH);
+    let uri = |suffix: &str| format!("postgresql://{user}:{password}@{}:{PORT}/{db}?{tls}", host(suffix));
+    let data = secret_data([
         ("username", user.clone()),
-        ("password", passwords.owner.clone()),
+        ("password", password.to_string()),
         ("database", db.clone()),
         ("host", host("rw")),
         ("ro-host", host("ro")),
         ("port", PORT.to_string()),
+        ("sslmode", "verify-full".into()),
+        (secret_keys::CA_CERT, ca_pem.to_string()),
         (secret_keys::DATABASE_URL, uri("rw")),
         (secret_keys::DATABASE_RO_URL, uri("ro")),
-        ("replication-password", passwords.replication.clone()),
-        ("superuser-password", passwords.superuser.clone()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), ByteString(v.into_bytes())))
-    .collect();
-    // The members' data only opens with these passwords: the Secret is kept
-    // with the volumes, and a DatabaseMirror re-created over them adopts it.
-    let metadata = blueprint.kept_metadata(credentials_name(dbm));
+    ]);
+    let metadata = blueprint.metadata(credentials_name(dbm));
     Secret { metadata, type_: Some("Opaque".into()), data: Some(data), ..Secret::default() }
+}
+
+/// The members' Secret: every password, generated once. The members' data
+/// only opens with these: the Secret is kept with the volumes, and a
+/// DatabaseMirror re-created over them adopts it.
+pub fn agent_credentials(dbm: &DatabaseMirror, blueprint: &Blueprint, passwords: &Passwords) -> Secret {
+    let data = secret_data([
+        (credential_files::USERNAME, dbm.spec.owner.clone()),
+        (credential_files::DATABASE, dbm.spec.database.clone()),
+        (credential_files::APP_PASSWORD, passwords.owner.clone()),
+        (credential_files::REPLICATION_PASSWORD, passwords.replication.clone()),
+        (credential_files::SUPERUSER_PASSWORD, passwords.superuser.clone()),
+    ]);
+    let metadata = blueprint.kept_metadata(agent_credentials_name(dbm));
+    Secret { metadata, type_: Some("Opaque".into()), data: Some(data), ..Secret::default() }
+}
+
+fn secret_data<K: ToString>(pairs: impl IntoIterator<Item = (K, String)>) -> BTreeMap<String, ByteString> {
+    pairs.into_iter().map(|(k, v)| (k.to_string(), ByteString(v.into_bytes()))).collect()
 }
 
 /// A short, stable hash of everything in the instance template that shapes a
@@ -605,17 +639,30 @@ mod tests {
     }
 
     #[test]
-    fn credentials_point_at_the_stable_services() {
-        let secret = {
-            let d = dbm("instance: {storage: {size: 1Gi}}\ndatabase: shop\nowner: shop");
-            credentials(&d, &blueprint(&d).unwrap(), &passwords())
-        };
-        assert!(secret.metadata.owner_references.is_none(), "kept with the volumes");
-        assert_eq!(Passwords::from_secret(&secret), Ok(passwords()));
+    fn credentials_point_at_the_stable_services_and_verify_them() {
+        let d = dbm("instance: {storage: {size: 1Gi}}\ndatabase: shop\nowner: shop");
+        let b = blueprint(&d).unwrap();
+        let secret = credentials(&d, &b, "o", "CA PEM");
+        assert!(secret.metadata.owner_references.is_some(), "rebuilt from the members' Secret: owned");
         let data = secret.data.unwrap();
         let text = |k: &str| String::from_utf8(data[k].0.clone()).unwrap();
-        assert_eq!(text("uri"), "postgresql://shop:o@shop-db-rw.customer-a.svc:5432/shop");
-        assert_eq!(text("ro-uri"), "postgresql://shop:o@shop-db-ro.customer-a.svc:5432/shop");
+        let tls = "sslmode=verify-full&sslrootcert=/etc/hostwright/database/ca.crt";
+        assert_eq!(text("uri"), format!("postgresql://shop:o@shop-db-rw.customer-a.svc:5432/shop?{tls}"));
+        assert_eq!(text("ro-uri"), format!("postgresql://shop:o@shop-db-ro.customer-a.svc:5432/shop?{tls}"));
+        assert_eq!(text("ca.crt"), "CA PEM");
+        for key in ["replication-password", "superuser-password"] {
+            assert!(!data.contains_key(key), "the application's Secret holds no {key}");
+        }
+    }
+
+    #[test]
+    fn the_members_secret_holds_every_password_and_stays_with_the_data() {
+        let d = dbm("instance: {storage: {size: 1Gi}}\ndatabase: shop\nowner: shop");
+        let secret = agent_credentials(&d, &blueprint(&d).unwrap(), &passwords());
+        assert_eq!(secret.metadata.name.as_deref(), Some("shop-db-agent"));
+        assert!(secret.metadata.owner_references.is_none(), "kept with the volumes");
+        assert_eq!(Passwords::from_secret(&secret), Ok(passwords()));
+        assert_eq!(format!("{:?}", passwords()), "Passwords { <redacted> }");
     }
 
     #[test]

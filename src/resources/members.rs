@@ -42,6 +42,11 @@ const CONTROLLER_DIR: &str = "/controller";
 pub const CREDENTIALS_DIR: &str = "/etc/hostwright/credentials";
 /// Where the settings ConfigMap is mounted.
 pub const CONFIG_DIR: &str = "/etc/hostwright";
+/// Where the TLS Secret (server certificate, key, CA) is mounted.
+pub const TLS_DIR: &str = "/etc/hostwright/tls";
+/// Secret files in member pods: the server's user (their group, through
+/// `fsGroup`) reads them, nobody else in the pod.
+const SECRET_FILE_MODE: i32 = 0o440;
 
 /// What differs between the engines' member pods.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,8 +86,11 @@ pub struct Blueprint {
     pub resources: Option<ResourceRequirements>,
     /// None: members keep their data in an emptyDir (lost with the pod).
     pub storage: Option<StorageSpec>,
-    /// Secret mounted at [`CREDENTIALS_DIR`].
+    /// Secret mounted at [`CREDENTIALS_DIR`]: the members' own passwords
+    /// (`<name>-agent`), never the application's Secret.
     pub credentials_secret: String,
+    /// The store's Services, whose DNS names its certificate carries.
+    pub service_names: Vec<String>,
     /// ConfigMap mounted at [`CONFIG_DIR`].
     pub config_map: String,
     /// Agent arguments beyond the common ones (the object's name, settings file).
@@ -299,6 +307,8 @@ impl Blueprint {
             format!("--engine={}", engine.name),
             format!("--port={}", engine.port),
             format!("--credentials-dir={CREDENTIALS_DIR}"),
+            format!("--tls-dir={TLS_DIR}"),
+            format!("--socket-dir={}", engine.run_dir),
         ];
         args.extend(self.agent_args.iter().cloned());
         let server = Container {
@@ -339,6 +349,7 @@ impl Blueprint {
                 mount("controller", CONTROLLER_DIR, true),
                 mount("config", CONFIG_DIR, true),
                 mount("credentials", CREDENTIALS_DIR, true),
+                mount("tls", TLS_DIR, true),
                 mount("run", engine.run_dir, false),
             ]),
             security_context: Some(restricted),
@@ -372,14 +383,8 @@ impl Blueprint {
                 }),
                 ..Volume::default()
             },
-            Volume {
-                name: "credentials".into(),
-                secret: Some(SecretVolumeSource {
-                    secret_name: Some(self.credentials_secret.clone()),
-                    ..SecretVolumeSource::default()
-                }),
-                ..Volume::default()
-            },
+            secret_volume("credentials", &self.credentials_secret),
+            secret_volume("tls", &self.tls_secret_name()),
         ];
         Pod {
             metadata: meta,
@@ -417,6 +422,19 @@ impl Blueprint {
             }),
             status: None,
         }
+    }
+}
+
+/// A Secret as files only the server's group reads.
+fn secret_volume(name: &str, secret: &str) -> Volume {
+    Volume {
+        name: name.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.into()),
+            default_mode: Some(SECRET_FILE_MODE),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
     }
 }
 

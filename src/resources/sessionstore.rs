@@ -14,6 +14,7 @@ use super::webcluster::secret_keys;
 use super::{BuildError, controller_ref, namespace_of};
 use crate::api::SessionStore;
 use crate::api::sessionstore::Durability;
+use crate::contract::keys::credentials as credential_files;
 
 /// `app.kubernetes.io/name` of session store pods.
 pub const APP_NAME: &str = "sessionstore";
@@ -25,6 +26,7 @@ pub mod keys {
     pub const HOST: &str = "host";
     pub const PORT: &str = "port";
     pub const PASSWORD: &str = "password";
+    pub const USERNAME: &str = "username";
 }
 
 /// How Redis members run: the official image's `redis` user (999).
@@ -49,6 +51,70 @@ pub fn connection_name(store: &SessionStore) -> String {
     format!("{}-connection", store.name_any())
 }
 
+/// Name of the members' own Secret: the passwords of the ACL users (the
+/// application's, the replicas', the agent's). Only member pods mount it.
+pub fn agent_credentials_name(store: &SessionStore) -> String {
+    format!("{}-agent", store.name_any())
+}
+
+/// Passwords of a deployed store's ACL users, generated once.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Passwords {
+    /// User `app`: data commands only (the web tier).
+    pub app: String,
+    /// User `replicator`: what replicas sync as.
+    pub replication: String,
+    /// User `hostwright`: the agent, over a unix socket in its own pod.
+    pub admin: String,
+}
+
+// Passwords print redacted: a log line or an error never carries one.
+impl std::fmt::Debug for Passwords {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Passwords { <redacted> }")
+    }
+}
+
+impl Passwords {
+    /// The passwords in the members' Secret, or the first key it lacks.
+    pub fn from_secret(secret: &Secret) -> Result<Self, &'static str> {
+        let get = |key: &'static str| secret_text(secret, key).ok_or(key);
+        Ok(Self {
+            app: get(credential_files::APP_PASSWORD)?,
+            replication: get(credential_files::REPLICATION_PASSWORD)?,
+            admin: get(credential_files::SUPERUSER_PASSWORD)?,
+        })
+    }
+
+    /// A store made before the members had a Secret of their own kept one
+    /// password in its connection Secret: it stays the application's (the
+    /// web tier has it), the others are new.
+    pub fn adopt(connection: &Secret, generate: impl Fn() -> String) -> Option<Self> {
+        let app = secret_text(connection, keys::PASSWORD)?;
+        Some(Self { app, replication: generate(), admin: generate() })
+    }
+}
+
+fn secret_text(secret: &Secret, key: &str) -> Option<String> {
+    let value = secret.data.as_ref()?.get(key)?;
+    String::from_utf8(value.0.clone()).ok().filter(|v| !v.is_empty())
+}
+
+/// The members' Secret. Kept with the volumes unless they go with the
+/// object, like a DatabaseMirror's.
+pub fn agent_credentials(store: &SessionStore, blueprint: &Blueprint, passwords: &Passwords) -> Secret {
+    let data: BTreeMap<String, ByteString> = [
+        (credential_files::APP_PASSWORD, &passwords.app),
+        (credential_files::REPLICATION_PASSWORD, &passwords.replication),
+        (credential_files::SUPERUSER_PASSWORD, &passwords.admin),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), ByteString(v.clone().into_bytes())))
+    .collect();
+    let metadata = blueprint.kept_metadata(agent_credentials_name(store));
+    Secret { metadata, type_: Some("Opaque".into()), data: Some(data), ..Secret::default() }
+}
+
 fn config_name(store: &SessionStore) -> String {
     format!("{}-redis", store.name_any())
 }
@@ -68,7 +134,8 @@ pub fn blueprint(store: &SessionStore) -> Result<Blueprint, BuildError> {
         image: spec.image.clone(),
         resources: spec.resources.clone(),
         storage: spec.storage.clone(),
-        credentials_secret: connection_name(store),
+        credentials_secret: agent_credentials_name(store),
+        service_names: vec![store.name_any(), format!("{}-replicas", store.name_any())],
         config_map: config_name(store),
         agent_args: vec![
             format!("--session-store={}", store.name_any()),
@@ -127,11 +194,26 @@ pub fn config(store: &SessionStore, blueprint: &Blueprint) -> ConfigMap {
     }
 }
 
-/// The connection Secret of a deployed store: the agents read `password`,
-/// the web pods `url`. Kept with the volumes unless they go with the object.
-pub fn connection(store: &SessionStore, blueprint: &Blueprint, password: &str) -> Secret {
+/// The connection Secret of a deployed store, what the web pods read: a
+/// `rediss://` URL as the ACL user `app`, and the CA that signed the
+/// server's certificate (a web pod finds it at
+/// [`secret_keys::SESSION_STORE_CA_PATH`]). Nothing the members need.
+pub fn connection(store: &SessionStore, blueprint: &Blueprint, password: &str, ca_pem: &str) -> Secret {
     let host = format!("{}.{}.svc", blueprint.name, blueprint.namespace);
-    connection_secret(blueprint.kept_metadata(connection_name(store)), &host, PORT, Some(password))
+    let app = crate::contract::keys::redis_users::APP;
+    let data: BTreeMap<String, ByteString> = [
+        (keys::URL, format!("rediss://{app}:{password}@{host}:{PORT}/0")),
+        (keys::HOST, host.clone()),
+        (keys::PORT, PORT.to_string()),
+        (keys::USERNAME, app.to_string()),
+        (keys::PASSWORD, password.to_string()),
+        (secret_keys::CA_CERT, ca_pem.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), ByteString(v.into_bytes())))
+    .collect();
+    let metadata = blueprint.metadata(connection_name(store));
+    Secret { metadata, type_: Some("Opaque".into()), data: Some(data), ..Secret::default() }
 }
 
 /// The connection Secret from its parts (also what an external store is
@@ -267,7 +349,8 @@ mod tests {
         assert!(redis_conf(&s).contains("appendonly yes"));
         let volume = blueprint(&s).unwrap().member_volume("sessions-1").unwrap();
         assert!(volume.metadata.owner_references.is_none());
-        assert!(connection(&s, &blueprint(&s).unwrap(), "pw").metadata.owner_references.is_none());
+        let members = Passwords { app: "a".into(), replication: "r".into(), admin: "s".into() };
+        assert!(agent_credentials(&s, &blueprint(&s).unwrap(), &members).metadata.owner_references.is_none());
     }
 
     #[test]
@@ -280,11 +363,13 @@ mod tests {
     #[test]
     fn the_connection_names_the_primary_service_not_a_member() {
         let s = store("{}");
-        let secret = connection(&s, &blueprint(&s).unwrap(), "s3cret");
-        assert!(secret.metadata.owner_references.is_some(), "without storage it goes with the store");
+        let secret = connection(&s, &blueprint(&s).unwrap(), "s3cret", "CA PEM");
+        assert!(secret.metadata.owner_references.is_some(), "rebuilt from the members' Secret: owned");
         let data = secret.data.unwrap();
         let text = |k: &str| String::from_utf8(data[k].0.clone()).unwrap();
-        assert_eq!(text("url"), "redis://:s3cret@sessions.customer-a.svc:6379/0");
+        assert_eq!(text("url"), "rediss://app:s3cret@sessions.customer-a.svc:6379/0");
+        assert_eq!(text("username"), "app");
+        assert_eq!(text("ca.crt"), "CA PEM");
         assert_eq!(text("host"), "sessions.customer-a.svc");
         assert_eq!(text("port"), "6379");
         assert_eq!(text("password"), "s3cret");

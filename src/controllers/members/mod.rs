@@ -9,6 +9,7 @@
 //! each status write is conditional on the resourceVersion it was computed
 //! from, so a stale cache can never step the engine from an old state.
 
+mod certificates;
 pub mod leases;
 mod reconcile;
 pub mod rollout;
@@ -109,11 +110,24 @@ pub trait Replicated:
     fn policy(&self) -> Policy;
     /// The Service writes go through, for messages.
     fn read_write_service(&self) -> String;
+    /// The members' own Secret (`<name>-agent`): every password, kept with
+    /// the data they open. Only member pods mount it.
     fn credentials_name(&self) -> String;
+    /// The Secret the web tier reads: the application's user alone.
+    fn app_secret_name(&self) -> String;
     fn generate_passwords() -> Self::Passwords;
-    /// The passwords in an existing Secret, or the first key it lacks.
+    /// The passwords in the members' Secret, or the first key it lacks.
     fn read_passwords(secret: &Secret) -> Result<Self::Passwords, &'static str>;
+    /// The passwords of a store made before its members had a Secret of
+    /// their own, from the application Secret that then held them.
+    fn adopt_passwords(app_secret: &Secret) -> Option<Self::Passwords> {
+        Self::read_passwords(app_secret).ok()
+    }
+    /// The members' Secret.
     fn credentials(&self, blueprint: &Blueprint, passwords: &Self::Passwords) -> Secret;
+    /// The application's Secret: its user, URLs that verify the server
+    /// against `ca_pem`, and the CA itself.
+    fn app_secret(&self, blueprint: &Blueprint, passwords: &Self::Passwords, ca_pem: &str) -> Secret;
     /// Nothing to deploy (an external store): reconciled by the kind itself.
     fn external(
         &self,
@@ -161,6 +175,8 @@ pub struct Context<K: Replicated> {
     pub caches_ready: AtomicBool,
     /// Image carrying `hostwright agent` (the operator's own).
     pub agent_image: String,
+    /// Lifetime of the server certificates issued to stores.
+    pub certificate_lifetime: Duration,
     written: Mutex<HashMap<String, Written<K::Status>>>,
     /// How each store's member Leases look on this operator's clock, by store uid.
     leases: Mutex<HashMap<String, leases::LeaseClock>>,
@@ -174,6 +190,7 @@ pub async fn run<K: Replicated>(
     scope: Scope,
     shared: Shared,
     agent_image: String,
+    certificate_lifetime: Duration,
     concurrency: u16,
     ready: impl FnOnce() + Send + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
@@ -212,6 +229,7 @@ pub async fn run<K: Replicated>(
         },
         caches_ready: AtomicBool::new(false),
         agent_image,
+        certificate_lifetime,
         written: Mutex::new(HashMap::new()),
         leases: Mutex::new(HashMap::new()),
         resize_refusals: Mutex::new(std::collections::HashSet::new()),

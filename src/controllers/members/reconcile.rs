@@ -30,8 +30,8 @@ use tracing::{info, warn};
 
 use super::rollout::{self, PodFacts};
 use super::status::{self, Credentials, Facts};
-use super::volumes;
 use super::{ACTIVE_INTERVAL, Context, Replicated, StoreStatus, last_written, write_status};
+use super::{certificates, volumes};
 use crate::api::common::EngineStatus;
 use crate::contract::keys::SETTINGS_ANNOTATION;
 use crate::contract::{Instruction, decode_report, decode_settings};
@@ -69,6 +69,8 @@ pub(super) struct Seen<K: Replicated> {
     /// The passwords to keep the Secret with (None: refused, see credentials).
     passwords: Option<K::Passwords>,
     live_secret: Option<Arc<Secret>>,
+    /// The application's Secret as it is.
+    live_app_secret: Option<Arc<Secret>>,
     members: Vec<Member>,
     /// Member pods this store owns, by member.
     pods: BTreeMap<String, Arc<Pod>>,
@@ -98,7 +100,7 @@ fn now_ms() -> u64 {
 
 /// A cached object of this store by name and instance label (kept volumes
 /// and Secrets carry no owner).
-fn labelled<C>(cache: &Store<C>, namespace: &str, name: &str, instance: &str) -> Option<Arc<C>>
+pub(super) fn labelled<C>(cache: &Store<C>, namespace: &str, name: &str, instance: &str) -> Option<Arc<C>>
 where
     C: Resource<DynamicType = ()> + Clone,
 {
@@ -129,14 +131,25 @@ async fn observe<K: Replicated>(store: &K, ctx: &Context<K>) -> Result<Seen<K>, 
         }
     };
     let has_engine = old_status.replication().engine.is_some();
-    let (passwords, credentials) = match &live_secret {
-        Some(secret) => match K::read_passwords(secret) {
+    let live_app_secret = match labelled(&caches.secrets, &namespace, &store.app_secret_name(), &name) {
+        Some(cached) => Some(cached),
+        None if live_secret.is_none() => {
+            read_labelled(&ctx.shared.client, "secrets", &namespace, &store.app_secret_name(), &name).await?
+        }
+        None => None,
+    };
+    let adopted =
+        live_secret.is_none().then(|| live_app_secret.as_deref().and_then(K::adopt_passwords)).flatten();
+    let (passwords, credentials) = match (&live_secret, adopted) {
+        (Some(secret), _) => match K::read_passwords(secret) {
             Ok(p) => (Some(p), Credentials::Ready),
             Err(key) => (None, Credentials::Invalid { key }),
         },
+        // A store made before its members had a Secret of their own.
+        (None, Some(adopted)) => (Some(adopted), Credentials::Ready),
         // Generated once; never regenerated over data they opened.
-        None if !volumes.is_empty() || has_engine => (None, Credentials::Missing),
-        None => (Some(K::generate_passwords()), Credentials::Ready),
+        (None, None) if !volumes.is_empty() || has_engine => (None, Credentials::Missing),
+        (None, None) => (Some(K::generate_passwords()), Credentials::Ready),
     };
 
     let pods: BTreeMap<String, Arc<Pod>> = blueprint
@@ -179,6 +192,7 @@ async fn observe<K: Replicated>(store: &K, ctx: &Context<K>) -> Result<Seen<K>, 
         credentials,
         passwords,
         live_secret,
+        live_app_secret,
         members,
         pods,
         extra_pods,
@@ -210,7 +224,7 @@ fn pod_facts(pod: &Pod, lease: Option<&LeaseObject>) -> PodFacts {
 
 /// `name` as the API server has it now, if it belongs to `instance`: what
 /// [`labelled`] gives from the cache, for when the cache may be behind.
-async fn read_labelled<C>(
+pub(super) async fn read_labelled<C>(
     client: &kube::Client,
     resource: &'static str,
     namespace: &str,
@@ -434,7 +448,8 @@ async fn act<K: Replicated>(
     seen: &Seen<K>,
     plan: &Plan<K>,
 ) -> Result<Action, Error> {
-    keep_credentials(store, ctx, seen).await?;
+    let tls = certificates::keep(store, ctx, &seen.blueprint).await?;
+    keep_credentials(store, ctx, seen, &tls.ca_pem).await?;
     keep_children(store, ctx, seen).await?;
     keep_volumes(ctx, seen).await?;
     volumes::expand(store, ctx, &seen.resizes).await?;
@@ -450,12 +465,20 @@ async fn act<K: Replicated>(
     if superseded || revoked || replaced {
         return Ok(Action::requeue(ACTIVE_INTERVAL));
     }
-    Ok(Action::requeue(next_look(&plan.decision, &plan.status, seen.next_lease_change)))
+    let renewal = certificates::until_renewal(&tls).max(Duration::from_secs(1));
+    Ok(Action::requeue(next_look(&plan.decision, &plan.status, seen.next_lease_change).min(renewal)))
 }
 
-/// The credentials Secret: generated once; afterwards only its other keys
-/// (hosts, URLs) and its ownership follow the spec.
-async fn keep_credentials<K: Replicated>(store: &K, ctx: &Context<K>, seen: &Seen<K>) -> Result<(), Error> {
+/// The members' Secret: generated once (or adopted from an older store's
+/// application Secret); afterwards only its ownership follows the spec.
+/// Then the application's Secret, with the CA the web tier verifies the
+/// server against.
+async fn keep_credentials<K: Replicated>(
+    store: &K,
+    ctx: &Context<K>,
+    seen: &Seen<K>,
+    ca_pem: &str,
+) -> Result<(), Error> {
     let Some(passwords) = &seen.passwords else { return Ok(()) };
     let desired = store.credentials(&seen.blueprint, passwords);
     match &seen.live_secret {
@@ -469,7 +492,23 @@ async fn keep_credentials<K: Replicated>(store: &K, ctx: &Context<K>, seen: &See
             keep_ownership(ctx, live.as_ref(), &desired).await?;
         }
     }
+    let app = store.app_secret(&seen.blueprint, passwords, ca_pem);
+    match &seen.live_app_secret {
+        // Keys it no longer has (the passwords an older store kept there)
+        // go: a forced apply drops the fields this manager stops sending.
+        Some(live) if has_other_keys(live, &app) => drop(ctx.shared.apply(&app, None).await?),
+        live => drop(ctx.shared.apply(&app, live.as_ref()).await?),
+    }
+    if let Some(live) = &seen.live_app_secret {
+        keep_ownership(ctx, live.as_ref(), &app).await?;
+    }
     Ok(())
+}
+
+/// `live` holds a data key `desired` does not.
+fn has_other_keys(live: &Secret, desired: &Secret) -> bool {
+    let wanted = desired.data.as_ref();
+    live.data.iter().flatten().any(|(key, _)| !wanted.is_some_and(|w| w.contains_key(key)))
 }
 
 /// Services, budgets, settings and the agents' identity.
