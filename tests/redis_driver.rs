@@ -2,20 +2,39 @@
 //! redis-server, installed by `make deps`): a primary and a replica that
 //! acks writes for WAIT, a replica waiting read-only for a primary, a
 //! promotion, a replica repointed in place, and the old primary rejoining
-//! with its diverged write discarded.
+//! with its diverged write discarded. Every member runs as in a pod: TLS
+//! only, ACL users, administered over a unix socket.
 
 use std::net::TcpListener;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use hostwright::agent::certificates::Certificates;
 use hostwright::agent::plan::Endpoint;
 use hostwright::agent::redis::{CONFIG_FILE, Redis, RedisMember};
 use hostwright::agent::server::{Server, Start};
 use hostwright::contract::DataState;
+use hostwright::contract::keys::{credentials as files, tls as tls_files};
 use redis::{AsyncConnectionConfig, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
 
+/// A plaintext connection to `port`, as a client that ignores TLS would try.
+async fn plaintext(port: u16) -> redis::RedisResult<String> {
+    let settings =
+        RedisConnectionInfo::default().set_username("app").set_password(PASSWORD).set_skip_set_lib_name();
+    let info =
+        ConnectionAddr::Tcp("127.0.0.1".into(), port).into_connection_info()?.set_redis_settings(settings);
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(2)));
+    let mut conn = redis::Client::open(info)?.get_multiplexed_async_connection_with_config(&config).await?;
+    redis::cmd("PING").query_async(&mut conn).await
+}
+
+/// The application's password (quotes and spaces: the config file quotes it).
 const PASSWORD: &str = "s3cret \"quoted\" pass";
+/// The names the test servers' certificates carry.
+const SERVER_NAME: &str = "sessions.customer-a.svc";
 
 fn server_bin() -> Option<PathBuf> {
     let bin = std::env::var_os("HOSTWRIGHT_REDIS_SERVER")
@@ -40,15 +59,48 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// The store's CA and server certificate, as the operator issues them, in
+/// `<root>/tls` (where a pod has its TLS Secret mounted); the CA's PEM.
+fn issue_certificates(root: &Path) -> String {
+    let dir = root.join("tls");
+    let now = std::time::SystemTime::now();
+    let ca = match std::fs::read_to_string(root.join("ca.key")) {
+        Ok(key_pem) => hostwright::tls::Authority {
+            cert_pem: std::fs::read_to_string(dir.join(tls_files::CA)).unwrap(),
+            key_pem,
+        },
+        Err(_) => hostwright::tls::new_authority("customer-a/sessions CA", now).unwrap(),
+    };
+    let issued =
+        hostwright::tls::issue_server(&ca, &[SERVER_NAME.to_string()], now, hostwright::tls::SERVER_LIFETIME)
+            .unwrap();
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(root.join("ca.key"), &ca.key_pem).unwrap();
+    std::fs::write(dir.join(tls_files::CA), &ca.cert_pem).unwrap();
+    std::fs::write(dir.join(tls_files::CERT), &issued.cert_pem).unwrap();
+    std::fs::write(dir.join(tls_files::KEY), &issued.key_pem).unwrap();
+    ca.cert_pem
+}
+
 fn member(root: &Path, name: &str, settings: Option<&str>) -> RedisMember {
+    if !root.join("tls").exists() {
+        issue_certificates(root);
+    }
     let credentials_dir = root.join(format!("{name}-credentials"));
     std::fs::create_dir_all(&credentials_dir).unwrap();
-    std::fs::write(credentials_dir.join("password"), format!("{PASSWORD}\n")).unwrap();
+    std::fs::write(credentials_dir.join(files::APP_PASSWORD), format!("{PASSWORD}\n")).unwrap();
+    std::fs::write(credentials_dir.join(files::REPLICATION_PASSWORD), "repl\n").unwrap();
+    std::fs::write(credentials_dir.join(files::SUPERUSER_PASSWORD), "agent\n").unwrap();
     let settings_file = settings.map(|text| {
         let path = root.join(format!("{name}-settings.conf"));
         std::fs::write(&path, text).unwrap();
         path
     });
+    let socket_dir = root.join(format!("{name}-run"));
+    std::fs::create_dir_all(&socket_dir).unwrap();
+    if let Some((uid, gid)) = run_as() {
+        std::os::unix::fs::chown(&socket_dir, Some(uid), Some(gid)).unwrap();
+    }
     RedisMember {
         redis: Redis {
             server_bin: server_bin().unwrap(),
@@ -57,6 +109,8 @@ fn member(root: &Path, name: &str, settings: Option<&str>) -> RedisMember {
             port: free_port(),
             settings_file,
             run_as: run_as(),
+            tls: Some(Certificates::new(root.join("tls"), socket_dir.clone(), run_as())),
+            socket_dir,
         },
         credentials_dir,
     }
@@ -78,14 +132,23 @@ async fn holds(m: &RedisMember, key: &str, value: &str) -> bool {
 /// A client's own connection: WAIT counts the replicas that acked this
 /// connection's last write.
 async fn client(m: &RedisMember) -> redis::aio::MultiplexedConnection {
-    let settings = RedisConnectionInfo::default().set_password(PASSWORD).set_skip_set_lib_name();
-    let info = ConnectionAddr::Tcp("127.0.0.1".into(), m.redis.port)
-        .into_connection_info()
-        .unwrap()
-        .set_redis_settings(settings);
+    client_as(m, "app", PASSWORD).await.unwrap()
+}
+
+/// A connection over TLS as `user`, verifying the server for the Service's
+/// name against the store's CA.
+async fn client_as(
+    m: &RedisMember,
+    user: &str,
+    password: &str,
+) -> Result<redis::aio::MultiplexedConnection, hostwright::tls::client::RedisTlsError> {
+    let ca = std::fs::read_to_string(m.redis.tls.as_ref().unwrap().source.join(tls_files::CA)).unwrap();
+    let settings =
+        RedisConnectionInfo::default().set_username(user).set_password(password).set_skip_set_lib_name();
     // Room for WAIT's own timeout (the crate's default is half a second).
     let config = AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(10)));
-    redis::Client::open(info).unwrap().get_multiplexed_async_connection_with_config(&config).await.unwrap()
+    let address = format!("127.0.0.1:{}", m.redis.port);
+    hostwright::tls::client::redis(&address, SERVER_NAME, &ca, &settings, config).await
 }
 
 async fn save_rules(m: &RedisMember) -> String {
@@ -222,5 +285,67 @@ async fn replicate_wait_promote_repoint_rejoin() {
         c.stop(&mut server).await.unwrap();
     }
     b.stop(&mut b_server).await.unwrap();
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// What a client over the network meets: TLS or nothing, and as the
+/// application's user data commands only; a renewed certificate is served
+/// without a restart while open connections go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_only_data_commands_only_and_a_renewed_certificate_loads_without_a_restart() {
+    if server_bin().is_none() {
+        eprintln!("skipped: no /usr/bin/redis-server (e2e/install-deps installs Debian's redis-server)");
+        return;
+    }
+    let root = std::env::temp_dir().join(format!("hostwright-redis-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&root).unwrap();
+    let (a, b) = (member(&root, "s-1", None), member(&root, "s-2", None));
+    a.initialize().await.unwrap();
+    let mut a_server = a.start(Start::Primary).await.unwrap();
+    b.clone_from(&endpoint("s-1", &a)).await.unwrap();
+    let mut b_server = b.start(Start::Replica(Some(&endpoint("s-1", &a)))).await.unwrap();
+
+    assert!(plaintext(a.redis.port).await.is_err(), "a plaintext connection was answered");
+    let port: (String, String) = a.call("CONFIG", &["GET", "port"]).await.unwrap();
+    let tls_port: (String, String) = a.call("CONFIG", &["GET", "tls-port"]).await.unwrap();
+    assert_eq!((port.1, tls_port.1), ("0".to_string(), a.redis.port.to_string()), "TLS is the only port");
+
+    let mut app = client(&a).await;
+    redis::cmd("SET").arg("session:1").arg("alice").query_async::<()>(&mut app).await.unwrap();
+    let acked: i64 = redis::cmd("WAIT").arg(1).arg(5000).query_async(&mut app).await.unwrap();
+    assert_eq!(acked, 1, "the replica syncs over TLS as the replication user");
+    for command in [
+        &["CONFIG", "SET", "maxmemory", "1"][..],
+        &["REPLICAOF", "127.0.0.1", "1"],
+        &["SHUTDOWN"],
+        &["ACL", "LIST"],
+        &["FLUSHALL"],
+    ] {
+        let refused = redis::cmd(command[0]).arg(&command[1..]).query_async::<redis::Value>(&mut app).await;
+        let error = refused.expect_err(&format!("the application's user ran {command:?}"));
+        assert!(error.to_string().to_lowercase().contains("noperm"), "{command:?}: {error}");
+    }
+    assert!(client_as(&a, "default", "").await.is_err(), "the default user is off");
+    assert!(client_as(&a, "replicator", "repl").await.is_ok_and(|_| true));
+
+    let before: (String, String) = a.call("CONFIG", &["GET", "tls-cert-file"]).await.unwrap();
+    issue_certificates(&root);
+    assert!(a.refresh_certificates().await.unwrap(), "a renewed certificate was installed");
+    assert!(!a.refresh_certificates().await.unwrap(), "and only once");
+    let after: (String, String) = a.call("CONFIG", &["GET", "tls-cert-file"]).await.unwrap();
+    assert_ne!(before.1, after.1, "the server reads the renewed certificate");
+    let mut fresh = client(&a).await;
+    let value: String = redis::cmd("GET").arg("session:1").query_async(&mut fresh).await.unwrap();
+    assert_eq!(value, "alice");
+    redis::cmd("SET")
+        .arg("session:2")
+        .arg("bob")
+        .query_async::<()>(&mut app)
+        .await
+        .expect("the open connection goes on");
+    assert_eq!(a_server.id().is_some(), true, "no restart");
+
+    b.stop(&mut b_server).await.unwrap();
+    a.stop(&mut a_server).await.unwrap();
     let _ = std::fs::remove_dir_all(&root);
 }
