@@ -19,12 +19,16 @@ use crate::testbed::{pod_address, ready_endpoints};
 use crate::writer::Target;
 pub use crate::writer::Writer;
 
-/// How a user connects: the owner role of the credentials Secret.
+/// How a user connects: the owner role of the credentials Secret, over TLS
+/// verified against the store's CA for the `-rw` Service's name.
 #[derive(Clone, Debug)]
 pub struct Credentials {
     pub user: String,
     pub password: String,
     pub database: String,
+    /// The name the server's certificate is verified for (`host`).
+    pub server_name: String,
+    pub ca_pem: String,
 }
 
 impl Credentials {
@@ -44,21 +48,33 @@ impl Credentials {
             let v = data.get(k).ok_or_else(|| anyhow!("credentials without {k}"))?;
             Ok(String::from_utf8(v.0.clone())?)
         };
-        Ok(Self { user: get("username")?, password: get("password")?, database: get("database")? })
+        Ok(Self {
+            user: get("username")?,
+            password: get("password")?,
+            database: get("database")?,
+            server_name: get("host")?,
+            ca_pem: get("ca.crt")?,
+        })
     }
 
-    /// Connect to the server at `host` (port 5432), giving up after a second.
+    /// Connect to the server at `host` (an address, or a name the
+    /// certificate carries; port 5432) over TLS, giving up after two seconds.
     pub async fn connect(&self, host: &str) -> Result<tokio_postgres::Client> {
-        let config = format!(
-            "host={host} port=5432 user={} password={} dbname={} connect_timeout=1",
-            self.user, self.password, self.database
-        );
-        let (client, connection) = tokio::time::timeout(
-            Duration::from_secs(2),
-            tokio_postgres::connect(&config, tokio_postgres::NoTls),
-        )
-        .await
-        .map_err(|_| anyhow!("connecting to {host} timed out"))??;
+        let mut config = tokio_postgres::Config::new();
+        config
+            .port(5432)
+            .user(&self.user)
+            .password(&self.password)
+            .dbname(&self.database)
+            .connect_timeout(Duration::from_secs(1));
+        match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => config.host(&self.server_name).hostaddr(ip),
+            Err(_) => config.host(host),
+        };
+        let tls = hostwright::tls::client::postgres(&self.ca_pem)?;
+        let (client, connection) = tokio::time::timeout(Duration::from_secs(2), config.connect(tls))
+            .await
+            .map_err(|_| anyhow!("connecting to {host} timed out"))??;
         tokio::spawn(connection);
         Ok(client)
     }

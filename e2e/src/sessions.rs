@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::Api;
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
+use redis::{AsyncConnectionConfig, RedisConnectionInfo};
 
 pub use crate::database::{all_healthy, current_primary};
 use crate::testbed::ready_endpoints;
@@ -19,25 +19,50 @@ pub use crate::writer::Writer;
 
 const PORT: u16 = 6379;
 
-/// The password in `<name>-connection`.
-pub async fn password(client: &Client, namespace: &str, name: &str) -> Result<String> {
+/// How a site logs in: the ACL user and password of `<name>-connection`,
+/// over TLS verified against the store's CA for the Service's name.
+#[derive(Clone, Debug)]
+pub struct Login {
+    pub user: String,
+    pub password: String,
+    /// The name the server's certificate is verified for (`host`).
+    pub server_name: String,
+    pub ca_pem: String,
+}
+
+/// The login in `<name>-connection`.
+pub async fn login(client: &Client, namespace: &str, name: &str) -> Result<Login> {
     let secret = Api::<Secret>::namespaced(client.clone(), namespace)
         .get(&format!("{name}-connection"))
         .await
         .with_context(|| format!("Secret {name}-connection"))?;
-    let value = secret.data.and_then(|d| d.get("password").cloned()).context("no password in the Secret")?;
-    Ok(String::from_utf8(value.0)?)
+    let data = secret.data.unwrap_or_default();
+    let get = |key: &str| -> Result<String> {
+        let value = data.get(key).with_context(|| format!("no {key} in Secret {name}-connection"))?;
+        Ok(String::from_utf8(value.0.clone())?)
+    };
+    Ok(Login {
+        user: get("username")?,
+        password: get("password")?,
+        server_name: get("host")?,
+        ca_pem: get("ca.crt")?,
+    })
 }
 
-/// A connection to the Redis server at `host`.
-pub async fn connect(host: &str, password: &str) -> Result<MultiplexedConnection> {
-    let settings = RedisConnectionInfo::default().set_password(password).set_skip_set_lib_name();
-    let info =
-        ConnectionAddr::Tcp(host.to_string(), PORT).into_connection_info()?.set_redis_settings(settings);
+/// A connection to the Redis server at `host` (an address).
+pub async fn connect(host: &str, login: &Login) -> Result<MultiplexedConnection> {
+    let settings = RedisConnectionInfo::default()
+        .set_username(&login.user)
+        .set_password(&login.password)
+        .set_skip_set_lib_name();
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(2)))
         .set_response_timeout(Some(Duration::from_secs(5)));
-    Ok(redis::Client::open(info)?.get_multiplexed_async_connection_with_config(&config).await?)
+    let address = format!("{host}:{PORT}");
+    let work = hostwright::tls::client::redis(&address, &login.server_name, &login.ca_pem, &settings, config);
+    Ok(tokio::time::timeout(Duration::from_secs(3), work)
+        .await
+        .map_err(|_| anyhow!("connecting to {address} timed out"))??)
 }
 
 /// A connection to whatever the `<name>` Service routes to, waiting up to
@@ -46,12 +71,12 @@ pub async fn connect_primary(
     client: &Client,
     namespace: &str,
     name: &str,
-    password: &str,
+    login: &Login,
 ) -> Result<MultiplexedConnection> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match ready_endpoints(client, namespace, name).await?.first() {
-            Some(host) => return connect(host, password).await,
+            Some(host) => return connect(host, login).await,
             None if Instant::now() >= deadline => bail!("Service {name} has no ready endpoint"),
             None => tokio::time::sleep(Duration::from_millis(100)).await,
         }
@@ -65,7 +90,7 @@ pub struct Sessions {
     pub client: Client,
     pub namespace: String,
     pub name: String,
-    pub password: String,
+    pub login: Login,
     pub confirm: bool,
 }
 
@@ -73,7 +98,7 @@ impl Target for Sessions {
     type Connection = MultiplexedConnection;
 
     async fn connect(&self) -> Result<MultiplexedConnection> {
-        connect_primary(&self.client, &self.namespace, &self.name, &self.password).await
+        connect_primary(&self.client, &self.namespace, &self.name, &self.login).await
     }
 
     async fn write(&self, conn: &mut MultiplexedConnection, id: i64) -> Result<()> {
@@ -97,7 +122,7 @@ impl Target for Sessions {
 impl Sessions {
     /// Confirmed session ids missing on the current primary.
     pub async fn lost(&self, confirmed: &[i64]) -> Result<Vec<i64>> {
-        let mut conn = connect_primary(&self.client, &self.namespace, &self.name, &self.password).await?;
+        let mut conn = connect_primary(&self.client, &self.namespace, &self.name, &self.login).await?;
         let mut lost = Vec::new();
         for chunk in confirmed.chunks(500) {
             let keys: Vec<String> = chunk.iter().map(|id| format!("session:{id}")).collect();

@@ -220,6 +220,10 @@ impl PodPaths {
         self.dir.join("credentials")
     }
 
+    fn tls(&self) -> PathBuf {
+        self.dir.join("tls")
+    }
+
     fn config(&self) -> PathBuf {
         self.dir.join("config")
     }
@@ -1227,22 +1231,22 @@ async fn project(shared: &Shared, pod: &Pod, paths: &PodPaths, owner: (u32, u32)
             .find(|v| v.name == name)
             .with_context(|| format!("pod has no volume {name}"))
     };
-    let secret_name = volume("credentials")?
-        .secret
-        .as_ref()
-        .and_then(|s| s.secret_name.clone())
-        .context("credentials is not a Secret")?;
+    let secrets: Api<Secret> = Api::namespaced(shared.client.clone(), &namespace);
+    for (volume_name, dir) in [("credentials", paths.credentials()), ("tls", paths.tls())] {
+        let secret_name = volume(volume_name)?
+            .secret
+            .as_ref()
+            .and_then(|s| s.secret_name.clone())
+            .with_context(|| format!("{volume_name} is not a Secret"))?;
+        let secret = secrets.get(&secret_name).await.with_context(|| format!("Secret {secret_name}"))?;
+        std::fs::create_dir_all(&dir)?;
+        own(&dir, owner, 0o700)?;
+        for (key, value) in secret.data.iter().flatten() {
+            write_owned(&dir.join(key), &value.0, owner, 0o600)?;
+        }
+    }
     let config_name =
         volume("config")?.config_map.as_ref().map(|c| c.name.clone()).context("config is not a ConfigMap")?;
-
-    let secrets: Api<Secret> = Api::namespaced(shared.client.clone(), &namespace);
-    let secret = secrets.get(&secret_name).await.with_context(|| format!("Secret {secret_name}"))?;
-    let dir = paths.credentials();
-    std::fs::create_dir_all(&dir)?;
-    own(&dir, owner, 0o700)?;
-    for (key, value) in secret.data.iter().flatten() {
-        write_owned(&dir.join(key), &value.0, owner, 0o600)?;
-    }
 
     let config_maps: Api<ConfigMap> = Api::namespaced(shared.client.clone(), &namespace);
     let config_map =
@@ -1283,6 +1287,8 @@ fn spawn_agent(
         .arg(format!("{}:{}", setup.twin, hostwright::contract::probes::PORT))
         .arg("--credentials-dir")
         .arg(paths.credentials())
+        .arg("--tls-dir")
+        .arg(paths.tls())
         .args(["--run-as-user", setup.server.engine.user()])
         .env("KUBECONFIG", paths.dir.join("kubeconfig"))
         .env(keys::POD_UID_ENV, &setup.pod_uid)

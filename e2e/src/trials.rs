@@ -409,7 +409,7 @@ pub async fn session_failover_trials(
         client: client.clone(),
         namespace: namespace.into(),
         name: name.into(),
-        password: sessions::password(client, namespace, name).await?,
+        login: sessions::login(client, namespace, name).await?,
         confirm,
     };
     let writer = Writer::run(sessions.clone());

@@ -97,9 +97,9 @@ async fn a_lone_session_primary_refuses_or_relaxes_visibly() -> Result<()> {
         let primary = current_primary(&store).context("a primary")?;
         let replica = if primary.ends_with("-1") { format!("{name}-2") } else { format!("{name}-1") };
         site.testbed.kill_member(&replica).await?;
-        let password = sessions::password(&site.client, &site.ns.name, &name).await?;
+        let login = sessions::login(&site.client, &site.ns.name, &name).await?;
         let write = || async {
-            let mut conn = sessions::connect_primary(&site.client, &site.ns.name, &name, &password).await?;
+            let mut conn = sessions::connect_primary(&site.client, &site.ns.name, &name, &login).await?;
             let r: redis::RedisResult<()> = redis::cmd("SET").arg("k").arg("v").query_async(&mut conn).await;
             Ok::<_, anyhow::Error>(r)
         };

@@ -168,25 +168,23 @@ async fn switchover_credentials_and_a_mirror_too_far_behind() -> Result<()> {
     ])?;
     assert!(!events.trim().is_empty(), "a SwitchoverStarted event");
 
-    // The credentials Secret deleted by hand is refused, not regenerated:
-    // the data opens only with the old passwords.
+    // The members' Secret deleted by hand is refused, not regenerated: the
+    // data opens only with the old passwords. The application's Secret
+    // holds none of them, and keeps serving meanwhile.
     let secrets: Api<Secret> = site.ns.api();
-    let saved = secrets.get("ops-credentials").await?;
-    secrets.delete("ops-credentials", &DeleteParams::default()).await?;
+    let saved = secrets.get("ops-agent").await?;
+    secrets.delete("ops-agent", &DeleteParams::default()).await?;
     site.wait("ops", "Ready=False CredentialsMissing", |d: &DatabaseMirror| {
         ready_reason(d).as_deref() == Some("CredentialsMissing")
     })
     .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(
-        secrets.get_opt("ops-credentials").await?.is_none(),
-        "the operator does not invent new passwords"
-    );
-    let creds = Credentials::from_secret(&saved)?;
+    assert!(secrets.get_opt("ops-agent").await?.is_none(), "the operator does not invent new passwords");
+    let creds = site.credentials("ops").await?;
     let db = connect_rw(&site.client, &site.ns.name, "ops", &creds).await?;
     db.execute("INSERT INTO items VALUES (1001, '')", &[]).await.context("the primary keeps serving")?;
     let mut restored = Secret { data: saved.data.clone(), type_: saved.type_.clone(), ..Secret::default() };
-    restored.metadata.name = Some("ops-credentials".into());
+    restored.metadata.name = Some("ops-agent".into());
     restored.metadata.labels = Some(saved.labels().clone());
     secrets.create(&PostParams::default(), &restored).await?;
     site.wait("ops", "Ready again once the Secret is restored", |d: &DatabaseMirror| {

@@ -240,7 +240,7 @@ async fn a_session_store_rolls_without_losing_a_confirmed_session() -> Result<()
         client: site.client.clone(),
         namespace: site.ns.name.clone(),
         name: "cart".into(),
-        password: sessions::password(&site.client, &site.ns.name, "cart").await?,
+        login: sessions::login(&site.client, &site.ns.name, "cart").await?,
         confirm: true,
     };
     let writer = Load::run(target.clone());

@@ -26,7 +26,7 @@ async fn writer_of(site: &Site, name: &str, confirm: bool) -> Result<Sessions> {
         client: site.client.clone(),
         namespace: site.ns.name.clone(),
         name: name.into(),
-        password: hostwright_e2e::sessions::password(&site.client, &site.ns.name, name).await?,
+        login: hostwright_e2e::sessions::login(&site.client, &site.ns.name, name).await?,
         confirm,
     })
 }
@@ -112,7 +112,7 @@ async fn sessions_outlive_a_web_rollout_and_store_promotions_never_restart_the_w
         "{env}"
     );
     ensure!(
-        !env.contains(&writer_of(&site, "sessions", true).await?.password),
+        !env.contains(&writer_of(&site, "sessions", true).await?.login.password),
         "a password in the Deployment"
     );
 

@@ -70,7 +70,7 @@ async fn stores_in_real_containers_survive_a_crash_and_a_frozen_agent() -> Resul
         client: client.clone(),
         namespace: ns.name.clone(),
         name: "sessions".into(),
-        password: hostwright_e2e::sessions::password(&client, &ns.name, "sessions").await?,
+        login: hostwright_e2e::sessions::login(&client, &ns.name, "sessions").await?,
         confirm: true,
     };
     let session_writer = Writer::run(session_target.clone());

@@ -14,7 +14,8 @@ use anyhow::{Context, Result, bail};
 use hostwright::api::{DatabaseMirror, DatabaseMirrorSpec};
 use hostwright::contract::timing::{FENCE_AFTER, LEASE};
 use hostwright::contract::{Desired, Instruction, Report, ServerRole, decode_report, keys};
-use hostwright::resources::databasemirror::{Passwords, blueprint, children, credentials};
+use hostwright::resources::databasemirror::{Passwords, agent_credentials, blueprint, children, credentials};
+use hostwright_e2e::database::Credentials;
 use hostwright_e2e::testbed::{Testbed, ready_endpoints, twin};
 use hostwright_e2e::{TestNamespace, client, eventually, wait_deleted, wait_for};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -288,11 +289,8 @@ async fn instruct(pods: &Api<Pod>, instruction: Instruction) -> Result<()> {
 }
 
 /// A client session that stays open, as an application's would.
-async fn connect(conninfo: &str) -> Result<tokio_postgres::Client> {
-    let (client, connection) =
-        tokio_postgres::connect(conninfo, tokio_postgres::NoTls).await.context("connecting to the member")?;
-    tokio::spawn(connection);
-    Ok(client)
+async fn connect(member: &Reach) -> Result<tokio_postgres::Client> {
+    member.credentials.connect(&member.address).await.context("connecting to the member")
 }
 
 /// A member pod and what it needs, as the DatabaseMirror controller would
@@ -313,9 +311,16 @@ async fn create_member(ns: &TestNamespace) -> Result<(Service, Secret)> {
     };
     let blueprint = blueprint(&dbm)?;
     let children = children(&dbm, &blueprint);
-    let credentials_secret = credentials(&dbm, &blueprint, &passwords);
+    // The store's CA and certificate, as the controller issues them.
+    let now = std::time::SystemTime::now();
+    let ca = hostwright::tls::new_authority(&blueprint.ca_common_name(), now)?;
+    let issued =
+        hostwright::tls::issue_server(&ca, &blueprint.dns_names(), now, hostwright::tls::SERVER_LIFETIME)?;
+    let credentials_secret = credentials(&dbm, &blueprint, &passwords.owner, &ca.cert_pem);
     create(ns.api::<ConfigMap>(), children.config).await?;
     create(ns.api::<Secret>(), credentials_secret.clone()).await?;
+    create(ns.api::<Secret>(), agent_credentials(&dbm, &blueprint, &passwords)).await?;
+    create(ns.api::<Secret>(), blueprint.tls_secret(&issued, &ca.cert_pem)).await?;
     create_agent_identity(ns).await?;
     let volume = blueprint.member_volume(MEMBER).context("a DatabaseMirror always has storage")?;
     create(ns.api::<PersistentVolumeClaim>(), volume).await?;
@@ -327,18 +332,15 @@ async fn create_member(ns: &TestNamespace) -> Result<(Service, Secret)> {
     Ok((children.read_write, credentials_secret))
 }
 
-/// How to reach the member's database at `address` as its owner.
-fn conninfo(address: &str, credentials: &Secret) -> Result<String> {
-    let secret = |key: &str| -> Result<String> {
-        let data = credentials.data.as_ref().context("Secret without data")?;
-        Ok(String::from_utf8(data.get(key).with_context(|| format!("Secret key {key}"))?.0.clone())?)
-    };
-    Ok(format!(
-        "host={address} port=5432 user={} password={} dbname={} connect_timeout=3",
-        secret("username")?,
-        secret("password")?,
-        secret("database")?
-    ))
+/// How to reach the member's database at `address` as its owner (over TLS,
+/// as the application would).
+struct Reach {
+    credentials: Credentials,
+    address: String,
+}
+
+fn conninfo(address: &str, credentials: &Secret) -> Result<Reach> {
+    Ok(Reach { credentials: Credentials::from_secret(credentials)?, address: address.to_string() })
 }
 
 /// The agent's own identity: what it reads and writes, nothing more.
@@ -392,10 +394,8 @@ async fn wait_report(leases: &Api<Lease>, what: &str, ok: impl Fn(&Report) -> bo
     .await
 }
 
-async fn sql(conninfo: &str, statement: &str) -> Result<Vec<tokio_postgres::Row>> {
-    let (client, connection) =
-        tokio_postgres::connect(conninfo, tokio_postgres::NoTls).await.context("connecting to the member")?;
-    tokio::spawn(connection);
+async fn sql(member: &Reach, statement: &str) -> Result<Vec<tokio_postgres::Row>> {
+    let client = connect(member).await?;
     client.query(statement, &[]).await.with_context(|| format!("running {statement}"))
 }
 

@@ -293,9 +293,11 @@ mod tests {
         let passwords = Passwords { app: "a".into(), replication: "r".into(), admin: "s".into() };
         let secret = managed.credentials(&blueprint, &passwords);
         assert_eq!(SessionStore::read_passwords(&secret), Ok(passwords.clone()));
-        let app_only = managed.app_secret(&blueprint, &passwords, "ca");
+        let mut app_only = managed.app_secret(&blueprint, &passwords, "ca");
         assert_eq!(SessionStore::read_passwords(&app_only), Err("replication-password"));
+        assert!(SessionStore::adopt_passwords(&app_only).is_none(), "this version's: never adopted");
         // A store made before the members had a Secret: its one password stays the application's.
+        app_only.data.as_mut().unwrap().remove("ca.crt");
         let adopted = SessionStore::adopt_passwords(&app_only).unwrap();
         assert_eq!(adopted.app, "a");
         assert!(adopted.replication != "r" && adopted.admin != "s");

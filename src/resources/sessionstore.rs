@@ -89,7 +89,13 @@ impl Passwords {
     /// A store made before the members had a Secret of their own kept one
     /// password in its connection Secret: it stays the application's (the
     /// web tier has it), the others are new.
+    /// A connection Secret of this version (it has the CA) is no such
+    /// store's: its members' Secret was deleted, and new passwords would
+    /// lock the agents out of their running servers, so none are made.
     pub fn adopt(connection: &Secret, generate: impl Fn() -> String) -> Option<Self> {
+        if secret_text(connection, secret_keys::CA_CERT).is_some() {
+            return None;
+        }
         let app = secret_text(connection, keys::PASSWORD)?;
         Some(Self { app, replication: generate(), admin: generate() })
     }

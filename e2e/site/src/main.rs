@@ -17,6 +17,7 @@
 
 mod pages;
 mod stores;
+mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -63,8 +64,14 @@ fn run() -> Result<(), StartError> {
     let port = std::env::var("PORT").unwrap_or_else(|_| "8080".into());
     let port: u16 = port.parse().map_err(|_| StartError::Port(port.clone()))?;
     let site = pages::Site {
-        sessions: stores::Sessions::new(&env("SESSION_STORE_URL")?)?,
-        views: stores::Views::new(&env("DATABASE_URL")?)?,
+        sessions: stores::Sessions::new(
+            &env("SESSION_STORE_URL")?,
+            &tls::ca_file("SESSION_STORE_CA_FILE", tls::SESSION_STORE_CA),
+        )?,
+        views: stores::Views::new(
+            &env("DATABASE_URL")?,
+            &tls::ca_file("DATABASE_CA_FILE", tls::DATABASE_CA),
+        )?,
         version: std::env::var("SITE_VERSION").unwrap_or_else(|_| "1".into()),
     };
     let runtime =

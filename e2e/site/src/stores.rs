@@ -30,6 +30,14 @@ pub enum StoreError {
     DatabaseUrl(#[source] tokio_postgres::Error),
     #[error("the session store: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("connecting to the session store at {address}: {source}")]
+    Connect {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the database: {0}")]
     Postgres(#[from] tokio_postgres::Error),
     #[error("no replica confirmed the session")]
@@ -71,14 +79,29 @@ where
 
 /// Sessions in the SessionStore: `session:<id>` holds the user's name.
 pub struct Sessions {
-    client: redis::Client,
+    /// The URL's user, password and database.
+    login: redis::RedisConnectionInfo,
+    host: String,
+    port: u16,
+    /// None: a plain `redis://` URL (an external store without TLS).
+    tls: Option<Arc<rustls::ClientConfig>>,
     connection: Mutex<Option<MultiplexedConnection>>,
 }
 
 impl Sessions {
-    pub fn new(url: &str) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url).map_err(StoreError::SessionUrl)?;
-        Ok(Sessions { client, connection: Mutex::new(None) })
+    /// From `SESSION_STORE_URL`: `rediss://` connects over TLS, verifying
+    /// the server against the store's CA file.
+    pub fn new(url: &str, ca_file: &str) -> Result<Self, StoreError> {
+        use redis::IntoConnectionInfo as _;
+        let tls = url.starts_with("rediss://");
+        let plain = if tls { url.replacen("rediss://", "redis://", 1) } else { url.to_string() };
+        let info = plain.as_str().into_connection_info().map_err(StoreError::SessionUrl)?;
+        let (host, port) = match info.addr() {
+            redis::ConnectionAddr::Tcp(host, port) => (host.clone(), *port),
+            other => (other.to_string(), 6379),
+        };
+        let tls = if tls { Some(crate::tls::client_config(ca_file)?) } else { None };
+        Ok(Sessions { login: info.redis_settings().clone(), host, port, tls, connection: Mutex::new(None) })
     }
 
     async fn connection(&self) -> Result<MultiplexedConnection, StoreError> {
@@ -89,8 +112,37 @@ impl Sessions {
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(CALL_TIMEOUT))
             .set_response_timeout(Some(CALL_TIMEOUT));
-        let connection = self.client.get_multiplexed_async_connection_with_config(&config).await?;
+        let connection = tokio::time::timeout(CALL_TIMEOUT, self.connect(config))
+            .await
+            .map_err(|_| StoreError::Timeout("connecting to the session store"))??;
         *cached = Some(connection.clone());
+        Ok(connection)
+    }
+
+    async fn connect(
+        &self,
+        config: redis::AsyncConnectionConfig,
+    ) -> Result<MultiplexedConnection, StoreError> {
+        let address = format!("{}:{}", self.host, self.port);
+        let connect_err = |source| StoreError::Connect { address: address.clone(), source };
+        let tcp = tokio::net::TcpStream::connect(&address).await.map_err(connect_err)?;
+        let _ = tcp.set_nodelay(true);
+        let (connection, driver) = match &self.tls {
+            Some(tls) => {
+                let name = crate::tls::server_name(&self.host)?;
+                let stream = tokio_rustls::TlsConnector::from(tls.clone())
+                    .connect(name, tcp)
+                    .await
+                    .map_err(connect_err)?;
+                let (c, d) = MultiplexedConnection::new_with_config(&self.login, stream, config).await?;
+                (c, Box::pin(d) as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>)
+            }
+            None => {
+                let (c, d) = MultiplexedConnection::new_with_config(&self.login, tcp, config).await?;
+                (c, Box::pin(d) as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>)
+            }
+        };
+        tokio::spawn(driver);
         Ok(connection)
     }
 
@@ -158,6 +210,8 @@ impl Sessions {
 /// Page views in the DatabaseMirror's `page_views` table.
 pub struct Views {
     config: tokio_postgres::Config,
+    /// Verifies the server for the URL's host against the store's CA.
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
     client: Mutex<Option<Arc<tokio_postgres::Client>>>,
 }
 
@@ -168,10 +222,15 @@ const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS page_views (
     at timestamptz NOT NULL DEFAULT now())";
 
 impl Views {
-    pub fn new(url: &str) -> Result<Self, StoreError> {
+    /// From `DATABASE_URL`; the CA is the URL's `sslrootcert`, else `ca_file`.
+    pub fn new(url: &str, ca_file: &str) -> Result<Self, StoreError> {
+        let (url, root_cert) = crate::tls::postgres_url(url);
         let mut config: tokio_postgres::Config = url.parse().map_err(StoreError::DatabaseUrl)?;
         config.connect_timeout(CALL_TIMEOUT).application_name("hostwright-demo-site");
-        Ok(Views { config, client: Mutex::new(None) })
+        config.ssl_mode(tokio_postgres::config::SslMode::Require);
+        let tls = crate::tls::client_config(root_cert.as_deref().unwrap_or(ca_file))?;
+        let tls = tokio_postgres_rustls::MakeRustlsConnect::new((*tls).clone());
+        Ok(Views { config, tls, client: Mutex::new(None) })
     }
 
     async fn client(&self) -> Result<Arc<tokio_postgres::Client>, StoreError> {
@@ -179,7 +238,7 @@ impl Views {
         if let Some(client) = cached.as_ref().filter(|c| !c.is_closed()) {
             return Ok(client.clone());
         }
-        let (client, connection) = self.config.connect(tokio_postgres::NoTls).await?;
+        let (client, connection) = self.config.connect(self.tls.clone()).await?;
         tokio::spawn(async move {
             if let Err(err) = connection.await {
                 warn!(%err, "the database connection ended");
