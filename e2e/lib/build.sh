@@ -160,6 +160,21 @@ GO
   return $rc
 }
 
+# kube-network-policies, the real nodes' NetworkPolicy enforcer. Its main
+# package is the module's cmd/ directory, so `go install` names the binary
+# "cmd"; it is renamed.
+build_kube_network_policies() {
+  local v=$KUBE_NETWORK_POLICIES_VERSION out
+  out=$(bin_dir kube-network-policies "$v")
+  [ -x "$out/kube-network-policies" ] && return 0
+  echo ">> building kube-network-policies $v"
+  rm -rf "$out.tmp" && mkdir -p "$out.tmp"
+  GOBIN="$out.tmp" timed kube-network-policies go install -p "$HOSTWRIGHT_GO_PARALLEL" -trimpath \
+    -ldflags "-s -w" "sigs.k8s.io/kube-network-policies/cmd@$v" || return 1
+  mv "$out.tmp/cmd" "$out.tmp/kube-network-policies" || return 1
+  rm -rf "$out" && mv "$out.tmp" "$out"
+}
+
 # KWOK and helm install cleanly with `go install module@version`.
 build_go_install() {
   local name=$1 v=$2 pkg=$3 ldflags=${4:-} out

@@ -3,6 +3,11 @@
 # and a containerd (with runc and the CNI plugins) of its own, in a network
 # namespace of its own, with its own runtime state and cgroup root.
 #
+# NetworkPolicy is enforced on every node by kube-network-policies (SIG
+# Network's reference enforcer, e2e/versions.env): the first packet of each
+# new connection from or to one of the node's pods is queued (NFQUEUE) to it
+# and dropped unless the policies admit it. See nodes_netpol_* below.
+#
 # Sourced by e2e/cluster. Addresses (NET = HOSTWRIGHT_POD_NET, default 244):
 #   bridge hw<NET>br on the host     192.168.<NET>.1/24, the nodes' network
 #   node i, netns hw<NET>n<i>        192.168.<NET>.(10+i), pods 10.<NET>.(100+i).0/24
@@ -49,6 +54,10 @@ real_node_ip() { echo "$NODE_NET.$((10 + $1))"; }
 real_node_pods() { echo "10.$HOSTWRIGHT_POD_NET.$((100 + $1)).0/24"; }
 real_node_dir() { echo "$STATE/nodes/$1"; }
 real_node_cgroup() { echo "hostwright-$HOSTWRIGHT_POD_NET-n$1"; }
+# The nfqueue the node's NetworkPolicy enforcer reads (per network namespace,
+# so every node and every cluster can use the same number).
+NETPOL_QUEUE=100
+NETPOL_CHAIN=HW-NETPOL
 # Run a command in node I's network namespace. nsenter, not `ip netns exec`:
 # that one also gives the command a mount namespace with a fresh /sys, which
 # hides the cgroup mounts kubelet and runc need.
@@ -56,12 +65,32 @@ in_node() { local i=$1; shift; nsenter --net="/run/netns/$(real_node_ns "$i")" -
 
 nodes_check_deps() {
   local missing="" c
-  for c in containerd containerd-shim-runc-v2 runc ctr ip iptables nsenter findmnt dpkg-deb apt-get; do
+  for c in containerd containerd-shim-runc-v2 runc ctr ip iptables nsenter unshare findmnt dpkg-deb apt-get; do
     command -v "$c" >/dev/null || missing+=" $c"
   done
   [ -x /usr/lib/cni/bridge ] && [ -x /usr/lib/cni/host-local ] || missing+=" containernetworking-plugins"
   [ -z "$missing" ] ||
     die "real nodes need:$missing (e2e/install-deps installs them: containerd runc containernetworking-plugins iptables)"
+  nodes_check_kernel
+}
+
+# The kernel parts the NetworkPolicy enforcer needs: nfnetlink_queue (its
+# queue), br_netfilter (bridged pod-to-pod traffic through iptables) and the
+# xt NFQUEUE, owner and conntrack matches (its queue rule, see
+# real_node_netpol_rules). Loaded where the kernel has modules; built in on
+# the project's VMs, whose kernel has no modules and no nft `queue`
+# expression (CONFIG_NFT_QUEUE is off).
+nodes_check_kernel() {
+  local m
+  if command -v modprobe >/dev/null && [ -e /proc/modules ]; then
+    for m in br_netfilter nfnetlink_queue xt_NFQUEUE xt_owner xt_conntrack; do
+      modprobe -q "$m" 2>/dev/null || true
+    done
+  fi
+  [ -e /proc/sys/net/bridge/bridge-nf-call-iptables ] ||
+    die "real nodes need br_netfilter (modprobe br_netfilter) for NetworkPolicy between pods of one node"
+  [ -e /proc/net/netfilter/nfnetlink_queue ] ||
+    die "real nodes need nfnetlink_queue (modprobe nfnetlink_queue) for the NetworkPolicy enforcer"
 }
 
 # The nodes' network: the bridge, the DNAT towards the API server, and the
@@ -111,8 +140,13 @@ real_node_network() {
   in_node "$i" ip link set eth0 up
   in_node "$i" sysctl -qw net.ipv4.ip_forward=1
   # Pod traffic through the pods' bridge goes through iptables, so a pod
-  # reaches a Service whose endpoint is on the same node.
-  in_node "$i" sysctl -qw net.bridge.bridge-nf-call-iptables=1 2>/dev/null || true
+  # reaches a Service whose endpoint is on the same node, and NetworkPolicy
+  # holds between two pods of one node (the enforcer's queue rule is an
+  # iptables one). Per network namespace (kernel 5.3+); br_netfilter must be
+  # there (nodes_check_kernel).
+  in_node "$i" sysctl -qw net.bridge.bridge-nf-call-iptables=1
+  [ "$(in_node "$i" sysctl -n net.bridge.bridge-nf-call-iptables)" = 1 ] ||
+    die "bridged pod traffic of node $i would bypass iptables (net.bridge.bridge-nf-call-iptables)"
   # Service addresses are rewritten before they are routed; the route only
   # has to exist (and stay on this machine).
   in_node "$i" ip route add "$SERVICE_CIDR" via "$NODE_NET.1"
@@ -121,6 +155,132 @@ real_node_network() {
     in_node "$i" ip route add "$(real_node_pods "$j")" via "$(real_node_ip "$j")"
   done
   ip route add "$(real_node_pods "$i")" via "$(real_node_ip "$i")"
+}
+
+# nodes_netpol_identity: the enforcers' identity, as upstream's install.yaml
+# gives its DaemonSet: a ServiceAccount allowed to list and watch pods,
+# namespaces and NetworkPolicies. kube-network-policies only reads the
+# in-cluster configuration (a token and CA at the fixed
+# /var/run/secrets/kubernetes.io/serviceaccount, KUBERNETES_SERVICE_HOST),
+# so its token and the CA go to $STATE/nodes/netpol and
+# real_node_netpol_start shows them there in a mount namespace of its own.
+nodes_netpol_identity() {
+  local dir=$STATE/nodes/netpol token=""
+  kubectl_admin apply -f - >/dev/null <<EOF || return 1
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: kube-network-policies, namespace: kube-system}
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: kube-network-policies-token
+  namespace: kube-system
+  annotations: {kubernetes.io/service-account.name: kube-network-policies}
+type: kubernetes.io/service-account-token
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: kube-network-policies}
+rules:
+- apiGroups: [""]
+  resources: [pods, namespaces]
+  verbs: [list, watch]
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: kube-network-policies}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: kube-network-policies}
+subjects:
+- {kind: ServiceAccount, name: kube-network-policies, namespace: kube-system}
+EOF
+  local deadline=$((SECONDS + 60))
+  while [ -z "$token" ] && [ $SECONDS -lt $deadline ]; do
+    token=$(kubectl_admin -n kube-system get secret kube-network-policies-token \
+      -o jsonpath='{.data.token}' 2>/dev/null | base64 -d 2>/dev/null) || token=""
+    [ -n "$token" ] || sleep 0.5
+  done
+  [ -n "$token" ] || { log "no token for the kube-network-policies ServiceAccount"; return 1; }
+  mkdir -p "$dir"
+  (umask 077 && printf '%s' "$token" >"$dir/token")
+  cp "$PKI/ca.crt" "$dir/ca.crt"
+}
+
+# real_node_netpol_rules I: what queues node I's new pod connections to its
+# enforcer. kube-network-policies programs the same itself with nftables,
+# but its rules' `queue` expression needs nft_queue, which the project's VM
+# kernel lacks (CONFIG_NFT_QUEUE off, no modules): its nftables batch is
+# refused whole (it logs "syncing nftables rules" with "no such file or
+# directory" and retries, harmlessly). The iptables NFQUEUE target (xt,
+# through nft_compat) queues to the very same nfqueue, so its rules are made
+# here, as in its postrouting chain (before SNAT and after DNAT, so Service
+# traffic is judged by the endpoint it goes to): root's own traffic on the
+# node (kubelet's probes) and established connections pass; the first packet
+# of any other connection from or to one of the node's pods is queued.
+# Upstream queues only the pods some policy selects (a set in its own
+# table); here every pod's new connections are judged, as upstream does with
+# AdminNetworkPolicy on. No bypass: while the enforcer is not running, new
+# pod connections fail (upstream's default, fail closed). Idempotent, so
+# start-node can run it again on the surviving network namespace.
+real_node_netpol_rules() {
+  local i=$1 pods
+  pods=$(real_node_pods "$i")
+  in_node "$i" iptables -w -t mangle -N "$NETPOL_CHAIN" 2>/dev/null ||
+    in_node "$i" iptables -w -t mangle -F "$NETPOL_CHAIN" || return 1
+  in_node "$i" iptables -w -t mangle -A "$NETPOL_CHAIN" -m owner --uid-owner 0 -j RETURN &&
+    in_node "$i" iptables -w -t mangle -A "$NETPOL_CHAIN" \
+      -m conntrack --ctstate ESTABLISHED,RELATED -j RETURN &&
+    in_node "$i" iptables -w -t mangle -A "$NETPOL_CHAIN" -s "$pods" \
+      -j NFQUEUE --queue-num "$NETPOL_QUEUE" &&
+    in_node "$i" iptables -w -t mangle -A "$NETPOL_CHAIN" -d "$pods" \
+      -j NFQUEUE --queue-num "$NETPOL_QUEUE" || return 1
+  in_node "$i" iptables -w -t mangle -C POSTROUTING -j "$NETPOL_CHAIN" 2>/dev/null ||
+    in_node "$i" iptables -w -t mangle -A POSTROUTING -j "$NETPOL_CHAIN"
+}
+
+# real_node_netpol_start I: node I's kube-network-policies, in the node's
+# network namespace and a mount namespace of its own whose /run is a fresh
+# tmpfs holding only the in-cluster credentials (nothing is written to the
+# host's /run, and its NRI client finds no socket: containerd 1.6 has no
+# NRI). Its copies of the mounts under /run and the state directory (network
+# namespaces, pods' volumes) are dropped first, so it pins none of them.
+# It runs as $dir/kube-network-policies (a link to the cached binary), so
+# real_node_pids finds it like the node's other components.
+real_node_netpol_start() {
+  local i=$1 dir name
+  dir=$(real_node_dir "$i")
+  name=$(real_node_name "$i")
+  ln -sfn "$(bin_dir kube-network-policies "$KUBE_NETWORK_POLICIES_VERSION")/kube-network-policies" \
+    "$dir/kube-network-policies"
+  real_node_netpol_rules "$i" || die "could not add the NetworkPolicy queue rules of $name"
+  # shellcheck disable=SC2016
+  start "netpol-$i" nsenter --net="/run/netns/$(real_node_ns "$i")" -- \
+    env KUBERNETES_SERVICE_HOST="$NODE_NET.1" KUBERNETES_SERVICE_PORT="$API_PORT" \
+    unshare --mount --propagation private -- /bin/sh -c '
+      set -e
+      awk "{ print \$5 }" /proc/self/mountinfo | grep -E "^(/run/|$1/)" | sort -r |
+        while read -r m; do umount -l "$m" 2>/dev/null || true; done
+      mount -t tmpfs -o mode=0755,size=1m hostwright-netpol /run
+      sa=/run/secrets/kubernetes.io/serviceaccount
+      mkdir -p "$sa"
+      cp "$1/netpol/token" "$1/netpol/ca.crt" "$sa/"
+      shift
+      exec "$@"' sh "$STATE/nodes" \
+    "$dir/kube-network-policies" --hostname-override "$name" \
+    --nfqueue-id "$NETPOL_QUEUE" --metrics-bind-address 127.0.0.1:9080 \
+    --netfilter-bug-1766-fix=false --v "${HOSTWRIGHT_NETPOL_V:-1}"
+  # Ready once it has read the policies and bound its queue.
+  wait_for "the NetworkPolicy enforcer of $name" 60 real_node_netpol_bound "$i" ||
+    fail_start "netpol-$i"
+}
+
+# Whether node I's enforcer has bound its nfqueue.
+real_node_netpol_bound() {
+  in_node "$1" cat /proc/net/netfilter/nfnetlink_queue |
+    awk -v q="$NETPOL_QUEUE" '$1 == q { found = 1 } END { exit !found }'
 }
 
 # A cgroup root of the node's own in every v1 hierarchy (kubelet checks it
@@ -257,6 +417,8 @@ real_node_start() {
     ctr --address "$dir/containerd.sock" -n k8s.io images import "$image" >/dev/null ||
       die "could not import $image into $name"
   done
+  # Before kubelet, so no pod of the node runs unjudged.
+  real_node_netpol_start "$i"
   start "kubelet-$i" nsenter --net="/run/netns/$(real_node_ns "$i")" -- \
     kubelet --config "$dir/kubelet.yaml" --kubeconfig "$dir/kubelet.kubeconfig" \
     --hostname-override "$name" --node-ip "$(real_node_ip "$i")" \
@@ -285,6 +447,7 @@ nodes_up() {
   nodes_check_deps
   build_kubernetes_node
   build_coredns || die "could not build CoreDNS"
+  build_kube_network_policies || die "could not build kube-network-policies"
   PATH="$(bin_dir kubernetes-node "$KUBERNETES_VERSION"):$(bin_dir coredns "$COREDNS_VERSION"):$PATH"
   build_node_images
   make_cert kube-proxy system:kube-proxy
@@ -294,6 +457,7 @@ nodes_up() {
   for k in $KUBELET_SYSCTLS; do echo "$k=$(sysctl -n "$k")"; done >"$STATE/nodes/sysctls"
   nodes_network_up
   nodes_dns_up
+  nodes_netpol_identity || fail_start kube-controller-manager
   for i in $(seq 1 "$HOSTWRIGHT_REAL_NODES"); do
     mkdir -p "$(real_node_dir "$i")"
     real_node_network "$i"
@@ -313,7 +477,8 @@ nodes_up() {
 }
 
 # node_stop I: real node I fails as a machine losing power would: its
-# kubelet, kube-proxy, containerd, shims and containers are killed at once.
+# kubelet, kube-proxy, NetworkPolicy enforcer, containerd, shims and
+# containers are killed at once.
 # Its state stays, so node_start can bring it back.
 node_stop() {
   [ -d "$(real_node_dir "$1")" ] || die "there is no real node $1"

@@ -122,12 +122,20 @@ async fn a_restricted_pod_runs_on_each_real_node_and_its_service_answers_through
     let first = running.first().and_then(|p| p.metadata.name.as_deref()).context("a pod")?;
     // A TCP connection (busybox's nc; its static wget crashes without NSS
     // files), beside a port of that address no Service has, which must fail.
+    // Its address follows the cluster's Service range (HOSTWRIGHT_POD_NET).
+    let kubernetes: Api<Service> = Api::namespaced(client.clone(), "default");
+    let api_vip = kubernetes
+        .get("kubernetes")
+        .await?
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .context("the kubernetes Service's ClusterIP")?;
     let connect = |port: &str| {
-        kubectl_raw(&["-n", &ns.name, "exec", first, "--", "nc", "-w", "3", "10.96.0.1", port])
+        kubectl_raw(&["-n", &ns.name, "exec", first, "--", "nc", "-w", "3", &api_vip, port])
             .map(|out| out.status.success())
     };
-    ensure!(connect("443")?, "a pod could not connect to the kubernetes Service at 10.96.0.1:443");
-    ensure!(!connect("444")?, "a pod connected to 10.96.0.1:444, where no Service listens");
+    ensure!(connect("443")?, "a pod could not connect to the kubernetes Service at {api_vip}:443");
+    ensure!(!connect("444")?, "a pod connected to {api_vip}:444, where no Service listens");
     // The cluster DNS: a Service's name resolves to its virtual IP from a pod;
     // a name outside the cluster does not resolve at all.
     let lookup = |name: &str| kubectl_raw(&["-n", &ns.name, "exec", first, "--", "nslookup", name]);
