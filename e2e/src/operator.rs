@@ -59,6 +59,16 @@ impl Operator {
     /// Start an operator that watches `namespace` only, electing a leader over
     /// the Lease `hostwright-<namespace>` in the chart's namespace.
     pub async fn start(client: &Client, namespace: &str, identity: &str) -> Result<Self> {
+        Self::start_with(client, namespace, identity, &[]).await
+    }
+
+    /// [`Operator::start`] with settings of its own (`HOSTWRIGHT_*` variables).
+    pub async fn start_with(
+        client: &Client,
+        namespace: &str,
+        identity: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         let kubeconfig = service_account_kubeconfig(client).await?;
         let port = free_port()?;
         let (lease_namespace, _) = chart_service_account();
@@ -71,6 +81,7 @@ impl Operator {
             .env("KUBECONFIG", &kubeconfig)
             .env("HOSTWRIGHT_AGENT_IMAGE", agent_image())
             .env("RUST_LOG", "info,hostwright=debug")
+            .envs(env.iter().copied())
             .stdout(Stdio::from(log_file.try_clone()?))
             .stderr(Stdio::from(log_file))
             .spawn()

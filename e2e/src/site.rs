@@ -35,6 +35,11 @@ pub struct Site {
 impl Site {
     /// Start a site in a new namespace named after `prefix`.
     pub async fn start(prefix: &str) -> Result<Self> {
+        Self::start_with(prefix, &[]).await
+    }
+
+    /// [`Site::start`] with an operator of these settings.
+    pub async fn start_with(prefix: &str, operator_env: &[(&str, &str)]) -> Result<Self> {
         for (path, what) in [
             ("/usr/lib/postgresql/15/bin/postgres", "PostgreSQL 15"),
             ("/usr/bin/redis-server", "redis-server"),
@@ -45,7 +50,7 @@ impl Site {
         }
         let client = client().await?;
         let ns = TestNamespace::create(&client, prefix, &[]).await?;
-        let operator = Operator::start(&client, &ns.name, "solo").await?;
+        let operator = Operator::start_with(&client, &ns.name, "solo", operator_env).await?;
         let root = std::env::temp_dir().join("hostwright-e2e").join(&ns.name);
         let testbed = Testbed::start(client.clone(), Some(ns.name.clone()), root).await?;
         Ok(Self { client, ns, testbed, operator })

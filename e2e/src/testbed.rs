@@ -471,6 +471,11 @@ impl Testbed {
         }
     }
 
+    /// The pod's private run directory (its servers' unix sockets).
+    pub fn run_dir(&self, pod: &str) -> Option<PathBuf> {
+        self.key(pod).ok().map(|key| PodPaths::new(&self.shared.root, &key).run())
+    }
+
     /// The pod's log so far: the agent's output and the test bed's notes.
     pub fn log(&self, pod: &str) -> String {
         self.key(pod)
