@@ -30,9 +30,20 @@ enum Command {
 
 #[derive(Args, Debug)]
 struct RunArgs {
-    /// Address of the HTTP listener serving /metrics, /healthz and /readyz.
+    /// Address of the HTTP listener serving /metrics, and /healthz and
+    /// /readyz unless --health-addr is given.
     #[arg(long, env = "HOSTWRIGHT_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     metrics_addr: SocketAddr,
+    /// A listener of its own for /healthz and /readyz (default: the metrics
+    /// listener), so /metrics can stay on a loopback address while the
+    /// kubelet probes the pod.
+    #[arg(long, env = "HOSTWRIGHT_HEALTH_ADDR")]
+    health_addr: Option<SocketAddr>,
+    /// Read cluster-scoped Nodes (cordons start switchovers before a drain)
+    /// and StorageClasses (whether a volume may grow). false: for an install
+    /// whose RBAC grants no cluster-wide read; both are done without.
+    #[arg(long, env = "HOSTWRIGHT_CLUSTER_READS", default_value_t = true, action = clap::ArgAction::Set)]
+    cluster_reads: bool,
     /// Elect a leader over a Lease so that only one replica writes.
     #[arg(long, env = "HOSTWRIGHT_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
     leader_elect: bool,
@@ -169,6 +180,8 @@ fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     });
     let options = hostwright::run::Options {
         metrics_addr: args.metrics_addr,
+        health_addr: args.health_addr,
+        cluster_reads: args.cluster_reads,
         leader_elect: args.leader_elect,
         lease_name: args.lease_name,
         lease_namespace: args.lease_namespace.filter(|n| !n.is_empty()),

@@ -20,7 +20,7 @@ use tracing::{error, info, warn};
 use crate::api::{DatabaseMirror, SessionStore};
 use crate::controllers::{Scope, Shared, members, webcluster};
 use crate::resources::FIELD_MANAGER;
-use crate::telemetry::{self, Health, Metrics};
+use crate::telemetry::{self, Endpoints, Health, Metrics};
 
 /// Lease validity: a crashed leader is replaced after at most this long.
 const LEASE_SECONDS: u64 = 15;
@@ -31,6 +31,13 @@ const LEASE_GRACE_SECONDS: u64 = 5;
 #[derive(Clone, Debug)]
 pub struct Options {
     pub metrics_addr: SocketAddr,
+    /// A listener of its own for /healthz and /readyz; None (or the metrics
+    /// address): the metrics listener serves them.
+    pub health_addr: Option<SocketAddr>,
+    /// Read the cluster-scoped Nodes and StorageClasses. Off for an install
+    /// whose RBAC grants no cluster-wide read: cordons are then not watched
+    /// and a volume resize is attempted without looking at its class.
+    pub cluster_reads: bool,
     pub leader_elect: bool,
     pub lease_name: String,
     /// Namespace of the Lease; the client's default namespace when unset.
@@ -61,7 +68,7 @@ pub enum RunError {
     LostLeadership,
     #[error("leader election stopped unexpectedly")]
     LeaseTaskEnded,
-    #[error("serving metrics on {addr}: {source}")]
+    #[error("serving metrics or health endpoints on {addr}: {source}")]
     Serve {
         addr: SocketAddr,
         #[source]
@@ -119,10 +126,27 @@ pub async fn run(options: Options) -> Result<(), RunError> {
     let shutdown = Shutdown::on_signals();
 
     let health = Health { metrics: metrics.clone(), ready: ready.clone() };
-    let addr = options.metrics_addr;
-    let listener =
-        tokio::net::TcpListener::bind(addr).await.map_err(|source| RunError::Serve { addr, source })?;
-    let server = tokio::spawn(telemetry::serve(listener, health, shutdown.clone().wait()));
+    let bind = |addr: SocketAddr| async move {
+        tokio::net::TcpListener::bind(addr).await.map_err(|source| RunError::Serve { addr, source })
+    };
+    let separate = options.health_addr.filter(|h| *h != options.metrics_addr);
+    let metrics_endpoints = if separate.is_some() { Endpoints::Metrics } else { Endpoints::All };
+    let listener = bind(options.metrics_addr).await?;
+    let mut servers = vec![tokio::spawn(telemetry::serve(
+        listener,
+        health.clone(),
+        metrics_endpoints,
+        shutdown.clone().wait(),
+    ))];
+    if let Some(addr) = separate {
+        let listener = bind(addr).await?;
+        servers.push(tokio::spawn(telemetry::serve(
+            listener,
+            health,
+            Endpoints::Health,
+            shutdown.clone().wait(),
+        )));
+    }
 
     let result = if options.leader_elect {
         run_as_candidate(&options, client, metrics, ready, shutdown).await
@@ -130,7 +154,9 @@ pub async fn run(options: Options) -> Result<(), RunError> {
         run_controllers(&options, client, metrics, ready.clone(), shutdown.clone().wait()).await;
         Ok(())
     };
-    server.abort();
+    for server in servers {
+        server.abort();
+    }
     result
 }
 
@@ -201,7 +227,11 @@ async fn run_controllers(
     ready: Arc<AtomicBool>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let scope = Scope { client: client.clone(), namespace: options.namespace.clone() };
+    let scope = Scope {
+        client: client.clone(),
+        namespace: options.namespace.clone(),
+        cluster_reads: options.cluster_reads,
+    };
     let web = Shared::new(client.clone(), metrics.clone(), "webcluster", &options.identity);
     let database = Shared::new(client.clone(), metrics.clone(), "databasemirror", &options.identity);
     let sessions = Shared::new(client, metrics, "sessionstore", &options.identity);

@@ -3,7 +3,9 @@
 //! One HTTP listener serves `/metrics` (Prometheus text), `/healthz` (the
 //! process is alive) and `/readyz` (a standby is ready at once; the leader
 //! once its caches are filled), so a rolling update of the operator itself
-//! never waits on leadership.
+//! never waits on leadership. The health endpoints may get a listener of
+//! their own (`--health-addr`), so `/metrics` can stay on a loopback address
+//! while the kubelet probes the pod's.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -152,21 +154,49 @@ pub struct Health {
     pub ready: Arc<AtomicBool>,
 }
 
-/// Serve `/metrics`, `/healthz` and `/readyz` until `shutdown` resolves.
+/// Which endpoints one listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoints {
+    /// `/metrics`, `/healthz` and `/readyz`: the default, one listener.
+    All,
+    /// `/metrics` alone, beside a health listener of its own.
+    Metrics,
+    /// `/healthz` and `/readyz` alone.
+    Health,
+}
+
+impl Endpoints {
+    fn router(self, health: Health) -> Router {
+        let mut app = Router::new();
+        if self != Endpoints::Health {
+            app = app.route("/metrics", get(metrics));
+        }
+        if self != Endpoints::Metrics {
+            app = app.route("/healthz", get(|| async { "ok" })).route("/readyz", get(readyz));
+        }
+        app.with_state(health)
+    }
+
+    fn paths(self) -> &'static str {
+        match self {
+            Endpoints::All => "/metrics, /healthz and /readyz",
+            Endpoints::Metrics => "/metrics",
+            Endpoints::Health => "/healthz and /readyz",
+        }
+    }
+}
+
+/// Serve `endpoints` on `listener` until `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     health: Health,
+    endpoints: Endpoints,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .with_state(health);
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+        tracing::info!(%addr, "serving {}", endpoints.paths());
     }
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, endpoints.router(health)).with_graceful_shutdown(shutdown).await
 }
 
 async fn metrics(State(health): State<Health>) -> impl IntoResponse {
@@ -186,5 +216,45 @@ async fn readyz(State(health): State<Health>) -> impl IntoResponse {
         (StatusCode::OK, "ready")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "starting")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// The status code of `GET path` on `addr`.
+    async fn status_of(addr: std::net::SocketAddr, path: &str) -> u16 {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connects");
+        let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("writes");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.expect("reads");
+        response.split_whitespace().nth(1).and_then(|code| code.parse().ok()).expect("a status line")
+    }
+
+    async fn listen(endpoints: Endpoints) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binds");
+        let addr = listener.local_addr().expect("an address");
+        let health = Health { metrics: Arc::new(Metrics::default()), ready: Arc::new(AtomicBool::new(true)) };
+        tokio::spawn(serve(listener, health, endpoints, std::future::pending()));
+        addr
+    }
+
+    #[tokio::test]
+    async fn each_listener_serves_only_its_endpoints() {
+        let all = listen(Endpoints::All).await;
+        let metrics = listen(Endpoints::Metrics).await;
+        let health = listen(Endpoints::Health).await;
+        for path in ["/metrics", "/healthz", "/readyz"] {
+            assert_eq!(status_of(all, path).await, 200, "{path} on the one listener");
+        }
+        assert_eq!(status_of(metrics, "/metrics").await, 200);
+        assert_eq!(status_of(metrics, "/healthz").await, 404, "health is not on the metrics listener");
+        assert_eq!(status_of(metrics, "/readyz").await, 404);
+        assert_eq!(status_of(health, "/healthz").await, 200);
+        assert_eq!(status_of(health, "/readyz").await, 200);
+        assert_eq!(status_of(health, "/metrics").await, 404, "metrics are not on the health listener");
     }
 }

@@ -94,6 +94,39 @@ impl Operator {
         Ok(op)
     }
 
+    /// Start `hostwright run` with `args` as given (say, those the chart
+    /// renders into its Deployment) but for `--metrics-addr`, which gets a
+    /// free local port, authenticating with `kubeconfig`; `name` names its log.
+    pub async fn start_with_args(kubeconfig: &std::path::Path, args: &[String], name: &str) -> Result<Self> {
+        let port = free_port()?;
+        let log = std::env::temp_dir().join("hostwright-e2e").join(format!("{name}.log"));
+        if let Some(dir) = log.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let log_file = std::fs::File::create(&log)?;
+        let args: Vec<String> = args
+            .iter()
+            .filter(|a| !a.starts_with("--metrics-addr"))
+            .cloned()
+            .chain([format!("--metrics-addr=127.0.0.1:{port}")])
+            .collect();
+        let child = Command::new(binary())
+            .args(&args)
+            .env("KUBECONFIG", kubeconfig)
+            .env("HOSTWRIGHT_AGENT_IMAGE", agent_image())
+            .env("RUST_LOG", "info,hostwright=debug")
+            .stdout(Stdio::from(log_file.try_clone()?))
+            .stderr(Stdio::from(log_file))
+            .spawn()
+            .with_context(|| format!("starting {} (built? `cargo build`)", binary().display()))?;
+        let op = Operator { child: Some(child), metrics_port: port, identity: name.into(), log };
+        eventually(Duration::from_secs(30), "the operator's /healthz", || async {
+            Ok(op.get("/healthz").ok())
+        })
+        .await?;
+        Ok(op)
+    }
+
     /// GET a path on the operator's HTTP listener.
     pub fn get(&self, path: &str) -> Result<String> {
         let mut stream = TcpStream::connect(("127.0.0.1", self.metrics_port))?;

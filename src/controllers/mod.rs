@@ -414,6 +414,10 @@ pub(crate) fn resource_name<K: Resource<DynamicType = ()>>() -> &'static str {
 pub struct Scope {
     pub client: kube::Client,
     pub namespace: Option<String>,
+    /// Cluster-scoped Nodes and StorageClasses may be read. A namespaced
+    /// install may grant neither; the controllers then do without them
+    /// rather than wait forever on a watch the API server refuses.
+    pub cluster_reads: bool,
 }
 
 impl Scope {

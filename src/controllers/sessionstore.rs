@@ -12,13 +12,14 @@ use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
+use redis::{ErrorKind, ServerErrorKind};
 
 use super::members::{
     Context, Replicated, SharedChildren, StoreStatus, Summary, last_written, policy, random_password, status,
     write_status,
 };
 use super::{Error, jittered};
-use crate::agent::redis::command;
+use crate::agent::redis::{RedisError, command};
 use crate::api::common::condition_type::{DEGRADED, PROGRESSING, READY};
 use crate::api::common::{DataDurability, FailoverSpec, PrimaryUpdate, ReplicationStatus, StorePhase};
 use crate::api::sessionstore::{Durability, ExternalSessionStore};
@@ -139,8 +140,94 @@ impl Replicated for SessionStore {
 enum Check {
     SecretMissing,
     SecretInvalid(String),
-    Unreachable(String),
+    Unanswered(Unanswered),
     Answers,
+}
+
+/// Why an external store did not answer the check, as one of a fixed set
+/// of reasons and messages. Whatever the host sends back (an error line, a
+/// banner, a reply posing as JSON) never reaches the status, its conditions
+/// or Events: a Secret may name any host, and its text could be huge, carry
+/// control characters, or pretend to be something the reader trusts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unanswered {
+    Refused,
+    TimedOut,
+    /// Accepted the connection, then closed it without an answer.
+    Closed,
+    /// No connection at all for another reason: an unknown host, no route.
+    CannotConnect,
+    AuthenticationFailed,
+    /// Answered, but not as Redis answers PING.
+    NotRedis,
+    /// Answered the check with an error of its own.
+    ErrorReply,
+}
+
+impl Unanswered {
+    /// The Ready condition's reason.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Unanswered::Refused | Unanswered::TimedOut | Unanswered::Closed | Unanswered::CannotConnect => {
+                "ExternalUnreachable"
+            }
+            Unanswered::AuthenticationFailed => "ExternalAuthenticationFailed",
+            Unanswered::NotRedis => "ExternalNotRedis",
+            Unanswered::ErrorReply => "ExternalErrorReply",
+        }
+    }
+
+    /// The Ready condition's message (and the Event's note).
+    pub fn message(self) -> &'static str {
+        match self {
+            Unanswered::Refused => "connection refused",
+            Unanswered::TimedOut => "timed out: no answer within 3 s",
+            Unanswered::Closed => "the connection was closed before an answer",
+            Unanswered::CannotConnect => "cannot connect: unknown host or no route to it",
+            Unanswered::AuthenticationFailed => {
+                "authentication failed: the password in the Secret was refused"
+            }
+            Unanswered::NotRedis => "not a Redis server: PING was not answered with PONG",
+            Unanswered::ErrorReply => "the server answered PING with an error",
+        }
+    }
+
+    /// Sorts a failed check by what kind of failure it was; the error's
+    /// text is only compared against known words, never kept.
+    pub fn of(err: &RedisError) -> Self {
+        let source = match err {
+            RedisError::Timeout { .. } => return Unanswered::TimedOut,
+            RedisError::Command { source, .. } => source,
+            _ => return Unanswered::CannotConnect,
+        };
+        if source.is_timeout() {
+            return Unanswered::TimedOut;
+        }
+        if source.is_connection_refusal() {
+            return Unanswered::Refused;
+        }
+        let code = source.code().unwrap_or_default();
+        let detail = source.detail().unwrap_or_default().to_ascii_lowercase();
+        match source.kind() {
+            ErrorKind::AuthenticationFailed | ErrorKind::Server(ServerErrorKind::NoPerm) => {
+                Unanswered::AuthenticationFailed
+            }
+            _ if code == "NOAUTH" || code == "WRONGPASS" => Unanswered::AuthenticationFailed,
+            // "ERR invalid password", "ERR AUTH <password> called without
+            // any password configured for the default user".
+            ErrorKind::Server(ServerErrorKind::ResponseError)
+                if detail.contains("password") || detail.starts_with("auth") =>
+            {
+                Unanswered::AuthenticationFailed
+            }
+            ErrorKind::Parse | ErrorKind::UnexpectedReturnType | ErrorKind::RESP3NotSupported => {
+                Unanswered::NotRedis
+            }
+            ErrorKind::Server(_) | ErrorKind::Extension => Unanswered::ErrorReply,
+            _ if source.is_connection_dropped() => Unanswered::Closed,
+            _ => Unanswered::CannotConnect,
+        }
+    }
 }
 
 async fn reconcile_external(
@@ -159,9 +246,10 @@ async fn reconcile_external(
     let (check, endpoint) = match secret.as_ref().map(external_endpoint) {
         None => (Check::SecretMissing, None),
         Some(Err(problem)) => (Check::SecretInvalid(problem), None),
-        Some(Ok(endpoint)) => {
-            (probe(&endpoint).await.map_or_else(Check::Unreachable, |()| Check::Answers), Some(endpoint))
-        }
+        Some(Ok(endpoint)) => (
+            probe(&endpoint, EXTERNAL_TIMEOUT).await.map_or_else(Check::Unanswered, |()| Check::Answers),
+            Some(endpoint),
+        ),
     };
     if let Some(endpoint) = &endpoint {
         let blueprint = blueprint(store).map_err(|source| Error::Build { object: object.clone(), source })?;
@@ -208,7 +296,7 @@ fn external_status(
         Check::SecretInvalid(problem) => {
             Observed::new(READY, false, "ExternalSecretInvalid", format!("Secret {secret_name}: {problem}"))
         }
-        Check::Unreachable(why) => Observed::new(READY, false, "ExternalUnreachable", why.clone()),
+        Check::Unanswered(why) => Observed::new(READY, false, why.reason(), why.message()),
         Check::Answers => {
             Observed::new(READY, true, "ExternalAnswers", "the external session store answers PING")
         }
@@ -239,13 +327,25 @@ fn external_status(
     }
 }
 
-/// PING (after AUTH, when a password is given), answered within
-/// [`EXTERNAL_TIMEOUT`]; the error says what went wrong in words.
-async fn probe(endpoint: &ExternalEndpoint) -> Result<(), String> {
+/// PING (after AUTH, when a password is given), answered with PONG within
+/// `timeout`. The host's own words are logged (escaped, cut short) at debug
+/// level only; the result is one of [`Unanswered`].
+async fn probe(endpoint: &ExternalEndpoint, timeout: Duration) -> Result<(), Unanswered> {
     let pong: Result<String, _> =
-        command(&endpoint.host, endpoint.port, endpoint.password.as_deref(), "PING", &[], EXTERNAL_TIMEOUT)
-            .await;
-    pong.map(drop).map_err(|err| err.to_string())
+        command(&endpoint.host, endpoint.port, endpoint.password.as_deref(), "PING", &[], timeout).await;
+    match pong {
+        Ok(answer) if answer == "PONG" => Ok(()),
+        Ok(answer) => {
+            let answer: String = answer.chars().take(120).collect();
+            tracing::debug!(?answer, "external session store: PING answered without PONG");
+            Err(Unanswered::NotRedis)
+        }
+        Err(err) => {
+            let error: String = err.to_string().chars().take(300).collect();
+            tracing::debug!(?error, "external session store check failed");
+            Err(Unanswered::of(&err))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -273,7 +373,9 @@ mod tests {
         let cases = [
             (Check::SecretMissing, "False", "ExternalSecretNotFound"),
             (Check::SecretInvalid("no key url, or host and port".into()), "False", "ExternalSecretInvalid"),
-            (Check::Unreachable("cannot connect".into()), "False", "ExternalUnreachable"),
+            (Check::Unanswered(Unanswered::Refused), "False", "ExternalUnreachable"),
+            (Check::Unanswered(Unanswered::AuthenticationFailed), "False", "ExternalAuthenticationFailed"),
+            (Check::Unanswered(Unanswered::NotRedis), "False", "ExternalNotRedis"),
             (Check::Answers, "True", "ExternalAnswers"),
         ];
         for (check, status, reason) in cases {
@@ -282,6 +384,131 @@ mod tests {
             assert_eq!(s.replication.observed_generation, Some(2));
             assert_eq!(s.replication.current_primary.as_deref(), Some("external"));
         }
+    }
+
+    /// How a hostile host behaves on each connection it accepts.
+    #[derive(Clone)]
+    enum Host {
+        /// Reads the first command, writes this, then closes.
+        Replies(Vec<u8>),
+        /// Accepts and closes at once.
+        HangsUp,
+        /// Accepts and never answers.
+        Silent,
+    }
+
+    /// A TCP server playing `host` on every connection, and its port.
+    async fn hostile(host: Host) -> u16 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let host = host.clone();
+                tokio::spawn(async move {
+                    match host {
+                        Host::Replies(reply) => {
+                            let mut buf = [0u8; 1024];
+                            let _ = conn.read(&mut buf).await;
+                            let _ = conn.write_all(&reply).await;
+                            let _ = conn.shutdown().await;
+                        }
+                        Host::HangsUp => drop(conn),
+                        Host::Silent => {
+                            tokio::time::sleep(Duration::from_secs(30)).await;
+                            drop(conn);
+                        }
+                    }
+                });
+            }
+        });
+        port
+    }
+
+    /// Every reply a hostile host may send ends as one fixed reason and
+    /// message; nothing of its text reaches the status.
+    #[tokio::test]
+    async fn hostile_replies_never_reach_the_status() {
+        let long = format!("-ERR {}\r\n", "A".repeat(100_000));
+        let cases: Vec<(&str, Host, Option<&str>, Unanswered)> = vec![
+            ("a huge error line", Host::Replies(long.into_bytes()), None, Unanswered::ErrorReply),
+            (
+                "control characters in an error",
+                Host::Replies(b"-EVIL \x1b[31mred\x07\x00\r\n".to_vec()),
+                None,
+                Unanswered::ErrorReply,
+            ),
+            (
+                "fake JSON as a simple string",
+                Host::Replies(br#"+{"status":"True","reason":"ExternalAnswers","message":"evil"}"#.iter().chain(b"\r\n").copied().collect()),
+                None,
+                Unanswered::NotRedis,
+            ),
+            (
+                "an HTTP server",
+                Host::Replies(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{\"evil\":true}".to_vec()),
+                None,
+                Unanswered::NotRedis,
+            ),
+            ("binary noise", Host::Replies(vec![0x00, 0xff, 0xfe, 0x1b, b'\n', 0x80]), None, Unanswered::NotRedis),
+            ("PONG with a tail", Host::Replies(b"+PONG\x00evil\r\n".to_vec()), None, Unanswered::NotRedis),
+            ("an integer", Host::Replies(b":12345\r\n".to_vec()), None, Unanswered::NotRedis),
+            (
+                "a wrong password",
+                Host::Replies(b"-WRONGPASS evil \x1b]0;title\x07 invalid username-password pair\r\n".to_vec()),
+                Some("pw"),
+                Unanswered::AuthenticationFailed,
+            ),
+            (
+                "no password given",
+                Host::Replies(b"-NOAUTH Authentication required. evil\r\n".to_vec()),
+                None,
+                Unanswered::AuthenticationFailed,
+            ),
+            ("a hang-up", Host::HangsUp, None, Unanswered::Closed),
+            ("silence", Host::Silent, None, Unanswered::TimedOut),
+        ];
+        let hostile_words = ["AAAAAAAAAA", "evil", "EVIL", "31m", "title", "HTTP", "{", "12345"];
+        let now = Time(Timestamp::now());
+        for (what, host, password, expected) in cases {
+            let port = hostile(host).await;
+            let endpoint =
+                ExternalEndpoint { host: "127.0.0.1".into(), port, password: password.map(String::from) };
+            let outcome = probe(&endpoint, Duration::from_millis(500)).await;
+            assert_eq!(outcome, Err(expected), "{what}");
+            let status = external_status(
+                &store(),
+                "provider",
+                &Check::Unanswered(expected),
+                &Default::default(),
+                &now,
+            );
+            for c in &status.replication.conditions {
+                assert!(c.message.len() < 100, "{what}: {:?}", c.message);
+                assert!(
+                    c.message.chars().all(|ch| ch == ' ' || ch.is_ascii_graphic()),
+                    "{what}: {:?}",
+                    c.message
+                );
+                for word in hostile_words {
+                    assert!(!c.message.contains(word) && !c.reason.contains(word), "{what}: {c:?}");
+                }
+            }
+            assert_eq!(ready(&status), ("False".to_string(), expected.reason().to_string()), "{what}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_is_refused_and_a_redis_that_pongs_answers() {
+        let closed = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let endpoint = ExternalEndpoint { host: "127.0.0.1".into(), port: closed, password: None };
+        assert_eq!(probe(&endpoint, Duration::from_millis(500)).await, Err(Unanswered::Refused));
+        let port = hostile(Host::Replies(b"+PONG\r\n".to_vec())).await;
+        let endpoint = ExternalEndpoint { host: "127.0.0.1".into(), port, password: None };
+        assert_eq!(probe(&endpoint, Duration::from_millis(500)).await, Ok(()));
     }
 
     #[test]

@@ -183,6 +183,8 @@ pub struct Context<K: Replicated> {
     /// Refused volume resizes already announced (`<store uid>/<member>/<size>`):
     /// the Warning is published once, not on every reconcile.
     resize_refusals: Mutex<std::collections::HashSet<String>>,
+    /// StorageClasses may be read (see [`Scope::cluster_reads`]).
+    pub cluster_reads: bool,
 }
 
 /// Run the controller of `K` until `shutdown` resolves.
@@ -206,7 +208,7 @@ pub async fn run<K: Replicated>(
     let (roles, role_events) = cached::<Role>(&scope, Some(&mine));
     let (bindings, binding_events) = cached::<RoleBinding>(&scope, Some(&mine));
     let (leases, lease_events) = cached::<Lease>(&scope, Some(&mine));
-    let (nodes, node_events) = cordons(&scope.client);
+    let (nodes, node_events) = cordons(&scope);
 
     let controller =
         Controller::new(scope.api::<DeserializeGuard<K>>(), watcher::Config::default().any_semantic())
@@ -233,6 +235,7 @@ pub async fn run<K: Replicated>(
         written: Mutex::new(HashMap::new()),
         leases: Mutex::new(HashMap::new()),
         resize_refusals: Mutex::new(std::collections::HashSet::new()),
+        cluster_reads: scope.cluster_reads,
     });
 
     // Volumes, the Secret and the agents' Leases may have no owner (kept
@@ -289,11 +292,20 @@ pub async fn run<K: Replicated>(
 
 /// Every node, trimmed to its name and spec, and a stream of the nodes
 /// whose cordon changed: a drain starts with a cordon, and the stores with
-/// a member there must look at once.
+/// a member there must look at once. Without cluster reads (an install with
+/// no grant on Nodes), an empty store that counts as filled and no events:
+/// no node is seen cordoned, so a drain waits on the primary's budget until
+/// the primary is moved, instead of the operator never turning ready.
 fn cordons(
-    client: &kube::Client,
-) -> (Store<Node>, impl futures::Stream<Item = Result<Node, watcher::Error>> + Send + 'static) {
-    let (reader, writer) = kube::runtime::reflector::store();
+    scope: &Scope,
+) -> (Store<Node>, futures::stream::BoxStream<'static, Result<Node, watcher::Error>>) {
+    let (reader, mut writer) = kube::runtime::reflector::store();
+    if !scope.cluster_reads {
+        writer.apply_watcher_event(&watcher::Event::Init);
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        return (reader, futures::stream::empty().boxed());
+    }
+    let client = &scope.client;
     let seen: Mutex<HashMap<String, bool>> = Mutex::new(HashMap::new());
     let stream = watcher(Api::<Node>::all(client.clone()), watcher::Config::default().any_semantic())
         .inspect_err(|err| tracing::warn!(%err, "node watch failed; retrying with backoff"))
@@ -314,7 +326,7 @@ fn cordons(
             let changed = seen.insert(node.name_any(), cordoned).is_some_and(|was| was != cordoned);
             std::future::ready(changed)
         });
-    (reader, stream)
+    (reader, stream.boxed())
 }
 
 /// The node is marked unschedulable (`kubectl cordon`, the first step of `kubectl drain`).

@@ -178,7 +178,7 @@ async fn observe<K: Replicated>(store: &K, ctx: &Context<K>) -> Result<Seen<K>, 
         })
         .collect();
     let cordoned = caches.nodes.state().iter().filter(|n| super::cordoned(n)).map(|n| n.name_any()).collect();
-    let resizes = volumes::resizes(&ctx.shared.client, &blueprint, &volumes).await?;
+    let resizes = volumes::resizes(&ctx.shared.client, ctx.cluster_reads, &blueprint, &volumes).await?;
     Ok(Seen {
         revision: blueprint.revision(&ctx.agent_image),
         pod_facts,

@@ -24,8 +24,20 @@ pub struct Resize {
     pub member: String,
     pub from: String,
     pub to: Quantity,
-    /// Ok: its StorageClass allows expansion; Err: why it cannot grow.
-    pub expandable: Result<(), String>,
+    pub expansion: Expansion,
+}
+
+/// Whether a volume may grow, as far as the operator can tell.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Expansion {
+    /// Its StorageClass allows expansion.
+    Allowed,
+    /// Not looked at: the operator may not read StorageClasses
+    /// (`--cluster-reads=false`). The resize is asked for, and a refusal
+    /// by the API server is reported like a refusal found here.
+    Unchecked,
+    /// Why it cannot grow.
+    Refused(String),
 }
 
 /// Bytes of a quantity written as an integer with an optional binary or
@@ -59,9 +71,11 @@ fn requested(claim: &PersistentVolumeClaim) -> Option<&Quantity> {
 }
 
 /// The volumes smaller than the template's size, each with whether it can
-/// grow. Reads a StorageClass only when a volume is too small (rare).
+/// grow. Reads a StorageClass only when a volume is too small (rare), and
+/// only with `cluster_reads`.
 pub async fn resizes(
     client: &Client,
+    cluster_reads: bool,
     blueprint: &Blueprint,
     volumes: &BTreeMap<String, Arc<PersistentVolumeClaim>>,
 ) -> Result<Vec<Resize>, Error> {
@@ -74,16 +88,19 @@ pub async fn resizes(
             continue;
         }
         let class = claim.spec.as_ref().and_then(|s| s.storage_class_name.clone());
-        let expandable = match class {
-            None => Err("its volume has no StorageClass, so it cannot be expanded".to_string()),
+        let expansion = match class {
+            None => {
+                Expansion::Refused("its volume has no StorageClass, so it cannot be expanded".to_string())
+            }
+            Some(_) if !cluster_reads => Expansion::Unchecked,
             Some(class) => expandable(client, &class).await?,
         };
-        out.push(Resize { member: member.clone(), from: have.0.clone(), to: wanted.clone(), expandable });
+        out.push(Resize { member: member.clone(), from: have.0.clone(), to: wanted.clone(), expansion });
     }
     Ok(out)
 }
 
-async fn expandable(client: &Client, class: &str) -> Result<Result<(), String>, Error> {
+async fn expandable(client: &Client, class: &str) -> Result<Expansion, Error> {
     let api: Api<StorageClass> = Api::all(client.clone());
     let found = api.get_opt(class).await.map_err(|source| Error::Read {
         resource: "storageclasses",
@@ -91,11 +108,11 @@ async fn expandable(client: &Client, class: &str) -> Result<Result<(), String>, 
         source,
     })?;
     Ok(match found {
-        Some(c) if c.allow_volume_expansion == Some(true) => Ok(()),
-        Some(_) => {
-            Err(format!("StorageClass {class} does not allow volume expansion (allowVolumeExpansion)"))
-        }
-        None => Err(format!("StorageClass {class} does not exist")),
+        Some(c) if c.allow_volume_expansion == Some(true) => Expansion::Allowed,
+        Some(_) => Expansion::Refused(format!(
+            "StorageClass {class} does not allow volume expansion (allowVolumeExpansion)"
+        )),
+        None => Expansion::Refused(format!("StorageClass {class} does not exist")),
     })
 }
 
@@ -105,23 +122,50 @@ pub async fn expand<K: Replicated>(store: &K, ctx: &Context<K>, resizes: &[Resiz
     let namespace = store.namespace().unwrap_or_default();
     let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.shared.client.clone(), &namespace);
     for resize in resizes {
-        let Resize { member, from, to, expandable } = resize;
-        if let Err(why) = expandable {
-            let key = format!("{}/{member}/{}", store.uid().unwrap_or_default(), to.0);
-            let new = ctx.resize_refusals.lock().unwrap_or_else(|p| p.into_inner()).insert(key);
-            if new {
-                let note = format!("volume {member} stays at {from} (asked for {}): {why}", to.0);
-                ctx.shared.event(store, EventType::Warning, "ResizeUnsupported", "Resize", note).await;
+        let Resize { member, from, to, expansion } = resize;
+        let key = format!("{}/{member}/{}", store.uid().unwrap_or_default(), to.0);
+        let refuse = |why: &str| {
+            let new = ctx.resize_refusals.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone());
+            new.then(|| format!("volume {member} stays at {from} (asked for {}): {why}", to.0))
+        };
+        match expansion {
+            Expansion::Refused(why) => {
+                if let Some(note) = refuse(why) {
+                    ctx.shared.event(store, EventType::Warning, "ResizeUnsupported", "Resize", note).await;
+                }
+                continue;
             }
-            continue;
+            // Asked for once per size: the API server's answer does not change.
+            Expansion::Unchecked
+                if ctx.resize_refusals.lock().unwrap_or_else(|p| p.into_inner()).contains(&key) =>
+            {
+                continue;
+            }
+            Expansion::Allowed | Expansion::Unchecked => {}
         }
         let patch = serde_json::json!({ "spec": { "resources": { "requests": { "storage": to } } } });
         let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..PatchParams::default() };
-        api.patch(member, &params, &Patch::Merge(&patch)).await.map_err(|source| Error::Apply {
-            resource: "persistentvolumeclaims",
-            object: format!("{namespace}/{member}"),
-            source,
-        })?;
+        match api.patch(member, &params, &Patch::Merge(&patch)).await {
+            Ok(_) => {}
+            // Admission refuses a resize its StorageClass does not allow
+            // (403) or a claim that cannot grow (422).
+            Err(kube::Error::Api(e))
+                if *expansion == Expansion::Unchecked && (e.code == 403 || e.code == 422) =>
+            {
+                let why = format!("the API server refused the expansion: {}", e.message);
+                if let Some(note) = refuse(&why) {
+                    ctx.shared.event(store, EventType::Warning, "ResizeUnsupported", "Resize", note).await;
+                }
+                continue;
+            }
+            Err(source) => {
+                return Err(Error::Apply {
+                    resource: "persistentvolumeclaims",
+                    object: format!("{namespace}/{member}"),
+                    source,
+                });
+            }
+        }
         ctx.shared.metrics.write(K::CONTROLLER, "persistentvolumeclaims", "patch");
         let note = format!("expanding volume {member} from {from} to {}", to.0);
         ctx.shared.event(store, EventType::Normal, "ResizingVolume", "Resize", note).await;
