@@ -74,6 +74,11 @@ struct RunArgs {
     #[arg(long, env = "HOSTWRIGHT_CERTIFICATE_LIFETIME_SECONDS", default_value_t = 90 * 24 * 3600,
           value_parser = clap::value_parser!(u64).range(60..=10 * 365 * 24 * 3600))]
     certificate_lifetime_seconds: u64,
+    /// Networks (CIDRs, comma-separated) every store's NetworkPolicy admits
+    /// besides the store's members and the web tiers that reference it: an
+    /// operations bastion, a backup host. Default: none.
+    #[arg(long, env = "HOSTWRIGHT_ADMIN_NETWORKS", value_delimiter = ',')]
+    admin_networks: Vec<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -188,8 +193,11 @@ fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         identity,
         namespace: args.namespace.filter(|n| !n.is_empty()),
         concurrency: args.concurrency,
-        agent_image: args.agent_image,
-        certificate_lifetime: std::time::Duration::from_secs(args.certificate_lifetime_seconds),
+        stores: hostwright::controllers::members::StoreSettings {
+            agent_image: args.agent_image,
+            certificate_lifetime: std::time::Duration::from_secs(args.certificate_lifetime_seconds),
+            admin_networks: args.admin_networks.into_iter().filter(|n| !n.trim().is_empty()).collect(),
+        },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(hostwright::run::run(options))?;

@@ -47,9 +47,8 @@ pub struct Options {
     pub namespace: Option<String>,
     pub concurrency: u16,
     /// Image with `hostwright agent`, run beside every database server.
-    pub agent_image: String,
-    /// Lifetime of the stores' server certificates.
-    pub certificate_lifetime: std::time::Duration,
+    /// What the stores' children are built with.
+    pub stores: crate::controllers::members::StoreSettings,
 }
 
 /// Why the operator stopped other than by a clean shutdown.
@@ -257,8 +256,7 @@ async fn run_controllers(
         members::run::<DatabaseMirror>(
             scope.clone(),
             database,
-            options.agent_image.clone(),
-            options.certificate_lifetime,
+            options.stores.clone(),
             options.concurrency,
             move || {
                 let _ = database_ready.0.send(());
@@ -268,8 +266,7 @@ async fn run_controllers(
         members::run::<SessionStore>(
             scope,
             sessions,
-            options.agent_image.clone(),
-            options.certificate_lifetime,
+            options.stores.clone(),
             options.concurrency,
             move || {
                 let _ = sessions_ready.0.send(());

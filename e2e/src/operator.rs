@@ -55,6 +55,14 @@ pub struct Operator {
     log: PathBuf,
 }
 
+/// The real nodes' bridge network (`e2e/lib/nodes.sh`), this machine on
+/// it: the tests reach the stores from here as an operations host would, so
+/// the operator admits it to every store's NetworkPolicy.
+fn this_machine_on_the_nodes_bridge() -> String {
+    let net = std::env::var("HOSTWRIGHT_POD_NET").unwrap_or_else(|_| "244".into());
+    format!("192.168.{net}.0/24")
+}
+
 impl Operator {
     /// Start an operator that watches `namespace` only, electing a leader over
     /// the Lease `hostwright-<namespace>` in the chart's namespace.
@@ -81,6 +89,7 @@ impl Operator {
             .env("KUBECONFIG", &kubeconfig)
             .env("HOSTWRIGHT_AGENT_IMAGE", agent_image())
             .env("RUST_LOG", "info,hostwright=debug")
+            .env("HOSTWRIGHT_ADMIN_NETWORKS", this_machine_on_the_nodes_bridge())
             .envs(env.iter().copied())
             .stdout(Stdio::from(log_file.try_clone()?))
             .stderr(Stdio::from(log_file))

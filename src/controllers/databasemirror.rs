@@ -93,6 +93,10 @@ impl Replicated for DatabaseMirror {
         agent_credentials_name(self)
     }
 
+    fn referenced_by(web: &crate::api::WebCluster) -> Option<String> {
+        web.spec.database_ref.as_ref().map(|r| r.name.clone())
+    }
+
     fn app_secret_name(&self) -> String {
         credentials_name(self)
     }

@@ -105,6 +105,10 @@ impl Replicated for SessionStore {
         agent_credentials_name(self)
     }
 
+    fn referenced_by(web: &crate::api::WebCluster) -> Option<String> {
+        web.spec.session_store_ref.as_ref().map(|r| r.name.clone())
+    }
+
     fn app_secret_name(&self) -> String {
         connection_name(self)
     }

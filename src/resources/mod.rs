@@ -8,6 +8,7 @@ pub mod databasemirror;
 pub mod labels;
 pub mod members;
 pub mod sessionstore;
+pub mod store_network;
 pub mod store_tls;
 pub mod subset;
 pub mod webcluster;

@@ -27,6 +27,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Node, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount,
 };
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, Patch, PatchParams};
@@ -40,6 +41,7 @@ use tracing::{Instrument, info_span};
 
 use super::invalid::{self, DeserializeGuard};
 use super::{Error, Scope, Shared, cached, filled};
+use crate::api::WebCluster;
 use crate::api::common::{FailoverSpec, PrimaryUpdate, ReplicationStatus};
 use crate::failover::Policy;
 use crate::resources::members::{Blueprint, INSTANCE_LABEL};
@@ -128,6 +130,8 @@ pub trait Replicated:
     /// The application's Secret: its user, URLs that verify the server
     /// against `ca_pem`, and the CA itself.
     fn app_secret(&self, blueprint: &Blueprint, passwords: &Self::Passwords, ca_pem: &str) -> Secret;
+    /// The store of this kind `web` references, if any.
+    fn referenced_by(web: &WebCluster) -> Option<String>;
     /// Nothing to deploy (an external store): reconciled by the kind itself.
     fn external(
         &self,
@@ -157,6 +161,9 @@ pub struct Caches {
     pub leases: Store<Lease>,
     /// Nodes, trimmed to their spec: which are cordoned (being drained).
     pub nodes: Store<Node>,
+    pub network_policies: Store<NetworkPolicy>,
+    /// Every WebCluster (decoded or not): who references which store.
+    pub web_clusters: Store<DeserializeGuard<WebCluster>>,
 }
 
 /// The status this process last wrote for an object, and its
@@ -177,6 +184,9 @@ pub struct Context<K: Replicated> {
     pub agent_image: String,
     /// Lifetime of the server certificates issued to stores.
     pub certificate_lifetime: Duration,
+    /// Networks (CIDRs) every store's NetworkPolicy admits besides its
+    /// members and web tiers: an operations bastion, say.
+    pub admin_networks: Vec<String>,
     written: Mutex<HashMap<String, Written<K::Status>>>,
     /// How each store's member Leases look on this operator's clock, by store uid.
     leases: Mutex<HashMap<String, leases::LeaseClock>>,
@@ -187,12 +197,22 @@ pub struct Context<K: Replicated> {
     pub cluster_reads: bool,
 }
 
+/// Operator-wide settings of the stores' members and children.
+#[derive(Clone, Debug)]
+pub struct StoreSettings {
+    /// Image carrying `hostwright agent` (the operator's own).
+    pub agent_image: String,
+    /// Lifetime of the server certificates issued to stores.
+    pub certificate_lifetime: Duration,
+    /// CIDRs admitted to every store besides its members and web tiers.
+    pub admin_networks: Vec<String>,
+}
+
 /// Run the controller of `K` until `shutdown` resolves.
 pub async fn run<K: Replicated>(
     scope: Scope,
     shared: Shared,
-    agent_image: String,
-    certificate_lifetime: Duration,
+    settings: StoreSettings,
     concurrency: u16,
     ready: impl FnOnce() + Send + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
@@ -209,6 +229,9 @@ pub async fn run<K: Replicated>(
     let (bindings, binding_events) = cached::<RoleBinding>(&scope, Some(&mine));
     let (leases, lease_events) = cached::<Lease>(&scope, Some(&mine));
     let (nodes, node_events) = cordons(&scope);
+    let (network_policies, network_policy_events) = cached::<NetworkPolicy>(&scope, Some(&mine));
+    // Which WebClusters reference a store decides who its NetworkPolicy lets in.
+    let (web_clusters, web_events) = cached::<DeserializeGuard<WebCluster>>(&scope, None);
 
     let controller =
         Controller::new(scope.api::<DeserializeGuard<K>>(), watcher::Config::default().any_semantic())
@@ -228,10 +251,13 @@ pub async fn run<K: Replicated>(
             bindings: bindings.clone(),
             leases: leases.clone(),
             nodes: nodes.clone(),
+            network_policies: network_policies.clone(),
+            web_clusters: web_clusters.clone(),
         },
         caches_ready: AtomicBool::new(false),
-        agent_image,
-        certificate_lifetime,
+        agent_image: settings.agent_image,
+        certificate_lifetime: settings.certificate_lifetime,
+        admin_networks: settings.admin_networks,
         written: Mutex::new(HashMap::new()),
         leases: Mutex::new(HashMap::new()),
         resize_refusals: Mutex::new(std::collections::HashSet::new()),
@@ -248,6 +274,12 @@ pub async fn run<K: Replicated>(
         .owns_stream(account_events)
         .owns_stream(role_events)
         .owns_stream(binding_events)
+        .owns_stream(network_policy_events)
+        .watches_stream(web_events, |web: DeserializeGuard<WebCluster>| {
+            let namespace = web.namespace()?;
+            let store = invalid::decoded(&web).ok().and_then(K::referenced_by)?;
+            Some(ObjectRef::new(&store).within(&namespace))
+        })
         .watches_stream(volume_events, by_instance::<K, _>)
         .watches_stream(secret_events, by_instance::<K, _>)
         .watches_stream(lease_events, by_instance::<K, _>)
@@ -273,6 +305,8 @@ pub async fn run<K: Replicated>(
                 filled(&bindings),
                 filled(&leases),
                 filled(&nodes),
+                filled(&network_policies),
+                filled(&web_clusters),
             );
             context.caches_ready.store(true, Ordering::Release);
             ready();

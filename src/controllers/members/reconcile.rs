@@ -532,11 +532,36 @@ async fn keep_children<K: Replicated>(store: &K, ctx: &Context<K>, seen: &Seen<K
         keep_settings_in_use(&mut config, live.as_deref(), &in_use);
         shared.apply_owned(&config, &caches.config_maps, &uid).await?;
     }
+    let clients = referencing_web_tiers::<K>(ctx, &seen.blueprint);
+    let policy = seen.blueprint.network_policy(&clients, &ctx.admin_networks);
+    shared.apply_owned(&policy, &caches.network_policies, &uid).await?;
     let (account, role, binding) = seen.blueprint.agent_rbac();
     shared.apply_owned(&account, &caches.accounts, &uid).await?;
     shared.apply_owned(&role, &caches.roles, &uid).await?;
     shared.apply_owned(&binding, &caches.bindings, &uid).await?;
     Ok(())
+}
+
+/// The pod labels of each WebCluster of the store's namespace that
+/// references it (sorted, so the policy does not flap with cache order).
+fn referencing_web_tiers<K: Replicated>(
+    ctx: &Context<K>,
+    blueprint: &Blueprint,
+) -> Vec<BTreeMap<String, String>> {
+    let mut webs: Vec<String> = ctx
+        .caches
+        .web_clusters
+        .state()
+        .iter()
+        .filter(|w| w.namespace().as_deref() == Some(blueprint.namespace.as_str()))
+        .filter_map(|w| crate::controllers::invalid::decoded(w).ok())
+        .filter(|w| K::referenced_by(w).as_deref() == Some(blueprint.name.as_str()))
+        .map(|w| w.name_any())
+        .collect();
+    webs.sort();
+    webs.iter()
+        .map(|w| crate::resources::labels::selector(crate::resources::webcluster::APP_NAME, w))
+        .collect()
 }
 
 /// Member volumes: created once; owned by the store (deleted with it)
