@@ -9,7 +9,8 @@
 //!   nodes leaves servers running;
 //! - voluntary disruptions (drains) take one pod at a time, and none at all
 //!   when `tolerate` is 0;
-//! - pods meet the `restricted` Pod Security profile.
+//! - pods meet the `restricted` Pod Security profile;
+//! - pods read nothing but the connection Secrets of the stores they use.
 
 use std::collections::BTreeMap;
 
@@ -19,10 +20,10 @@ use k8s_openapi::api::autoscaling::v2::{
     MetricTarget, ResourceMetricSource,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Lifecycle, LifecycleHandler,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
-    SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec, SleepAction,
-    TopologySpreadConstraint,
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, Lifecycle,
+    LifecycleHandler, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+    SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext, Service, ServicePort,
+    ServiceSpec, SleepAction, TopologySpreadConstraint, Volume, VolumeMount,
 };
 use k8s_openapi::api::networking::v1::{
     HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule, IngressServiceBackend,
@@ -145,6 +146,7 @@ fn deployment(wc: &WebCluster, wiring: &Wiring) -> Result<Deployment, BuildError
             ..ContainerPort::default()
         }]),
         env: non_empty(env(wc, wiring)),
+        volume_mounts: non_empty(ca_mounts(wiring).into_iter().map(|(_, mount)| mount).collect()),
         resources: Some(resources(wc)),
         readiness_probe: Some(probe(
             wc.spec.probes.as_ref().and_then(|p| p.readiness.as_ref()),
@@ -173,6 +175,7 @@ fn deployment(wc: &WebCluster, wiring: &Wiring) -> Result<Deployment, BuildError
 
     let pod_spec = PodSpec {
         containers: vec![container],
+        volumes: non_empty(ca_mounts(wiring).into_iter().map(|(volume, _)| volume).collect()),
         termination_grace_period_seconds: Some(i64::from(drain) + SHUTDOWN_MARGIN_SECONDS),
         // Web pods do not talk to the Kubernetes API.
         automount_service_account_token: Some(false),
@@ -261,6 +264,47 @@ fn env(wc: &WebCluster, wiring: &Wiring) -> Vec<EnvVar> {
         env.push(from_secret("DATABASE_RO_URL", secret, secret_keys::DATABASE_RO_URL));
     }
     env
+}
+
+/// The `ca.crt` of each referenced store's Secret, mounted read-only where
+/// the store's URLs expect it (`sslrootcert=...`), so TLS to the stores
+/// verifies the server. Only that key is projected, and the volume is
+/// optional: an external session store may publish no CA, and a store that
+/// does not publish one yet must not keep web pods from starting.
+fn ca_mounts(wiring: &Wiring) -> Vec<(Volume, VolumeMount)> {
+    let mount = |volume: &str, secret: &str, path: &str| {
+        let (dir, file) = path.rsplit_once('/').unwrap_or(("", path));
+        (
+            Volume {
+                name: volume.into(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(secret.into()),
+                    items: Some(vec![KeyToPath {
+                        key: secret_keys::CA_CERT.into(),
+                        path: file.into(),
+                        ..KeyToPath::default()
+                    }]),
+                    optional: Some(true),
+                    ..SecretVolumeSource::default()
+                }),
+                ..Volume::default()
+            },
+            VolumeMount {
+                name: volume.into(),
+                mount_path: dir.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+        )
+    };
+    let mut mounts = Vec::new();
+    if let Some(secret) = &wiring.session_secret {
+        mounts.push(mount("session-store-ca", secret, secret_keys::SESSION_STORE_CA_PATH));
+    }
+    if let Some(secret) = &wiring.database_secret {
+        mounts.push(mount("database-ca", secret, secret_keys::DATABASE_CA_PATH));
+    }
+    mounts
 }
 
 /// The user's resources, or the tier's defaults. CPU requests are always set
@@ -558,6 +602,81 @@ mod tests {
         assert!(
             env.iter().all(|e| e.value.is_none() && e.value_from.as_ref().unwrap().secret_key_ref.is_some())
         );
+    }
+
+    #[test]
+    fn the_stores_cas_are_mounted_read_only_where_their_urls_expect_them() {
+        let wiring = Wiring {
+            session_secret: Some("s-connection".into()),
+            database_secret: Some("db-credentials".into()),
+        };
+        let d = build(&web("image: a"), &wiring).unwrap().deployment;
+        let pod = pod_spec(&d);
+        let mounts = pod.containers[0].volume_mounts.clone().unwrap();
+        let volumes = pod.volumes.clone().unwrap();
+        let mut found = Vec::new();
+        for mount in &mounts {
+            assert_eq!(mount.read_only, Some(true));
+            let volume = volumes.iter().find(|v| v.name == mount.name).unwrap();
+            let secret = volume.secret.as_ref().unwrap();
+            assert_eq!(secret.optional, Some(true), "a store that publishes no CA does not stop the pod");
+            let items = secret.items.as_ref().unwrap();
+            assert_eq!(items.len(), 1, "only the CA, never the URLs or passwords");
+            assert_eq!(items[0].key, secret_keys::CA_CERT);
+            found.push((
+                secret.secret_name.clone().unwrap(),
+                format!("{}/{}", mount.mount_path, items[0].path),
+            ));
+        }
+        assert_eq!(
+            found,
+            [
+                ("s-connection".to_string(), secret_keys::SESSION_STORE_CA_PATH.to_string()),
+                ("db-credentials".to_string(), secret_keys::DATABASE_CA_PATH.to_string()),
+            ]
+        );
+        let plain = build(&web("image: a"), &Wiring::default()).unwrap().deployment;
+        assert_eq!(
+            (pod_spec(&plain).volumes.as_ref(), pod_spec(&plain).containers[0].volume_mounts.as_ref()),
+            (None, None)
+        );
+    }
+
+    #[test]
+    fn web_pods_reference_no_secret_but_the_stores_connection_secrets() {
+        let wiring = Wiring {
+            session_secret: Some("s-connection".into()),
+            database_secret: Some("db-credentials".into()),
+        };
+        let d = build(&web("image: a\nhosts: [a.example.com]"), &wiring).unwrap().deployment;
+        let pod = serde_json::to_value(pod_spec(&d)).unwrap();
+        let mut secrets = std::collections::BTreeSet::new();
+        collect_secret_names(&pod, &mut secrets);
+        let wanted: std::collections::BTreeSet<String> =
+            ["s-connection".to_string(), "db-credentials".to_string()].into();
+        assert_eq!(secrets, wanted);
+    }
+
+    /// Every Secret a pod spec names: `secretName` of volumes, `name` of
+    /// `secretKeyRef` / `secretRef`.
+    fn collect_secret_names(v: &serde_json::Value, out: &mut std::collections::BTreeSet<String>) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, child) in map {
+                    match (k.as_str(), child) {
+                        ("secretName", serde_json::Value::String(name)) => {
+                            out.insert(name.clone());
+                        }
+                        ("secretKeyRef" | "secretRef", serde_json::Value::Object(r)) => {
+                            out.insert(r["name"].as_str().unwrap().to_string());
+                        }
+                        _ => collect_secret_names(child, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|i| collect_secret_names(i, out)),
+            _ => {}
+        }
     }
 
     #[test]
