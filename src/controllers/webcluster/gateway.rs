@@ -120,7 +120,12 @@ pub fn watch(
                 *current = next;
             }
         })
-        .applied_objects();
+        .applied_objects()
+        // Said above, and retried by the watch's own backoff. Passed on, an
+        // error would pause every trigger of the WebCluster controller (its
+        // trigger backoff) each time the list of a missing kind fails: the
+        // WebClusters' own watch would stall behind a kind they may not use.
+        .filter(|event| std::future::ready(event.is_ok()));
     (routes, events, changes)
 }
 
