@@ -9,7 +9,15 @@ use hostwright::api::webcluster::WebClusterSpec;
 use hostwright::resources::webcluster::{WebClusterChildren, Wiring, build};
 
 fn render(children: &WebClusterChildren) -> String {
-    let WebClusterChildren { deployment, service, pod_disruption_budget, autoscaler, ingress } = children;
+    let WebClusterChildren {
+        deployment,
+        service,
+        pod_disruption_budget,
+        autoscaler,
+        ingress,
+        http_route,
+        network_policy,
+    } = children;
     let mut docs = vec![
         serde_yaml::to_string(deployment).unwrap(),
         serde_yaml::to_string(service).unwrap(),
@@ -17,6 +25,8 @@ fn render(children: &WebClusterChildren) -> String {
     ];
     docs.extend(autoscaler.iter().map(|a| serde_yaml::to_string(a).unwrap()));
     docs.extend(ingress.iter().map(|i| serde_yaml::to_string(i).unwrap()));
+    docs.extend(http_route.iter().map(|r| serde_yaml::to_string(r).unwrap()));
+    docs.extend(network_policy.iter().map(|n| serde_yaml::to_string(n).unwrap()));
     docs.iter().map(|d| format!("---\n{d}")).collect()
 }
 
@@ -56,5 +66,29 @@ fn staging_web_cluster_with_stores_hosts_and_autoscaling() {
             session_secret: Some("shop-sessions-connection".into()),
             database_secret: Some("shop-db-credentials".into()),
         },
+    );
+}
+
+#[test]
+fn production_web_cluster_with_https_issued_by_cert_manager_and_a_network_policy() {
+    check(
+        "webcluster-https-network-policy",
+        "image: site:3\nhosts: [shop.example.com, www.shop.example.com]\n\
+         tls: {clusterIssuer: letsencrypt-prod}\ningress: {className: nginx}\n\
+         networkPolicy: {allowFrom: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: ingress-nginx}}}]}\n",
+        Wiring {
+            session_secret: Some("shop-sessions-connection".into()),
+            database_secret: Some("shop-db-credentials".into()),
+        },
+    );
+}
+
+#[test]
+fn production_web_cluster_routed_by_a_gateway() {
+    check(
+        "webcluster-gateway",
+        "image: site:3\nhosts: [shop.example.com]\n\
+         gateway: {parentRefs: [{name: public, namespace: gateway-system, sectionName: https}]}\n",
+        Wiring::default(),
     );
 }

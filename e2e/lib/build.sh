@@ -187,6 +187,28 @@ build_go_install() {
   rm -rf "$out" && mv "$out.tmp" "$out"
 }
 
+# The Gateway API's standard CRDs, copied once per pinned version from the
+# module (through the Go module proxy) into
+#   $HOSTWRIGHT_CACHE/crds/gateway-api-<version>/
+# Prints that directory. Tests install them from there; they are never
+# committed. The ValidatingAdmissionPolicy beside them is left out: only
+# the CRDs are wanted.
+fetch_gateway_api_crds() {
+  local v=$GATEWAY_API_VERSION out dir
+  out="$HOSTWRIGHT_CACHE/crds/gateway-api-$v"
+  if [ ! -f "$out/gateway.networking.k8s.io_httproutes.yaml" ]; then
+    echo ">> fetching the Gateway API $v CRDs" >&2
+    dir=$(cd / && go mod download -json "sigs.k8s.io/gateway-api@$v" | sed -n 's/.*"Dir": "\(.*\)",*/\1/p')
+    [ -d "$dir/config/crd/standard" ] || { echo "no config/crd/standard in sigs.k8s.io/gateway-api@$v" >&2; return 1; }
+    rm -rf "$out.tmp" && mkdir -p "$out.tmp"
+    cp "$dir"/config/crd/standard/gateway.networking.k8s.io_*.yaml "$out.tmp/"
+    rm -f "$out.tmp"/gateway.networking.k8s.io_vap_*.yaml
+    chmod u+w "$out.tmp"/*.yaml
+    rm -rf "$out" && mv "$out.tmp" "$out"
+  fi
+  echo "$out"
+}
+
 build_all() {
   mkdir -p "$HOSTWRIGHT_CACHE/bin"
   build_etcd &&

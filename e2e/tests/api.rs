@@ -164,6 +164,94 @@ fn invalid_objects() -> Vec<Invalid> {
             message: "spec.sessionStoreRef.name in body should match",
         },
         Invalid {
+            case: "web: tls (an issuer) without hosts",
+            object: web("w", with(nginx(), json!({"tls": {"clusterIssuer": "letsencrypt"}}))),
+            message: "tls needs hosts: the certificate is for the host names in hosts",
+        },
+        Invalid {
+            case: "web: both issuer kinds",
+            object: web(
+                "w",
+                with(
+                    nginx(),
+                    json!({"hosts": ["a.example.com"], "tls": {"clusterIssuer": "a", "issuer": "b"}}),
+                ),
+            ),
+            message: "tls: set clusterIssuer or issuer, not both",
+        },
+        Invalid {
+            case: "web: ingress class without hosts",
+            object: web("w", with(nginx(), json!({"ingress": {"className": "nginx"}}))),
+            message: "ingress needs hosts",
+        },
+        Invalid {
+            case: "web: gateway without hosts",
+            object: web("w", with(nginx(), json!({"gateway": {"parentRefs": [{"name": "public"}]}}))),
+            message: "gateway needs hosts",
+        },
+        Invalid {
+            case: "web: ingress and gateway",
+            object: web(
+                "w",
+                with(
+                    nginx(),
+                    json!({"hosts": ["a.example.com"], "ingress": {"className": "nginx"},
+                           "gateway": {"parentRefs": [{"name": "public"}]}}),
+                ),
+            ),
+            message: "set ingress or gateway, not both",
+        },
+        Invalid {
+            case: "web: tls with gateway",
+            object: web(
+                "w",
+                with(
+                    nginx(),
+                    json!({"hosts": ["a.example.com"], "tls": {},
+                           "gateway": {"parentRefs": [{"name": "public"}]}}),
+                ),
+            ),
+            message: "tls applies to the Ingress",
+        },
+        Invalid {
+            case: "web: gateway with 17 hosts",
+            object: web(
+                "w",
+                with(
+                    nginx(),
+                    json!({"hosts": (0..17).map(|i| format!("h{i}.example.com")).collect::<Vec<_>>(),
+                           "gateway": {"parentRefs": [{"name": "public"}]}}),
+                ),
+            ),
+            message: "with gateway, hosts takes at most 16 names",
+        },
+        Invalid {
+            case: "web: gateway without parents",
+            object: web(
+                "w",
+                with(nginx(), json!({"hosts": ["a.example.com"], "gateway": {"parentRefs": []}})),
+            ),
+            message: "spec.gateway.parentRefs in body should have at least 1 items",
+        },
+        Invalid {
+            case: "web: network policy peer with no selector",
+            object: web("w", with(nginx(), json!({"networkPolicy": {"allowFrom": [{}]}}))),
+            message: "every allowFrom entry needs podSelector, namespaceSelector or ipBlock",
+        },
+        Invalid {
+            case: "web: network policy admitting nobody",
+            object: web("w", with(nginx(), json!({"networkPolicy": {"allowFrom": []}}))),
+            message: "spec.networkPolicy.allowFrom in body should have at least 1 items",
+        },
+        Invalid {
+            case: "web: tls secret name not a name",
+            object: web(
+                "w",
+                with(nginx(), json!({"hosts": ["a.example.com"], "tls": {"secretName": "Bad Name"}})),
+            ),
+            message: "spec.tls.secretName in body should match",
+        },
+        Invalid {
             case: "sessions: unknown engine",
             object: store("s", json!({"engine": "memcached"})),
             message: "spec.engine: Unsupported value: \"memcached\"",

@@ -74,8 +74,8 @@ fn namespaced_grants() -> BTreeSet<String> {
             ("autoscaling", "horizontalpodautoscalers", pruned),
             ("networking.k8s.io", "ingresses", pruned),
             // Applied, owned and pruned, never read by name.
-            ("networking.k8s.io", "networkpolicies", &["list", "watch", "create", "patch", "delete"]),
-            ("gateway.networking.k8s.io", "httproutes", &["list", "watch", "create", "patch", "delete"]),
+            ("networking.k8s.io", "networkpolicies", &["get", "list", "watch", "create", "patch", "delete"]),
+            ("gateway.networking.k8s.io", "httproutes", &["get", "list", "watch", "create", "patch", "delete"]),
             ("", "pods", pruned),
             ("", "persistentvolumeclaims", pruned),
             ("", "configmaps", applied),

@@ -1,6 +1,7 @@
 //! `WebCluster`: one hosted site cluster's load-balanced, highly available web tier.
 
 use k8s_openapi::api::core::v1::EnvVar;
+use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -9,7 +10,8 @@ use super::common::{Condition, LocalObjectReference, Resources};
 use super::names::{max_name_length, name_rule};
 
 /// Every child of a WebCluster (Deployment, Service, PodDisruptionBudget,
-/// HorizontalPodAutoscaler, Ingress) takes its name unchanged; the
+/// HorizontalPodAutoscaler, Ingress or HTTPRoute, NetworkPolicy) takes its
+/// name unchanged; the
 /// ReplicaSets and pods the Deployment makes are named by Kubernetes, which
 /// shortens them to fit.
 pub const LONGEST_CHILD_SUFFIX: &str = "";
@@ -18,7 +20,8 @@ pub const MAX_NAME_LENGTH: usize = max_name_length(LONGEST_CHILD_SUFFIX);
 
 /// A load-balanced web server cluster for hosted sites. It becomes a Deployment
 /// spread across nodes, a Service, a PodDisruptionBudget, and optionally a
-/// HorizontalPodAutoscaler and an Ingress. Rolling upgrades never drop ready
+/// HorizontalPodAutoscaler, an Ingress or a Gateway API HTTPRoute, and a
+/// NetworkPolicy. Rolling upgrades never drop ready
 /// capacity below the desired replica count.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
@@ -67,7 +70,28 @@ pub const MAX_NAME_LENGTH: usize = max_name_length(LONGEST_CHILD_SUFFIX);
         .field_path(".tolerate"),
     validation = Rule::new("!has(self.tolerate) || !has(self.autoscaling) || self.tolerate < self.autoscaling.minReplicas")
         .message("tolerate must be less than autoscaling.minReplicas: at least one web server has to survive")
-        .field_path(".tolerate")
+        .field_path(".tolerate"),
+    validation = Rule::new("!has(self.tls) || (has(self.hosts) && size(self.hosts) > 0)")
+        .message("tls needs hosts: the certificate is for the host names in hosts (set hosts, or remove tls)")
+        .field_path(".tls"),
+    validation = Rule::new("!has(self.ingress) || (has(self.hosts) && size(self.hosts) > 0)")
+        .message("ingress needs hosts: the Ingress routes the host names in hosts (set hosts, or remove ingress)")
+        .field_path(".ingress"),
+    validation = Rule::new("!has(self.gateway) || (has(self.hosts) && size(self.hosts) > 0)")
+        .message("gateway needs hosts: the HTTPRoute routes the host names in hosts (set hosts, or remove gateway)")
+        .field_path(".gateway"),
+    validation = Rule::new("!has(self.ingress) || !has(self.gateway)")
+        .message("set ingress or gateway, not both: the hosts are routed either by an Ingress or by a Gateway API HTTPRoute")
+        .field_path(".gateway"),
+    validation = Rule::new("!has(self.gateway) || !has(self.tls)")
+        .message(
+            "tls applies to the Ingress: with gateway, HTTPS is terminated by the Gateway's listener \
+             (its certificateRefs); remove tls"
+        )
+        .field_path(".tls"),
+    validation = Rule::new("!has(self.gateway) || !has(self.hosts) || size(self.hosts) <= 16")
+        .message("with gateway, hosts takes at most 16 names: an HTTPRoute has at most 16 hostnames")
+        .field_path(".hosts")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct WebClusterSpec {
@@ -87,7 +111,8 @@ pub struct WebClusterSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<Autoscaling>,
 
-    /// Host names routed to this cluster by an Ingress. No Ingress when empty.
+    /// Host names routed to this cluster: by an Ingress, or by a Gateway API
+    /// HTTPRoute when `gateway` is set. Nothing is routed when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(
         length(max = 64),
@@ -95,6 +120,26 @@ pub struct WebClusterSpec {
     )]
     #[x_kube(merge_strategy = ListMerge::Set)]
     pub hosts: Vec<String>,
+
+    /// HTTPS on the Ingress for every host in `hosts`, with the certificate in
+    /// a Secret that cert-manager can fill.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<WebTls>,
+
+    /// How the Ingress is served (its IngressClass). The hosts are routed by
+    /// an Ingress unless `gateway` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<IngressRouting>,
+
+    /// Route the hosts through a Gateway API Gateway (an HTTPRoute) instead
+    /// of an Ingress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<GatewayRouting>,
+
+    /// Accept traffic on the web servers' port only from these peers (a
+    /// NetworkPolicy). Unset: no policy, every pod may connect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_policy: Option<WebNetworkPolicy>,
 
     /// TCP port the web server listens on inside the pod.
     #[serde(default = "default_port")]
@@ -166,6 +211,90 @@ pub struct RolloutSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 600))]
     pub drain_seconds: Option<i32>,
+}
+
+/// DNS subdomain names (Secrets, issuers, IngressClasses, Gateways).
+const SUBDOMAIN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+
+/// HTTPS for the hosts, on the Ingress. One certificate covers every host,
+/// so no host of the site is left on plain HTTP.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(validation = Rule::new("!has(self.clusterIssuer) || !has(self.issuer)")
+    .message("tls: set clusterIssuer or issuer, not both: cert-manager takes one issuer per certificate"))]
+#[serde(rename_all = "camelCase")]
+pub struct WebTls {
+    /// Secret (type `kubernetes.io/tls`) holding the certificate for every
+    /// host. Default `<name>-tls`. With `clusterIssuer` or `issuer`,
+    /// cert-manager creates and renews it; otherwise it must exist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = SUBDOMAIN))]
+    pub secret_name: Option<String>,
+    /// cert-manager ClusterIssuer that issues the certificate (the
+    /// `cert-manager.io/cluster-issuer` annotation on the Ingress).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = SUBDOMAIN))]
+    pub cluster_issuer: Option<String>,
+    /// cert-manager Issuer in this namespace that issues the certificate
+    /// (the `cert-manager.io/issuer` annotation on the Ingress).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = SUBDOMAIN))]
+    pub issuer: Option<String>,
+}
+
+/// How the Ingress for the hosts is served.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressRouting {
+    /// IngressClass of the Ingress (`ingressClassName`); the cluster's
+    /// default class when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = SUBDOMAIN))]
+    pub class_name: Option<String>,
+}
+
+/// The hosts routed by a Gateway API HTTPRoute (gateway.networking.k8s.io/v1)
+/// attached to Gateways run by the platform team.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayRouting {
+    /// Gateways (or their listeners) the HTTPRoute attaches to.
+    #[schemars(length(min = 1, max = 32))]
+    pub parent_refs: Vec<GatewayParentRef>,
+}
+
+/// A Gateway the HTTPRoute attaches to.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayParentRef {
+    /// Name of the Gateway.
+    #[schemars(length(min = 1, max = 253), regex(pattern = SUBDOMAIN))]
+    pub name: String,
+    /// Namespace of the Gateway; this WebCluster's namespace when unset. A
+    /// Gateway elsewhere must allow routes from this namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub namespace: Option<String>,
+    /// One listener of the Gateway (e.g. `https`); all that accept the route when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = SUBDOMAIN))]
+    pub section_name: Option<String>,
+    /// Only the Gateway's listeners on this port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<i32>,
+}
+
+/// Who may connect to the web servers.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WebNetworkPolicy {
+    /// Peers (NetworkPolicy `from` entries) allowed to reach the web servers'
+    /// port, typically the namespace of the ingress controller or gateway;
+    /// nothing else may connect to the web pods.
+    #[schemars(length(min = 1, max = 32))]
+    #[x_kube(validation = Rule::new("self.all(p, has(p.podSelector) || has(p.namespaceSelector) || has(p.ipBlock))")
+        .message("every allowFrom entry needs podSelector, namespaceSelector or ipBlock"))]
+    pub allow_from: Vec<NetworkPolicyPeer>,
 }
 
 fn default_replicas() -> i32 {
@@ -327,6 +456,59 @@ mod tests {
         let autoscaling = spec.autoscaling.unwrap();
         assert_eq!((autoscaling.min_replicas, autoscaling.max_replicas), (2, 6));
         assert_eq!(autoscaling.target_cpu_utilization_percentage, 70);
+    }
+
+    #[test]
+    fn the_edge_of_a_site_reads_as_users_write_it() {
+        let spec: WebClusterSpec = serde_yaml::from_str(
+            "image: site:2\nhosts: [shop.example.com]\n\
+             tls: {secretName: shop-tls, clusterIssuer: letsencrypt-prod}\n\
+             ingress: {className: nginx}\n\
+             networkPolicy:\n  allowFrom:\n  - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: ingress-nginx}}\n",
+        )
+        .unwrap();
+        let tls = spec.tls.unwrap();
+        assert_eq!(tls.secret_name.as_deref(), Some("shop-tls"));
+        assert_eq!(tls.cluster_issuer.as_deref(), Some("letsencrypt-prod"));
+        assert_eq!(spec.ingress.unwrap().class_name.as_deref(), Some("nginx"));
+        assert_eq!(spec.network_policy.unwrap().allow_from.len(), 1);
+        let spec: WebClusterSpec = serde_yaml::from_str(
+            "image: site:2\nhosts: [shop.example.com]\n\
+             gateway:\n  parentRefs:\n  - {name: public, namespace: gateway-system, sectionName: https}\n",
+        )
+        .unwrap();
+        let parent = &spec.gateway.unwrap().parent_refs[0];
+        assert_eq!((parent.name.as_str(), parent.section_name.as_deref()), ("public", Some("https")));
+    }
+
+    #[test]
+    fn a_spec_without_the_edge_fields_keeps_them_unset_and_writes_none_of_them() {
+        let spec: WebClusterSpec = serde_yaml::from_str("image: a\nhosts: [a.example.com]").unwrap();
+        assert_eq!(
+            (&spec.tls, &spec.ingress, &spec.gateway, &spec.network_policy),
+            (&None, &None, &None, &None)
+        );
+        let written = serde_json::to_value(&spec).unwrap();
+        for field in ["tls", "ingress", "gateway", "networkPolicy"] {
+            assert!(written.get(field).is_none(), "{field} is written for a spec that never set it");
+        }
+    }
+
+    #[test]
+    fn the_edge_rules_are_in_the_schema_with_their_messages() {
+        let crd = serde_json::to_string(&WebCluster::crd()).unwrap();
+        for message in [
+            "tls needs hosts",
+            "ingress needs hosts",
+            "gateway needs hosts",
+            "set ingress or gateway, not both",
+            "tls applies to the Ingress",
+            "hosts takes at most 16 names",
+            "set clusterIssuer or issuer, not both",
+            "every allowFrom entry needs podSelector, namespaceSelector or ipBlock",
+        ] {
+            assert!(crd.contains(message), "no rule says {message:?}");
+        }
     }
 
     #[test]

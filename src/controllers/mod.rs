@@ -26,7 +26,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::resources::FIELD_MANAGER;
-use crate::resources::subset::first_difference;
+use crate::resources::subset::first_difference_owning;
 use crate::telemetry::Metrics;
 
 /// How often a healthy object is looked at again without any change.
@@ -232,6 +232,20 @@ impl Shared {
     where
         K: Child,
     {
+        self.apply_owning(desired, live, &[]).await
+    }
+
+    /// [`Shared::apply`], where the values at the JSON pointers `owned` must
+    /// also hold nothing `desired` lacks (see [`first_difference_owning`]).
+    pub async fn apply_owning<K>(
+        &self,
+        desired: &K,
+        live: Option<&Arc<K>>,
+        owned: &[&str],
+    ) -> Result<Option<K>, Error>
+    where
+        K: Child,
+    {
         let name = desired.name_any();
         let namespace = desired.namespace().unwrap_or_default();
         let resource = resource_name::<K>();
@@ -240,7 +254,7 @@ impl Shared {
         if let Some(live) = live {
             let live_json = serde_json::to_value(live.as_ref())
                 .map_err(|source| Error::Encode { what: format!("{resource} {namespace}/{name}"), source })?;
-            match first_difference(&desired_json, &live_json) {
+            match first_difference_owning(&desired_json, &live_json, owned) {
                 None => return Ok(None),
                 Some(path) => {
                     tracing::debug!(%resource, %namespace, %name, differs_at = %path, "applying")
@@ -319,8 +333,21 @@ impl Shared {
     where
         K: Child,
     {
+        self.apply_or_prune_owning(desired, live, &[]).await
+    }
+
+    /// [`Shared::apply_or_prune`] with [`Shared::apply_owning`]'s owned fields.
+    pub async fn apply_or_prune_owning<K>(
+        &self,
+        desired: Option<&K>,
+        live: Option<Arc<K>>,
+        owned: &[&str],
+    ) -> Result<(), Error>
+    where
+        K: Child,
+    {
         match (desired, live) {
-            (Some(desired), live) => self.apply(desired, live.as_ref()).await.map(drop),
+            (Some(desired), live) => self.apply_owning(desired, live.as_ref(), owned).await.map(drop),
             (None, Some(unwanted)) => self.delete(unwanted.as_ref()).await,
             (None, None) => Ok(()),
         }
@@ -397,6 +424,7 @@ pub(crate) fn resource_name<K: Resource<DynamicType = ()>>() -> &'static str {
         "poddisruptionbudgets" => "poddisruptionbudgets",
         "horizontalpodautoscalers" => "horizontalpodautoscalers",
         "ingresses" => "ingresses",
+        "networkpolicies" => "networkpolicies",
         "secrets" => "secrets",
         "pods" => "pods",
         "persistentvolumeclaims" => "persistentvolumeclaims",

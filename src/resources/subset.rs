@@ -36,6 +36,25 @@ pub fn first_difference(desired: &Value, live: &Value) -> Option<String> {
     }
 }
 
+/// [`first_difference`], and then, at each JSON pointer in `owned`, the
+/// fields of `live` must also be in `desired`: there the operator sets the
+/// whole value, so a field it stopped setting (a removed TLS block, a
+/// narrowed selector) is a difference too. Absent and empty are equal.
+pub fn first_difference_owning(desired: &Value, live: &Value, owned: &[&str]) -> Option<String> {
+    first_difference(desired, live).or_else(|| {
+        owned.iter().find_map(|pointer| {
+            let (d, l) = (desired.pointer(pointer), live.pointer(pointer));
+            let (d, l) = (d.filter(|v| !is_empty(v)), l.filter(|v| !is_empty(v)));
+            let differs = match (d, l) {
+                (None, None) => false,
+                (Some(d), Some(l)) => first_difference(d, l).is_some() || first_difference(l, d).is_some(),
+                _ => true,
+            };
+            differs.then(|| pointer.trim_start_matches('/').replace('/', ".").replace("~1", "/"))
+        })
+    })
+}
+
 fn join(head: &str, tail: &str) -> String {
     match (tail.is_empty(), tail.starts_with('[')) {
         (true, _) => head.to_string(),
@@ -97,6 +116,31 @@ mod tests {
         let live = json!({"spec": {"containers": [{"name": "web", "image": "a"}]}});
         assert_eq!(first_difference(&desired, &live).as_deref(), Some("spec.containers[0].image"));
         assert_eq!(first_difference(&desired, &desired), None);
+    }
+
+    #[test]
+    fn a_field_removed_under_an_owned_pointer_is_a_difference() {
+        let desired = json!({"spec": {"rules": [1]}});
+        let live = json!({"spec": {"rules": [1], "tls": [{"secretName": "a"}]}});
+        assert_eq!(first_difference(&desired, &live), None, "a subset check alone misses it");
+        assert_eq!(first_difference_owning(&desired, &live, &["/spec/tls"]).as_deref(), Some("spec.tls"));
+        assert_eq!(first_difference_owning(&desired, &live, &["/spec/other"]), None);
+        // A key dropped inside an owned value counts; extra fields elsewhere do not.
+        let narrowed = json!({"spec": {"from": [{"matchLabels": {"a": "1"}}]}});
+        let wide = json!({"spec": {"from": [{"matchLabels": {"a": "1", "b": "2"}}]}, "status": {}});
+        assert!(first_difference_owning(&narrowed, &wide, &["/spec/from"]).is_some());
+        assert_eq!(first_difference_owning(&wide, &wide, &["/spec/from"]), None);
+        let annotated = json!({"metadata": {"annotations": {"cert-manager.io/issuer": "x"}}});
+        assert_eq!(
+            first_difference_owning(
+                &json!({}),
+                &annotated,
+                &["/metadata/annotations/cert-manager.io~1issuer"]
+            )
+            .as_deref(),
+            Some("metadata.annotations.cert-manager.io/issuer")
+        );
+        assert_eq!(first_difference_owning(&json!({"x": []}), &json!({}), &["/x"]), None);
     }
 
     #[test]

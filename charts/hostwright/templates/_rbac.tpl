@@ -53,17 +53,17 @@ scope=cluster, a Role in the watched namespace with scope=namespace.
 - apiGroups: [networking.k8s.io]
   resources: [ingresses]
   verbs: [get, list, watch, create, patch, delete]
-# NetworkPolicies isolating each site's web tier and stores: server-side
-# applied (create, patch), owned and watched (list, watch), pruned when no
-# longer wanted (delete).
+# NetworkPolicies isolating each site's web tier and stores: read by name
+# (get), server-side applied (create, patch), owned and watched (list,
+# watch), pruned when no longer wanted (delete).
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
-  verbs: [list, watch, create, patch, delete]
+  verbs: [get, list, watch, create, patch, delete]
 # Gateway API HTTPRoutes for WebCluster hosts, with the same life cycle as
 # the NetworkPolicies.
 - apiGroups: [gateway.networking.k8s.io]
   resources: [httproutes]
-  verbs: [list, watch, create, patch, delete]
+  verbs: [get, list, watch, create, patch, delete]
 # DatabaseMirror and SessionStore members: one pod each (members/reconcile.rs:
 # created by server-side apply, relabelled by a merge patch as the failover
 # engine routes them, deleted one at a time by a rolling update or when

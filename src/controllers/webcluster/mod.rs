@@ -1,6 +1,7 @@
 //! The WebCluster controller: read the references, build the children,
 //! apply what differs, delete what is no longer wanted, report status.
 
+pub mod gateway;
 pub mod status;
 
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
@@ -25,8 +26,11 @@ use super::{Claimant, Error, RESYNC, Shared, cached, filled, jittered, owned_chi
 use crate::api::common::condition_type::READY;
 use crate::api::{DatabaseMirror, SessionStore, WebCluster};
 use crate::conditions;
-use crate::resources::webcluster::{WebClusterChildren, build};
+use crate::resources::webcluster::{
+    INGRESS_OWNED_FIELDS, NETWORK_POLICY_OWNED_FIELDS, WebClusterChildren, build,
+};
 use crate::resources::{FIELD_MANAGER, labels};
+use gateway::{GatewayApi, Routes};
 use status::{Reference, References};
 
 const CONTROLLER: &str = "webcluster";
@@ -39,6 +43,9 @@ pub struct Caches {
     pub pdbs: Store<PodDisruptionBudget>,
     pub autoscalers: Store<HorizontalPodAutoscaler>,
     pub ingresses: Store<Ingress>,
+    pub network_policies: Store<NetworkPolicy>,
+    /// HTTPRoutes, and whether the cluster serves the kind at all.
+    pub routes: Routes,
     /// Referenced stores; one that cannot be decoded is a reference that is
     /// not Ready, not a cache that never fills.
     pub session_stores: Store<DeserializeGuard<SessionStore>>,
@@ -69,6 +76,8 @@ pub async fn run(
     let (pdbs, pdb_events) = cached::<PodDisruptionBudget>(&scope, Some(&children));
     let (autoscalers, autoscaler_events) = cached::<HorizontalPodAutoscaler>(&scope, Some(&children));
     let (ingresses, ingress_events) = cached::<Ingress>(&scope, Some(&children));
+    let (network_policies, network_policy_events) = cached::<NetworkPolicy>(&scope, Some(&children));
+    let (routes, route_events, gateway_api_changes) = gateway::watch(&scope, &children);
     let (session_stores, session_store_events) = cached::<DeserializeGuard<SessionStore>>(&scope, None);
     let (database_mirrors, database_mirror_events) = cached::<DeserializeGuard<DatabaseMirror>>(&scope, None);
 
@@ -91,6 +100,8 @@ pub async fn run(
             pdbs: pdbs.clone(),
             autoscalers: autoscalers.clone(),
             ingresses: ingresses.clone(),
+            network_policies: network_policies.clone(),
+            routes: routes.clone(),
             session_stores: session_stores.clone(),
             database_mirrors: database_mirrors.clone(),
         },
@@ -103,6 +114,11 @@ pub async fn run(
         .owns_stream(pdb_events)
         .owns_stream(autoscaler_events)
         .owns_stream(ingress_events)
+        .owns_stream(network_policy_events)
+        .owns_stream_with(route_events, crate::resources::webcluster::http_route_resource())
+        // The Gateway API appeared or went: WebClusters asking for routes
+        // are waiting for it (or must now say it is gone).
+        .reconcile_all_on(gateway_api_changes)
         .watches_stream(session_store_events, by_session_store)
         .watches_stream(database_mirror_events, by_database)
         .graceful_shutdown_on(shutdown);
@@ -120,6 +136,8 @@ pub async fn run(
                 filled(&pdbs),
                 filled(&autoscalers),
                 filled(&ingresses),
+                filled(&network_policies),
+                routes.known(),
                 filled(&session_stores),
                 filled(&database_mirrors),
             );
@@ -188,11 +206,19 @@ async fn reconcile_inner(wc: &WebCluster, ctx: &Context, namespace: &str) -> Res
     let caches = &ctx.caches;
     let live_deployment = owned_child(&caches.deployments, namespace, &name, &uid);
     let mut references = resolve_references(wc, caches, namespace);
-    references.conflict = claims(wc, ctx, namespace).await?;
+    let gateway_api = caches.routes.state();
+    references.conflict = claims(wc, ctx, namespace, &gateway_api).await?;
+    references.gateway_unavailable = match (&gateway_api, wants_route(wc)) {
+        (_, false) | (GatewayApi::Available, true) => None,
+        (GatewayApi::Unknown, true) => Some("the Gateway API has not been looked up yet".into()),
+        (GatewayApi::Unavailable(why), true) => Some(why.clone()),
+    };
 
     // Paused, or waiting for a reference: existing children keep serving untouched.
     let applied = match (wc.spec.paused, references.wiring()) {
-        (false, Ok(wiring)) => apply_children(wc, ctx, namespace, &wiring, live_deployment.clone()).await?,
+        (false, Ok(wiring)) => {
+            apply_children(wc, ctx, namespace, &wiring, live_deployment.clone(), &gateway_api).await?
+        }
         _ => None,
     };
     let deployment = applied.or_else(|| live_deployment.as_deref().cloned());
@@ -226,13 +252,22 @@ async fn apply_children(
     namespace: &str,
     wiring: &crate::resources::webcluster::Wiring,
     live_deployment: Option<Arc<Deployment>>,
+    gateway_api: &GatewayApi,
 ) -> Result<Option<Deployment>, Error> {
     let (name, uid) = (wc.name_any(), wc.uid().unwrap_or_default());
     let caches = &ctx.caches;
     let children =
         build(wc, wiring).map_err(|source| Error::Build { object: format!("{namespace}/{name}"), source })?;
     // Exhaustive on purpose: a new child must be applied (or pruned) here.
-    let WebClusterChildren { deployment, service, pod_disruption_budget, autoscaler, ingress } = children;
+    let WebClusterChildren {
+        deployment,
+        service,
+        pod_disruption_budget,
+        autoscaler,
+        ingress,
+        http_route,
+        network_policy,
+    } = children;
 
     // Events describe the change, so they are published only when it is applied.
     let planned = status::apply_events(live_deployment.as_deref(), &deployment);
@@ -247,13 +282,27 @@ async fn apply_children(
     let live_autoscaler = owned_child(&caches.autoscalers, namespace, &name, &uid);
     ctx.shared.apply_or_prune(autoscaler.as_ref(), live_autoscaler).await?;
     let live_ingress = owned_child(&caches.ingresses, namespace, &name, &uid);
-    ctx.shared.apply_or_prune(ingress.as_ref(), live_ingress).await?;
+    ctx.shared.apply_or_prune_owning(ingress.as_ref(), live_ingress, INGRESS_OWNED_FIELDS).await?;
+    let live_policy = owned_child(&caches.network_policies, namespace, &name, &uid);
+    ctx.shared
+        .apply_or_prune_owning(network_policy.as_ref(), live_policy, NETWORK_POLICY_OWNED_FIELDS)
+        .await?;
+    // Without the kind there is nothing to apply or prune; the status says so.
+    if *gateway_api == GatewayApi::Available {
+        let live_route = caches.routes.owned(namespace, &name, &uid);
+        gateway::apply_or_prune(&ctx.shared, http_route.as_ref(), live_route).await?;
+    }
     Ok(applied)
 }
 
 /// The first name of a child that another object holds (a SessionStore's
 /// Service of the same name, say), in words.
-async fn claims(wc: &WebCluster, ctx: &Context, namespace: &str) -> Result<Option<String>, Error> {
+async fn claims(
+    wc: &WebCluster,
+    ctx: &Context,
+    namespace: &str,
+    gateway_api: &GatewayApi,
+) -> Result<Option<String>, Error> {
     let (name, uid) = (wc.name_any(), wc.uid().unwrap_or_default());
     let owner = Claimant { uid: &uid, app: CONTROLLER, instance: &name };
     let caches = &ctx.caches;
@@ -266,10 +315,21 @@ async fn claims(wc: &WebCluster, ctx: &Context, namespace: &str) -> Result<Optio
     if wc.spec.autoscaling.is_some() {
         taken.push(shared.claimed(&caches.autoscalers, namespace, &name, &owner).await?);
     }
-    if !wc.spec.hosts.is_empty() {
+    if !wc.spec.hosts.is_empty() && wc.spec.gateway.is_none() {
         taken.push(shared.claimed(&caches.ingresses, namespace, &name, &owner).await?);
     }
+    if wc.spec.network_policy.is_some() {
+        taken.push(shared.claimed(&caches.network_policies, namespace, &name, &owner).await?);
+    }
+    if wants_route(wc) && *gateway_api == GatewayApi::Available {
+        taken.push(gateway::claimed(shared, &caches.routes, namespace, &name, &owner).await?);
+    }
     Ok(taken.into_iter().flatten().next())
+}
+
+/// The spec asks for an HTTPRoute.
+fn wants_route(wc: &WebCluster) -> bool {
+    wc.spec.gateway.is_some() && !wc.spec.hosts.is_empty()
 }
 
 fn resolve_references(wc: &WebCluster, caches: &Caches, namespace: &str) -> References {
@@ -308,7 +368,7 @@ fn resolve_references(wc: &WebCluster, caches: &Caches, namespace: &str) -> Refe
         };
         (r.name.clone(), reference)
     });
-    References { session_store, database, conflict: None }
+    References { session_store, database, conflict: None, gateway_unavailable: None }
 }
 
 fn error_policy(wc: Arc<DeserializeGuard<WebCluster>>, error: &Error, ctx: Arc<Context>) -> Action {

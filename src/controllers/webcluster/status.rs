@@ -32,6 +32,9 @@ pub struct References {
     pub database: Option<(String, Reference)>,
     /// A child's name belongs to another object (in words): nothing is applied.
     pub conflict: Option<String>,
+    /// `gateway` asks for an HTTPRoute the cluster cannot take (no Gateway
+    /// API, or no permission), in words. Every other child is still applied.
+    pub gateway_unavailable: Option<String>,
 }
 
 /// Why the web tier cannot be (re)built right now.
@@ -85,6 +88,9 @@ impl References {
         })
     }
 }
+
+/// Ready's reason while `gateway` asks for an HTTPRoute the cluster cannot take.
+pub const GATEWAY_API_UNAVAILABLE: &str = "GatewayAPIUnavailable";
 
 /// What the Deployment says about the web servers.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -161,6 +167,16 @@ pub fn compute(
 
     let ready = match (&blocked, &servers) {
         (Some(b), _) => Observed::new(READY, false, b.reason, b.message.clone()),
+        (None, _) if references.gateway_unavailable.is_some() => Observed::new(
+            READY,
+            false,
+            GATEWAY_API_UNAVAILABLE,
+            format!(
+                "spec.gateway asks for an HTTPRoute, but {}; the web servers and their Service run, the hosts are \
+                 not routed",
+                references.gateway_unavailable.clone().unwrap_or_default()
+            ),
+        ),
         (None, None) => Observed::new(READY, false, "Creating", "the web servers are being created"),
         (None, Some(_)) if rolled_out && s.ready >= desired => Observed::new(
             READY,
@@ -229,7 +245,7 @@ pub fn compute(
         WebClusterPhase::Failed
     } else if degraded.status {
         WebClusterPhase::Degraded
-    } else if blocked.is_some() {
+    } else if blocked.is_some() || references.gateway_unavailable.is_some() {
         WebClusterPhase::Pending
     } else if ready.status {
         WebClusterPhase::Ready
@@ -329,6 +345,14 @@ pub fn status_events(old: &WebClusterStatus, new: &WebClusterStatus) -> Vec<Plan
                 type_: EventType::Warning,
                 reason: "ReferenceUnresolved",
                 action: "Resolve",
+                note: c.message.clone(),
+            });
+        }
+        if c.reason == GATEWAY_API_UNAVAILABLE && old_ready_reason != Some(GATEWAY_API_UNAVAILABLE) {
+            events.push(Planned {
+                type_: EventType::Warning,
+                reason: GATEWAY_API_UNAVAILABLE,
+                action: "Route",
                 note: c.message.clone(),
             });
         }

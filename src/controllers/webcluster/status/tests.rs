@@ -128,6 +128,7 @@ fn ready_references_wire_their_secrets() {
         session_store: Some(("sessions".into(), Reference::Ready { secret: "sessions-connection".into() })),
         database: Some(("db".into(), Reference::Ready { secret: "db-credentials".into() })),
         conflict: None,
+        gateway_unavailable: None,
     };
     let wiring = refs.wiring().unwrap();
     assert_eq!(wiring.session_secret.as_deref(), Some("sessions-connection"));
@@ -171,4 +172,27 @@ fn paused_clusters_say_so() {
     let s = compute(&wc, Some(&deployment(&wc, (3, 3, 3, 3))), &References::default(), &at(1));
     assert_eq!(s.phase, Some(WebClusterPhase::Paused));
     assert_eq!(condition(&s, PROGRESSING).reason, "Paused");
+}
+
+#[test]
+fn a_gateway_the_cluster_cannot_serve_is_a_reason_not_an_error_and_the_servers_still_count() {
+    let wc = web("image: a\nhosts: [a.example.com]\ngateway: {parentRefs: [{name: public}]}");
+    let refs = References {
+        gateway_unavailable: Some("the Gateway API is not installed in this cluster".into()),
+        ..References::default()
+    };
+    let s = compute(&wc, Some(&deployment(&wc, (3, 3, 3, 3))), &refs, &at(1));
+    let ready = condition(&s, READY);
+    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", GATEWAY_API_UNAVAILABLE));
+    assert!(ready.message.contains("not installed"), "{}", ready.message);
+    assert_eq!(s.phase, Some(WebClusterPhase::Pending));
+    assert_eq!(s.ready_replicas, 3, "the servers are reported as they are");
+    assert_eq!(condition(&s, DEGRADED).status, "False");
+    let events = status_events(&WebClusterStatus::default(), &s);
+    assert!(events.iter().any(|e| e.reason == GATEWAY_API_UNAVAILABLE), "{events:?}");
+    assert!(status_events(&s, &s).is_empty(), "said once, not on every resync");
+
+    // Once the Gateway API is there, the same cluster is Ready.
+    let s = compute(&wc, Some(&deployment(&wc, (3, 3, 3, 3))), &References::default(), &at(2));
+    assert_eq!(condition(&s, READY).reason, "AllServersReady");
 }
