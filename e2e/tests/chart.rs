@@ -73,9 +73,8 @@ fn namespaced_grants() -> BTreeSet<String> {
             ("policy", "poddisruptionbudgets", applied),
             ("autoscaling", "horizontalpodautoscalers", pruned),
             ("networking.k8s.io", "ingresses", pruned),
-            // Applied, owned and pruned, never read by name.
-            ("networking.k8s.io", "networkpolicies", &["get", "list", "watch", "create", "patch", "delete"]),
-            ("gateway.networking.k8s.io", "httproutes", &["get", "list", "watch", "create", "patch", "delete"]),
+            ("networking.k8s.io", "networkpolicies", pruned),
+            ("gateway.networking.k8s.io", "httproutes", pruned),
             ("", "pods", pruned),
             ("", "persistentvolumeclaims", pruned),
             ("", "configmaps", applied),
