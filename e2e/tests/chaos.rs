@@ -367,7 +367,8 @@ async fn mirrors_follow_a_primary_to_its_new_address() -> Result<()> {
 }
 
 /// Guarantee 9: `storage.deleteOnRemoval` decides the fate of volumes and
-/// the credentials Secret that exist already, in both directions.
+/// the members' Secret (`<name>-agent`, whose passwords open the data) that
+/// exist already, in both directions.
 #[tokio::test]
 async fn delete_on_removal_means_what_it_says_for_existing_volumes() -> Result<()> {
     let _serial = SERIAL.lock().await;
@@ -387,7 +388,7 @@ async fn delete_on_removal_means_what_it_says_for_existing_volumes() -> Result<(
         let owned = |v: &PersistentVolumeClaim| !v.owner_references().is_empty();
         eventually(TIMEOUT, "existing volumes' ownership to follow the spec", || async {
             let all = [volumes.get(&format!("{name}-1")).await?, volumes.get(&format!("{name}-2")).await?];
-            let secret = secrets.get(&format!("{name}-credentials")).await?;
+            let secret = secrets.get(&format!("{name}-agent")).await?;
             let done = all.iter().all(|v| owned(v) == then) && secret.owner_references().is_empty() != then;
             Ok(done.then_some(()))
         })
@@ -400,12 +401,15 @@ async fn delete_on_removal_means_what_it_says_for_existing_volumes() -> Result<(
                 left(format!("{name}-1")).await? && left(format!("{name}-2")).await?,
                 "{name}: volumes kept"
             );
-            ensure!(secrets.get_opt(&format!("{name}-credentials")).await?.is_some(), "{name}: Secret kept");
+            ensure!(
+                secrets.get_opt(&format!("{name}-agent")).await?.is_some(),
+                "{name}: the members' Secret kept"
+            );
         } else {
             eventually(TIMEOUT, "volumes and Secret deleted with the store", || async {
                 let gone = !left(format!("{name}-1")).await?
                     && !left(format!("{name}-2")).await?
-                    && secrets.get_opt(&format!("{name}-credentials")).await?.is_none();
+                    && secrets.get_opt(&format!("{name}-agent")).await?.is_none();
                 Ok(gone.then_some(()))
             })
             .await?;

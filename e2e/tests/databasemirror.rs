@@ -66,7 +66,9 @@ async fn a_new_database_streams_to_its_mirrors_grows_and_keeps_its_data() -> Res
     })
     .await?;
 
-    // Deleting the DatabaseMirror keeps the data volumes and the credentials.
+    // Deleting the DatabaseMirror keeps the data volumes and the members'
+    // Secret (whose passwords open the data); the application's Secret is
+    // rebuilt from it when the store is made again.
     site.api::<DatabaseMirror>().delete("grow", &DeleteParams::foreground()).await?;
     hostwright_e2e::wait_deleted(&site.api::<DatabaseMirror>(), "grow", TIMEOUT, "the DatabaseMirror")
         .await?;
@@ -75,7 +77,7 @@ async fn a_new_database_streams_to_its_mirrors_grows_and_keeps_its_data() -> Res
         let pvc = volumes.get(m).await.with_context(|| format!("volume {m} kept"))?;
         assert_eq!(pvc.status.and_then(|s| s.phase).as_deref(), Some("Bound"));
     }
-    site.ns.api::<Secret>().get("grow-credentials").await.context("credentials kept with the data")?;
+    site.ns.api::<Secret>().get("grow-agent").await.context("the members' Secret kept with the data")?;
     site.testbed.stop().await?;
     Ok(())
 }
