@@ -4,6 +4,8 @@
 //! primary and let it rejoin as a mirror of the new one. Every member runs
 //! with TLS, as in a pod: certificates from the store's own CA.
 
+mod common;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -43,28 +45,9 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// The store's CA and server certificate, as the operator issues them,
-/// written where a pod has its TLS Secret mounted (`<root>/tls`). Returns
-/// the CA's PEM.
+/// The store's certificates in `<root>/tls` (see [`common::issue_certificates`]).
 fn issue_certificates(root: &Path) -> String {
-    let dir = root.join("tls");
-    let now = std::time::SystemTime::now();
-    let ca = match std::fs::read_to_string(root.join("ca.key")) {
-        Ok(key_pem) => hostwright::tls::Authority {
-            cert_pem: std::fs::read_to_string(dir.join(tls_files::CA)).unwrap(),
-            key_pem,
-        },
-        Err(_) => hostwright::tls::new_authority("customer-a/shop-db CA", now).unwrap(),
-    };
-    let issued =
-        hostwright::tls::issue_server(&ca, &[SERVER_NAME.to_string()], now, hostwright::tls::SERVER_LIFETIME)
-            .unwrap();
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(root.join("ca.key"), &ca.key_pem).unwrap();
-    std::fs::write(dir.join(tls_files::CA), &ca.cert_pem).unwrap();
-    std::fs::write(dir.join(tls_files::CERT), &issued.cert_pem).unwrap();
-    std::fs::write(dir.join(tls_files::KEY), &issued.key_pem).unwrap();
-    ca.cert_pem
+    common::issue_certificates(root, SERVER_NAME)
 }
 
 /// How a mirror reaches the primary at `port` (as the agent does).

@@ -5,6 +5,8 @@
 //! with its diverged write discarded. Every member runs as in a pod: TLS
 //! only, ACL users, administered over a unix socket.
 
+mod common;
+
 use std::net::TcpListener;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -59,27 +61,9 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// The store's CA and server certificate, as the operator issues them, in
-/// `<root>/tls` (where a pod has its TLS Secret mounted); the CA's PEM.
+/// The store's certificates in `<root>/tls` (see [`common::issue_certificates`]).
 fn issue_certificates(root: &Path) -> String {
-    let dir = root.join("tls");
-    let now = std::time::SystemTime::now();
-    let ca = match std::fs::read_to_string(root.join("ca.key")) {
-        Ok(key_pem) => hostwright::tls::Authority {
-            cert_pem: std::fs::read_to_string(dir.join(tls_files::CA)).unwrap(),
-            key_pem,
-        },
-        Err(_) => hostwright::tls::new_authority("customer-a/sessions CA", now).unwrap(),
-    };
-    let issued =
-        hostwright::tls::issue_server(&ca, &[SERVER_NAME.to_string()], now, hostwright::tls::SERVER_LIFETIME)
-            .unwrap();
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(root.join("ca.key"), &ca.key_pem).unwrap();
-    std::fs::write(dir.join(tls_files::CA), &ca.cert_pem).unwrap();
-    std::fs::write(dir.join(tls_files::CERT), &issued.cert_pem).unwrap();
-    std::fs::write(dir.join(tls_files::KEY), &issued.key_pem).unwrap();
-    ca.cert_pem
+    common::issue_certificates(root, SERVER_NAME)
 }
 
 fn member(root: &Path, name: &str, settings: Option<&str>) -> RedisMember {

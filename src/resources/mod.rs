@@ -5,6 +5,8 @@
 #[cfg(test)]
 mod child_names;
 pub mod databasemirror;
+#[cfg(test)]
+pub(crate) mod fixtures;
 pub mod labels;
 pub mod members;
 pub mod sessionstore;

@@ -70,11 +70,7 @@ mod tests {
     use super::*;
 
     fn blueprint() -> Blueprint {
-        let spec = serde_yaml::from_str("instance: {image: 'postgres:15', storage: {size: 1Gi}}").unwrap();
-        let mut dbm = crate::api::DatabaseMirror::new("shop-db", spec);
-        dbm.metadata.namespace = Some("customer-a".into());
-        dbm.metadata.uid = Some("uid-db".into());
-        crate::resources::databasemirror::blueprint(&dbm).unwrap()
+        crate::resources::fixtures::shop_db()
     }
 
     #[test]

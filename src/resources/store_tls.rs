@@ -102,14 +102,9 @@ pub fn read_certificate(secret: &Secret) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resources::databasemirror;
 
     fn blueprint() -> Blueprint {
-        let spec = serde_yaml::from_str("instance: {image: 'postgres:15', storage: {size: 1Gi}}").unwrap();
-        let mut dbm = crate::api::DatabaseMirror::new("shop-db", spec);
-        dbm.metadata.namespace = Some("customer-a".into());
-        dbm.metadata.uid = Some("uid-db".into());
-        databasemirror::blueprint(&dbm).unwrap()
+        crate::resources::fixtures::shop_db()
     }
 
     #[test]
