@@ -46,6 +46,12 @@ impl Certificates {
         self.installed.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Forget what was installed, so the next [`Certificates::refresh`]
+    /// installs again: the server did not take the files.
+    pub fn forget(&self) {
+        *self.installed.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
     /// Where the CA copy is (whether or not installed yet).
     pub fn ca_path(&self) -> PathBuf {
         self.dir.join("tls-ca.crt")

@@ -469,11 +469,13 @@ impl Postgres {
     }
 
     /// Install the mounted certificate when it changed, and point the TLS
-    /// settings at the installed files. True when new files were installed.
+    /// settings at the installed files. True when new files were installed
+    /// (or the settings changed): the server should load them.
     async fn install_certificates(&self) -> Result<bool, PostgresError> {
         let Some(tls) = &self.tls else { return Ok(false) };
         let fresh =
             tls.refresh().map_err(|source| PostgresError::Write { path: tls.source.clone(), source })?;
+        let installed_now = fresh.is_some();
         let Some(files) = fresh.or_else(|| tls.installed()) else { return Ok(false) };
         let conf = format!(
             "# Written by hostwright agent: the certificate in use.\nssl = on\nssl_cert_file = {}\nssl_key_file = {}\nssl_ca_file = {}\nssl_min_protocol_version = 'TLSv1.2'\n",
@@ -486,7 +488,7 @@ impl Postgres {
         if changed {
             self.write(TLS_SETTINGS, &conf).await?;
         }
-        Ok(changed)
+        Ok(changed || installed_now)
     }
 
     /// Load a renewed certificate into the running server (PostgreSQL
@@ -495,7 +497,16 @@ impl Postgres {
         if !self.install_certificates().await? {
             return Ok(false);
         }
-        self.connect().await?.simple_query("SELECT pg_reload_conf()").await?;
+        let reloaded = async {
+            self.connect().await?.simple_query("SELECT pg_reload_conf()").await.map_err(PostgresError::from)
+        };
+        if let Err(err) = reloaded.await {
+            // Tried again on the next tick, not only at the next renewal.
+            if let Some(tls) = &self.tls {
+                tls.forget();
+            }
+            return Err(err);
+        }
         Ok(true)
     }
 

@@ -401,8 +401,13 @@ impl Redis {
         let fresh = tls.refresh().map_err(|source| RedisError::Write { path: tls.source.clone(), source })?;
         let Some(files) = fresh else { return Ok(false) };
         let (cert, key) = (files.cert.to_string_lossy(), files.key.to_string_lossy());
-        self.call::<()>(password, "CONFIG", &["SET", "tls-cert-file", &cert, "tls-key-file", &key]).await?;
-        Ok(true)
+        let loaded =
+            self.call::<()>(password, "CONFIG", &["SET", "tls-cert-file", &cert, "tls-key-file", &key]).await;
+        if loaded.is_err() {
+            // Tried again on the next tick, not only at the next renewal.
+            tls.forget();
+        }
+        loaded.map(|()| true)
     }
 
     /// See [`parse_replication`].
