@@ -82,15 +82,29 @@ impl Operator {
         let (lease_namespace, _) = chart_service_account();
         let log = std::env::temp_dir().join("hostwright-e2e").join(format!("{namespace}-{identity}.log"));
         let log_file = std::fs::File::create(&log)?;
-        let child = Command::new(binary())
+        let mut command = Command::new(binary());
+        command
             .args(["run", "--namespace", namespace, "--lease-namespace", &lease_namespace])
             .args(["--lease-name", &format!("hostwright-{namespace}"), "--identity", identity])
             .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
             .env("KUBECONFIG", &kubeconfig)
+            .env("HOSTWRIGHT_ADMIN_NETWORKS", this_machine_on_the_nodes_bridge())
+            .envs(env.iter().copied());
+        Self::spawn(command, port, identity, log, log_file).await
+    }
+
+    /// Start `command` (the common environment added, its output to `log`)
+    /// and wait until its /healthz answers on `port`.
+    async fn spawn(
+        mut command: Command,
+        port: u16,
+        identity: &str,
+        log: PathBuf,
+        log_file: std::fs::File,
+    ) -> Result<Self> {
+        let child = command
             .env("HOSTWRIGHT_AGENT_IMAGE", agent_image())
             .env("RUST_LOG", "info,hostwright=debug")
-            .env("HOSTWRIGHT_ADMIN_NETWORKS", this_machine_on_the_nodes_bridge())
-            .envs(env.iter().copied())
             .stdout(Stdio::from(log_file.try_clone()?))
             .stderr(Stdio::from(log_file))
             .spawn()
@@ -119,21 +133,9 @@ impl Operator {
             .cloned()
             .chain([format!("--metrics-addr=127.0.0.1:{port}")])
             .collect();
-        let child = Command::new(binary())
-            .args(&args)
-            .env("KUBECONFIG", kubeconfig)
-            .env("HOSTWRIGHT_AGENT_IMAGE", agent_image())
-            .env("RUST_LOG", "info,hostwright=debug")
-            .stdout(Stdio::from(log_file.try_clone()?))
-            .stderr(Stdio::from(log_file))
-            .spawn()
-            .with_context(|| format!("starting {} (built? `cargo build`)", binary().display()))?;
-        let op = Operator { child: Some(child), metrics_port: port, identity: name.into(), log };
-        eventually(Duration::from_secs(30), "the operator's /healthz", || async {
-            Ok(op.get("/healthz").ok())
-        })
-        .await?;
-        Ok(op)
+        let mut command = Command::new(binary());
+        command.args(&args).env("KUBECONFIG", kubeconfig);
+        Self::spawn(command, port, name, log, log_file).await
     }
 
     /// GET a path on the operator's HTTP listener.
