@@ -57,7 +57,10 @@ pub async fn check(client: &Client, ns: &str) -> Result<Verdicts> {
     let site_pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     start_pods(
         &site_pods,
-        vec![probe_pod("probe-site-labels", None, &site_labels)?, probe_pod("probe-blog", None, &blog_labels)?],
+        vec![
+            probe_pod("probe-site-labels", None, &site_labels)?,
+            probe_pod("probe-blog", None, &blog_labels)?,
+        ],
     )
     .await?;
     start_pods(&other_site.api(), vec![probe_pod("probe-other-site", None, &site_labels)?]).await?;
@@ -65,7 +68,12 @@ pub async fn check(client: &Client, ns: &str) -> Result<Verdicts> {
     let probes = [
         (ns, "probe-site-labels", true, "the site's namespace, the site's web labels (control)"),
         (ns, "probe-blog", false, "the site's namespace, another web tier's labels"),
-        (other_site.name.as_str(), "probe-other-site", false, "another site's namespace, the site's web labels"),
+        (
+            other_site.name.as_str(),
+            "probe-other-site",
+            false,
+            "another site's namespace, the site's web labels",
+        ),
     ];
     let all_targets: Vec<String> = store_targets.iter().chain(&web_targets).cloned().collect();
     let mut lines = Vec::new();
@@ -95,10 +103,9 @@ pub async fn check(client: &Client, ns: &str) -> Result<Verdicts> {
 async fn store_targets(client: &Client, ns: &str) -> Result<Vec<String>> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let mut targets = Vec::new();
-    for (app, name, port) in [
-        (databasemirror::APP_NAME, DATABASE, 5432),
-        (sessionstore::APP_NAME, SESSIONS, 6379),
-    ] {
+    for (app, name, port) in
+        [(databasemirror::APP_NAME, DATABASE, 5432), (sessionstore::APP_NAME, SESSIONS, 6379)]
+    {
         let selector = labels::selector_string(&labels::selector(app, name));
         let members = pods.list(&ListParams::default().labels(&selector)).await?.items;
         ensure!(members.len() >= 2, "{name}: expected two members, found {}", members.len());
@@ -111,7 +118,8 @@ async fn store_targets(client: &Client, ns: &str) -> Result<Vec<String>> {
     for name in STORE_SERVICES {
         let spec = services.get(name).await?.spec.with_context(|| format!("Service {name} has no spec"))?;
         let vip = spec.cluster_ip.with_context(|| format!("Service {name} has no virtual IP"))?;
-        let port = spec.ports.into_iter().flatten().next().with_context(|| format!("Service {name}: no port"))?;
+        let port =
+            spec.ports.into_iter().flatten().next().with_context(|| format!("Service {name}: no port"))?;
         targets.push(format!("{vip}:{}", port.port));
     }
     Ok(targets)

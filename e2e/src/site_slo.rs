@@ -122,6 +122,11 @@ impl SiteScenario {
         })
     }
 
+    /// The namespace the site runs in.
+    pub fn namespace(&self) -> &str {
+        &self.ns.name
+    }
+
     /// Let `users` users log in and visit, `workers` requests at a time;
     /// what they saw while nothing happened (3 s).
     pub async fn visit(&mut self, users: usize, workers: usize) -> Result<EventReport> {

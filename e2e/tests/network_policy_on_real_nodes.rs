@@ -12,91 +12,38 @@
 //! (and to lift it again) is measured from this machine, whose connections
 //! are judged by the same node and policy, and printed.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use hostwright_e2e::{TestNamespace, client, eventually, kubectl_raw};
+use hostwright_e2e::reachability::{CONNECT_WAIT_S, PORT, busybox_pod, probe_pod, ready, start_pods};
+use hostwright_e2e::{TestNamespace, client, kubectl_raw};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::json;
 use tokio::net::TcpStream;
 
-const IMAGE: &str = "hostwright.local/busybox:1";
-const PORT: u16 = 8080;
 /// What the server answers, so a client proves a full exchange, not a SYN.
 const MARKER: &str = "hello-from-the-netpol-server";
 /// The label the policy admits.
 const ADMITTED: (&str, &str) = ("access", "granted");
-/// A client's connection attempt gives up after this many seconds (nc -w).
-const CLIENT_WAIT_S: &str = "3";
 
-fn pod(name: &str, node: &str, labels: serde_json::Value, command: &str) -> Result<Pod> {
-    Ok(serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "labels": labels},
-        "spec": {
-            "nodeSelector": {"kubernetes.io/hostname": node},
-            "tolerations": [{"key": "hostwright.io/real-node", "operator": "Exists", "effect": "NoSchedule"}],
-            "securityContext": {
-                "runAsNonRoot": true, "runAsUser": 10001, "runAsGroup": 10001,
-                "seccompProfile": {"type": "RuntimeDefault"},
-            },
-            "terminationGracePeriodSeconds": 1,
-            "containers": [{
-                "name": "main",
-                "image": IMAGE,
-                "imagePullPolicy": "Never",
-                "command": ["/bin/sh", "-c", command],
-                "ports": [{"containerPort": PORT, "name": "tcp"}],
-                "readinessProbe": {"tcpSocket": {"port": PORT}, "periodSeconds": 1},
-                "volumeMounts": [{"name": "www", "mountPath": "/www"}],
-                "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}},
-            }],
-            "volumes": [{"name": "www", "emptyDir": {}}],
-        },
-    }))?)
+fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
 /// A client pod: it serves on the port too (only so that it is Ready the
 /// same way), and the test runs nc in it.
 fn client_pod(name: &str, node: &str, admitted: bool) -> Result<Pod> {
     let labels =
-        if admitted { json!({"role": "client", ADMITTED.0: ADMITTED.1}) } else { json!({"role": "client"}) };
-    pod(name, node, labels, &format!("exec httpd -f -p {PORT} -h /www"))
-}
-
-fn ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-/// Create the pods and wait until all are Ready; their IPs by name.
-async fn start_pods(pods: &Api<Pod>, wanted: Vec<Pod>) -> Result<Vec<(String, String)>> {
-    let names: Vec<String> = wanted.iter().filter_map(|p| p.metadata.name.clone()).collect();
-    for p in &wanted {
-        pods.create(&PostParams::default(), p).await?;
-    }
-    eventually(Duration::from_secs(120), "the pods Ready", || async {
-        let mut ips = Vec::new();
-        for name in &names {
-            let Some(p) = pods.get_opt(name).await? else { return Ok(None) };
-            let ip = p.status.as_ref().and_then(|s| s.pod_ip.clone());
-            match ip {
-                Some(ip) if ready(&p) => ips.push((name.clone(), ip)),
-                _ => return Ok(None),
-            }
-        }
-        Ok(Some(ips))
-    })
-    .await
+        if admitted { labels(&[("role", "client"), ADMITTED]) } else { labels(&[("role", "client")]) };
+    probe_pod(name, Some(node), &labels)
 }
 
 /// Whether client pod `namespace/name` gets the server's answer over TCP.
 fn reaches(namespace: &str, name: &str, server_ip: &str) -> Result<bool> {
-    let request = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w {CLIENT_WAIT_S} {server_ip} {PORT}");
+    let request = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w {CONNECT_WAIT_S} {server_ip} {PORT}");
     let out = kubectl_raw(&["-n", namespace, "exec", name, "--", "sh", "-c", &request])?;
     Ok(out.status.success() && String::from_utf8_lossy(&out.stdout).contains(MARKER))
 }
@@ -148,7 +95,7 @@ async fn a_network_policy_admits_only_labelled_pods_on_the_real_nodes() -> Resul
     let mut started = start_pods(
         &ns.api(),
         vec![
-            pod("server", &here, json!({"app": "server"}), &server_cmd)?,
+            busybox_pod("server", Some(&here), &labels(&[("app", "server")]), &server_cmd)?,
             client_pod("admitted-same-node", &here, true)?,
             client_pod("admitted-other-node", &there, true)?,
             client_pod("unlabelled-same-node", &here, false)?,

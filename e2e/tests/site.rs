@@ -4,12 +4,16 @@
 //! lost node, a drain, the loss of each store's primary and of the
 //! operator's leader (see [`hostwright_e2e::site_slo`]).
 //!
+//! Before the events, isolation between sites: the stores refuse pods of
+//! another site or another web tier (see [`hostwright_e2e::site_isolation`]).
+//!
 //! Asserted: not one failed request during the rollout and the drain, and
 //! not one session lost or acknowledged page view missing through any
 //! event. Failed requests during the other events are printed as figures
 //! (`make bench` reports them as `site.*`).
 
 use anyhow::{Result, ensure};
+use hostwright_e2e::site_isolation;
 use hostwright_e2e::site_slo::SiteScenario;
 use hostwright_e2e::{client, ensure_crds};
 
@@ -24,6 +28,12 @@ async fn the_site_keeps_its_visitors_sessions_and_page_views_through_every_event
     let steady = site.visit(USERS, WORKERS).await?;
     println!("{steady}");
     ensure!(steady.failed == 0 && steady.requests > 0, "the site failed before anything happened: {steady}");
+    // The stores admit the site's web pods and no other site's pods.
+    let isolation = site_isolation::check(&client, site.namespace()).await?;
+    for line in &isolation.lines {
+        println!("isolation: {line}");
+    }
+    println!("isolation: the database sees connections from all {} web pods", isolation.web_clients);
     let events = site.run_events(|report| println!("{report}")).await?;
     let after = site.finish().await?;
     println!("{after}");
