@@ -75,6 +75,8 @@ fn namespaced_grants() -> BTreeSet<String> {
             ("networking.k8s.io", "ingresses", pruned),
             ("networking.k8s.io", "networkpolicies", pruned),
             ("gateway.networking.k8s.io", "httproutes", pruned),
+            // Read and applied by name, deleted when the issuer is dropped.
+            ("cert-manager.io", "certificates", &["get", "create", "patch", "delete"]),
             ("", "pods", pruned),
             ("", "persistentvolumeclaims", pruned),
             ("", "configmaps", applied),

@@ -44,6 +44,46 @@ pub struct LocalObjectReference {
     pub namespace: Option<String>,
 }
 
+/// Where a store's server certificate comes from. Without `issuerRef` the
+/// operator keeps a certificate authority of its own for the store (the
+/// default, nothing to set up).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StoreTlsSpec {
+    /// A cert-manager issuer that signs the store's server certificate: the
+    /// operator asks for it with a cert-manager Certificate and members load
+    /// each renewal without a restart. The issuer must put its CA in the
+    /// Secret (`ca.crt`), as CA and Vault issuers do: clients verify the
+    /// server against it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_ref: Option<IssuerRef>,
+}
+
+/// A cert-manager issuer, as cert-manager's own `issuerRef` names one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+pub struct IssuerRef {
+    /// Name of the issuer (an `Issuer` in the store's namespace, or a
+    /// `ClusterIssuer`).
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub name: String,
+    /// `Issuer` (default) or `ClusterIssuer`, or an external issuer's kind.
+    #[serde(default = "default_issuer_kind")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[A-Z][A-Za-z0-9]*$"))]
+    pub kind: String,
+    /// API group of the issuer; `cert-manager.io` by default.
+    #[serde(default = "default_issuer_group")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub group: String,
+}
+
+fn default_issuer_kind() -> String {
+    "Issuer".into()
+}
+
+fn default_issuer_group() -> String {
+    "cert-manager.io".into()
+}
+
 /// A persistent volume for a member's data.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]

@@ -8,7 +8,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    DataDurability, FailoverSpec, ReplicationStatus, Resources, StorageSpec, UpdateStrategy,
+    DataDurability, FailoverSpec, ReplicationStatus, Resources, StorageSpec, StoreTlsSpec, UpdateStrategy,
 };
 use super::names::{max_name_length, name_rule};
 
@@ -105,6 +105,11 @@ pub struct DatabaseMirrorSpec {
     #[schemars(regex(pattern = r"^[a-z_][a-z0-9_]{0,62}$"))]
     #[x_kube(validation = Rule::new("self != 'postgres' && self != 'replication'").message("owner must not be a role the operator reserves (postgres, replication)"))]
     pub owner: String,
+
+    /// Where the server certificate comes from. Clients and replication
+    /// always use TLS; by default the operator keeps a CA for the store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<StoreTlsSpec>,
 }
 
 /// The most mirrors a DatabaseMirror may have (the schema's bound on `mirrors`).

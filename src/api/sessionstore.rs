@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::common::{
     DataDurability, FailoverSpec, LocalObjectReference, ReplicationStatus, Resources, StorageSpec,
-    UpdateStrategy,
+    StoreTlsSpec, UpdateStrategy,
 };
 use super::names::{max_name_length, name_rule};
 
@@ -63,6 +63,9 @@ pub const MAX_NAME_LENGTH: usize = max_name_length(LONGEST_CHILD_SUFFIX);
     validation = Rule::new("!has(self.external) || !has(self.storage)")
         .message("storage cannot be set for an external session store: the operator deploys nothing for it")
         .field_path(".storage"),
+    validation = Rule::new("!has(self.external) || !has(self.tls)")
+        .message("tls cannot be set for an external session store: its certificates are its own")
+        .field_path(".tls"),
     validation = Rule::new("self.dataDurability == 'required' || self.durability == 'wait'")
         .message("dataDurability: preferred applies only to durability: wait")
         .field_path(".dataDurability")
@@ -125,6 +128,12 @@ pub struct SessionStoreSpec {
     /// checks that it answers and publishes it in `<name>-connection`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external: Option<ExternalSessionStore>,
+
+    /// Where the server certificate comes from. Clients and replication
+    /// always use TLS; by default the operator keeps a CA for the store.
+    /// Not for an external store (its TLS is its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<StoreTlsSpec>,
 }
 
 fn default_redis_image() -> String {

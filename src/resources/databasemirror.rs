@@ -123,6 +123,7 @@ pub fn blueprint(dbm: &DatabaseMirror) -> Result<Blueprint, BuildError> {
         storage: Some(template.storage.clone()),
         credentials_secret: agent_credentials_name(dbm),
         service_names: vec![format!("{}-rw", dbm.name_any()), format!("{}-ro", dbm.name_any())],
+        tls_issuer: dbm.spec.tls.as_ref().and_then(|t| t.issuer_ref.clone()),
         config_map: config_name(dbm),
         agent_args: vec![
             format!("--database-mirror={}", dbm.name_any()),

@@ -91,6 +91,9 @@ pub struct Blueprint {
     pub credentials_secret: String,
     /// The store's Services, whose DNS names its certificate carries.
     pub service_names: Vec<String>,
+    /// The cert-manager issuer that signs the server certificate (None: the
+    /// operator's CA for the store).
+    pub tls_issuer: Option<crate::api::common::IssuerRef>,
     /// ConfigMap mounted at [`CONFIG_DIR`].
     pub config_map: String,
     /// Agent arguments beyond the common ones (the object's name, settings file).

@@ -64,6 +64,12 @@ scope=cluster, a Role in the watched namespace with scope=namespace.
 - apiGroups: [gateway.networking.k8s.io]
   resources: [httproutes]
   verbs: [get, list, watch, create, patch, delete]
+# cert-manager Certificates, for stores whose spec names an issuer: read and
+# applied by name in the store's reconcile (no watch), deleted when the spec
+# goes back to the operator's own CA.
+- apiGroups: [cert-manager.io]
+  resources: [certificates]
+  verbs: [get, create, patch, delete]
 # DatabaseMirror and SessionStore members: one pod each (members/reconcile.rs:
 # created by server-side apply, relabelled by a merge patch as the failover
 # engine routes them, deleted one at a time by a rolling update or when

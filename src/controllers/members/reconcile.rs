@@ -92,6 +92,8 @@ pub(super) struct Seen<K: Replicated> {
     cordoned: BTreeSet<String>,
     /// Volumes smaller than the template asks for, and whether they can grow.
     resizes: Vec<volumes::Resize>,
+    /// Why the members have no server certificate yet (see [`certificates::pending`]).
+    certificate_pending: Option<String>,
 }
 
 fn now_ms() -> u64 {
@@ -184,6 +186,10 @@ async fn observe<K: Replicated>(store: &K, ctx: &Context<K>) -> Result<Seen<K>, 
         pod_facts,
         cordoned,
         resizes,
+        certificate_pending: certificates::pending(
+            &blueprint,
+            labelled(&caches.secrets, &namespace, &blueprint.tls_secret_name(), &name).as_deref(),
+        ),
         fresh: blueprint.storage.is_none() || volumes.is_empty(),
         blueprint,
         old_status,
@@ -400,6 +406,7 @@ fn decide<K: Replicated>(store: &K, seen: &Seen<K>) -> Plan<K> {
         pod_hashes: &pod_hashes,
         revision: &seen.revision,
         credentials: &seen.credentials,
+        certificate_pending: seen.certificate_pending.as_deref(),
         day2: &day2,
     };
     let status = status::compute(store, &decision, &facts, &seen.old_status, &Time(Timestamp::now()));
@@ -449,7 +456,7 @@ async fn act<K: Replicated>(
     plan: &Plan<K>,
 ) -> Result<Action, Error> {
     let tls = certificates::keep(store, ctx, &seen.blueprint).await?;
-    keep_credentials(store, ctx, seen, &tls.ca_pem).await?;
+    keep_credentials(store, ctx, seen, tls.ca_pem.as_deref()).await?;
     keep_children(store, ctx, seen).await?;
     keep_volumes(ctx, seen).await?;
     volumes::expand(store, ctx, &seen.resizes).await?;
@@ -465,7 +472,7 @@ async fn act<K: Replicated>(
     if superseded || revoked || replaced {
         return Ok(Action::requeue(ACTIVE_INTERVAL));
     }
-    let renewal = certificates::until_renewal(&tls).max(Duration::from_secs(1));
+    let renewal = tls.look_again.max(Duration::from_secs(1));
     Ok(Action::requeue(next_look(&plan.decision, &plan.status, seen.next_lease_change).min(renewal)))
 }
 
@@ -477,7 +484,7 @@ async fn keep_credentials<K: Replicated>(
     store: &K,
     ctx: &Context<K>,
     seen: &Seen<K>,
-    ca_pem: &str,
+    ca_pem: Option<&str>,
 ) -> Result<(), Error> {
     let Some(passwords) = &seen.passwords else { return Ok(()) };
     let desired = store.credentials(&seen.blueprint, passwords);
@@ -492,6 +499,9 @@ async fn keep_credentials<K: Replicated>(
             keep_ownership(ctx, live.as_ref(), &desired).await?;
         }
     }
+    // Without the CA (an issuer that has not issued yet) the web tier could
+    // not verify the server: its Secret waits for it.
+    let Some(ca_pem) = ca_pem else { return Ok(()) };
     let app = store.app_secret(&seen.blueprint, passwords, ca_pem);
     match &seen.live_app_secret {
         // Keys it no longer has (the passwords an older store kept there)

@@ -40,6 +40,9 @@ pub struct Facts<'a> {
     /// The revision of the current template and agent.
     pub revision: &'a str,
     pub credentials: &'a Credentials,
+    /// Why the members have no server certificate yet (a cert-manager
+    /// issuer that has not issued it), if they have none.
+    pub certificate_pending: Option<&'a str>,
     /// The day-2 plan: rollout, drain, shrink.
     pub day2: &'a Plan,
 }
@@ -222,6 +225,12 @@ pub fn compute<K: Replicated>(
             false,
             "CredentialsInvalid",
             format!("Secret {secret} has no value for {key:?}; restore it"),
+        ),
+        (_, None, _) if o.certificate_pending.is_some() => Observed::new(
+            READY,
+            false,
+            "CertificatePending",
+            o.certificate_pending.map(str::to_string).unwrap_or_default(),
         ),
         (_, Some(p), _) if writes_blocked => Observed::new(
             READY,
@@ -551,6 +560,7 @@ pub fn events<K: Replicated>(
             "FailoverBlocked"
                 | "CredentialsMissing"
                 | "CredentialsInvalid"
+                | "CertificatePending"
                 | "WritesBlocked"
                 | "NameConflict"
         )

@@ -69,7 +69,7 @@ fn observe<'a>(
     credentials: &'a Credentials,
 ) -> Facts<'a> {
     static IDLE: Plan = Plan::idle();
-    Facts { members, pod_hashes: pods, revision: "h1", credentials, day2: &IDLE }
+    Facts { members, pod_hashes: pods, revision: "h1", credentials, certificate_pending: None, day2: &IDLE }
 }
 
 fn condition<'a>(
@@ -246,4 +246,25 @@ fn moving_positions_alone_are_not_a_significant_change() {
     let b = compute(&d, &decision, &observe(&later, &pods, &Credentials::Ready), &a, &at(2));
     assert_ne!(a, b);
     assert_eq!(a.without_positions(), b.without_positions());
+}
+
+#[test]
+fn a_store_waiting_for_its_issuer_says_so_instead_of_waiting_quietly() {
+    let d = dbm("instance: {storage: {size: 1Gi}}\nmirrors: 1");
+    let members: Vec<Member> = ["db-1", "db-2"]
+        .iter()
+        .map(|name| Member { report: None, ..member(name, ServerRole::Mirror, 0, Desired::Mirror) })
+        .collect();
+    let decision = step(&crate::failover::Engine::bootstrap(true), &members, &policy(1 << 24), 20_000);
+    let pods = BTreeMap::new();
+    let why = "waiting for cert-manager to issue Certificate db-tls";
+    let facts = Facts { certificate_pending: Some(why), ..observe(&members, &pods, &Credentials::Ready) };
+    let s = compute(&d, &decision, &facts, &Default::default(), &at(1));
+    let ready = condition(&s, READY);
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str(), ready.message.as_str()),
+        ("False", "CertificatePending", why)
+    );
+    let events = events(&d, Some(&decision), &Default::default(), &s);
+    assert!(events.iter().any(|e| e.reason == "NotReady" && e.note == why), "{events:?}");
 }
