@@ -15,6 +15,9 @@ export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-buildvcs=false
 
 bin_dir() { echo "$HOSTWRIGHT_CACHE/bin/$1-$2"; }
 
+# Our main for cert-manager's controller (see build_cert_manager).
+CERT_MANAGER_MAIN="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/cert-manager/main.go"
+
 # Records peak RSS of a build step when GNU time is available.
 timed() {
   local label=$1; shift
@@ -209,6 +212,68 @@ fetch_gateway_api_crds() {
   echo "$out"
 }
 
+# cert-manager's controller for the CA and SelfSigned issuers. Its own main
+# package (cmd/controller) is a module the Go module proxy does not serve, so
+# a main of ours (e2e/lib/cert-manager/main.go) starts the controllers of the
+# root module. The cache key is the pin and a hash of that main, so an edit
+# of it rebuilds; the builds of other pins or other mains are then removed
+# (the disk is tight; a running cluster keeps its binary until it stops).
+cert_manager_dir() {
+  local hash
+  hash=$(sha256sum "$CERT_MANAGER_MAIN" | cut -c1-12)
+  bin_dir cert-manager "$CERT_MANAGER_VERSION-$hash"
+}
+
+build_cert_manager() {
+  local v=$CERT_MANAGER_VERSION out
+  out=$(cert_manager_dir)
+  [ -x "$out/cert-manager-controller" ] && return 0
+  echo ">> building cert-manager $v (controller: e2e/lib/cert-manager/main.go)"
+  local work
+  work=$(mktemp -d "$HOSTWRIGHT_CACHE/work-cert-manager.XXXXXX")
+  (
+    set -euo pipefail
+    cd "$work"
+    go mod init hostwright.local/e2e/cert-manager >/dev/null 2>&1
+    go mod edit -require="github.com/cert-manager/cert-manager@$v"
+    cp "$CERT_MANAGER_MAIN" .
+    go mod tidy >/dev/null
+    mkdir -p "$out.tmp"
+    timed cert-manager-controller go build -p "$HOSTWRIGHT_GO_PARALLEL" -trimpath -ldflags "-s -w" \
+      -o "$out.tmp/cert-manager-controller" .
+    rm -rf "$out" && mv "$out.tmp" "$out"
+  )
+  local rc=$?
+  rm -rf "$work"
+  [ $rc -eq 0 ] || return $rc
+  local old
+  for old in "$HOSTWRIGHT_CACHE/bin/cert-manager-"*; do
+    [ "$old" = "$out" ] || rm -rf "$old"
+  done
+}
+
+# cert-manager's CRDs (cert-manager.io and acme.cert-manager.io), copied once
+# per pinned version from the module's deploy/crds/ into
+#   $HOSTWRIGHT_CACHE/crds/cert-manager-<version>/
+# Prints that directory; e2e/cluster up applies them. Never committed. (The
+# module's deploy/crds/README calls them the source of the chart's CRDs, for
+# development and testing: what a test bed wants.)
+fetch_cert_manager_crds() {
+  local v=$CERT_MANAGER_VERSION out dir
+  out="$HOSTWRIGHT_CACHE/crds/cert-manager-$v"
+  if [ ! -f "$out/cert-manager.io_certificates.yaml" ]; then
+    echo ">> fetching the cert-manager $v CRDs" >&2
+    dir=$(cd / && go mod download -json "github.com/cert-manager/cert-manager@$v" | sed -n 's/.*"Dir": "\(.*\)",*/\1/p')
+    [ -f "$dir/deploy/crds/cert-manager.io_certificates.yaml" ] ||
+      { echo "no deploy/crds in github.com/cert-manager/cert-manager@$v" >&2; return 1; }
+    rm -rf "$out.tmp" && mkdir -p "$out.tmp"
+    cp "$dir"/deploy/crds/cert-manager.io_*.yaml "$dir"/deploy/crds/acme.cert-manager.io_*.yaml "$out.tmp/"
+    chmod u+w "$out.tmp"/*.yaml
+    rm -rf "$out" && mv "$out.tmp" "$out"
+  fi
+  echo "$out"
+}
+
 build_all() {
   mkdir -p "$HOSTWRIGHT_CACHE/bin"
   build_etcd &&
@@ -216,7 +281,9 @@ build_all() {
       "-X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION" &&
     build_go_install helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm \
       "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" &&
-    build_kubernetes
+    build_kubernetes &&
+    build_cert_manager &&
+    fetch_cert_manager_crds >/dev/null
 }
 
 # PATH entries for every built component.
