@@ -265,6 +265,19 @@ fn invalid_objects() -> Vec<Invalid> {
             message: "storage cannot be set for an external session store",
         },
         Invalid {
+            case: "sessions: external with tls",
+            object: store(
+                "s",
+                json!({"external": {"secretRef": {"name": "redis-at-provider"}}, "tls": {"issuerRef": {"name": "ca"}}}),
+            ),
+            message: "tls cannot be set for an external session store",
+        },
+        Invalid {
+            case: "sessions: an issuer kind that is not a kind",
+            object: store("s", json!({"tls": {"issuerRef": {"name": "ca", "kind": "issuer"}}})),
+            message: "spec.tls.issuerRef.kind",
+        },
+        Invalid {
             case: "sessions: failover delay not a duration",
             object: store("s", json!({"failover": {"delay": "soon"}})),
             message: "spec.failover.delay in body should match",

@@ -129,7 +129,7 @@ async fn the_cluster_role_grants_exactly_what_the_controllers_use() -> Result<()
         ("update", "secrets"),
         ("delete", "deployments.apps"),
         ("delete", "services"),
-        ("get", "certificates.cert-manager.io"),
+        ("list", "certificates.cert-manager.io"),
         ("delete", "namespaces"),
         ("delete", "persistentvolumes"),
         ("patch", "nodes"),

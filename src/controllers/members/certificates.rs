@@ -27,8 +27,8 @@ use crate::controllers::Error;
 use crate::resources::FIELD_MANAGER;
 use crate::resources::members::Blueprint;
 use crate::resources::store_tls::{
-    CERT_MANAGER_GROUP, CERTIFICATE_OWNED_FIELDS, certificate_resource, read_authority, read_ca, read_certificate,
-    written_by_cert_manager,
+    CERT_MANAGER_GROUP, CERTIFICATE_OWNED_FIELDS, certificate_resource, read_authority, read_ca,
+    read_certificate, written_by_cert_manager,
 };
 use crate::resources::subset::first_difference_owning;
 use crate::tls::{self, Authority};
