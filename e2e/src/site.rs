@@ -12,9 +12,11 @@ use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 
-use crate::database::{Credentials, all_healthy, connect_rw};
+use crate::database::{Credentials, all_healthy, connect_rw, lost_writes};
 use crate::operator::Operator;
+use crate::sessions::{self, Sessions};
 use crate::testbed::Testbed;
+use crate::writer::Writer;
 use crate::{TestNamespace, client, wait_for};
 
 /// How long a data-path test waits for one thing to happen.
@@ -127,4 +129,79 @@ pub fn condition<K: Replicated>(store: &K, type_: &str) -> Option<(String, Strin
 /// `status.replication.failover.failoverCount`.
 pub fn failovers<K: Replicated>(store: &K) -> i64 {
     store.current_status().map_or(0, |s| s.replication().failover.failover_count)
+}
+
+/// Writes to a site's two stores through their Services at once: rows into
+/// a new table `acked` of a DatabaseMirror, sessions confirmed by a replica
+/// of a SessionStore. For trials that count what a change to the stores
+/// lost.
+pub struct StoreLoad {
+    database: String,
+    creds: Credentials,
+    rows: Writer,
+    sessions: Sessions,
+    session_writes: Writer,
+}
+
+/// What a [`StoreLoad`] had acknowledged, and what of it is missing.
+#[derive(Debug)]
+pub struct LoadTally {
+    pub rows: usize,
+    pub rows_lost: Vec<i64>,
+    pub sessions: usize,
+    pub sessions_lost: Vec<i64>,
+}
+
+impl StoreLoad {
+    pub async fn start(site: &Site, database: &str, session_store: &str) -> Result<Self> {
+        let creds = site.credentials(database).await?;
+        connect_rw(&site.client, &site.ns.name, database, &creds)
+            .await?
+            .batch_execute("CREATE TABLE acked (id bigint PRIMARY KEY)")
+            .await?;
+        let rows =
+            Writer::start(site.client.clone(), site.ns.name.clone(), database.into(), creds.clone(), "acked");
+        let target = Sessions {
+            client: site.client.clone(),
+            namespace: site.ns.name.clone(),
+            name: session_store.into(),
+            login: sessions::login(&site.client, &site.ns.name, session_store).await?,
+            confirm: true,
+        };
+        let session_writes = Writer::run(target.clone());
+        Ok(Self { database: database.into(), creds, rows, sessions: target, session_writes })
+    }
+
+    /// Stop writing; count what was acknowledged and look for each of it.
+    pub async fn stop(self, site: &Site) -> Result<LoadTally> {
+        let acked = self.rows.stop().await;
+        let confirmed = self.session_writes.stop().await;
+        let rows_lost =
+            lost_writes(&site.client, &site.ns.name, &self.database, &self.creds, "acked", &acked).await?;
+        let sessions_lost = self.sessions.lost(&confirmed).await?;
+        Ok(LoadTally { rows: acked.len(), rows_lost, sessions: confirmed.len(), sessions_lost })
+    }
+}
+
+impl LoadTally {
+    /// Something was acknowledged, and none of it is lost.
+    pub fn ensure_nothing_lost(&self) -> Result<()> {
+        anyhow::ensure!(self.rows > 0 && self.sessions > 0, "no writes were acknowledged: {self:?}");
+        anyhow::ensure!(self.rows_lost.is_empty(), "acknowledged rows lost: {:?}", self.rows_lost);
+        anyhow::ensure!(self.sessions_lost.is_empty(), "confirmed sessions lost: {:?}", self.sessions_lost);
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for LoadTally {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} rows acknowledged, {} lost; {} sessions confirmed, {} lost",
+            self.rows,
+            self.rows_lost.len(),
+            self.sessions,
+            self.sessions_lost.len()
+        )
+    }
 }

@@ -17,9 +17,8 @@ use anyhow::{Context, Result, ensure};
 use hostwright::api::common::condition_type::READY;
 use hostwright::api::{DatabaseMirror, SessionStore};
 use hostwright::resources::store_tls::{CERT_MANAGER_CERTIFICATE_ANNOTATION, certificate_resource};
-use hostwright_e2e::database::{Writer, connect_rw, lost_writes};
-use hostwright_e2e::sessions::{self, Sessions};
-use hostwright_e2e::site::{SERIAL, Site, TIMEOUT, condition, ready_reason};
+use hostwright_e2e::database::connect_rw;
+use hostwright_e2e::site::{SERIAL, Site, StoreLoad, TIMEOUT, condition, ready_reason};
 use hostwright_e2e::{eventually, wait_deleted};
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
@@ -181,20 +180,7 @@ async fn store_certificates_from_a_cert_manager_issuer_renew_under_load_and_can_
     );
 
     // Renewals under load: rows through db-rw, sessions confirmed by a replica.
-    let creds = site.credentials("db").await?;
-    connect_rw(&site.client, &site.ns.name, "db", &creds)
-        .await?
-        .batch_execute("CREATE TABLE acked (id bigint PRIMARY KEY)")
-        .await?;
-    let rows = Writer::start(site.client.clone(), site.ns.name.clone(), "db".into(), creds.clone(), "acked");
-    let target = Sessions {
-        client: site.client.clone(),
-        namespace: site.ns.name.clone(),
-        name: "sessions".into(),
-        login: sessions::login(&site.client, &site.ns.name, "sessions").await?,
-        confirm: true,
-    };
-    let session_writes = Writer::run(target.clone());
+    let load = StoreLoad::start(&site, "db", "sessions").await?;
     let members = ["db-1", "db-2", "sessions-1", "sessions-2"];
     let servers: Vec<Option<u32>> = members.iter().map(|m| site.testbed.server_pid(m)).collect();
     let loaded = || -> Vec<usize> {
@@ -213,24 +199,16 @@ async fn store_certificates_from_a_cert_manager_issuer_renew_under_load_and_can_
         .await?;
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
-    let acked = rows.stop().await;
-    let confirmed = session_writes.stop().await;
-    let lost_rows = lost_writes(&site.client, &site.ns.name, "db", &creds, "acked", &acked).await?;
-    let lost_sessions = target.lost(&confirmed).await?;
+    let tally = load.stop(&site).await?;
     let after: Vec<Option<u32>> = members.iter().map(|m| site.testbed.server_pid(m)).collect();
     println!(
-        "cert-manager renewals (revisions db, sessions): {revisions:?}; loaded by {members:?}: {:?}; \
-         {} rows acknowledged, {} lost; {} sessions confirmed, {} lost; servers {servers:?} → {after:?}",
+        "cert-manager renewals (revisions db, sessions): {revisions:?}; loaded by {members:?}: {:?}; {tally}; \
+         servers {servers:?} → {after:?}",
         loaded(),
-        acked.len(),
-        lost_rows.len(),
-        confirmed.len(),
-        lost_sessions.len()
     );
-    ensure!(!acked.is_empty() && !confirmed.is_empty(), "no writes were acknowledged");
-    ensure!(lost_rows.is_empty(), "acknowledged rows lost: {lost_rows:?}");
-    ensure!(lost_sessions.is_empty(), "confirmed sessions lost: {lost_sessions:?}");
+    tally.ensure_nothing_lost()?;
     ensure!(after == servers, "a server restarted: {servers:?} → {after:?}");
+    let creds = site.credentials("db").await?;
     eventually(Duration::from_secs(10), "a new TLS connection verifying the renewed certificate", || async {
         Ok(connect_rw(&site.client, &site.ns.name, "db", &creds).await.ok().map(drop))
     })

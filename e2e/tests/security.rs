@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use hostwright::api::{DatabaseMirror, SessionStore, WebCluster};
-use hostwright_e2e::database::{Credentials, Writer, connect_rw, lost_writes, member_host};
-use hostwright_e2e::sessions::{self, Sessions};
-use hostwright_e2e::site::{SERIAL, Site, TIMEOUT};
+use hostwright_e2e::database::{Credentials, connect_rw, member_host};
+use hostwright_e2e::sessions;
+use hostwright_e2e::site::{SERIAL, Site, StoreLoad, TIMEOUT};
 use hostwright_e2e::{eventually, wait_web_ready};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
@@ -228,51 +228,29 @@ async fn agent_password(site: &Site, secret: &str) -> Result<String> {
 /// Writes to both stores through their Services while both certificates
 /// are renewed at least twice; then count what was lost.
 async fn renewal_under_load_loses_nothing_and_restarts_nothing(site: &Site) -> Result<()> {
-    let creds = site.credentials("db").await?;
-    connect_rw(&site.client, &site.ns.name, "db", &creds)
-        .await?
-        .batch_execute("CREATE TABLE acked (id bigint PRIMARY KEY)")
-        .await?;
-    let rows = Writer::start(site.client.clone(), site.ns.name.clone(), "db".into(), creds.clone(), "acked");
-    let target = Sessions {
-        client: site.client.clone(),
-        namespace: site.ns.name.clone(),
-        name: "sessions".into(),
-        login: sessions::login(&site.client, &site.ns.name, "sessions").await?,
-        confirm: true,
-    };
-    let sessions_writer = Writer::run(target.clone());
+    let load = StoreLoad::start(site, "db", "sessions").await?;
     let members = ["db-1", "db-2", "sessions-1", "sessions-2"];
     let servers: Vec<Option<u32>> = members.iter().map(|m| site.testbed.server_pid(m)).collect();
     tokio::time::sleep(LOAD).await;
     let issued = issued(site).await?;
-    let acked = rows.stop().await;
-    let confirmed = sessions_writer.stop().await;
-    let lost_rows = lost_writes(&site.client, &site.ns.name, "db", &creds, "acked", &acked).await?;
-    let lost_sessions = target.lost(&confirmed).await?;
+    let tally = load.stop(site).await?;
     let reloaded: Vec<usize> = members
         .iter()
         .map(|m| site.testbed.log(m).matches("loaded a renewed server certificate").count())
         .collect();
     println!(
-        "certificates issued (first and renewals) in {:.0} s: db {}, sessions {}; renewals loaded by {members:?}: {reloaded:?}; \
-         {} rows acknowledged, {} lost; {} sessions confirmed, {} lost",
+        "certificates issued (first and renewals) in {:.0} s: db {}, sessions {}; renewals loaded by {members:?}: {reloaded:?}; {tally}",
         LOAD.as_secs_f64(),
         issued.0,
         issued.1,
-        acked.len(),
-        lost_rows.len(),
-        confirmed.len(),
-        lost_sessions.len()
     );
     ensure!(issued.0 >= 3 && issued.1 >= 3, "fewer than two renewals of each certificate: {issued:?}");
     ensure!(reloaded.iter().all(|n| *n >= 1), "a member never loaded a renewed certificate: {reloaded:?}");
-    ensure!(!acked.is_empty() && !confirmed.is_empty(), "no writes were acknowledged");
-    ensure!(lost_rows.is_empty(), "acknowledged rows lost: {lost_rows:?}");
-    ensure!(lost_sessions.is_empty(), "confirmed sessions lost: {lost_sessions:?}");
+    tally.ensure_nothing_lost()?;
     let after: Vec<Option<u32>> = members.iter().map(|m| site.testbed.server_pid(m)).collect();
     ensure!(after == servers, "a server restarted: {servers:?} → {after:?}");
     // A client that connects now verifies the renewed certificate.
+    let creds = site.credentials("db").await?;
     eventually(Duration::from_secs(10), "a new TLS connection", || async {
         Ok(connect_rw(&site.client, &site.ns.name, "db", &creds).await.ok().map(drop))
     })
