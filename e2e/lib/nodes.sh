@@ -16,7 +16,9 @@
 # machine; the nodes have no default route at all, and the host does not
 # forward (net.ipv4.ip_forward stays as it is, 0 here). Nodes reach the API
 # server, which listens on 127.0.0.1 only, through one DNAT rule for
-# 192.168.<NET>.1:<API port> on the bridge (route_localnet on the bridge).
+# 192.168.<NET>.1:<API port> on the bridge (route_localnet on the bridge);
+# their pods reach the S3 server (s3s-fs, also on 127.0.0.1 only) the same
+# way, at 192.168.<NET>.1:<S3 port>.
 #
 # Real nodes carry the taint hostwright.io/real-node=true:NoSchedule and the
 # label hostwright.io/node=real: the test bed's (KWOK) pods never land on
@@ -93,8 +95,9 @@ nodes_check_kernel() {
     die "real nodes need nfnetlink_queue (modprobe nfnetlink_queue) for the NetworkPolicy enforcer"
 }
 
-# The nodes' network: the bridge, the DNAT towards the API server, and the
-# host's routes for the Service range (through node 1's kube-proxy).
+# The nodes' network: the bridge, the DNAT towards the API server and the
+# S3 server, and the host's routes for the Service range (through node 1's
+# kube-proxy).
 nodes_network_up() {
   ip link add "$NODES_BRIDGE" type bridge
   ip addr add "$NODE_NET.1/24" dev "$NODES_BRIDGE"
@@ -103,7 +106,19 @@ nodes_network_up() {
   iptables -t nat -N "$NODES_CHAIN"
   iptables -t nat -A "$NODES_CHAIN" -d "$NODE_NET.1" -p tcp --dport "$API_PORT" \
     -j DNAT --to-destination "127.0.0.1:$API_PORT"
+  nodes_s3_dnat
   iptables -t nat -A PREROUTING -i "$NODES_BRIDGE" -j "$NODES_CHAIN"
+}
+
+# nodes_s3_dnat: what lets the real nodes' pods reach the S3 server (which
+# listens on 127.0.0.1 only) at $NODE_NET.1:$S3_PORT. Only connections that
+# come in on the bridge are rewritten; this machine's own processes use
+# 127.0.0.1. Idempotent, so `e2e/cluster up` can add it to a running
+# cluster started before the S3 server was part of it.
+nodes_s3_dnat() {
+  local rule=(-d "$NODE_NET.1" -p tcp --dport "$S3_PORT" -j DNAT --to-destination "127.0.0.1:$S3_PORT")
+  iptables -t nat -C "$NODES_CHAIN" "${rule[@]}" 2>/dev/null ||
+    iptables -t nat -A "$NODES_CHAIN" "${rule[@]}"
 }
 
 # nodes_dns_up: the cluster DNS, CoreDNS on the bridge's address, where
