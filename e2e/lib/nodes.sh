@@ -46,6 +46,9 @@ SITE_IMAGE=hostwright.local/site
 # network namespace); saved before and restored by nodes_down.
 KUBELET_SYSCTLS="vm.overcommit_memory kernel.panic kernel.panic_on_oops"
 CGROUP_V1_CONTROLLERS="cpu cpuacct cpuset memory pids blkio devices freezer hugetlb net_cls perf_event systemd"
+# Where a node's cgroup root ends up: kubelet and runc also make it (and
+# kubepods/ under it) in the hybrid layout's cgroup v2 hierarchy.
+CGROUP_HIERARCHIES="$CGROUP_V1_CONTROLLERS unified"
 
 # shellcheck source=e2e/lib/images.sh
 . "$E2E_DIR/lib/images.sh"
@@ -570,7 +573,7 @@ nodes_down() {
   for i in $(seq 1 20); do
     ip netns del "$(real_node_ns "$i")" 2>/dev/null || true
     ip route del "$(real_node_pods "$i")" 2>/dev/null || true
-    for c in $CGROUP_V1_CONTROLLERS; do
+    for c in $CGROUP_HIERARCHIES; do
       [ -d "/sys/fs/cgroup/$c/$(real_node_cgroup "$i")" ] || continue
       find "/sys/fs/cgroup/$c/$(real_node_cgroup "$i")" -depth -type d -exec rmdir {} + 2>/dev/null || true
     done
@@ -596,7 +599,7 @@ nodes_leftovers() {
   ip route show "$SERVICE_CIDR" | sed 's/^/route /'
   iptables -t nat -S 2>/dev/null | grep -F "$NODES_CHAIN" || true
   for i in $(seq 1 20); do
-    for c in $CGROUP_V1_CONTROLLERS; do
+    for c in $CGROUP_HIERARCHIES; do
       [ -d "/sys/fs/cgroup/$c/$(real_node_cgroup "$i")" ] && echo "cgroup /sys/fs/cgroup/$c/$(real_node_cgroup "$i")"
     done
   done
