@@ -10,6 +10,8 @@
 : "${HOSTWRIGHT_CACHE:=${XDG_CACHE_HOME:-$HOME/.cache}/hostwright}"
 # Kubernetes links are memory hungry; two parallel compiles fit in 24 GiB.
 : "${HOSTWRIGHT_GO_PARALLEL:=2}"
+# Parallel jobs of the one cargo build here (the S3 server's).
+: "${HOSTWRIGHT_CARGO_JOBS:=2}"
 
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-buildvcs=false
 
@@ -274,6 +276,35 @@ fetch_cert_manager_crds() {
   echo "$out"
 }
 
+# The S3 server (s3s-fs, see e2e/versions.env), from crates.io with the
+# versions of its own Cargo.lock (--locked), at the lowest priority, in a
+# throwaway target directory (a few hundred MB) removed afterwards. cargo
+# install --root leaves bin/s3s-fs and its bookkeeping (.crates.toml,
+# .crates2.json); only the binary is kept, as $(bin_dir s3s-fs <v>)/s3s-fs.
+# Symbols are stripped, as -s -w does for the Go builds.
+build_s3_server() {
+  local v=$S3S_FS_VERSION out
+  out=$(bin_dir s3s-fs "$v")
+  [ -x "$out/s3s-fs" ] && return 0
+  command -v cargo >/dev/null || { echo "cargo is needed to build s3s-fs (see README)" >&2; return 1; }
+  echo ">> building s3s-fs $v"
+  local work
+  work=$(mktemp -d "$HOSTWRIGHT_CACHE/work-s3s-fs.XXXXXX")
+  rm -rf "$out.tmp"
+  local rc=0
+  CARGO_TARGET_DIR="$work" CARGO_PROFILE_RELEASE_STRIP=symbols timed s3s-fs \
+    nice -n 19 cargo install s3s-fs --version "$v" --features binary --locked \
+    --jobs "$HOSTWRIGHT_CARGO_JOBS" --root "$out.tmp" --quiet || rc=$?
+  if [ $rc -eq 0 ]; then
+    { mv "$out.tmp/bin/s3s-fs" "$out.tmp/s3s-fs" &&
+      rm -rf "$out.tmp/bin" "$out.tmp/.crates.toml" "$out.tmp/.crates2.json" &&
+      rm -rf "$out" && mv "$out.tmp" "$out"; } || rc=$?
+  fi
+  rm -rf "$work"
+  [ $rc -eq 0 ] || rm -rf "$out.tmp"
+  return $rc
+}
+
 build_all() {
   mkdir -p "$HOSTWRIGHT_CACHE/bin"
   build_etcd &&
@@ -283,7 +314,8 @@ build_all() {
       "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" &&
     build_kubernetes &&
     build_cert_manager &&
-    fetch_cert_manager_crds >/dev/null
+    fetch_cert_manager_crds >/dev/null &&
+    build_s3_server
 }
 
 # PATH entries for every built component.

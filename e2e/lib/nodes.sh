@@ -16,7 +16,9 @@
 # machine; the nodes have no default route at all, and the host does not
 # forward (net.ipv4.ip_forward stays as it is, 0 here). Nodes reach the API
 # server, which listens on 127.0.0.1 only, through one DNAT rule for
-# 192.168.<NET>.1:<API port> on the bridge (route_localnet on the bridge).
+# 192.168.<NET>.1:<API port> on the bridge (route_localnet on the bridge);
+# their pods reach the S3 server (s3s-fs, also on 127.0.0.1 only) the same
+# way, at 192.168.<NET>.1:<S3 port>.
 #
 # Real nodes carry the taint hostwright.io/real-node=true:NoSchedule and the
 # label hostwright.io/node=real: the test bed's (KWOK) pods never land on
@@ -44,6 +46,9 @@ SITE_IMAGE=hostwright.local/site
 # network namespace); saved before and restored by nodes_down.
 KUBELET_SYSCTLS="vm.overcommit_memory kernel.panic kernel.panic_on_oops"
 CGROUP_V1_CONTROLLERS="cpu cpuacct cpuset memory pids blkio devices freezer hugetlb net_cls perf_event systemd"
+# Where a node's cgroup root ends up: kubelet and runc also make it (and
+# kubepods/ under it) in the hybrid layout's cgroup v2 hierarchy.
+CGROUP_HIERARCHIES="$CGROUP_V1_CONTROLLERS unified"
 
 # shellcheck source=e2e/lib/images.sh
 . "$E2E_DIR/lib/images.sh"
@@ -93,8 +98,9 @@ nodes_check_kernel() {
     die "real nodes need nfnetlink_queue (modprobe nfnetlink_queue) for the NetworkPolicy enforcer"
 }
 
-# The nodes' network: the bridge, the DNAT towards the API server, and the
-# host's routes for the Service range (through node 1's kube-proxy).
+# The nodes' network: the bridge, the DNAT towards the API server and the
+# S3 server, and the host's routes for the Service range (through node 1's
+# kube-proxy).
 nodes_network_up() {
   ip link add "$NODES_BRIDGE" type bridge
   ip addr add "$NODE_NET.1/24" dev "$NODES_BRIDGE"
@@ -103,7 +109,19 @@ nodes_network_up() {
   iptables -t nat -N "$NODES_CHAIN"
   iptables -t nat -A "$NODES_CHAIN" -d "$NODE_NET.1" -p tcp --dport "$API_PORT" \
     -j DNAT --to-destination "127.0.0.1:$API_PORT"
+  nodes_s3_dnat
   iptables -t nat -A PREROUTING -i "$NODES_BRIDGE" -j "$NODES_CHAIN"
+}
+
+# nodes_s3_dnat: what lets the real nodes' pods reach the S3 server (which
+# listens on 127.0.0.1 only) at $NODE_NET.1:$S3_PORT. Only connections that
+# come in on the bridge are rewritten; this machine's own processes use
+# 127.0.0.1. Idempotent, so `e2e/cluster up` can add it to a running
+# cluster started before the S3 server was part of it.
+nodes_s3_dnat() {
+  local rule=(-d "$NODE_NET.1" -p tcp --dport "$S3_PORT" -j DNAT --to-destination "127.0.0.1:$S3_PORT")
+  iptables -t nat -C "$NODES_CHAIN" "${rule[@]}" 2>/dev/null ||
+    iptables -t nat -A "$NODES_CHAIN" "${rule[@]}"
 }
 
 # nodes_dns_up: the cluster DNS, CoreDNS on the bridge's address, where
@@ -555,7 +573,7 @@ nodes_down() {
   for i in $(seq 1 20); do
     ip netns del "$(real_node_ns "$i")" 2>/dev/null || true
     ip route del "$(real_node_pods "$i")" 2>/dev/null || true
-    for c in $CGROUP_V1_CONTROLLERS; do
+    for c in $CGROUP_HIERARCHIES; do
       [ -d "/sys/fs/cgroup/$c/$(real_node_cgroup "$i")" ] || continue
       find "/sys/fs/cgroup/$c/$(real_node_cgroup "$i")" -depth -type d -exec rmdir {} + 2>/dev/null || true
     done
@@ -581,7 +599,7 @@ nodes_leftovers() {
   ip route show "$SERVICE_CIDR" | sed 's/^/route /'
   iptables -t nat -S 2>/dev/null | grep -F "$NODES_CHAIN" || true
   for i in $(seq 1 20); do
-    for c in $CGROUP_V1_CONTROLLERS; do
+    for c in $CGROUP_HIERARCHIES; do
       [ -d "/sys/fs/cgroup/$c/$(real_node_cgroup "$i")" ] && echo "cgroup /sys/fs/cgroup/$c/$(real_node_cgroup "$i")"
     done
   done
