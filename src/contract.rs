@@ -96,6 +96,10 @@ pub mod keys {
         pub const SETTINGS: &str = "hostwright.io/settings";
         /// `<key>: <why>`: settings the server refused (and does not keep).
         pub const SETTINGS_ERROR: &str = "hostwright.io/settings-error";
+        /// `<segment> <unix ms>`: the last WAL file archived, and when.
+        pub const ARCHIVED: &str = "hostwright.io/archived";
+        /// `<segment> <unix ms>`: the last WAL file archiving failed on.
+        pub const ARCHIVE_FAILED: &str = "hostwright.io/archive-failed";
     }
 }
 
@@ -432,6 +436,49 @@ pub fn decode_report(annotations: &BTreeMap<String, String>) -> Option<(Report, 
         lineage: number(k::LINEAGE)?,
     };
     Some((report, annotations.get(k::ADDRESS).cloned().unwrap_or_default()))
+}
+
+/// How a member's WAL archiving goes (PostgreSQL's `pg_stat_archiver`),
+/// reported on its Lease beside the [`Report`] when it archives.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ArchiveReport {
+    /// The last WAL file archived, and when (unix ms).
+    pub archived: Option<(String, Millis)>,
+    /// The last WAL file archiving failed on, and when.
+    pub failed: Option<(String, Millis)>,
+}
+
+impl ArchiveReport {
+    /// Archiving fails now: the last attempt failed.
+    pub fn failing(&self) -> bool {
+        match (&self.failed, &self.archived) {
+            (Some((_, failed)), Some((_, archived))) => failed > archived,
+            (Some(_), None) => true,
+            (None, _) => false,
+        }
+    }
+}
+
+/// The Lease annotations carrying `archive`.
+pub fn encode_archive(archive: &ArchiveReport) -> BTreeMap<String, String> {
+    use keys::report as k;
+    let entry = |key: &str, value: &Option<(String, Millis)>| {
+        value.as_ref().map(|(wal, at)| (key.to_string(), format!("{wal} {at}")))
+    };
+    [entry(k::ARCHIVED, &archive.archived), entry(k::ARCHIVE_FAILED, &archive.failed)]
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// [`encode_archive`] read back; what is missing or unreadable is None.
+pub fn decode_archive(annotations: &BTreeMap<String, String>) -> ArchiveReport {
+    use keys::report as k;
+    let entry = |key: &str| {
+        let (wal, at) = annotations.get(key)?.split_once(' ')?;
+        Some((wal.to_string(), at.parse().ok()?))
+    };
+    ArchiveReport { archived: entry(k::ARCHIVED), failed: entry(k::ARCHIVE_FAILED) }
 }
 
 /// What settings a member's server runs with, reported on its Lease beside

@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod backup;
 pub mod conditions;
 pub mod contract;
 pub mod controllers;

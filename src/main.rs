@@ -92,6 +92,21 @@ enum AgentCommand {
     /// The agent's watchdog (started by `agent run`): kills the server's
     /// process group when the agent stops renewing its Lease.
     Watchdog,
+    /// PostgreSQL's `archive_command`: archive one WAL file (`%p %f`).
+    WalPush {
+        /// The store configuration the agent wrote.
+        #[arg(long)]
+        config: std::path::PathBuf,
+        path: std::path::PathBuf,
+        name: String,
+    },
+    /// PostgreSQL's `restore_command`: restore one WAL file (`%f %p`).
+    WalFetch {
+        #[arg(long)]
+        config: std::path::PathBuf,
+        name: String,
+        path: std::path::PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -142,6 +157,23 @@ struct AgentArgs {
     /// always passes it.
     #[arg(long)]
     tls_dir: Option<std::path::PathBuf>,
+    /// Archive WAL to the S3-compatible object store at this URL (the
+    /// DatabaseMirror's `spec.backup.objectStore`); no archiving without.
+    #[arg(long, requires_all = ["archive_bucket", "archive_prefix", "archive_credentials_dir"])]
+    archive_endpoint: Option<String>,
+    #[arg(long)]
+    archive_bucket: Option<String>,
+    /// Key prefix of this database's files in the bucket.
+    #[arg(long)]
+    archive_prefix: Option<String>,
+    #[arg(long, default_value = "us-east-1")]
+    archive_region: String,
+    /// The mounted Secret with the store's `access-key-id` and `secret-access-key`.
+    #[arg(long)]
+    archive_credentials_dir: Option<std::path::PathBuf>,
+    /// The CA that verifies an `https` endpoint with a private certificate.
+    #[arg(long)]
+    archive_ca_file: Option<std::path::PathBuf>,
     /// Where the kubelet's liveness and readiness probes are answered.
     #[arg(long, default_value_t = std::net::SocketAddr::from(([0, 0, 0, 0], hostwright::contract::probes::PORT)))]
     probe_address: std::net::SocketAddr,
@@ -153,8 +185,16 @@ struct AgentArgs {
 }
 
 fn main() -> ExitCode {
+    hostwright::tls::client::install_default_provider();
     let cli = Cli::parse();
     let result = match cli.command {
+        // PostgreSQL reads these exit codes (see agent::archive).
+        Command::Agent(AgentCommand::WalPush { config, path, name }) => {
+            return hostwright::agent::archive::push_command(&config, &path, &name);
+        }
+        Command::Agent(AgentCommand::WalFetch { config, name, path }) => {
+            return hostwright::agent::archive::fetch_command(&config, &name, &path);
+        }
         Command::Run(args) => run(args),
         Command::Agent(AgentCommand::Install { path }) => install_agent(&path),
         Command::Agent(AgentCommand::Run(args)) => run_agent(*args),
@@ -234,6 +274,7 @@ fn run_agent(args: AgentArgs) -> Result<(), Box<dyn std::error::Error>> {
         Some(user) => Some(uid_gid(user)?),
         None => None,
     };
+    let archiving = archiving(&args, &std::env::current_exe()?, run_as)?;
     let options = hostwright::agent::run::Options {
         advertise: format!("{}:{}", args.advertise_address, args.port),
         member: args.member.clone(),
@@ -287,11 +328,41 @@ fn run_agent(args: AgentArgs) -> Result<(), Box<dyn std::error::Error>> {
             run_as,
             access: postgres_access(&args.credentials_dir)?,
             tls,
+            archiving,
         },
         credentials_dir: args.credentials_dir,
     };
     runtime.block_on(hostwright::agent::run::run(options, postgres))?;
     Ok(())
+}
+
+/// With `--archive-endpoint`: the store configuration written into the run
+/// directory for the archive processes PostgreSQL starts, readable by the
+/// server's user.
+fn archiving(
+    args: &AgentArgs,
+    agent: &std::path::Path,
+    run_as: Option<(u32, u32)>,
+) -> Result<Option<hostwright::agent::archive::Archiving>, Box<dyn std::error::Error>> {
+    let (Some(endpoint), Some(bucket), Some(prefix), Some(credentials_dir)) =
+        (&args.archive_endpoint, &args.archive_bucket, &args.archive_prefix, &args.archive_credentials_dir)
+    else {
+        return Ok(None);
+    };
+    let config = hostwright::backup::store::StoreConfig {
+        endpoint: endpoint.clone(),
+        bucket: bucket.clone(),
+        prefix: prefix.clone(),
+        region: args.archive_region.clone(),
+        credentials_dir: credentials_dir.clone(),
+        ca_file: args.archive_ca_file.clone(),
+    };
+    let config_file = args.socket_dir.join(hostwright::agent::archive::CONFIG_FILE);
+    hostwright::agent::archive::write_config(&config_file, &config)?;
+    if let Some((uid, gid)) = run_as {
+        std::os::unix::fs::chown(&config_file, Some(uid), Some(gid))?;
+    }
+    Ok(Some(hostwright::agent::archive::Archiving { agent: agent.to_path_buf(), config_file }))
 }
 
 /// uid and gid of a local user, via `id`.

@@ -119,6 +119,7 @@ async fn wait_for_signal() {
 
 /// Run the operator until SIGTERM/SIGINT (Ok) or a fatal error.
 pub async fn run(options: Options) -> Result<(), RunError> {
+    crate::tls::client::install_default_provider();
     let client = Client::try_default().await.map_err(RunError::Client)?;
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));

@@ -80,6 +80,7 @@ fn member(root: &Path, name: &str) -> Postgres {
         run_as: owner,
         access: Access { database: "shop".into(), owner: "shop".into() },
         tls: Some(Certificates::new(root.join("tls"), socket_dir(root, name), owner)),
+        archiving: None,
     }
 }
 

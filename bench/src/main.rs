@@ -264,6 +264,7 @@ async fn run() -> Result<bool> {
         "{} not found: cargo build --release --bin hostwright",
         cfg.binary.display()
     );
+    hostwright::tls::client::install_default_provider();
     let client = Client::try_default().await.context("connecting to KUBECONFIG")?;
     log(format!("config: {cfg:?}"));
     let mut complete = true;

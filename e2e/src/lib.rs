@@ -27,12 +27,14 @@ pub async fn client() -> Result<Client> {
     if std::env::var_os("KUBECONFIG").is_none() {
         bail!("KUBECONFIG is not set: run the e2e suite through `make test` or point it at a cluster");
     }
+    hostwright::tls::client::install_default_provider();
     Client::try_default().await.context("building a client from KUBECONFIG")
 }
 
 /// A client that reports 429/503 answers instead of retrying them, for calls
 /// whose refusal is the point (evictions blocked by a PodDisruptionBudget).
 pub async fn client_without_retries() -> Result<Client> {
+    hostwright::tls::client::install_default_provider();
     let mut config = kube::Config::infer().await.context("reading KUBECONFIG")?;
     config.default_retry = false;
     Client::try_from(config).context("building a client")

@@ -11,10 +11,12 @@
 //! - [`marker`]: what the agent keeps beside the data.
 //! - [`certificates`]: the server's TLS files, reinstalled when renewed.
 //! - [`probe`]: the answers to the kubelet's liveness and readiness probes.
+//! - [`archive`]: the WAL archiving commands PostgreSQL runs.
 //!
 //! What the agent and the operator share (keys, encodings, timings) is in
 //! [`crate::contract`].
 
+pub mod archive;
 pub mod certificates;
 pub mod lease;
 pub mod marker;

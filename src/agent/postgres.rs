@@ -102,6 +102,9 @@ pub struct Postgres {
     pub access: Access,
     /// The server's certificate (None: no TLS, for an agent run by hand).
     pub tls: Option<Certificates>,
+    /// WAL archiving to an object store (None: the DatabaseMirror has no
+    /// backups).
+    pub archiving: Option<super::archive::Archiving>,
 }
 
 /// Who may connect over the network: the application's user to its own
@@ -563,6 +566,9 @@ impl Postgres {
             // No mirror is healthy and the store prefers taking writes.
             conf.push_str("synchronous_standby_names = ''\n");
         }
+        if let Some(archiving) = &self.archiving {
+            conf.push_str(&archiving.settings());
+        }
         conf
     }
 
@@ -694,8 +700,31 @@ impl Postgres {
         let replica: bool = row.get(0);
         let lsn: Option<String> = row.get(1);
         let position = lsn.as_deref().map(parse_lsn).transpose()?.unwrap_or(0);
-        Ok(Observed { replica, position, streaming: row.get(2) })
+        let archive = match self.archiving {
+            Some(_) => Some(archive_report(&client).await?),
+            None => None,
+        };
+        Ok(Observed { replica, position, streaming: row.get(2), archive })
     }
+}
+
+/// `pg_stat_archiver` as the agent reports it.
+async fn archive_report(
+    client: &tokio_postgres::Client,
+) -> Result<crate::contract::ArchiveReport, PostgresError> {
+    let row = client
+        .query_one(
+            "SELECT last_archived_wal, (extract(epoch FROM last_archived_time) * 1000)::bigint, \
+             last_failed_wal, (extract(epoch FROM last_failed_time) * 1000)::bigint FROM pg_stat_archiver",
+            &[],
+        )
+        .await?;
+    let entry = |wal: usize, at: usize| -> Option<(String, u64)> {
+        let wal: Option<String> = row.get(wal);
+        let at: Option<i64> = row.get(at);
+        Some((wal?, u64::try_from(at?).ok()?))
+    };
+    Ok(crate::contract::ArchiveReport { archived: entry(0, 1), failed: entry(2, 3) })
 }
 
 /// How `pg_controldata` says the data directory was left.
@@ -903,6 +932,7 @@ mod tests {
             run_as: None,
             access: Access { database: "db".into(), owner: "app".into() },
             tls: None,
+            archiving: None,
         };
         let pid_file = dir.join("postmaster.pid");
         let socket_lock = dir.join(".s.PGSQL.0.lock");

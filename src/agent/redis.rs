@@ -187,6 +187,7 @@ pub fn parse_replication(info: &str) -> Result<Observed, RedisError> {
         replica,
         position: if replica && offset == 1 { 0 } else { offset },
         streaming: replica && field("master_link_status") == Some("up"),
+        archive: None,
     })
 }
 
@@ -719,7 +720,7 @@ mod tests {
                     master_replid:abc\r\nmaster_repl_offset:1234\r\nsecond_repl_offset:-1\r\n";
         assert_eq!(
             parse_replication(info).unwrap(),
-            Observed { replica: false, position: 1234, streaming: false }
+            Observed { replica: false, position: 1234, streaming: false, archive: None }
         );
     }
 
@@ -730,7 +731,7 @@ mod tests {
                     slave_read_repl_offset:2000\r\nslave_repl_offset:1900\r\nmaster_repl_offset:1900\r\n";
         assert_eq!(
             parse_replication(info).unwrap(),
-            Observed { replica: true, position: 1900, streaming: true }
+            Observed { replica: true, position: 1900, streaming: true, archive: None }
         );
     }
 

@@ -34,8 +34,8 @@ use super::server::{Observed, Server, Start};
 use super::watchdog::{Watchdog, WatchdogError, boottime_ms};
 use crate::contract::timing::{FENCE_AFTER, RENEW_INTERVAL, RENEW_TIMEOUT, TICK};
 use crate::contract::{
-    DataState, Desired, Epoch, Instruction, Millis, Report, ServerRole, SettingsReport, decode_report,
-    encode_report, encode_settings, keys,
+    ArchiveReport, DataState, Desired, Epoch, Instruction, Millis, Report, ServerRole, SettingsReport,
+    decode_report, encode_archive, encode_report, encode_settings, keys,
 };
 
 /// Who the agent is and where its server is reached.
@@ -92,6 +92,7 @@ struct Published {
     report: Report,
     address: String,
     settings: SettingsReport,
+    archive: ArchiveReport,
 }
 
 /// What the two loops share.
@@ -128,6 +129,7 @@ pub async fn run<S: Server>(options: Options, driver: S) -> Result<(), AgentErro
     let probes = super::probe::bind(options.probe_address)
         .await
         .map_err(|source| AgentError::Probe { address: options.probe_address, source })?;
+    crate::tls::client::install_default_provider();
     let client = Client::try_default().await.map_err(AgentError::Client)?;
     let shared = Arc::new(Shared {
         watchdog: Mutex::new(Watchdog::spawn(&options.binary)?),
@@ -163,6 +165,7 @@ pub async fn run<S: Server>(options: Options, driver: S) -> Result<(), AgentErro
         last_position: None,
         wanted_settings: None,
         settings: SettingsReport { applied: initial_settings, refused: None },
+        archive: ArchiveReport::default(),
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(AgentError::Signal)?;
@@ -224,6 +227,8 @@ struct Agent<S> {
     wanted_settings: Option<String>,
     /// The settings the server runs with, and the last it refused.
     settings: SettingsReport,
+    /// How WAL archiving went when the server last answered.
+    archive: ArchiveReport,
 }
 
 impl<S: Server> Agent<S> {
@@ -243,9 +248,9 @@ impl<S: Server> Agent<S> {
             self.publish(None).await;
             return;
         }
-        self.keep_lineage(observed);
+        self.keep_lineage(observed.clone());
         let mut observed = observed;
-        if let Some(action) = self.next_action(observed).await {
+        if let Some(action) = self.next_action(observed.clone()).await {
             info!(?action, instruction = ?self.instruction.as_ref().map(Instruction::encode), "acting");
             if let Err(err) = self.act(&action).await {
                 warn!(%err, ?action, "step failed; retrying");
@@ -419,6 +424,9 @@ impl<S: Server> Agent<S> {
         self.server.as_ref()?;
         let observed = self.driver.observe().await.ok()?;
         self.last_position = self.last_position.max(Some(observed.position));
+        if let Some(archive) = &observed.archive {
+            self.archive = archive.clone();
+        }
         Some(observed)
     }
 
@@ -612,7 +620,7 @@ impl<S: Server> Agent<S> {
 
     /// Hand the report to the lease loop.
     async fn publish(&mut self, observed: Option<Observed>) {
-        let role = match (&self.server, observed) {
+        let role = match (&self.server, &observed) {
             (Some(_), Some(o)) if o.replica => ServerRole::Mirror,
             (Some(_), Some(_)) => ServerRole::Primary,
             // Alive but not answering: a primary may still take writes, so it
@@ -626,7 +634,7 @@ impl<S: Server> Agent<S> {
         let report = Report {
             at: wall_ms(),
             role,
-            position: observed.map(|o| o.position),
+            position: observed.as_ref().map(|o| o.position),
             last_position: self.last_position,
             acting_on: self.instruction.as_ref().map_or(Desired::Fenced, |i| i.desired),
             epoch: self.epoch(),
@@ -637,7 +645,8 @@ impl<S: Server> Agent<S> {
             lineage: self.marker.as_ref().and_then(|m| m.lineage),
         };
         let (address, settings) = (self.options.advertise.clone(), self.settings.clone());
-        let _ = self.publish.send(Some(Published { report, address, settings }));
+        let archive = self.archive.clone();
+        let _ = self.publish.send(Some(Published { report, address, settings, archive }));
     }
 
     /// Say, after a clean stop, that this agent will renew nothing more: the
@@ -697,7 +706,7 @@ async fn keep_lease(
     mut published: watch::Receiver<Option<Published>>,
     shared: Arc<Shared>,
 ) {
-    let mut last_sent: Option<(Report, SettingsReport)> = None;
+    let mut last_sent: Option<(Report, SettingsReport, ArchiveReport)> = None;
     // When the instructions last changed: for a moment after, a new
     // position is news too (a switchover waits for its target to report the
     // old primary's last position).
@@ -713,13 +722,16 @@ async fn keep_lease(
                     return;
                 }
                 let news = match (&last_sent, &*published.borrow()) {
-                    (Some((report, settings)), Some(now)) => {
+                    (Some((report, settings, archive)), Some(now)) => {
                         if report.epoch != now.report.epoch {
                             transition_at = tokio::time::Instant::now();
                         }
                         let moving = report.position != now.report.position
                             && transition_at.elapsed() < TRANSITION;
-                        significant(report, &now.report) || *settings != now.settings || moving
+                        significant(report, &now.report)
+                            || *settings != now.settings
+                            || *archive != now.archive
+                            || moving
                     }
                     _ => true,
                 };
@@ -744,11 +756,12 @@ async fn keep_lease(
         let sent = boottime_ms();
         let mut annotations = encode_report(&current.report, &current.address);
         annotations.extend(encode_settings(&current.settings));
+        annotations.extend(encode_archive(&current.archive));
         match holder.renew(annotations, labels, Some(owner)).await {
             Renewal::Renewed => {
                 shared.watchdog().deadline(sent + FENCE_AFTER.as_millis() as u64);
                 shared.held.store(true, Ordering::SeqCst);
-                last_sent = Some((current.report, current.settings));
+                last_sent = Some((current.report, current.settings, current.archive));
             }
             Renewal::Lost(why) => {
                 error!(why, "lost the member lease: killing the server before taking a new one");

@@ -23,7 +23,7 @@ pub enum Start<'a> {
 }
 
 /// What a running server says of itself.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Observed {
     /// It is a replica (read-only).
     pub replica: bool,
@@ -32,6 +32,8 @@ pub struct Observed {
     pub position: u64,
     /// A replica whose link to its upstream is up.
     pub streaming: bool,
+    /// How WAL archiving goes, when the server archives.
+    pub archive: Option<crate::contract::ArchiveReport>,
 }
 
 /// A member's server as the agent drives it. The server runs as the agent's

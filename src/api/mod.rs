@@ -7,6 +7,7 @@
 // duplicated attributes on the generated items.
 #![allow(clippy::duplicated_attributes)]
 
+pub mod backup;
 pub mod common;
 pub mod databasemirror;
 pub mod duration;

@@ -13,6 +13,17 @@ use rustls::pki_types::pem::PemObject as _;
 
 use super::TlsError;
 
+/// Make `ring` the process's default rustls provider, once, before any
+/// TLS client is built. The Kubernetes client and the object store's HTTP
+/// client build theirs from the process default, and with both `ring`
+/// (ours) and `aws-lc-rs` (the object store's) compiled in, rustls cannot
+/// pick one by itself. Every entry point calls this first; later calls do
+/// nothing.
+pub fn install_default_provider() {
+    // Err: a provider is installed already (this one, by an earlier call).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// A rustls client trusting `ca_pem` alone (no system roots: a store's
 /// server is vouched for by its own CA and no other).
 pub fn client_config(ca_pem: &str) -> Result<Arc<rustls::ClientConfig>, TlsError> {
