@@ -7,6 +7,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::backup::{BackupSpec, BackupStatus};
 use super::common::{
     DataDurability, FailoverSpec, ReplicationStatus, Resources, StorageSpec, StoreTlsSpec, UpdateStrategy,
 };
@@ -110,6 +111,11 @@ pub struct DatabaseMirrorSpec {
     /// always use TLS; by default the operator keeps a CA for the store.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<StoreTlsSpec>,
+
+    /// Continuous WAL archiving to an S3-compatible object store. No
+    /// archiving when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupSpec>,
 }
 
 /// The most mirrors a DatabaseMirror may have (the schema's bound on `mirrors`).
@@ -257,6 +263,9 @@ pub struct DatabaseMirrorStatus {
     /// Secret with the database, user, password and URLs for `-rw` and `-ro`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret: Option<String>,
+    /// WAL archiving (when `spec.backup` is set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupStatus>,
 }
 
 #[cfg(test)]

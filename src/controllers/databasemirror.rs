@@ -27,6 +27,11 @@ impl StoreStatus for DatabaseMirrorStatus {
     fn without_positions(&self) -> Self {
         let mut s = self.clone();
         s.max_lag_bytes = None;
+        // The lag moves with every write, like positions.
+        if let Some(backup) = &mut s.backup {
+            backup.archive_lag_bytes = None;
+            backup.archive_lag_seconds = None;
+        }
         status::clear_positions(&mut s.replication);
         s
     }
@@ -48,6 +53,7 @@ impl Replicated for DatabaseMirror {
             max_lag_bytes: summary.max_lag_bytes,
             equal_spec: summary.equal_spec,
             credentials_secret: Some(credentials_name(self)),
+            backup: summary.backup,
         }
     }
 

@@ -124,15 +124,65 @@ pub fn blueprint(dbm: &DatabaseMirror) -> Result<Blueprint, BuildError> {
         credentials_secret: agent_credentials_name(dbm),
         service_names: vec![format!("{}-rw", dbm.name_any()), format!("{}-ro", dbm.name_any())],
         tls_issuer: dbm.spec.tls.as_ref().and_then(|t| t.issuer_ref.clone()),
+        secret_mounts: archive_mounts(dbm),
         config_map: config_name(dbm),
-        agent_args: vec![
+        agent_args: [
             format!("--database-mirror={}", dbm.name_any()),
             format!("--data-dir={DATA_DIR}/pgdata"),
             format!("--config={}/{}", members::CONFIG_DIR, settings_key(&settings)),
-        ],
+        ]
+        .into_iter()
+        .chain(archive_args(dbm))
+        .collect(),
         settings_key: settings_key(&settings),
         template_hash: template_hash(dbm),
     })
+}
+
+/// Where member pods find the backup object store's keys and CA.
+pub const BACKUP_CREDENTIALS_DIR: &str = "/etc/hostwright/backup-credentials";
+pub const BACKUP_CA_DIR: &str = "/etc/hostwright/backup-ca";
+
+/// The key prefix of `dbm`'s backups: `spec.backup.objectStore.path`, or
+/// `<namespace>/<name>`.
+pub fn backup_prefix(dbm: &DatabaseMirror, store: &crate::api::backup::ObjectStore) -> String {
+    let default = format!("{}/{}", dbm.namespace().unwrap_or_default(), dbm.name_any());
+    store.path.clone().unwrap_or(default).trim_matches('/').to_string()
+}
+
+/// The agent's archiving arguments (none without `spec.backup`): every
+/// member archives (see `agent::archive`).
+fn archive_args(dbm: &DatabaseMirror) -> Vec<String> {
+    let Some(backup) = &dbm.spec.backup else { return Vec::new() };
+    let store = &backup.object_store;
+    let mut args = vec![
+        format!("--archive-endpoint={}", store.endpoint),
+        format!("--archive-bucket={}", store.bucket),
+        format!("--archive-prefix={}", backup_prefix(dbm, store)),
+        format!("--archive-region={}", store.region),
+        format!("--archive-credentials-dir={BACKUP_CREDENTIALS_DIR}"),
+    ];
+    if store.ca.is_some() {
+        args.push(format!("--archive-ca-file={BACKUP_CA_DIR}/ca.crt"));
+    }
+    args
+}
+
+/// The backup store's Secrets, mounted into member pods.
+fn archive_mounts(dbm: &DatabaseMirror) -> Vec<members::SecretMount> {
+    let Some(backup) = &dbm.spec.backup else { return Vec::new() };
+    let store = &backup.object_store;
+    let credentials = members::SecretMount {
+        volume: "backup-credentials",
+        secret: store.credentials.secret_name.clone(),
+        path: BACKUP_CREDENTIALS_DIR,
+    };
+    let ca = store.ca.as_ref().map(|ca| members::SecretMount {
+        volume: "backup-ca",
+        secret: ca.secret_name.clone(),
+        path: BACKUP_CA_DIR,
+    });
+    std::iter::once(credentials).chain(ca).collect()
 }
 
 /// Build the shared children of `dbm` (the credentials Secret is built on
@@ -400,8 +450,14 @@ pub fn template_hash(dbm: &DatabaseMirror) -> String {
     let t = &dbm.spec.instance;
     let restart_only: BTreeMap<&String, &String> =
         t.parameters.iter().filter(|(k, _)| needs_restart(&k.to_ascii_lowercase())).collect();
-    let text =
+    let mut text =
         format!("{}|{}|{:?}", t.image, serde_json::to_string(&t.resources).unwrap_or_default(), restart_only);
+    // Archiving is set up when the server starts (archive_mode needs a
+    // restart), so a change of it rolls the members; no backup, no change
+    // to the hash of a store made before backups existed.
+    if let Some(backup) = &dbm.spec.backup {
+        text.push_str(&format!("|{:?}", (archive_args(dbm), archive_mounts(dbm), &backup.object_store)));
+    }
     members::template_hash(&text)
 }
 

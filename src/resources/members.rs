@@ -66,6 +66,15 @@ pub struct Engine {
     pub grace_seconds: i64,
 }
 
+/// A Secret mounted read-only into the server container.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretMount {
+    /// The pod's volume name.
+    pub volume: &'static str,
+    pub secret: String,
+    pub path: &'static str,
+}
+
 /// Everything the shared builders need to know about one store object: its
 /// identity, members, engine and the one template every member is built from.
 #[derive(Clone, Debug, PartialEq)]
@@ -94,6 +103,9 @@ pub struct Blueprint {
     /// The cert-manager issuer that signs the server certificate (None: the
     /// operator's CA for the store).
     pub tls_issuer: Option<crate::api::common::IssuerRef>,
+    /// Secrets beyond the store's own that member pods mount (the backup
+    /// object store's keys and CA).
+    pub secret_mounts: Vec<SecretMount>,
     /// ConfigMap mounted at [`CONFIG_DIR`].
     pub config_map: String,
     /// Agent arguments beyond the common ones (the object's name, settings file).
@@ -347,14 +359,19 @@ impl Blueprint {
                 probes::READINESS_FAILURE_THRESHOLD,
             )),
             resources: self.resources.clone(),
-            volume_mounts: Some(vec![
-                mount("data", engine.data_dir, false),
-                mount("controller", CONTROLLER_DIR, true),
-                mount("config", CONFIG_DIR, true),
-                mount("credentials", CREDENTIALS_DIR, true),
-                mount("tls", TLS_DIR, true),
-                mount("run", engine.run_dir, false),
-            ]),
+            volume_mounts: Some(
+                [
+                    mount("data", engine.data_dir, false),
+                    mount("controller", CONTROLLER_DIR, true),
+                    mount("config", CONFIG_DIR, true),
+                    mount("credentials", CREDENTIALS_DIR, true),
+                    mount("tls", TLS_DIR, true),
+                    mount("run", engine.run_dir, false),
+                ]
+                .into_iter()
+                .chain(self.secret_mounts.iter().map(|m| mount(m.volume, m.path, true)))
+                .collect(),
+            ),
             security_context: Some(restricted),
             ..Container::default()
         };
@@ -388,7 +405,10 @@ impl Blueprint {
             },
             secret_volume("credentials", &self.credentials_secret),
             secret_volume("tls", &self.tls_secret_name()),
-        ];
+        ]
+        .into_iter()
+        .chain(self.secret_mounts.iter().map(|m| secret_volume(m.volume, &m.secret)))
+        .collect();
         Pod {
             metadata: meta,
             spec: Some(PodSpec {

@@ -143,6 +143,7 @@ pub fn blueprint(store: &SessionStore) -> Result<Blueprint, BuildError> {
         credentials_secret: agent_credentials_name(store),
         service_names: vec![store.name_any(), format!("{}-replicas", store.name_any())],
         tls_issuer: store.spec.tls.as_ref().and_then(|t| t.issuer_ref.clone()),
+        secret_mounts: Vec::new(),
         config_map: config_name(store),
         agent_args: vec![
             format!("--session-store={}", store.name_any()),

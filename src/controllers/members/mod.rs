@@ -9,6 +9,7 @@
 //! each status write is conditional on the resourceVersion it was computed
 //! from, so a stale cache can never step the engine from an old state.
 
+pub mod archiving;
 mod certificates;
 pub mod leases;
 mod reconcile;
@@ -63,6 +64,8 @@ pub struct Summary {
     pub max_lag_bytes: Option<i64>,
     /// Every member runs the template unchanged.
     pub equal_spec: Option<bool>,
+    /// WAL archiving, for a store whose primary archives.
+    pub backup: Option<crate::api::backup::BackupStatus>,
 }
 
 /// A kind's status: the shared replication part, and how to take out the

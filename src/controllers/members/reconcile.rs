@@ -34,7 +34,7 @@ use super::{ACTIVE_INTERVAL, Context, Replicated, StoreStatus, last_written, wri
 use super::{certificates, volumes};
 use crate::api::common::EngineStatus;
 use crate::contract::keys::SETTINGS_ANNOTATION;
-use crate::contract::{Instruction, decode_report, decode_settings};
+use crate::contract::{ArchiveReport, Instruction, decode_archive, decode_report, decode_settings};
 use crate::controllers::{Child, Claimant, Error, Planned, RESYNC, jittered, owned_child};
 use crate::failover::{Decision, Engine, Member, Route, State, Step, step};
 use crate::resources::FIELD_MANAGER;
@@ -94,6 +94,8 @@ pub(super) struct Seen<K: Replicated> {
     resizes: Vec<volumes::Resize>,
     /// Why the members have no server certificate yet (see [`certificates::pending`]).
     certificate_pending: Option<String>,
+    /// How each member's WAL archiving goes, as its Lease reports it.
+    archives: BTreeMap<String, ArchiveReport>,
 }
 
 fn now_ms() -> u64 {
@@ -186,6 +188,15 @@ async fn observe<K: Replicated>(store: &K, ctx: &Context<K>) -> Result<Seen<K>, 
         pod_facts,
         cordoned,
         resizes,
+        archives: blueprint
+            .members
+            .iter()
+            .filter_map(|m| {
+                let lease = labelled(&caches.leases, &namespace, m, &name)?;
+                let report = decode_archive(lease.annotations());
+                (report != ArchiveReport::default()).then(|| (m.clone(), report))
+            })
+            .collect(),
         certificate_pending: certificates::pending(
             &blueprint,
             labelled(&caches.secrets, &namespace, &blueprint.tls_secret_name(), &name).as_deref(),
@@ -407,6 +418,7 @@ fn decide<K: Replicated>(store: &K, seen: &Seen<K>) -> Plan<K> {
         revision: &seen.revision,
         credentials: &seen.credentials,
         certificate_pending: seen.certificate_pending.as_deref(),
+        archives: &seen.archives,
         day2: &day2,
     };
     let status = status::compute(store, &decision, &facts, &seen.old_status, &Time(Timestamp::now()));

@@ -9,6 +9,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::events::EventType;
 
+use super::archiving;
 use super::rollout::{Drain, Plan};
 use super::{Replicated, StoreStatus, Summary};
 use crate::api::common::condition_type::DRAIN_BLOCKED;
@@ -17,6 +18,7 @@ use crate::api::common::{
     EngineStatus, FailoverStatus, MemberRole, MemberStatus, ReplicationStatus, StorePhase,
 };
 use crate::conditions::{self, Observed};
+use crate::contract::ArchiveReport;
 use crate::controllers::Planned;
 use crate::failover::{Blocked, Decision, Desired, Member, Route, ServerRole, State, Step};
 
@@ -43,6 +45,8 @@ pub struct Facts<'a> {
     /// Why the members have no server certificate yet (a cert-manager
     /// issuer that has not issued it), if they have none.
     pub certificate_pending: Option<&'a str>,
+    /// How each member's WAL archiving goes, for members that archive.
+    pub archives: &'a BTreeMap<String, ArchiveReport>,
     /// The day-2 plan: rollout, drain, shrink.
     pub day2: &'a Plan,
 }
@@ -146,6 +150,9 @@ pub fn compute<K: Replicated>(
             && !o.members.iter().any(|m| m.streams_from(p))
     });
     let relaxed = matches!(decision.engine.state, State::Steady { relaxed: true, .. });
+    let now_ms = u64::try_from(now.0.as_millisecond()).unwrap_or(0);
+    let archive = primary.as_ref().and_then(|p| o.archives.get(p));
+    let archiving_degraded = archive.and_then(|r| archiving::degraded(r, now_ms));
 
     let mut failover = old.replication().failover.clone();
     for step in &decision.steps {
@@ -310,6 +317,8 @@ pub fn compute<K: Replicated>(
             "MirrorsUnhealthy",
             format!("{mirrors_healthy} of {wanted_mirrors} mirrors stream from the primary"),
         )
+    } else if let Some(why) = archiving_degraded {
+        Observed::new(DEGRADED, true, "ArchivingFailing", why)
     } else {
         Observed::new(
             DEGRADED,
@@ -345,6 +354,7 @@ pub fn compute<K: Replicated>(
     let summary = Summary {
         max_lag_bytes: max_lag,
         equal_spec: (!o.pod_hashes.is_empty()).then_some(drifted.is_empty()),
+        backup: archive.map(|r| archiving::status(r, primary_position, now_ms)),
     };
     store.status(replication, summary)
 }

@@ -69,7 +69,16 @@ fn observe<'a>(
     credentials: &'a Credentials,
 ) -> Facts<'a> {
     static IDLE: Plan = Plan::idle();
-    Facts { members, pod_hashes: pods, revision: "h1", credentials, certificate_pending: None, day2: &IDLE }
+    static NO_ARCHIVES: BTreeMap<String, ArchiveReport> = BTreeMap::new();
+    Facts {
+        members,
+        pod_hashes: pods,
+        revision: "h1",
+        credentials,
+        certificate_pending: None,
+        archives: &NO_ARCHIVES,
+        day2: &IDLE,
+    }
 }
 
 fn condition<'a>(
@@ -267,4 +276,29 @@ fn a_store_waiting_for_its_issuer_says_so_instead_of_waiting_quietly() {
     );
     let events = events(&d, Some(&decision), &Default::default(), &s);
     assert!(events.iter().any(|e| e.reason == "NotReady" && e.note == why), "{events:?}");
+}
+
+#[test]
+fn the_primarys_archiving_makes_the_backup_status_and_a_stalled_archive_degrades_the_store() {
+    let d = dbm("instance: {storage: {size: 1Gi}}\nmirrors: 2");
+    let members = healthy_trio();
+    let decision = step(&steady(), &members, &policy(1 << 24), 20_000);
+    let pods = hashes(&["db-1", "db-2", "db-3"], "h1");
+    let now = 1_000_000_000_000;
+    let failing = ArchiveReport {
+        archived: Some(("000000010000000000000000".into(), now - 300_000)),
+        failed: Some(("000000010000000000000001".into(), now - 5_000)),
+    };
+    let archives = BTreeMap::from([("db-1".to_string(), failing)]);
+    let facts = Facts { archives: &archives, ..observe(&members, &pods, &Credentials::Ready) };
+    let at_now = Time(Timestamp::from_millisecond(now as i64).unwrap());
+    let s = compute(&d, &decision, &facts, &Default::default(), &at_now);
+    let degraded = condition(&s, DEGRADED);
+    assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", "ArchivingFailing"));
+    assert_eq!(condition(&s, READY).reason, "PrimaryServing", "the primary keeps serving");
+    let backup = s.backup.unwrap();
+    assert_eq!(backup.last_archived_wal.as_deref(), Some("000000010000000000000000"));
+    // db-1 wrote up to 5_000 bytes; the archive ends at the first segment's end.
+    assert_eq!(backup.archive_lag_bytes, Some(0));
+    assert!(backup.last_failure.unwrap().contains("000000010000000000000001"));
 }
