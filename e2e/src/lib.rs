@@ -238,6 +238,7 @@ where
     }
 }
 
+pub mod backups;
 pub mod database;
 pub mod lifecycle;
 pub mod operator;

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use hostwright::api::common::condition_type::READY;
 use hostwright::api::{DatabaseMirror, DatabaseMirrorSpec, SessionStore, SessionStoreSpec};
 use hostwright::controllers::members::{Replicated, StoreStatus};
@@ -103,6 +103,18 @@ impl Site {
     /// The owner's login of a DatabaseMirror.
     pub async fn credentials(&self, name: &str) -> Result<Credentials> {
         Credentials::read(&self.client, &self.ns.name, name).await
+    }
+
+    /// A superuser session over a PostgreSQL member's unix socket, inside
+    /// its "pod" (where the agent administers it): the network offers none.
+    pub async fn superuser(&self, member: &str) -> Result<tokio_postgres::Client> {
+        let socket = self.testbed.run_dir(member).context("the member's run directory")?;
+        let mut config = tokio_postgres::Config::new();
+        config.host_path(socket).port(5432).user("postgres").dbname("postgres");
+        let (client, connection) =
+            config.connect(tokio_postgres::NoTls).await.context("the member's unix socket")?;
+        tokio::spawn(connection);
+        Ok(client)
     }
 
     /// Run `statement` on a DatabaseMirror's primary, through `<name>-rw`.

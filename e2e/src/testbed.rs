@@ -1132,9 +1132,18 @@ struct Setup {
     /// uid and gid the server runs as; its files are theirs.
     owner: (u32, u32),
     service_account: String,
-    /// `--engine`, `--database-mirror`, `--session-store`: from the pod's own args.
+    /// `--engine`, `--database-mirror`, `--session-store` and the archive
+    /// target: from the pod's own args.
     extra_args: Vec<String>,
 }
+
+/// The Secret volumes of a pod beyond its own two, as the agent argument
+/// that names where they are mounted (the pod's value is a path inside the
+/// container; here it becomes the projected directory, or file in it).
+const OPTIONAL_SECRETS: [(&str, &str, Option<&str>); 2] = [
+    ("backup-credentials", "--archive-credentials-dir", None),
+    ("backup-ca", "--archive-ca-file", Some("ca.crt")),
+];
 
 /// The value of `--name=value` among a pod's container arguments.
 fn pod_arg<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
@@ -1191,8 +1200,29 @@ async fn set_up(shared: &Shared, pod: &Pod, paths: &PodPaths) -> Result<Setup> {
     let service_account = spec.service_account_name.clone().unwrap_or_else(|| "default".into());
     let extra_args = args
         .iter()
-        .filter(|a| ["--engine=", "--database-mirror=", "--session-store="].iter().any(|p| a.starts_with(p)))
+        .filter(|a| {
+            [
+                "--engine=",
+                "--database-mirror=",
+                "--session-store=",
+                "--archive-endpoint=",
+                "--archive-bucket=",
+                "--archive-prefix=",
+                "--archive-region=",
+            ]
+            .iter()
+            .any(|p| a.starts_with(p))
+        })
         .cloned()
+        .chain(OPTIONAL_SECRETS.iter().flat_map(|(volume, arg, file)| {
+            let mounted = spec.volumes.iter().flatten().any(|v| v.name == *volume);
+            let dir = paths.dir.join(volume);
+            let path = match file {
+                Some(file) => dir.join(file),
+                None => dir,
+            };
+            mounted.then(|| [arg.to_string(), path.display().to_string()]).into_iter().flatten()
+        }))
         .collect();
     let config_file = Path::new(config_arg).file_name().context("--config names no file")?;
     Ok(Setup {
@@ -1237,7 +1267,13 @@ async fn project(shared: &Shared, pod: &Pod, paths: &PodPaths, owner: (u32, u32)
             .with_context(|| format!("pod has no volume {name}"))
     };
     let secrets: Api<Secret> = Api::namespaced(shared.client.clone(), &namespace);
-    for (volume_name, dir) in [("credentials", paths.credentials()), ("tls", paths.tls())] {
+    let optional = OPTIONAL_SECRETS
+        .iter()
+        .filter(|(name, ..)| volumes.into_iter().flatten().any(|v| v.name == *name))
+        .map(|(name, ..)| (*name, paths.dir.join(name)));
+    let secret_volumes =
+        [("credentials", paths.credentials()), ("tls", paths.tls())].into_iter().chain(optional);
+    for (volume_name, dir) in secret_volumes.collect::<Vec<_>>() {
         let secret_name = volume(volume_name)?
             .secret
             .as_ref()

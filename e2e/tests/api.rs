@@ -318,6 +318,22 @@ fn invalid_objects() -> Vec<Invalid> {
             message: "failover.delay must be between 0s and 1h",
         },
         Invalid {
+            case: "db: backup to an endpoint that is not http(s)",
+            object: db(
+                "d",
+                json!({"backup": {"objectStore": {"endpoint": "ftp://backups.example", "bucket": "site-backups", "credentials": {"secretName": "s3"}}}}),
+            ),
+            message: "spec.backup.objectStore.endpoint in body should match",
+        },
+        Invalid {
+            case: "db: backup to a bucket S3 would refuse",
+            object: db(
+                "d",
+                json!({"backup": {"objectStore": {"endpoint": "https://s3.example", "bucket": "Site_Backups", "credentials": {"secretName": "s3"}}}}),
+            ),
+            message: "spec.backup.objectStore.bucket in body should match",
+        },
+        Invalid {
             case: "db: no mirrors",
             object: db("d", json!({"mirrors": 0})),
             message: "spec.mirrors in body should be greater than or equal to 1",

@@ -110,18 +110,6 @@ fn collect_secret_names(value: &serde_json::Value, into: &mut BTreeSet<String>) 
     }
 }
 
-/// A superuser session over the member's unix socket, inside its "pod"
-/// (where the agent administers it): the network offers none.
-async fn superuser(site: &Site, member: &str) -> Result<tokio_postgres::Client> {
-    let socket = site.testbed.run_dir(member).context("the member's run directory")?;
-    let mut config = tokio_postgres::Config::new();
-    config.host_path(socket).port(5432).user("postgres").dbname("postgres");
-    let (client, connection) =
-        config.connect(tokio_postgres::NoTls).await.context("the member's unix socket")?;
-    tokio::spawn(connection);
-    Ok(client)
-}
-
 async fn postgres_is_tls_only_and_the_app_user_is_confined(site: &Site) -> Result<()> {
     let creds = site.credentials("db").await?;
     let db = connect_rw(&site.client, &site.ns.name, "db", &creds).await?;
@@ -131,7 +119,8 @@ async fn postgres_is_tls_only_and_the_app_user_is_confined(site: &Site) -> Resul
 
     let primary = hostwright_e2e::database::current_primary(&site.api::<DatabaseMirror>().get("db").await?)
         .context("a primary")?;
-    let rows = superuser(site, &primary)
+    let rows = site
+        .superuser(&primary)
         .await?
         .query("SELECT s.ssl, s.version FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid)", &[])
         .await?;
