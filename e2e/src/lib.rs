@@ -40,6 +40,20 @@ pub async fn client_without_retries() -> Result<Client> {
     Client::try_from(config).context("building a client")
 }
 
+/// A WebCluster named `name` with `spec` (JSON as a user would write it).
+pub fn web_cluster(name: &str, spec: serde_json::Value) -> Result<WebCluster> {
+    Ok(serde_json::from_value(serde_json::json!({
+        "apiVersion": "hostwright.io/v1alpha1", "kind": "WebCluster",
+        "metadata": {"name": name}, "spec": spec,
+    }))?)
+}
+
+/// Merge `spec` into WebCluster `name`'s spec.
+pub async fn merge_web_spec(api: &Api<WebCluster>, name: &str, spec: serde_json::Value) -> Result<()> {
+    api.patch(name, &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": spec}))).await?;
+    Ok(())
+}
+
 /// Wait up to `timeout` for `cond` to hold for the named object. A watch
 /// that ends (e.g. its resourceVersion expired) is started again.
 pub async fn wait_for<K, C>(api: &Api<K>, name: &str, timeout: Duration, what: &str, cond: C) -> Result<K>

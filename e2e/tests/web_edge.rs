@@ -12,31 +12,20 @@ use anyhow::{Context, Result, bail};
 use hostwright::api::WebCluster;
 use hostwright_e2e::operator::Operator;
 use hostwright_e2e::{
-    TestNamespace, client, ensure_crds, kubectl, wait_deleted, wait_for, wait_web_ready, wait_web_reason,
+    TestNamespace, client, ensure_crds, kubectl, merge_web_spec, wait_deleted, wait_for, wait_web_ready,
+    wait_web_reason, web_cluster,
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, PostParams};
 use kube::core::{ApiResource, DynamicObject};
-use serde_json::{Value, json};
+use serde_json::json;
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 /// The operator notices the Gateway API within its watch's longest retry
 /// delay (30 s) of the CRDs being installed.
 const GATEWAY_API_NOTICED: Duration = Duration::from_secs(150);
-
-fn web(name: &str, spec: Value) -> Result<WebCluster> {
-    Ok(serde_json::from_value(json!({
-        "apiVersion": "hostwright.io/v1alpha1", "kind": "WebCluster",
-        "metadata": {"name": name}, "spec": spec,
-    }))?)
-}
-
-async fn merge_spec(api: &Api<WebCluster>, name: &str, spec: Value) -> Result<()> {
-    api.patch(name, &PatchParams::default(), &Patch::Merge(json!({"spec": spec}))).await?;
-    Ok(())
-}
 
 #[tokio::test]
 async fn the_ingress_serves_every_host_over_https_and_a_network_policy_admits_only_the_listed_peers()
@@ -49,7 +38,7 @@ async fn the_ingress_serves_every_host_over_https_and_a_network_policy_admits_on
     clusters
         .create(
             &PostParams::default(),
-            &web(
+            &web_cluster(
                 "site",
                 json!({
                     "image": "site:1", "port": 8080,
@@ -92,7 +81,7 @@ async fn the_ingress_serves_every_host_over_https_and_a_network_policy_admits_on
     assert_eq!(port, Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(8080)));
 
     // A namespace-scoped issuer instead: the annotation follows, the other goes.
-    merge_spec(
+    merge_web_spec(
         &clusters,
         "site",
         json!({"tls": {"clusterIssuer": null, "issuer": "site-ca", "secretName": "site-cert"}}),
@@ -110,7 +99,7 @@ async fn the_ingress_serves_every_host_over_https_and_a_network_policy_admits_on
     .await?;
 
     // Without tls, the class or the policy, the Ingress is plain again and the policy gone.
-    merge_spec(&clusters, "site", json!({"tls": null, "ingress": null, "networkPolicy": null})).await?;
+    merge_web_spec(&clusters, "site", json!({"tls": null, "ingress": null, "networkPolicy": null})).await?;
     wait_for(&ingresses, "site", TIMEOUT, "a plain Ingress", |i: Option<&Ingress>| {
         i.is_some_and(|i| {
             let spec = i.spec.clone().unwrap_or_default();
@@ -187,7 +176,10 @@ async fn an_http_route_replaces_the_ingress_once_the_gateway_api_is_installed_an
     clusters
         .create(
             &PostParams::default(),
-            &web("site", json!({"image": "site:1", "hosts": ["site.example.com"], "gateway": gateway}))?,
+            &web_cluster(
+                "site",
+                json!({"image": "site:1", "hosts": ["site.example.com"], "gateway": gateway}),
+            )?,
         )
         .await?;
 
@@ -235,7 +227,7 @@ async fn an_http_route_replaces_the_ingress_once_the_gateway_api_is_installed_an
     wait_web_ready(&clusters, "site", TIMEOUT).await?;
 
     // The route follows the spec: another host, another listener.
-    merge_spec(
+    merge_web_spec(
         &clusters,
         "site",
         json!({"hosts": ["site.example.com", "shop.example.com"],
@@ -252,7 +244,7 @@ async fn an_http_route_replaces_the_ingress_once_the_gateway_api_is_installed_an
     .await?;
 
     // Back to an Ingress: the route is pruned.
-    merge_spec(&clusters, "site", json!({"gateway": null})).await?;
+    merge_web_spec(&clusters, "site", json!({"gateway": null})).await?;
     wait_deleted(&routes, "site", TIMEOUT, "the HTTPRoute").await?;
     wait_for(&ns.api::<Ingress>(), "site", TIMEOUT, "the Ingress", |i: Option<&Ingress>| i.is_some()).await?;
     wait_web_ready(&clusters, "site", TIMEOUT).await?;

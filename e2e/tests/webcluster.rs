@@ -9,8 +9,8 @@ use hostwright::api::WebCluster;
 use hostwright::api::webcluster::WebClusterPhase;
 use hostwright_e2e::operator::Operator;
 use hostwright_e2e::{
-    EndpointWatch, TestNamespace, client, ensure_crds, eventually, kubectl, wait_deleted, wait_for,
-    wait_web_ready, wait_web_reason,
+    EndpointWatch, TestNamespace, client, ensure_crds, eventually, kubectl, merge_web_spec, wait_deleted,
+    wait_for, wait_web_ready, wait_web_reason, web_cluster,
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -20,21 +20,9 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use serde_json::{Value, json};
+use serde_json::json;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
-
-fn web(name: &str, spec: Value) -> Result<WebCluster> {
-    Ok(serde_json::from_value(json!({
-        "apiVersion": "hostwright.io/v1alpha1", "kind": "WebCluster",
-        "metadata": {"name": name}, "spec": spec,
-    }))?)
-}
-
-async fn merge_spec(api: &Api<WebCluster>, name: &str, spec: Value) -> Result<()> {
-    api.patch(name, &PatchParams::default(), &Patch::Merge(json!({"spec": spec}))).await?;
-    Ok(())
-}
 
 #[tokio::test]
 async fn create_scale_autoscale_and_delete() -> Result<()> {
@@ -46,7 +34,7 @@ async fn create_scale_autoscale_and_delete() -> Result<()> {
     clusters
         .create(
             &PostParams::default(),
-            &web(
+            &web_cluster(
                 "site",
                 json!({"image": "nginxinc/nginx-unprivileged:1.27", "hosts": ["site.example.com"]}),
             )?,
@@ -97,14 +85,14 @@ async fn create_scale_autoscale_and_delete() -> Result<()> {
     assert!(events.contains("Scaled") && events.contains("scaled web servers from 3 to 5"), "{events}");
 
     // Autoscaling adds an HPA that scales the WebCluster; removing it deletes the HPA.
-    merge_spec(&clusters, "site", json!({"autoscaling": {"minReplicas": 3, "maxReplicas": 8}})).await?;
+    merge_web_spec(&clusters, "site", json!({"autoscaling": {"minReplicas": 3, "maxReplicas": 8}})).await?;
     let hpas = ns.api::<HorizontalPodAutoscaler>();
     let hpa =
         wait_for(&hpas, "site", READY_TIMEOUT, "the HPA", |h: Option<&HorizontalPodAutoscaler>| h.is_some())
             .await?;
     assert_eq!(hpa.spec.scale_target_ref.kind, "WebCluster");
     assert_eq!(hpa.spec.max_replicas, 8);
-    merge_spec(&clusters, "site", json!({"autoscaling": null, "hosts": null})).await?;
+    merge_web_spec(&clusters, "site", json!({"autoscaling": null, "hosts": null})).await?;
     wait_deleted(&hpas, "site", READY_TIMEOUT, "the HPA").await?;
     wait_deleted(&ns.api::<Ingress>(), "site", READY_TIMEOUT, "the Ingress").await?;
 
@@ -123,7 +111,9 @@ async fn a_rolling_upgrade_never_drops_ready_endpoints_below_the_desired_count()
     let ns = TestNamespace::create(&client, "rollout", &[]).await?;
     let _operator = Operator::start(&client, &ns.name, "solo").await?;
     let clusters = ns.api::<WebCluster>();
-    clusters.create(&PostParams::default(), &web("site", json!({"image": "site:1", "replicas": 3}))?).await?;
+    clusters
+        .create(&PostParams::default(), &web_cluster("site", json!({"image": "site:1", "replicas": 3}))?)
+        .await?;
     wait_web_ready(&clusters, "site", READY_TIMEOUT).await?;
 
     let watch = EndpointWatch::start(&client, &ns.name, "site").await?;
@@ -131,7 +121,7 @@ async fn a_rolling_upgrade_never_drops_ready_endpoints_below_the_desired_count()
         Ok((watch.current() == 3).then_some(()))
     })
     .await?;
-    merge_spec(&clusters, "site", json!({"image": "site:2"})).await?;
+    merge_web_spec(&clusters, "site", json!({"image": "site:2"})).await?;
     let wc = wait_web_ready(&clusters, "site", READY_TIMEOUT).await?;
     let min_ready = watch.finish().await?;
     eprintln!("rolling upgrade: fewest ready endpoints seen = {min_ready} (desired 3)");
@@ -155,7 +145,7 @@ async fn bad_references_and_unready_images_end_in_conditions_not_crashes() -> Re
     clusters
         .create(
             &PostParams::default(),
-            &web("orphan", json!({"image": "site:1", "sessionStoreRef": {"name": "missing"}}))?,
+            &web_cluster("orphan", json!({"image": "site:1", "sessionStoreRef": {"name": "missing"}}))?,
         )
         .await?;
     let wc = wait_web_reason(&clusters, "orphan", "Ready", "SessionStoreNotFound", READY_TIMEOUT).await?;
@@ -168,11 +158,11 @@ async fn bad_references_and_unready_images_end_in_conditions_not_crashes() -> Re
     clusters
         .create(
             &PostParams::default(),
-            &web("stuck", json!({"image": "site:1", "rollout": {"progressDeadlineSeconds": 10}}))?,
+            &web_cluster("stuck", json!({"image": "site:1", "rollout": {"progressDeadlineSeconds": 10}}))?,
         )
         .await?;
     wait_web_ready(&clusters, "stuck", READY_TIMEOUT).await?;
-    merge_spec(&clusters, "stuck", json!({"image": "registry.invalid/hostwright/never-ready:1"})).await?;
+    merge_web_spec(&clusters, "stuck", json!({"image": "registry.invalid/hostwright/never-ready:1"})).await?;
     let wc = wait_web_reason(&clusters, "stuck", "Degraded", "RolloutStuck", READY_TIMEOUT).await?;
     let status = wc.status.context("status")?;
     assert_eq!(status.ready_replicas, 3, "the old servers keep serving");
@@ -180,7 +170,7 @@ async fn bad_references_and_unready_images_end_in_conditions_not_crashes() -> Re
     assert_eq!(status.phase, Some(WebClusterPhase::Degraded));
 
     // Fixing the spec recovers.
-    merge_spec(&clusters, "stuck", json!({"image": "site:2"})).await?;
+    merge_web_spec(&clusters, "stuck", json!({"image": "site:2"})).await?;
     wait_web_ready(&clusters, "stuck", READY_TIMEOUT).await?;
     assert_eq!(
         operator.metric("hostwright_reconcile_errors_total", "")?,
@@ -199,7 +189,10 @@ async fn a_reconcile_with_nothing_to_change_writes_nothing() -> Result<()> {
     let operator = Operator::start(&client, &ns.name, "solo").await?;
     let clusters = ns.api::<WebCluster>();
     clusters
-        .create(&PostParams::default(), &web("site", json!({"image": "site:1", "hosts": ["a.example.com"]}))?)
+        .create(
+            &PostParams::default(),
+            &web_cluster("site", json!({"image": "site:1", "hosts": ["a.example.com"]}))?,
+        )
         .await?;
     wait_web_ready(&clusters, "site", READY_TIMEOUT).await?;
     // Let the last status write and its watch event settle.
@@ -258,7 +251,7 @@ async fn an_operator_killed_mid_reconcile_converges_on_restart_with_nothing_orph
         clusters
             .create(
                 &PostParams::default(),
-                &web(name, json!({"image": "site:1", "hosts": [format!("{name}.example.com")]}))?,
+                &web_cluster(name, json!({"image": "site:1", "hosts": [format!("{name}.example.com")]}))?,
             )
             .await?;
     }
@@ -329,7 +322,7 @@ async fn only_the_leader_writes_and_killing_it_hands_over() -> Result<()> {
     .map(|a_leads| if a_leads { (a, b) } else { (b, a) })?;
 
     let clusters = ns.api::<WebCluster>();
-    clusters.create(&PostParams::default(), &web("site", json!({"image": "site:1"}))?).await?;
+    clusters.create(&PostParams::default(), &web_cluster("site", json!({"image": "site:1"}))?).await?;
     wait_web_ready(&clusters, "site", READY_TIMEOUT).await?;
     assert!(leader.writes() > 0.0);
     assert_eq!(standby.writes(), 0.0, "the standby wrote:\n{}", standby.get("/metrics")?);

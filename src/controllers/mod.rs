@@ -358,16 +358,29 @@ impl Shared {
     where
         K: Child,
     {
-        let name = live.name_any();
         let namespace = live.namespace().unwrap_or_default();
-        let resource = resource_name::<K>();
         let api: Api<K> = Api::namespaced(self.client.clone(), &namespace);
-        // Only the object this decision was made about: a successor that
-        // took its name (a member pod built again) is not deleted on a
-        // stale view.
+        self.delete_exactly(&api, resource_name::<K>(), live.meta()).await
+    }
+
+    /// Delete the object `meta` describes through `api` (typed or dynamic),
+    /// only if it is still that object: a successor that took its name (a
+    /// member pod built again) is not deleted on a stale view. Gone, or
+    /// replaced, already is done.
+    pub async fn delete_exactly<K>(
+        &self,
+        api: &Api<K>,
+        resource: &'static str,
+        meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    ) -> Result<(), Error>
+    where
+        K: Clone + DeserializeOwned + Debug,
+    {
+        let name = meta.name.clone().unwrap_or_default();
         let params = DeleteParams {
-            preconditions: live
-                .uid()
+            preconditions: meta
+                .uid
+                .clone()
                 .map(|uid| kube::api::Preconditions { uid: Some(uid), resource_version: None }),
             ..DeleteParams::background()
         };
@@ -377,7 +390,10 @@ impl Shared {
                 Ok(())
             }
             Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
-            Err(source) => Err(Error::Delete { resource, object: format!("{namespace}/{name}"), source }),
+            Err(source) => {
+                let namespace = meta.namespace.clone().unwrap_or_default();
+                Err(Error::Delete { resource, object: format!("{namespace}/{name}"), source })
+            }
         }
     }
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::core::DynamicObject;
 use kube::runtime::events::EventType;
 use serde_json::json;
@@ -211,12 +211,13 @@ async fn forget_requested<K: Replicated>(ctx: &Context<K>, blueprint: &Blueprint
     let object = format!("{}/{name}", blueprint.namespace);
     let certificates: Api<DynamicObject> =
         Api::namespaced_with(ctx.shared.client.clone(), &blueprint.namespace, &certificate_resource());
-    match certificates.delete(&name, &DeleteParams::background()).await {
-        Ok(_) => ctx.shared.metrics.write(ctx.shared.controller, CERTIFICATES, "delete"),
-        // Gone already, or cert-manager was uninstalled with its kind.
-        Err(kube::Error::Api(e)) if e.code == 404 => {}
-        Err(source) => return Err(Error::Delete { resource: CERTIFICATES, object, source }),
-    }
+    // Gone already (404), or cert-manager was uninstalled with its kind.
+    let certificate = kube::api::ObjectMeta {
+        name: Some(name.clone()),
+        namespace: Some(blueprint.namespace.clone()),
+        ..Default::default()
+    };
+    ctx.shared.delete_exactly(&certificates, CERTIFICATES, &certificate).await?;
     // cert-manager wrote them by update, so an apply cannot drop them.
     let unannotated: serde_json::Map<String, serde_json::Value> = secret
         .annotations()

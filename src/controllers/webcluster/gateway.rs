@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures::channel::mpsc;
 use futures::{Stream, StreamExt};
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::core::{ApiResource, DynamicObject};
 use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -185,25 +185,9 @@ pub async fn apply_or_prune(
             Ok(())
         }
         (None, Some(unwanted)) => {
-            let (name, namespace) = (unwanted.name_any(), unwanted.namespace().unwrap_or_default());
+            let namespace = unwanted.namespace().unwrap_or_default();
             let api: Api<DynamicObject> = Api::namespaced_with(shared.client.clone(), &namespace, &resource);
-            // Only the route this decision was made about.
-            let params = DeleteParams {
-                preconditions: unwanted
-                    .uid()
-                    .map(|uid| kube::api::Preconditions { uid: Some(uid), resource_version: None }),
-                ..DeleteParams::background()
-            };
-            match api.delete(&name, &params).await {
-                Ok(_) => {
-                    shared.metrics.write(shared.controller, RESOURCE, "delete");
-                    Ok(())
-                }
-                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
-                Err(source) => {
-                    Err(Error::Delete { resource: RESOURCE, object: format!("{namespace}/{name}"), source })
-                }
-            }
+            shared.delete_exactly(&api, RESOURCE, unwanted.meta()).await
         }
         (None, None) => Ok(()),
     }
