@@ -34,6 +34,8 @@
 : "${HOSTWRIGHT_REAL_NODES:=0}"
 NODE_NET="192.168.$HOSTWRIGHT_POD_NET"
 NODES_BRIDGE="hw${HOSTWRIGHT_POD_NET}br"
+CLIENT_ADDRS=16
+CLIENT_ADDR_BASE=200
 NODES_CHAIN="HW${HOSTWRIGHT_POD_NET}-API"
 PAUSE_IMAGE=hostwright.local/pause:1
 BUSYBOX_IMAGE=hostwright.local/busybox:1
@@ -104,6 +106,7 @@ nodes_check_kernel() {
 nodes_network_up() {
   ip link add "$NODES_BRIDGE" type bridge
   ip addr add "$NODE_NET.1/24" dev "$NODES_BRIDGE"
+  nodes_client_addrs_up
   ip link set "$NODES_BRIDGE" up
   sysctl -qw "net.ipv4.conf.$NODES_BRIDGE.route_localnet=1"
   iptables -t nat -N "$NODES_CHAIN"
@@ -111,6 +114,27 @@ nodes_network_up() {
     -j DNAT --to-destination "127.0.0.1:$API_PORT"
   nodes_s3_dnat
   iptables -t nat -A PREROUTING -i "$NODES_BRIDGE" -j "$NODES_CHAIN"
+}
+
+# The addresses this machine's load generators send from, one per simulated
+# client machine ($CLIENT_ADDRS of them, after the bridge's own address).
+# One address making hundreds of new connections a second to one Service
+# reuses each source port within two minutes, and a node's conntrack keeps
+# an entry for a connection whose SYN went unanswered (its endpoint died)
+# that long, renewing it with each reuse: kube-proxy leaves such TCP
+# entries alone (kubernetes/kubernetes#101607), so the reused port is sent
+# to the dead endpoint and fails with "No route to host" long after the
+# Service forgot it. Real visitors come from many machines; so do these.
+nodes_client_addrs() {
+  local k
+  for ((k = 1; k <= CLIENT_ADDRS; k++)); do echo "$NODE_NET.$((CLIENT_ADDR_BASE + k))"; done
+}
+
+nodes_client_addrs_up() {
+  local addr
+  for addr in $(nodes_client_addrs); do
+    ip addr add "$addr/32" dev "$NODES_BRIDGE"
+  done
 }
 
 # nodes_s3_dnat: what lets the real nodes' pods reach the S3 server (which

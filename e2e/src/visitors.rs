@@ -4,8 +4,15 @@
 //! spreads them over every web pod). What they saw is tallied per event:
 //! requests, failed requests, users found logged out (sessions lost), and
 //! the ids of the page views the site acknowledged (rows that must exist).
+//!
+//! Each worker sends from its own address when the test bed offers several
+//! (`HOSTWRIGHT_CLIENT_ADDRS`, see `e2e/lib/nodes.sh`): visitors are many
+//! machines, and one address making every connection would reuse source
+//! ports fast enough to meet the stale conntrack entries kube-proxy leaves
+//! for TCP connections to endpoints that died (kubernetes/kubernetes#101607).
 
 use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -61,9 +68,13 @@ impl Answer {
 /// GET `path` from `addr` (host:port) over HTTP/1.1 on a new connection,
 /// sending `cookie` if given.
 pub async fn get(addr: &str, path: &str, cookie: Option<&str>) -> Result<Answer> {
+    get_from(None, addr, path, cookie).await
+}
+
+/// [`get`], from the local address `source` when given.
+async fn get_from(source: Option<IpAddr>, addr: &str, path: &str, cookie: Option<&str>) -> Result<Answer> {
     let exchange = async {
-        let mut stream =
-            tokio::net::TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
+        let mut stream = connect(source, addr).await.with_context(|| format!("connecting to {addr}"))?;
         let cookie = cookie.map(|c| format!("Cookie: {c}\r\n")).unwrap_or_default();
         let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{cookie}Connection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await?;
@@ -72,6 +83,22 @@ pub async fn get(addr: &str, path: &str, cookie: Option<&str>) -> Result<Answer>
         parse(&String::from_utf8_lossy(&response))
     };
     tokio::time::timeout(REQUEST_TIMEOUT, exchange).await.with_context(|| format!("GET {path}: timed out"))?
+}
+
+async fn connect(source: Option<IpAddr>, addr: &str) -> Result<tokio::net::TcpStream> {
+    let Some(source) = source else { return Ok(tokio::net::TcpStream::connect(addr).await?) };
+    let target: SocketAddr = tokio::net::lookup_host(addr).await?.next().context("an address")?;
+    let socket =
+        if source.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.bind(SocketAddr::new(source, 0))?;
+    Ok(socket.connect(target).await?)
+}
+
+/// The addresses the test bed lets load generators send from (none: the
+/// machine's own).
+fn client_addrs() -> Vec<IpAddr> {
+    let listed = std::env::var("HOSTWRIGHT_CLIENT_ADDRS").unwrap_or_default();
+    listed.split(',').filter_map(|a| a.trim().parse().ok()).collect()
 }
 
 fn parse(response: &str) -> Result<Answer> {
@@ -119,15 +146,18 @@ impl Visitors {
         let seen = Arc::new(Mutex::new(Tally::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let per_worker = users.div_ceil(workers.max(1));
+        let sources = client_addrs();
         let tasks = jars
             .chunks(per_worker.max(1))
-            .map(|chunk| {
+            .enumerate()
+            .map(|(worker, chunk)| {
                 let (seen, stop, addr, mut chunk) =
                     (seen.clone(), stop.clone(), addr.to_string(), chunk.to_vec());
+                let source = (!sources.is_empty()).then(|| sources[worker % sources.len()]);
                 tokio::spawn(async move {
                     while !stop.load(Ordering::Relaxed) {
                         for (user, cookie) in chunk.iter_mut() {
-                            let outcome = visit(&addr, user, cookie).await;
+                            let outcome = visit(source, &addr, user, cookie).await;
                             lock(&seen).add(outcome);
                             if stop.load(Ordering::Relaxed) {
                                 break;
@@ -157,9 +187,9 @@ impl Visitors {
 
 /// One page view by `user`. A user found logged out counts as a lost
 /// session and logs in again (counted as a request too).
-async fn visit(addr: &str, user: &str, cookie: &mut String) -> Tally {
+async fn visit(source: Option<IpAddr>, addr: &str, user: &str, cookie: &mut String) -> Tally {
     let mut tally = Tally { requests: 1, ..Tally::default() };
-    let answer = match get(addr, "/", Some(cookie)).await {
+    let answer = match get_from(source, addr, "/", Some(cookie)).await {
         Ok(answer) if answer.status == 200 => answer,
         Ok(answer) => return tally.failed(format!("status {}: {}", answer.status, answer.body.trim())),
         Err(err) => return tally.failed(format!("{err:#}")),
