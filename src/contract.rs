@@ -38,6 +38,9 @@ pub mod keys {
     /// when only settings PostgreSQL reloads changed; the agent then loads
     /// them without a restart (see [`super::SettingsReport`]).
     pub const SETTINGS_ANNOTATION: &str = "hostwright.io/settings";
+    /// On a member's pod: the encoded [`super::BackupOrder`], a base backup
+    /// the agent is to take of its server. Removed once its report is in.
+    pub const BACKUP_ANNOTATION: &str = "hostwright.io/backup";
     /// Pod labels an agent copies onto its Lease: the operator watches
     /// member Leases by these.
     pub const LEASE_LABELS: &[&str] = &[NAME_LABEL, INSTANCE_LABEL, MEMBER_LABEL];
@@ -100,6 +103,9 @@ pub mod keys {
         pub const ARCHIVED: &str = "hostwright.io/archived";
         /// `<segment> <unix ms>`: the last WAL file archiving failed on.
         pub const ARCHIVE_FAILED: &str = "hostwright.io/archive-failed";
+        /// The encoded [`super::super::BackupReport`] of the last base
+        /// backup asked of this member.
+        pub const BACKUP: &str = "hostwright.io/backup";
     }
 }
 
@@ -519,6 +525,83 @@ pub fn decode_settings(annotations: &BTreeMap<String, String>) -> SettingsReport
     }
 }
 
+/// A base backup the operator asks one member's agent to take (a healthy
+/// mirror's, so the primary carries no extra load), with the retention to
+/// apply to the store once it is complete.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupOrder {
+    /// Its name under `<prefix>/base/`: the UTC time it was asked for,
+    /// `YYYYMMDDTHHMMSSZ`, so names sort by age.
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_backups: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_days: Option<u32>,
+}
+
+/// How a member's agent fares with the last [`BackupOrder`] it was given.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupReport {
+    pub id: String,
+    #[serde(flatten)]
+    pub state: BackupState,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", tag = "state")]
+pub enum BackupState {
+    Running,
+    /// Complete in the store, retention applied.
+    Done {
+        /// When it finished: a recovery can reach any time from here on.
+        finished: Millis,
+        bytes: u64,
+        /// Base backups in the store after retention, and when the oldest
+        /// of them finished (the first recoverability point).
+        kept: u32,
+        oldest_finished: Millis,
+    },
+    Failed {
+        why: String,
+    },
+}
+
+/// The longest failure reason carried on a Lease.
+const MAX_BACKUP_ERROR: usize = 512;
+
+/// A [`BackupOrder`] as the pod annotation carries it.
+pub fn encode_backup_order(order: &BackupOrder) -> String {
+    serde_json::to_string(order).unwrap_or_default()
+}
+
+/// [`encode_backup_order`] read back; None when unreadable.
+pub fn decode_backup_order(text: &str) -> Option<BackupOrder> {
+    serde_json::from_str(text).ok().filter(|o: &BackupOrder| !o.id.is_empty())
+}
+
+/// The Lease annotation carrying `report` (a failure reason is cut short).
+pub fn encode_backup(report: &BackupReport) -> BTreeMap<String, String> {
+    let mut report = report.clone();
+    if let BackupState::Failed { why } = &mut report.state
+        && why.len() > MAX_BACKUP_ERROR
+    {
+        let mut end = MAX_BACKUP_ERROR;
+        while !why.is_char_boundary(end) {
+            end -= 1;
+        }
+        why.truncate(end);
+    }
+    let text = serde_json::to_string(&report).unwrap_or_default();
+    BTreeMap::from([(keys::report::BACKUP.to_string(), text)])
+}
+
+/// [`encode_backup`] read back.
+pub fn decode_backup(annotations: &BTreeMap<String, String>) -> Option<BackupReport> {
+    serde_json::from_str(annotations.get(keys::report::BACKUP)?).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -621,5 +704,25 @@ mod tests {
             lineage: Some(1),
         };
         assert_eq!(r.known_position(), Some(500));
+    }
+
+    #[test]
+    fn backup_orders_and_reports_survive_their_annotations() {
+        let order = BackupOrder { id: "20261130T062100Z".into(), keep_backups: Some(3), keep_days: None };
+        assert_eq!(decode_backup_order(&encode_backup_order(&order)), Some(order));
+        assert_eq!(decode_backup_order("{\"id\":\"\"}"), None);
+        assert_eq!(decode_backup_order("banana"), None);
+        let done = BackupReport {
+            id: "20261130T062100Z".into(),
+            state: BackupState::Done { finished: 5, bytes: 7, kept: 2, oldest_finished: 3 },
+        };
+        assert_eq!(decode_backup(&encode_backup(&done)), Some(done));
+        let failed = BackupReport { id: "x".into(), state: BackupState::Failed { why: "é".repeat(400) } };
+        let Some(BackupReport { state: BackupState::Failed { why }, .. }) =
+            decode_backup(&encode_backup(&failed))
+        else {
+            panic!("a failure reads back");
+        };
+        assert!(why.len() <= MAX_BACKUP_ERROR && why.starts_with('é'));
     }
 }

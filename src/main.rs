@@ -107,6 +107,26 @@ enum AgentCommand {
         name: String,
         path: std::path::PathBuf,
     },
+    /// One base backup of this member's server to the object store (the
+    /// agent runs it when the operator asks; see `agent::base_backup`).
+    BaseBackup {
+        #[arg(long)]
+        config: std::path::PathBuf,
+        /// The encoded order (`contract::BackupOrder`).
+        #[arg(long)]
+        order: String,
+        #[arg(long)]
+        member: String,
+        #[arg(long)]
+        bin_dir: std::path::PathBuf,
+        #[arg(long)]
+        socket_dir: std::path::PathBuf,
+        #[arg(long)]
+        port: u16,
+        /// Where the outcome (`contract::BackupReport`) is written.
+        #[arg(long)]
+        result: std::path::PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -194,6 +214,22 @@ fn main() -> ExitCode {
         }
         Command::Agent(AgentCommand::WalFetch { config, name, path }) => {
             return hostwright::agent::archive::fetch_command(&config, &name, &path);
+        }
+        Command::Agent(AgentCommand::BaseBackup {
+            config,
+            order,
+            member,
+            bin_dir,
+            socket_dir,
+            port,
+            result,
+        }) => {
+            let Some(order) = hostwright::contract::decode_backup_order(&order) else {
+                eprintln!("hostwright base-backup: unreadable order {order:?}");
+                return ExitCode::FAILURE;
+            };
+            let source = hostwright::agent::base_backup::Source { member, bin_dir, socket_dir, port };
+            return hostwright::agent::base_backup::command(&config, &order, &source, &result);
         }
         Command::Run(args) => run(args),
         Command::Agent(AgentCommand::Install { path }) => install_agent(&path),

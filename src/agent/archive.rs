@@ -107,7 +107,7 @@ pub fn fetch_command(config: &Path, name: &str, destination: &Path) -> ExitCode 
     }
 }
 
-fn block_on<T>(
+pub(crate) fn block_on<T>(
     work: impl std::future::Future<Output = Result<T, crate::backup::BackupError>>,
 ) -> Result<T, crate::backup::BackupError> {
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -17,6 +17,7 @@
 //! [`crate::contract`].
 
 pub mod archive;
+pub mod base_backup;
 pub mod certificates;
 pub mod lease;
 pub mod marker;

@@ -14,8 +14,8 @@ use tokio::process::{Child, Command};
 use super::certificates::Certificates;
 use super::plan::Endpoint;
 use super::server::{Observed, Server, Start, shut_down};
-use crate::contract::DataState;
 use crate::contract::keys::credentials as credential_files;
+use crate::contract::{BackupOrder, DataState, encode_backup_order};
 
 /// Errors of the PostgreSQL driver, each naming the step that failed.
 #[derive(Debug, thiserror::Error)]
@@ -213,7 +213,8 @@ fn passfile_line(user: &str, password: &str) -> String {
 pub fn access_rules(access: &Access, tls: bool) -> String {
     let host = if tls { "hostssl" } else { "host" };
     let mut rules = String::from("# Written by hostwright agent.\n");
-    rules.push_str("local all postgres trust\nlocal all all reject\n");
+    // The superuser over the socket, for the agent and its base backups.
+    rules.push_str("local all postgres trust\nlocal replication postgres trust\nlocal all all reject\n");
     rules.push_str(&format!("{host} replication replication all scram-sha-256\n"));
     // pg_rewind reads the new primary's files over a normal connection.
     rules.push_str(&format!("{host} postgres replication all scram-sha-256\n"));
@@ -872,6 +873,30 @@ impl Server for PostgresMember {
 
     async fn refresh_certificates(&self) -> Result<bool, PostgresError> {
         self.postgres.refresh_certificates().await
+    }
+
+    /// `hostwright agent base-backup` against this server's socket, with
+    /// the store configuration archiving uses (no archiving, no backups).
+    fn base_backup(&self, order: &BackupOrder) -> Option<(tokio::process::Command, PathBuf)> {
+        let archiving = self.postgres.archiving.as_ref()?;
+        let pg = &self.postgres;
+        let result = pg.socket_dir.join(format!("base-backup-{}.json", order.id));
+        let mut command = tokio::process::Command::new(&archiving.agent);
+        command
+            .args(["agent", "base-backup", "--config"])
+            .arg(&archiving.config_file)
+            .arg(format!("--order={}", encode_backup_order(order)))
+            // Member names are DNS labels: `_` in the application name was `-`.
+            .arg(format!("--member={}", pg.application_name.replace('_', "-")))
+            .arg("--bin-dir")
+            .arg(&pg.bin_dir)
+            .arg("--socket-dir")
+            .arg(&pg.socket_dir)
+            .arg(format!("--port={}", pg.port))
+            .arg("--result")
+            .arg(&result)
+            .stdin(Stdio::null());
+        Some((command, result))
     }
 }
 

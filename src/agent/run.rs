@@ -34,8 +34,9 @@ use super::server::{Observed, Server, Start};
 use super::watchdog::{Watchdog, WatchdogError, boottime_ms};
 use crate::contract::timing::{FENCE_AFTER, RENEW_INTERVAL, RENEW_TIMEOUT, TICK};
 use crate::contract::{
-    ArchiveReport, DataState, Desired, Epoch, Instruction, Millis, Report, ServerRole, SettingsReport,
-    decode_report, encode_archive, encode_report, encode_settings, keys,
+    ArchiveReport, BackupOrder, BackupReport, BackupState, DataState, Desired, Epoch, Instruction, Millis,
+    Report, ServerRole, SettingsReport, decode_backup_order, decode_report, encode_archive, encode_backup,
+    encode_report, encode_settings, keys,
 };
 
 /// Who the agent is and where its server is reached.
@@ -93,6 +94,7 @@ struct Published {
     address: String,
     settings: SettingsReport,
     archive: ArchiveReport,
+    backup: Option<BackupReport>,
 }
 
 /// What the two loops share.
@@ -166,6 +168,9 @@ pub async fn run<S: Server>(options: Options, driver: S) -> Result<(), AgentErro
         wanted_settings: None,
         settings: SettingsReport { applied: initial_settings, refused: None },
         archive: ArchiveReport::default(),
+        wanted_backup: None,
+        backup: None,
+        backup_report: None,
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(AgentError::Signal)?;
@@ -229,6 +234,12 @@ struct Agent<S> {
     settings: SettingsReport,
     /// How WAL archiving went when the server last answered.
     archive: ArchiveReport,
+    /// The base backup the pod asks for ([`keys::BACKUP_ANNOTATION`]).
+    wanted_backup: Option<BackupOrder>,
+    /// The base backup process under way, and the file it reports to.
+    backup: Option<(Child, PathBuf)>,
+    /// How the last base backup asked for went.
+    backup_report: Option<BackupReport>,
 }
 
 impl<S: Server> Agent<S> {
@@ -261,8 +272,57 @@ impl<S: Server> Agent<S> {
         if observed.is_some() && self.server.is_some() {
             self.keep_settings().await;
             self.keep_certificates().await;
+            self.start_backup();
         }
+        self.watch_backup().await;
         self.publish(observed).await;
+    }
+
+    /// Start the base backup the pod asks for, once: an order already
+    /// reported on (running, done or failed) is not started again.
+    fn start_backup(&mut self) {
+        let Some(order) = self.wanted_backup.clone() else { return };
+        if self.backup.is_some() || self.backup_report.as_ref().is_some_and(|r| r.id == order.id) {
+            return;
+        }
+        let state = match self.driver.base_backup(&order) {
+            Some((mut command, result)) => match command.kill_on_drop(true).spawn() {
+                Ok(child) => {
+                    info!(id = %order.id, "taking a base backup");
+                    self.backup = Some((child, result));
+                    BackupState::Running
+                }
+                Err(err) => BackupState::Failed { why: format!("starting the base backup: {err}") },
+            },
+            None => BackupState::Failed { why: "this server takes no base backups".into() },
+        };
+        self.backup_report = Some(BackupReport { id: order.id, state });
+    }
+
+    /// Collect the outcome of a base backup process that ended.
+    async fn watch_backup(&mut self) {
+        let Some((child, result)) = &mut self.backup else { return };
+        let status = match child.try_wait() {
+            Ok(None) => return,
+            Ok(Some(status)) => status.to_string(),
+            Err(err) => err.to_string(),
+        };
+        let id = self.backup_report.as_ref().map(|r| r.id.clone()).unwrap_or_default();
+        let written = tokio::fs::read(&*result).await.ok();
+        let report = written
+            .and_then(|text| serde_json::from_slice::<BackupReport>(&text).ok())
+            .filter(|r| r.id == id)
+            .unwrap_or_else(|| BackupReport {
+                id,
+                state: BackupState::Failed { why: format!("the base backup process ended ({status})") },
+            });
+        match &report.state {
+            BackupState::Failed { why } => warn!(id = %report.id, %why, "the base backup failed"),
+            _ => info!(id = %report.id, "the base backup is complete"),
+        }
+        let _ = tokio::fs::remove_file(&*result).await;
+        self.backup = None;
+        self.backup_report = Some(report);
     }
 
     /// Load the settings the pod asks for into the running server, once
@@ -350,6 +410,8 @@ impl<S: Server> Agent<S> {
         }
         self.remember_pod(&pod, uid);
         self.wanted_settings = pod.annotations().get(keys::SETTINGS_ANNOTATION).cloned();
+        self.wanted_backup =
+            pod.annotations().get(keys::BACKUP_ANNOTATION).and_then(|t| decode_backup_order(t));
         let Some(text) = pod.annotations().get(keys::INSTRUCTION_ANNOTATION) else { return };
         let instruction = match Instruction::parse(text) {
             Ok(i) => i,
@@ -645,8 +707,8 @@ impl<S: Server> Agent<S> {
             lineage: self.marker.as_ref().and_then(|m| m.lineage),
         };
         let (address, settings) = (self.options.advertise.clone(), self.settings.clone());
-        let archive = self.archive.clone();
-        let _ = self.publish.send(Some(Published { report, address, settings, archive }));
+        let (archive, backup) = (self.archive.clone(), self.backup_report.clone());
+        let _ = self.publish.send(Some(Published { report, address, settings, archive, backup }));
     }
 
     /// Say, after a clean stop, that this agent will renew nothing more: the
@@ -706,7 +768,7 @@ async fn keep_lease(
     mut published: watch::Receiver<Option<Published>>,
     shared: Arc<Shared>,
 ) {
-    let mut last_sent: Option<(Report, SettingsReport, ArchiveReport)> = None;
+    let mut last_sent: Option<Published> = None;
     // When the instructions last changed: for a moment after, a new
     // position is news too (a switchover waits for its target to report the
     // old primary's last position).
@@ -722,15 +784,16 @@ async fn keep_lease(
                     return;
                 }
                 let news = match (&last_sent, &*published.borrow()) {
-                    (Some((report, settings, archive)), Some(now)) => {
-                        if report.epoch != now.report.epoch {
+                    (Some(last), Some(now)) => {
+                        if last.report.epoch != now.report.epoch {
                             transition_at = tokio::time::Instant::now();
                         }
-                        let moving = report.position != now.report.position
+                        let moving = last.report.position != now.report.position
                             && transition_at.elapsed() < TRANSITION;
-                        significant(report, &now.report)
-                            || *settings != now.settings
-                            || *archive != now.archive
+                        significant(&last.report, &now.report)
+                            || last.settings != now.settings
+                            || last.archive != now.archive
+                            || last.backup != now.backup
                             || moving
                     }
                     _ => true,
@@ -757,11 +820,14 @@ async fn keep_lease(
         let mut annotations = encode_report(&current.report, &current.address);
         annotations.extend(encode_settings(&current.settings));
         annotations.extend(encode_archive(&current.archive));
+        if let Some(backup) = &current.backup {
+            annotations.extend(encode_backup(backup));
+        }
         match holder.renew(annotations, labels, Some(owner)).await {
             Renewal::Renewed => {
                 shared.watchdog().deadline(sent + FENCE_AFTER.as_millis() as u64);
                 shared.held.store(true, Ordering::SeqCst);
-                last_sent = Some((current.report, current.settings, current.archive));
+                last_sent = Some(current);
             }
             Renewal::Lost(why) => {
                 error!(why, "lost the member lease: killing the server before taking a new one");

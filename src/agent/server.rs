@@ -103,6 +103,16 @@ pub trait Server: Send + Sync {
     /// On a running primary: `relaxed` lets commits return without a
     /// replica's acknowledgement; false restores the configured rule.
     fn set_relaxed(&self, relaxed: bool) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// The process that takes the base backup `order` of the running
+    /// server, and the file it writes its [`crate::contract::BackupReport`]
+    /// to; None when this server takes no base backups.
+    fn base_backup(
+        &self,
+        _order: &crate::contract::BackupOrder,
+    ) -> Option<(tokio::process::Command, PathBuf)> {
+        None
+    }
 }
 
 /// Send `signal` to process `pid` (or, negative, a process group) directly:

@@ -58,13 +58,68 @@ pub struct SecretName {
     pub secret_name: String,
 }
 
-/// Continuous WAL archiving (base backups, retention and recovery come
-/// next; see docs/backups.md).
+/// Continuous WAL archiving, and base backups on a schedule or on demand
+/// (annotation `hostwright.io/backup-request`), with their retention.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BackupSpec {
-    /// The object store every member archives each WAL segment to.
+    /// The object store every member archives each WAL segment to, and base
+    /// backups go to.
     pub object_store: ObjectStore,
+    /// When to take a base backup: cron syntax, five fields (minute hour
+    /// day-of-month month day-of-week), in UTC, e.g. `0 3 * * *`. None: on
+    /// demand only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 9, max = 128), regex(pattern = r"^\S+( \S+){4}$"))]
+    pub schedule: Option<String>,
+    /// Which base backups to keep (and the WAL they need); every backup
+    /// when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<Retention>,
+}
+
+/// Base backups to keep: a backup goes when neither rule keeps it. The
+/// newest is always kept.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.backups) || has(self.days)").message("retention needs backups, days or both"))]
+pub struct Retention {
+    /// Keep the newest N backups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub backups: Option<u32>,
+    /// Keep the backups of the last D days.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3650))]
+    pub days: Option<u32>,
+}
+
+/// Where a new DatabaseMirror's first data comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BootstrapSpec {
+    /// Restore a base backup and replay archived WAL, instead of starting
+    /// empty.
+    pub recovery: RecoverySpec,
+}
+
+/// A recovery from another database's backups: the newest base backup
+/// that finished before the target, then its archived WAL up to the target
+/// (the end of the archive when no target is given). The recovered server
+/// is promoted on a new timeline and becomes this DatabaseMirror's primary;
+/// its mirrors copy it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.source.path)").message("recovery.source.path must name the prefix the backups are under").field_path(".source.path"))]
+pub struct RecoverySpec {
+    /// The object store and prefix the backups were written to (the
+    /// source DatabaseMirror's `backup.objectStore`, with its `path`,
+    /// which defaults to `<namespace>/<name>` there).
+    pub source: ObjectStore,
+    /// Recover up to this time (RFC 3339); the last archived transaction
+    /// when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_time: Option<Time>,
 }
 
 /// How far the archive is behind, and whether archiving works.
@@ -87,4 +142,51 @@ pub struct BackupStatus {
     /// While archiving fails: the segment it failed on last, and when.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failure: Option<String>,
+    /// The newest base backup that completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_backup: Option<BackupRecord>,
+    /// The base backup under way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running_backup: Option<RunningBackup>,
+    /// Why the last base backup failed (cleared by the next success).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_backup_failure: Option<String>,
+    /// The earliest time a recovery can reach: the end of the oldest base
+    /// backup kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_recoverability_point: Option<Time>,
+    /// The latest: the last archived segment's time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_recoverability_point: Option<Time>,
+    /// The last scheduled time a backup was started for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_schedule_time: Option<Time>,
+    /// The last `hostwright.io/backup-request` annotation value acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_request: Option<String>,
+}
+
+/// A base backup that completed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupRecord {
+    /// Its name under `<path>/base/`.
+    pub id: String,
+    /// The member it was taken from.
+    pub member: String,
+    /// When it finished: a recovery can reach any time from here on.
+    pub finished: Time,
+    /// Bytes uploaded.
+    pub bytes: i64,
+    /// Base backups kept in the store after retention.
+    pub kept: i32,
+}
+
+/// A base backup asked of a member.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunningBackup {
+    pub id: String,
+    pub member: String,
+    pub started: Time,
 }

@@ -7,7 +7,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::backup::{BackupSpec, BackupStatus};
+use super::backup::{BackupSpec, BackupStatus, BootstrapSpec};
 use super::common::{
     DataDurability, FailoverSpec, ReplicationStatus, Resources, StorageSpec, StoreTlsSpec, UpdateStrategy,
 };
@@ -56,7 +56,18 @@ pub const MAX_NAME_LENGTH: usize = max_name_length(LONGEST_CHILD_SUFFIX);
 #[x_kube(
     validation = Rule::new("self.dataDurability == 'required' || self.replication == 'sync'")
         .message("dataDurability: preferred applies only to replication: sync")
-        .field_path(".dataDurability")
+        .field_path(".dataDurability"),
+    validation = Rule::new("has(self.bootstrap) == has(oldSelf.bootstrap)")
+        .message("bootstrap is set at creation and never added or removed")
+        .field_path(".bootstrap"),
+    validation = Rule::new(
+        "!has(self.bootstrap) || !has(self.backup) || !has(self.backup.objectStore.path) \
+         || self.backup.objectStore.endpoint != self.bootstrap.recovery.source.endpoint \
+         || self.backup.objectStore.bucket != self.bootstrap.recovery.source.bucket \
+         || self.backup.objectStore.path != self.bootstrap.recovery.source.path"
+    )
+    .message("backup.objectStore must not be the recovery source: the recovered database's new timeline would collide with the source's WAL")
+    .field_path(".backup.objectStore.path")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct DatabaseMirrorSpec {
@@ -116,6 +127,12 @@ pub struct DatabaseMirrorSpec {
     /// archiving when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<BackupSpec>,
+
+    /// Start from another database's backups instead of empty. Set at
+    /// creation only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("bootstrap is set at creation and never changes"))]
+    pub bootstrap: Option<BootstrapSpec>,
 }
 
 /// The most mirrors a DatabaseMirror may have (the schema's bound on `mirrors`).

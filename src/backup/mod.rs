@@ -6,6 +6,7 @@
 /// what it wrote.
 pub use object_store;
 
+pub mod base;
 pub mod layout;
 pub mod store;
 pub mod wal;

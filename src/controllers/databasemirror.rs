@@ -35,6 +35,10 @@ impl StoreStatus for DatabaseMirrorStatus {
         status::clear_positions(&mut s.replication);
         s
     }
+
+    fn backup(&self) -> Option<&crate::api::backup::BackupStatus> {
+        self.backup.as_ref()
+    }
 }
 
 impl Replicated for DatabaseMirror {
@@ -42,6 +46,10 @@ impl Replicated for DatabaseMirror {
     const STATUS_RESOURCE: &'static str = "databasemirrors/status";
     type Status = DatabaseMirrorStatus;
     type Passwords = Passwords;
+
+    fn backup_spec(&self) -> Option<&crate::api::backup::BackupSpec> {
+        self.spec.backup.as_ref()
+    }
 
     fn current_status(&self) -> Option<&DatabaseMirrorStatus> {
         self.status.as_ref()

@@ -46,6 +46,8 @@ pub fn status(report: &ArchiveReport, primary_position: Option<u64>, now: Millis
         archive_lag_seconds: lag_seconds.and_then(|s| i64::try_from(s).ok()),
         archive_lag_bytes: lag_bytes.and_then(|b| i64::try_from(b).ok()),
         last_failure: report.failing().then(|| failure(report)).flatten(),
+        last_recoverability_point: report.archived.as_ref().and_then(|(_, at)| time(*at)),
+        ..BackupStatus::default()
     }
 }
 

@@ -10,6 +10,7 @@
 //! from, so a stale cache can never step the engine from an old state.
 
 pub mod archiving;
+pub mod base_backups;
 mod certificates;
 pub mod leases;
 mod reconcile;
@@ -77,6 +78,10 @@ pub trait StoreStatus:
     fn replication_mut(&mut self) -> &mut ReplicationStatus;
     /// This status without positions, lag and report times.
     fn without_positions(&self) -> Self;
+    /// Archiving and base backups, for a kind that has them.
+    fn backup(&self) -> Option<&crate::api::backup::BackupStatus> {
+        None
+    }
 }
 
 /// A custom resource whose members are replicated servers under the failover
@@ -100,6 +105,10 @@ pub trait Replicated:
     type Passwords: Send + Sync;
 
     fn current_status(&self) -> Option<&Self::Status>;
+    /// Archiving and base backups, for a kind that has them.
+    fn backup_spec(&self) -> Option<&crate::api::backup::BackupSpec> {
+        None
+    }
     /// The status to write, from the shared part and the summary figures.
     fn status(&self, replication: ReplicationStatus, summary: Summary) -> Self::Status;
     fn blueprint(&self) -> Result<Blueprint, BuildError>;

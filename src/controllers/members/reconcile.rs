@@ -31,10 +31,14 @@ use tracing::{info, warn};
 use super::rollout::{self, PodFacts};
 use super::status::{self, Credentials, Facts};
 use super::{ACTIVE_INTERVAL, Context, Replicated, StoreStatus, last_written, write_status};
-use super::{certificates, volumes};
+use super::{base_backups, certificates, volumes};
 use crate::api::common::EngineStatus;
+use crate::contract::keys::BACKUP_ANNOTATION;
 use crate::contract::keys::SETTINGS_ANNOTATION;
-use crate::contract::{ArchiveReport, Instruction, decode_archive, decode_report, decode_settings};
+use crate::contract::{
+    ArchiveReport, BackupReport, Instruction, decode_archive, decode_backup, decode_backup_order,
+    decode_report, decode_settings, encode_backup_order,
+};
 use crate::controllers::{Child, Claimant, Error, Planned, RESYNC, jittered, owned_child};
 use crate::failover::{Decision, Engine, Member, Route, State, Step, step};
 use crate::resources::FIELD_MANAGER;
@@ -96,6 +100,8 @@ pub(super) struct Seen<K: Replicated> {
     certificate_pending: Option<String>,
     /// How each member's WAL archiving goes, as its Lease reports it.
     archives: BTreeMap<String, ArchiveReport>,
+    /// Each member's report of the last base backup asked of it.
+    backups: BTreeMap<String, BackupReport>,
 }
 
 fn now_ms() -> u64 {
@@ -195,6 +201,14 @@ async fn observe<K: Replicated>(store: &K, ctx: &Context<K>) -> Result<Seen<K>, 
                 let lease = labelled(&caches.leases, &namespace, m, &name)?;
                 let report = decode_archive(lease.annotations());
                 (report != ArchiveReport::default()).then(|| (m.clone(), report))
+            })
+            .collect(),
+        backups: blueprint
+            .members
+            .iter()
+            .filter_map(|m| {
+                let lease = labelled(&caches.leases, &namespace, m, &name)?;
+                Some((m.clone(), decode_backup(lease.annotations())?))
             })
             .collect(),
         certificate_pending: certificates::pending(
@@ -419,6 +433,7 @@ fn decide<K: Replicated>(store: &K, seen: &Seen<K>) -> Plan<K> {
         credentials: &seen.credentials,
         certificate_pending: seen.certificate_pending.as_deref(),
         archives: &seen.archives,
+        backups: &seen.backups,
         day2: &day2,
     };
     let status = status::compute(store, &decision, &facts, &seen.old_status, &Time(Timestamp::now()));
@@ -481,11 +496,72 @@ async fn act<K: Replicated>(
     let replaced = replace_member(store, ctx, seen, plan.day2.replace.as_deref()).await?;
     reload_member(store, ctx, seen, plan.day2.reload.as_deref()).await?;
     remove_extra_members(ctx, seen, &plan.day2.remove, &plan.decision).await?;
+    order_backup(store, ctx, seen, &plan.status).await?;
     if superseded || revoked || replaced {
         return Ok(Action::requeue(ACTIVE_INTERVAL));
     }
     let renewal = tls.look_again.max(Duration::from_secs(1));
-    Ok(Action::requeue(next_look(&plan.decision, &plan.status, seen.next_lease_change).min(renewal)))
+    let next = next_look(&plan.decision, &plan.status, seen.next_lease_change).min(renewal);
+    Ok(Action::requeue(next.min(next_backup(store, &plan.status, seen.now_ms))))
+}
+
+/// Put the running base backup's order on its member's pod, and take
+/// orders off pods once their backup is over (written, like every order,
+/// after the status that decided it).
+async fn order_backup<K: Replicated>(
+    store: &K,
+    ctx: &Context<K>,
+    seen: &Seen<K>,
+    status: &K::Status,
+) -> Result<(), Error> {
+    let (Some(spec), Some(backup)) = (store.backup_spec(), status.backup()) else { return Ok(()) };
+    let running = backup.running_backup.as_ref();
+    for (member, pod) in &seen.pods {
+        let carried = pod.annotations().get(BACKUP_ANNOTATION);
+        let wanted = running
+            .filter(|r| r.member == *member)
+            .map(|r| encode_backup_order(&base_backups::order(spec, r)));
+        let same = match (carried, &wanted) {
+            (Some(c), Some(w)) => decode_backup_order(c) == decode_backup_order(w),
+            (None, None) => true,
+            _ => false,
+        };
+        if same {
+            continue;
+        }
+        let patch = serde_json::json!({"metadata": {"annotations": {BACKUP_ANNOTATION: wanted}}});
+        let namespace = pod.namespace().unwrap_or_default();
+        let pods: Api<Pod> = Api::namespaced(ctx.shared.client.clone(), &namespace);
+        let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..PatchParams::default() };
+        match pods.patch(member, &params, &Patch::Merge(&patch)).await {
+            Ok(_) => ctx.shared.metrics.write(ctx.shared.controller, "pods", "patch"),
+            // Gone since the cache saw it: the next reconcile sees why.
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(source) => {
+                return Err(Error::Apply {
+                    resource: "pods",
+                    object: format!("{namespace}/{member}"),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How long until the next scheduled base backup is due (a minute at most
+/// while one runs, in case its member's report never comes).
+fn next_backup<K: Replicated>(store: &K, status: &K::Status, now_ms: u64) -> Duration {
+    let (Some(spec), Some(backup)) = (store.backup_spec(), status.backup()) else { return RESYNC };
+    if backup.running_backup.is_some() {
+        return Duration::from_secs(60);
+    }
+    let created =
+        store.meta().creation_timestamp.as_ref().map_or(now_ms, |t| t.0.as_millisecond().max(0) as u64);
+    match base_backups::next_scheduled(spec, backup, created) {
+        Some(Ok(at)) => Duration::from_millis(at.saturating_sub(now_ms)).max(Duration::from_secs(1)),
+        _ => RESYNC,
+    }
 }
 
 /// The members' Secret: generated once (or adopted from an older store's

@@ -7,18 +7,19 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
 use kube::runtime::events::EventType;
 
-use super::archiving;
 use super::rollout::{Drain, Plan};
 use super::{Replicated, StoreStatus, Summary};
+use super::{archiving, base_backups};
 use crate::api::common::condition_type::DRAIN_BLOCKED;
 use crate::api::common::condition_type::{DEGRADED, PROGRESSING, READY};
 use crate::api::common::{
     EngineStatus, FailoverStatus, MemberRole, MemberStatus, ReplicationStatus, StorePhase,
 };
 use crate::conditions::{self, Observed};
-use crate::contract::ArchiveReport;
+use crate::contract::{ArchiveReport, BackupReport};
 use crate::controllers::Planned;
 use crate::failover::{Blocked, Decision, Desired, Member, Route, ServerRole, State, Step};
 
@@ -47,6 +48,8 @@ pub struct Facts<'a> {
     pub certificate_pending: Option<&'a str>,
     /// How each member's WAL archiving goes, for members that archive.
     pub archives: &'a BTreeMap<String, ArchiveReport>,
+    /// Each member's report of the last base backup asked of it.
+    pub backups: &'a BTreeMap<String, BackupReport>,
     /// The day-2 plan: rollout, drain, shrink.
     pub day2: &'a Plan,
 }
@@ -354,7 +357,26 @@ pub fn compute<K: Replicated>(
     let summary = Summary {
         max_lag_bytes: max_lag,
         equal_spec: (!o.pod_hashes.is_empty()).then_some(drifted.is_empty()),
-        backup: archive.map(|r| archiving::status(r, primary_position, now_ms)),
+        backup: store.backup_spec().map(|spec| {
+            let mut backup =
+                archive.map(|r| archiving::status(r, primary_position, now_ms)).unwrap_or_default();
+            let created = store
+                .meta()
+                .creation_timestamp
+                .as_ref()
+                .map_or(now_ms, |t| u64::try_from(t.0.as_millisecond()).unwrap_or(0));
+            let input = base_backups::Input {
+                spec,
+                previous: old.backup(),
+                request: store.annotations().get(base_backups::REQUEST_ANNOTATION).map(String::as_str),
+                reports: o.backups,
+                members: &replication.members,
+                created,
+                now: now_ms,
+            };
+            base_backups::step(&input, &mut backup);
+            backup
+        }),
     };
     store.status(replication, summary)
 }
@@ -578,6 +600,10 @@ pub fn events<K: Replicated>(
         events.push(event(EventType::Warning, "NotReady", "Observe", c.message.clone()));
     }
     events.extend(rollout_events(old.replication(), new.replication()));
+    if let Some(backup) = new.backup() {
+        let said = base_backups::events(old.backup(), backup);
+        events.extend(said.into_iter().map(|(type_, reason, note)| event(type_, reason, "Backup", note)));
+    }
     if let Some(c) = conditions::find(&new.replication().conditions, DEGRADED)
         && reason(old, DEGRADED) != reason(new, DEGRADED)
     {

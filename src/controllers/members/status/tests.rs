@@ -70,6 +70,7 @@ fn observe<'a>(
 ) -> Facts<'a> {
     static IDLE: Plan = Plan::idle();
     static NO_ARCHIVES: BTreeMap<String, ArchiveReport> = BTreeMap::new();
+    static NO_BACKUPS: BTreeMap<String, crate::contract::BackupReport> = BTreeMap::new();
     Facts {
         members,
         pod_hashes: pods,
@@ -77,6 +78,7 @@ fn observe<'a>(
         credentials,
         certificate_pending: None,
         archives: &NO_ARCHIVES,
+        backups: &NO_BACKUPS,
         day2: &IDLE,
     }
 }
@@ -280,7 +282,10 @@ fn a_store_waiting_for_its_issuer_says_so_instead_of_waiting_quietly() {
 
 #[test]
 fn the_primarys_archiving_makes_the_backup_status_and_a_stalled_archive_degrades_the_store() {
-    let d = dbm("instance: {storage: {size: 1Gi}}\nmirrors: 2");
+    let d = dbm(
+        "instance: {storage: {size: 1Gi}}\nmirrors: 2\nbackup: {objectStore: {endpoint: 'http://s3:9000', \
+                 bucket: backups, credentials: {secretName: s3}}}",
+    );
     let members = healthy_trio();
     let decision = step(&steady(), &members, &policy(1 << 24), 20_000);
     let pods = hashes(&["db-1", "db-2", "db-3"], "h1");
