@@ -103,6 +103,12 @@ pub mod keys {
         pub const ARCHIVED: &str = "hostwright.io/archived";
         /// `<segment> <unix ms>`: the last WAL file archiving failed on.
         pub const ARCHIVE_FAILED: &str = "hostwright.io/archive-failed";
+        /// `<segment> <unix ms>`: the first WAL file of the last run let go
+        /// unarchived (the archive's gap), and when.
+        pub const ARCHIVE_GAP: &str = "hostwright.io/archive-gap";
+        /// `true` once a segment was archived after that gap: the store
+        /// answers again.
+        pub const ARCHIVE_GAP_CLOSED: &str = "hostwright.io/archive-gap-closed";
         /// The encoded [`super::super::BackupReport`] of the last base
         /// backup asked of this member.
         pub const BACKUP: &str = "hostwright.io/backup";
@@ -452,6 +458,10 @@ pub struct ArchiveReport {
     pub archived: Option<(String, Millis)>,
     /// The last WAL file archiving failed on, and when.
     pub failed: Option<(String, Millis)>,
+    /// The first WAL file of the last run let go unarchived, and when.
+    pub gap: Option<(String, Millis)>,
+    /// A segment was archived after that gap.
+    pub gap_closed: bool,
 }
 
 impl ArchiveReport {
@@ -471,10 +481,15 @@ pub fn encode_archive(archive: &ArchiveReport) -> BTreeMap<String, String> {
     let entry = |key: &str, value: &Option<(String, Millis)>| {
         value.as_ref().map(|(wal, at)| (key.to_string(), format!("{wal} {at}")))
     };
-    [entry(k::ARCHIVED, &archive.archived), entry(k::ARCHIVE_FAILED, &archive.failed)]
-        .into_iter()
-        .flatten()
-        .collect()
+    [
+        entry(k::ARCHIVED, &archive.archived),
+        entry(k::ARCHIVE_FAILED, &archive.failed),
+        entry(k::ARCHIVE_GAP, &archive.gap),
+        archive.gap_closed.then(|| (k::ARCHIVE_GAP_CLOSED.to_string(), "true".to_string())),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 /// [`encode_archive`] read back; what is missing or unreadable is None.
@@ -484,7 +499,12 @@ pub fn decode_archive(annotations: &BTreeMap<String, String>) -> ArchiveReport {
         let (wal, at) = annotations.get(key)?.split_once(' ')?;
         Some((wal.to_string(), at.parse().ok()?))
     };
-    ArchiveReport { archived: entry(k::ARCHIVED), failed: entry(k::ARCHIVE_FAILED) }
+    ArchiveReport {
+        archived: entry(k::ARCHIVED),
+        failed: entry(k::ARCHIVE_FAILED),
+        gap: entry(k::ARCHIVE_GAP),
+        gap_closed: annotations.get(k::ARCHIVE_GAP_CLOSED).is_some_and(|v| v == "true"),
+    }
 }
 
 /// What settings a member's server runs with, reported on its Lease beside

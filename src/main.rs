@@ -194,6 +194,28 @@ struct AgentArgs {
     /// The CA that verifies an `https` endpoint with a private certificate.
     #[arg(long)]
     archive_ca_file: Option<std::path::PathBuf>,
+    /// Past this many bytes of WAL waiting for the store, a failed push
+    /// lets its segment go unarchived (recording the gap) rather than let
+    /// the volume fill.
+    #[arg(long)]
+    archive_max_pending_bytes: Option<u64>,
+    /// Make the first primary from the base backups and WAL in this object
+    /// store (the DatabaseMirror's `bootstrap.recovery.source`).
+    #[arg(long, requires_all = ["recovery_bucket", "recovery_prefix", "recovery_credentials_dir"])]
+    recovery_endpoint: Option<String>,
+    #[arg(long)]
+    recovery_bucket: Option<String>,
+    #[arg(long)]
+    recovery_prefix: Option<String>,
+    #[arg(long, default_value = "us-east-1")]
+    recovery_region: String,
+    #[arg(long)]
+    recovery_credentials_dir: Option<std::path::PathBuf>,
+    #[arg(long)]
+    recovery_ca_file: Option<std::path::PathBuf>,
+    /// Recover up to this time (RFC 3339); the end of the archive without.
+    #[arg(long)]
+    recovery_target_time: Option<String>,
     /// Where the kubelet's liveness and readiness probes are answered.
     #[arg(long, default_value_t = std::net::SocketAddr::from(([0, 0, 0, 0], hostwright::contract::probes::PORT)))]
     probe_address: std::net::SocketAddr,
@@ -311,6 +333,7 @@ fn run_agent(args: AgentArgs) -> Result<(), Box<dyn std::error::Error>> {
         None => None,
     };
     let archiving = archiving(&args, &std::env::current_exe()?, run_as)?;
+    let recovery = recovery(&args, &std::env::current_exe()?, run_as)?;
     let options = hostwright::agent::run::Options {
         advertise: format!("{}:{}", args.advertise_address, args.port),
         member: args.member.clone(),
@@ -365,6 +388,7 @@ fn run_agent(args: AgentArgs) -> Result<(), Box<dyn std::error::Error>> {
             access: postgres_access(&args.credentials_dir)?,
             tls,
             archiving,
+            recovery,
         },
         credentials_dir: args.credentials_dir,
     };
@@ -385,6 +409,7 @@ fn archiving(
     else {
         return Ok(None);
     };
+    let gap_file = args.data_dir.with_extension("archive-gap");
     let config = hostwright::backup::store::StoreConfig {
         endpoint: endpoint.clone(),
         bucket: bucket.clone(),
@@ -392,13 +417,59 @@ fn archiving(
         region: args.archive_region.clone(),
         credentials_dir: credentials_dir.clone(),
         ca_file: args.archive_ca_file.clone(),
+        max_pending_bytes: args.archive_max_pending_bytes,
+        // On the member's volume, beside the data: a gap outlives the pod.
+        gap_file: Some(gap_file.clone()),
     };
     let config_file = args.socket_dir.join(hostwright::agent::archive::CONFIG_FILE);
     hostwright::agent::archive::write_config(&config_file, &config)?;
     if let Some((uid, gid)) = run_as {
         std::os::unix::fs::chown(&config_file, Some(uid), Some(gid))?;
     }
-    Ok(Some(hostwright::agent::archive::Archiving { agent: agent.to_path_buf(), config_file }))
+    let gap_file = Some(gap_file);
+    Ok(Some(hostwright::agent::archive::Archiving { agent: agent.to_path_buf(), config_file, gap_file }))
+}
+
+/// With `--recovery-endpoint`: the source store's configuration, written
+/// into the run directory for `restore_command`, and the target.
+fn recovery(
+    args: &AgentArgs,
+    agent: &std::path::Path,
+    run_as: Option<(u32, u32)>,
+) -> Result<Option<hostwright::agent::postgres::recovery::Recovery>, Box<dyn std::error::Error>> {
+    let (Some(endpoint), Some(bucket), Some(prefix), Some(credentials_dir)) = (
+        &args.recovery_endpoint,
+        &args.recovery_bucket,
+        &args.recovery_prefix,
+        &args.recovery_credentials_dir,
+    ) else {
+        return Ok(None);
+    };
+    let config = hostwright::backup::store::StoreConfig {
+        endpoint: endpoint.clone(),
+        bucket: bucket.clone(),
+        prefix: prefix.clone(),
+        region: args.recovery_region.clone(),
+        credentials_dir: credentials_dir.clone(),
+        ca_file: args.recovery_ca_file.clone(),
+        max_pending_bytes: None,
+        gap_file: None,
+    };
+    let config_file = args.socket_dir.join("recovery.json");
+    hostwright::agent::archive::write_config(&config_file, &config)?;
+    if let Some((uid, gid)) = run_as {
+        std::os::unix::fs::chown(&config_file, Some(uid), Some(gid))?;
+    }
+    let target = args
+        .recovery_target_time
+        .as_deref()
+        .map(hostwright::agent::postgres::recovery::Target::parse)
+        .transpose()?;
+    Ok(Some(hostwright::agent::postgres::recovery::Recovery {
+        agent: agent.to_path_buf(),
+        config_file,
+        target,
+    }))
 }
 
 /// uid and gid of a local user, via `id`.

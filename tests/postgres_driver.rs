@@ -81,6 +81,7 @@ fn member(root: &Path, name: &str) -> Postgres {
         access: Access { database: "shop".into(), owner: "shop".into() },
         tls: Some(Certificates::new(root.join("tls"), socket_dir(root, name), owner)),
         archiving: None,
+        recovery: None,
     }
 }
 

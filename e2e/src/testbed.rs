@@ -1132,17 +1132,19 @@ struct Setup {
     /// uid and gid the server runs as; its files are theirs.
     owner: (u32, u32),
     service_account: String,
-    /// `--engine`, `--database-mirror`, `--session-store` and the archive
-    /// target: from the pod's own args.
+    /// `--engine`, `--database-mirror`, `--session-store`, the archive
+    /// target and the recovery source: from the pod's own args.
     extra_args: Vec<String>,
 }
 
 /// The Secret volumes of a pod beyond its own two, as the agent argument
 /// that names where they are mounted (the pod's value is a path inside the
 /// container; here it becomes the projected directory, or file in it).
-const OPTIONAL_SECRETS: [(&str, &str, Option<&str>); 2] = [
+const OPTIONAL_SECRETS: [(&str, &str, Option<&str>); 4] = [
     ("backup-credentials", "--archive-credentials-dir", None),
     ("backup-ca", "--archive-ca-file", Some("ca.crt")),
+    ("recovery-credentials", "--recovery-credentials-dir", None),
+    ("recovery-ca", "--recovery-ca-file", Some("ca.crt")),
 ];
 
 /// The value of `--name=value` among a pod's container arguments.
@@ -1209,6 +1211,12 @@ async fn set_up(shared: &Shared, pod: &Pod, paths: &PodPaths) -> Result<Setup> {
                 "--archive-bucket=",
                 "--archive-prefix=",
                 "--archive-region=",
+                "--archive-max-pending-bytes=",
+                "--recovery-endpoint=",
+                "--recovery-bucket=",
+                "--recovery-prefix=",
+                "--recovery-region=",
+                "--recovery-target-time=",
             ]
             .iter()
             .any(|p| a.starts_with(p))

@@ -12,6 +12,8 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use crate::backup::BackupError;
+use crate::backup::gap;
 use crate::backup::store::StoreConfig;
 use crate::backup::wal::{self, Fetched, Pushed};
 
@@ -31,6 +33,8 @@ pub const ARCHIVE_TIMEOUT_SECONDS: u32 = 60;
 pub struct Archiving {
     pub agent: PathBuf,
     pub config_file: PathBuf,
+    /// Where `wal-push` records segments it let go (see [`gap`]).
+    pub gap_file: Option<PathBuf>,
 }
 
 impl Archiving {
@@ -72,22 +76,55 @@ pub fn write_config(path: &Path, config: &StoreConfig) -> std::io::Result<()> {
 
 /// `hostwright agent wal-push --config FILE PATH NAME`.
 pub fn push_command(config: &Path, source: &Path, name: &str) -> ExitCode {
+    let config = match StoreConfig::load(config) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("hostwright wal-push: {name}: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Past the bound one attempt decides: a segment that cannot go now is
+    // let go, so the backlog drains to the bound at once.
+    let over = gap::let_go(gap::pending_bytes(source), config.max_pending_bytes);
     let outcome = block_on(async {
-        let config = StoreConfig::load(config)?;
-        let store = config.open()?;
+        let store = config.open_for_push(over)?;
         wal::push(store.as_ref(), &config.prefix, source, name).await
     });
     match outcome {
-        Ok(Pushed::Uploaded) => ExitCode::SUCCESS,
-        Ok(Pushed::AlreadyArchived) => {
-            eprintln!("hostwright wal-push: {name} was archived already (same bytes)");
+        Ok(pushed) => {
+            if pushed == Pushed::AlreadyArchived {
+                eprintln!("hostwright wal-push: {name} was archived already (same bytes)");
+            }
+            if let Some(file) = &config.gap_file
+                && let Err(err) = gap::close(file)
+            {
+                eprintln!("hostwright wal-push: closing the gap recorded in {}: {err}", file.display());
+            }
             ExitCode::SUCCESS
         }
-        Err(err) => {
-            eprintln!("hostwright wal-push: {name}: {err}");
-            ExitCode::FAILURE
-        }
+        Err(err) => let_go_or_fail(&config, source, name, &err),
     }
+}
+
+/// A push failed: keep the segment (PostgreSQL retries), unless more WAL
+/// than the bound waits already; then let it go and record the gap.
+fn let_go_or_fail(config: &StoreConfig, source: &Path, name: &str, err: &BackupError) -> ExitCode {
+    let pending = gap::pending_bytes(source);
+    let (Some(file), true) = (&config.gap_file, gap::let_go(pending, config.max_pending_bytes)) else {
+        eprintln!("hostwright wal-push: {name}: {err}");
+        return ExitCode::FAILURE;
+    };
+    let now = k8s_openapi::jiff::Timestamp::now().as_millisecond().max(0) as u64;
+    if let Err(write_err) = gap::write(file, &gap::widen(gap::read(file), name, now)) {
+        eprintln!("hostwright wal-push: {name}: {err}; recording a gap in {}: {write_err}", file.display());
+        return ExitCode::FAILURE;
+    }
+    eprintln!(
+        "hostwright wal-push: {name} let go UNARCHIVED: {pending} bytes of WAL wait for the object store, more \
+         than the {} bytes kept for it; the archive has a gap until the next base backup ({err})",
+        config.max_pending_bytes.unwrap_or_default()
+    );
+    ExitCode::SUCCESS
 }
 
 /// `hostwright agent wal-fetch --config FILE NAME PATH`.
@@ -133,8 +170,11 @@ mod tests {
 
     #[test]
     fn postgresql_runs_the_agent_with_its_configuration_for_every_segment() {
-        let archiving =
-            Archiving { agent: "/controller/hostwright".into(), config_file: "/run/it's/backup.json".into() };
+        let archiving = Archiving {
+            agent: "/controller/hostwright".into(),
+            config_file: "/run/it's/backup.json".into(),
+            gap_file: None,
+        };
         let settings = archiving.settings();
         assert!(settings.contains("archive_mode = always\n"), "{settings}");
         assert!(settings.contains("archive_timeout = 60\n"), "{settings}");

@@ -17,6 +17,8 @@ use super::server::{Observed, Server, Start, shut_down};
 use crate::contract::keys::credentials as credential_files;
 use crate::contract::{BackupOrder, DataState, encode_backup_order};
 
+pub mod recovery;
+
 /// Errors of the PostgreSQL driver, each naming the step that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PostgresError {
@@ -54,6 +56,10 @@ pub enum PostgresError {
         #[source]
         source: std::io::Error,
     },
+    #[error("recovering from the backups: {0}")]
+    Recovery(String),
+    #[error("recovering from the backups: {0}")]
+    Backup(#[from] crate::backup::BackupError),
 }
 
 /// The settings file a running server last loaded on a reload, kept for its
@@ -105,6 +111,9 @@ pub struct Postgres {
     /// WAL archiving to an object store (None: the DatabaseMirror has no
     /// backups).
     pub archiving: Option<super::archive::Archiving>,
+    /// Where the first primary's data comes from when not from `initdb`
+    /// (the DatabaseMirror's `bootstrap.recovery`).
+    pub recovery: Option<recovery::Recovery>,
 }
 
 /// Who may connect over the network: the application's user to its own
@@ -132,7 +141,18 @@ pub enum StartAs {
     Standby {
         primary_conninfo: String,
     },
+    /// Archive recovery of a restored base backup: WAL from
+    /// `restore_command` up to `target_time` (the end of the archive when
+    /// None), then a promotion.
+    Recovering {
+        restore_command: String,
+        target_time: Option<String>,
+    },
 }
+
+/// How long a server in archive recovery may take to reach a consistent
+/// state and answer (it replays the backup's own WAL first).
+const RECOVERY_START: Duration = Duration::from_secs(30 * 60);
 
 /// Roles created on the first primary.
 #[derive(Clone)]
@@ -559,10 +579,13 @@ impl Postgres {
             quote_sql_literal(&self.application_name),
         ));
         let conninfo = match role {
-            StartAs::Primary => "",
+            StartAs::Primary | StartAs::Recovering { .. } => "",
             StartAs::Standby { primary_conninfo } => primary_conninfo,
         };
         conf.push_str(&format!("primary_conninfo = {}\n", quote_sql_literal(conninfo)));
+        if let StartAs::Recovering { restore_command, target_time } = role {
+            conf.push_str(&recovery::settings(restore_command, target_time.as_deref()));
+        }
         if relaxed {
             // No mirror is healthy and the store prefers taking writes.
             conf.push_str("synchronous_standby_names = ''\n");
@@ -580,6 +603,10 @@ impl Postgres {
                 let _ = tokio::fs::remove_file(self.data_dir.join("standby.signal")).await;
             }
             StartAs::Standby { .. } => self.write("standby.signal", "").await?,
+            StartAs::Recovering { .. } => {
+                let _ = tokio::fs::remove_file(self.data_dir.join("standby.signal")).await;
+                self.write("recovery.signal", "").await?;
+            }
         }
         self.install_settings().await?;
         self.write_access_rules().await?;
@@ -601,7 +628,11 @@ impl Postgres {
             .stderr(Stdio::inherit())
             .spawn()
             .map_err(|source| PostgresError::Spawn { program: "postgres".into(), source })?;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let wait = match role {
+            StartAs::Recovering { .. } => RECOVERY_START,
+            _ => Duration::from_secs(60),
+        };
+        let deadline = tokio::time::Instant::now() + wait;
         loop {
             if self.connect().await.is_ok() {
                 return Ok(child);
@@ -613,7 +644,7 @@ impl Postgres {
             }
             if tokio::time::Instant::now() > deadline {
                 let _ = shut_down(&mut child, libc::SIGKILL, Duration::from_secs(5)).await;
-                return Err(PostgresError::StartTimeout(Duration::from_secs(60)));
+                return Err(PostgresError::StartTimeout(wait));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -701,8 +732,14 @@ impl Postgres {
         let replica: bool = row.get(0);
         let lsn: Option<String> = row.get(1);
         let position = lsn.as_deref().map(parse_lsn).transpose()?.unwrap_or(0);
-        let archive = match self.archiving {
-            Some(_) => Some(archive_report(&client).await?),
+        let archive = match &self.archiving {
+            Some(archiving) => {
+                let mut report = archive_report(&client).await?;
+                let gap = archiving.gap_file.as_deref().and_then(crate::backup::gap::read);
+                report.gap_closed = gap.as_ref().is_some_and(|g| g.closed);
+                report.gap = gap.map(|g| (g.first, g.at));
+                Some(report)
+            }
             None => None,
         };
         Ok(Observed { replica, position, streaming: row.get(2), archive })
@@ -725,7 +762,7 @@ async fn archive_report(
         let at: Option<i64> = row.get(at);
         Some((wal?, u64::try_from(at?).ok()?))
     };
-    Ok(crate::contract::ArchiveReport { archived: entry(0, 1), failed: entry(2, 3) })
+    Ok(crate::contract::ArchiveReport { archived: entry(0, 1), failed: entry(2, 3), ..Default::default() })
 }
 
 /// How `pg_controldata` says the data directory was left.
@@ -789,6 +826,10 @@ impl Server for PostgresMember {
 
     async fn data_state(&self) -> DataState {
         let pg = &self.postgres;
+        // A restore cut short: nothing of it is data.
+        if recovery::interrupted(&pg.data_dir) {
+            return DataState::Empty;
+        }
         // A fresh clone or a rewound former primary carries a backup_label
         // (and the primary's "in production" control file): it starts as a
         // standby, nothing to rewind.
@@ -823,7 +864,10 @@ impl Server for PostgresMember {
             owner: self.postgres.access.owner.clone(),
             owner_password: self.secret(credential_files::APP_PASSWORD)?,
         };
-        self.postgres.initdb(&bootstrap).await
+        match &self.postgres.recovery {
+            Some(recovery) => self.postgres.recover(recovery, &bootstrap).await,
+            None => self.postgres.initdb(&bootstrap).await,
+        }
     }
 
     async fn clone_from(&self, primary: &Endpoint) -> Result<(), PostgresError> {
@@ -958,6 +1002,7 @@ mod tests {
             access: Access { database: "db".into(), owner: "app".into() },
             tls: None,
             archiving: None,
+            recovery: None,
         };
         let pid_file = dir.join("postmaster.pid");
         let socket_lock = dir.join(".s.PGSQL.0.lock");
@@ -1009,6 +1054,7 @@ mod tests {
             lines,
             [
                 "local all postgres trust",
+                "local replication postgres trust",
                 "local all all reject",
                 "hostssl replication replication all scram-sha-256",
                 "hostssl postgres replication all scram-sha-256",

@@ -2,6 +2,7 @@
 //! goes to. Mirrors protect against a failed server; only a backup
 //! protects against a `DELETE` without a `WHERE`.
 
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::KubeSchema;
 use serde::{Deserialize, Serialize};
@@ -60,7 +61,7 @@ pub struct SecretName {
 
 /// Continuous WAL archiving, and base backups on a schedule or on demand
 /// (annotation `hostwright.io/backup-request`), with their retention.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BackupSpec {
     /// The object store every member archives each WAL segment to, and base
@@ -76,6 +77,13 @@ pub struct BackupSpec {
     /// when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<Retention>,
+    /// The most WAL a member keeps for an object store that does not take
+    /// it (half the volume when unset). Past it, segments are let go
+    /// unarchived: the primary keeps serving, the archive has a gap no
+    /// recovery can pass, the store turns `Degraded` (reason `ArchiveGap`)
+    /// and a base backup is taken as soon as the store answers again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pending_wal: Option<Quantity>,
 }
 
 /// Base backups to keep: a backup goes when neither rule keeps it. The
@@ -87,11 +95,11 @@ pub struct Retention {
     /// Keep the newest N backups.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000))]
-    pub backups: Option<u32>,
+    pub backups: Option<i32>,
     /// Keep the backups of the last D days.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 3650))]
-    pub days: Option<u32>,
+    pub days: Option<i32>,
 }
 
 /// Where a new DatabaseMirror's first data comes from.
@@ -116,8 +124,9 @@ pub struct RecoverySpec {
     /// source DatabaseMirror's `backup.objectStore`, with its `path`,
     /// which defaults to `<namespace>/<name>` there).
     pub source: ObjectStore,
-    /// Recover up to this time (RFC 3339); the last archived transaction
-    /// when unset.
+    /// Recover up to this time (RFC 3339, to the second: transactions
+    /// committed by then are kept, later ones are not); the last archived
+    /// transaction when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_time: Option<Time>,
 }
@@ -164,6 +173,10 @@ pub struct BackupStatus {
     /// The last `hostwright.io/backup-request` annotation value acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_request: Option<String>,
+    /// WAL let go unarchived since the last base backup (the store was
+    /// unreachable past `maxPendingWal`): no recovery passes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive_gap: Option<String>,
 }
 
 /// A base backup that completed.

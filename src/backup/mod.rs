@@ -7,6 +7,7 @@
 pub use object_store;
 
 pub mod base;
+pub mod gap;
 pub mod layout;
 pub mod store;
 pub mod wal;

@@ -30,6 +30,13 @@ pub struct StoreConfig {
     /// The CA that verifies an `https` endpoint, if not a public one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
+    /// Past this much unarchived WAL a failed push lets its segment go
+    /// (see [`super::gap`]); None: PostgreSQL keeps it all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pending_bytes: Option<u64>,
+    /// Where a gap is recorded (on the member's volume).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gap_file: Option<PathBuf>,
 }
 
 impl StoreConfig {
@@ -49,6 +56,8 @@ impl StoreConfig {
             region: spec.region.clone(),
             credentials_dir: credentials_dir.to_path_buf(),
             ca_file: spec.ca.as_ref().and(ca_file).map(Path::to_path_buf),
+            max_pending_bytes: None,
+            gap_file: None,
         }
     }
 
@@ -59,13 +68,33 @@ impl StoreConfig {
             .map_err(|source| BackupError::Config { path: path.display().to_string(), source })
     }
 
-    /// The client for this store.
+    /// The client for this store (failed requests retried with backoff).
     pub fn open(&self) -> Result<Arc<dyn ObjectStore>, BackupError> {
+        self.open_with(RetryConfig::default())
+    }
+
+    /// The client for one WAL push: PostgreSQL retries a failed push
+    /// itself, so a push gives up within seconds (two retries at most, none
+    /// when `once`: past the bound a segment that cannot go now is let go,
+    /// and the backlog drains at once). A push that hung for minutes would
+    /// let WAL pile up past the bound meanwhile.
+    pub fn open_for_push(&self, once: bool) -> Result<Arc<dyn ObjectStore>, BackupError> {
+        let retries = if once { 0 } else { 2 };
+        self.open_with(RetryConfig {
+            max_retries: retries,
+            retry_timeout: std::time::Duration::from_secs(10),
+            ..RetryConfig::default()
+        })
+    }
+
+    fn open_with(&self, retry: RetryConfig) -> Result<Arc<dyn ObjectStore>, BackupError> {
         let key = |name: &str| -> Result<String, BackupError> {
             let path = self.credentials_dir.join(name);
             Ok(String::from_utf8_lossy(&read(&path)?).trim().to_string())
         };
-        let mut options = ClientOptions::new().with_allow_http(self.endpoint.starts_with("http://"));
+        let mut options = ClientOptions::new()
+            .with_allow_http(self.endpoint.starts_with("http://"))
+            .with_connect_timeout(std::time::Duration::from_secs(5));
         if let Some(ca_file) = &self.ca_file {
             let pem = read(ca_file)?;
             let certificate = Certificate::from_pem(&pem).map_err(|source| self.open_error(source))?;
@@ -79,7 +108,7 @@ impl StoreConfig {
             .with_secret_access_key(key(credential_keys::SECRET_ACCESS_KEY)?)
             .with_virtual_hosted_style_request(false)
             .with_client_options(options)
-            .with_retry(RetryConfig::default())
+            .with_retry(retry)
             .build()
             .map_err(|source| self.open_error(source))?;
         Ok(Arc::new(store))

@@ -124,7 +124,7 @@ pub fn blueprint(dbm: &DatabaseMirror) -> Result<Blueprint, BuildError> {
         credentials_secret: agent_credentials_name(dbm),
         service_names: vec![format!("{}-rw", dbm.name_any()), format!("{}-ro", dbm.name_any())],
         tls_issuer: dbm.spec.tls.as_ref().and_then(|t| t.issuer_ref.clone()),
-        secret_mounts: archive_mounts(dbm),
+        secret_mounts: archive_mounts(dbm).into_iter().chain(recovery_mounts(dbm)).collect(),
         config_map: config_name(dbm),
         agent_args: [
             format!("--database-mirror={}", dbm.name_any()),
@@ -133,6 +133,7 @@ pub fn blueprint(dbm: &DatabaseMirror) -> Result<Blueprint, BuildError> {
         ]
         .into_iter()
         .chain(archive_args(dbm))
+        .chain(recovery_args(dbm))
         .collect(),
         settings_key: settings_key(&settings),
         template_hash: template_hash(dbm),
@@ -162,10 +163,23 @@ fn archive_args(dbm: &DatabaseMirror) -> Vec<String> {
         format!("--archive-region={}", store.region),
         format!("--archive-credentials-dir={BACKUP_CREDENTIALS_DIR}"),
     ];
+    if let Some(bytes) = max_pending_wal(dbm, backup) {
+        args.push(format!("--archive-max-pending-bytes={bytes}"));
+    }
     if store.ca.is_some() {
         args.push(format!("--archive-ca-file={BACKUP_CA_DIR}/ca.crt"));
     }
     args
+}
+
+/// The most unarchived WAL a member keeps: `maxPendingWal`, or half the
+/// volume (None when neither can be read: PostgreSQL keeps it all).
+fn max_pending_wal(dbm: &DatabaseMirror, backup: &crate::api::backup::BackupSpec) -> Option<u128> {
+    use crate::resources::quantity::bytes;
+    match &backup.max_pending_wal {
+        Some(limit) => bytes(limit),
+        None => bytes(&dbm.spec.instance.storage.size).map(|b| b / 2),
+    }
 }
 
 /// The backup store's Secrets, mounted into member pods.
@@ -181,6 +195,49 @@ fn archive_mounts(dbm: &DatabaseMirror) -> Vec<members::SecretMount> {
         volume: "backup-ca",
         secret: ca.secret_name.clone(),
         path: BACKUP_CA_DIR,
+    });
+    std::iter::once(credentials).chain(ca).collect()
+}
+
+/// Where member pods find the recovery source's keys and CA.
+pub const RECOVERY_CREDENTIALS_DIR: &str = "/etc/hostwright/recovery-credentials";
+pub const RECOVERY_CA_DIR: &str = "/etc/hostwright/recovery-ca";
+
+/// The agent's recovery arguments (none without `bootstrap.recovery`): the
+/// member that makes the first primary restores it from the source.
+fn recovery_args(dbm: &DatabaseMirror) -> Vec<String> {
+    let Some(bootstrap) = &dbm.spec.bootstrap else { return Vec::new() };
+    let recovery = &bootstrap.recovery;
+    let store = &recovery.source;
+    let mut args = vec![
+        format!("--recovery-endpoint={}", store.endpoint),
+        format!("--recovery-bucket={}", store.bucket),
+        format!("--recovery-prefix={}", store.path.as_deref().unwrap_or_default().trim_matches('/')),
+        format!("--recovery-region={}", store.region),
+        format!("--recovery-credentials-dir={RECOVERY_CREDENTIALS_DIR}"),
+    ];
+    if store.ca.is_some() {
+        args.push(format!("--recovery-ca-file={RECOVERY_CA_DIR}/ca.crt"));
+    }
+    if let Some(target) = &recovery.target_time {
+        args.push(format!("--recovery-target-time={}", target.0));
+    }
+    args
+}
+
+/// The recovery source's Secrets, mounted into member pods.
+fn recovery_mounts(dbm: &DatabaseMirror) -> Vec<members::SecretMount> {
+    let Some(bootstrap) = &dbm.spec.bootstrap else { return Vec::new() };
+    let store = &bootstrap.recovery.source;
+    let credentials = members::SecretMount {
+        volume: "recovery-credentials",
+        secret: store.credentials.secret_name.clone(),
+        path: RECOVERY_CREDENTIALS_DIR,
+    };
+    let ca = store.ca.as_ref().map(|ca| members::SecretMount {
+        volume: "recovery-ca",
+        secret: ca.secret_name.clone(),
+        path: RECOVERY_CA_DIR,
     });
     std::iter::once(credentials).chain(ca).collect()
 }
@@ -457,6 +514,10 @@ pub fn template_hash(dbm: &DatabaseMirror) -> String {
     // to the hash of a store made before backups existed.
     if let Some(backup) = &dbm.spec.backup {
         text.push_str(&format!("|{:?}", (archive_args(dbm), archive_mounts(dbm), &backup.object_store)));
+    }
+    // Set at creation only (the schema refuses a change).
+    if dbm.spec.bootstrap.is_some() {
+        text.push_str(&format!("|{:?}", (recovery_args(dbm), recovery_mounts(dbm))));
     }
     members::template_hash(&text)
 }

@@ -9,6 +9,7 @@ pub mod databasemirror;
 pub(crate) mod fixtures;
 pub mod labels;
 pub mod members;
+pub mod quantity;
 pub mod sessionstore;
 pub mod store_network;
 pub mod store_tls;

@@ -100,7 +100,12 @@ mod tests {
 
     #[test]
     fn the_lag_is_what_the_primary_wrote_past_the_last_archived_segment() {
-        let report = ArchiveReport { archived: Some((SEGMENT.into(), 1_000_000)), failed: None };
+        let report = ArchiveReport {
+            archived: Some((SEGMENT.into(), 1_000_000)),
+            failed: None,
+            gap: None,
+            gap_closed: false,
+        };
         let caught_up = status(&report, Some(4 * SEGMENT_BYTES), 1_030_000);
         assert_eq!((caught_up.archive_lag_bytes, caught_up.archive_lag_seconds), (Some(0), Some(0)));
         let behind = status(&report, Some(4 * SEGMENT_BYTES + 500), 1_030_000);
@@ -114,6 +119,8 @@ mod tests {
         let report = ArchiveReport {
             archived: Some((SEGMENT.into(), 1_000_000)),
             failed: Some(("000000010000000000000004".into(), 1_010_000)),
+            gap: None,
+            gap_closed: false,
         };
         assert!(report.failing());
         assert_eq!(degraded(&report, 1_000_000 + FAILING_FOR - 1), None, "a blip");

@@ -14,7 +14,7 @@ use kube::runtime::events::EventType;
 
 use crate::api::backup::{BackupRecord, BackupSpec, BackupStatus, RunningBackup};
 use crate::api::common::{MemberRole, MemberStatus};
-use crate::contract::{BackupOrder, BackupReport, BackupState, Millis};
+use crate::contract::{ArchiveReport, BackupOrder, BackupReport, BackupState, Millis};
 
 /// The annotation on a DatabaseMirror that asks for a base backup now: each
 /// new value is one backup.
@@ -32,6 +32,8 @@ pub struct Input<'a> {
     pub request: Option<&'a str>,
     /// Each member's report of the last backup asked of it.
     pub reports: &'a BTreeMap<String, BackupReport>,
+    /// Each archiving member's report (any member's may carry a gap).
+    pub archives: &'a BTreeMap<String, ArchiveReport>,
     pub members: &'a [MemberStatus],
     /// When the DatabaseMirror was made: the schedule counts from there.
     pub created: Millis,
@@ -43,6 +45,7 @@ pub struct Input<'a> {
 /// due (see [`events`] for what is said about it).
 pub fn step(input: &Input<'_>, status: &mut BackupStatus) {
     carry_over(input.previous, status);
+    status.archive_gap = open_gap(input, status).map(|(first, at, _)| gap_message(first, at));
     if let Some(running) = status.running_backup.clone() {
         match finished(input, &running) {
             Some(Ok(record)) => {
@@ -61,7 +64,7 @@ pub fn step(input: &Input<'_>, status: &mut BackupStatus) {
     let Some(trigger) = due(input, status) else { return };
     let Some(member) = source(input.members) else { return };
     match trigger {
-        Trigger::Requested(value) => status.last_request = Some(value),
+        Trigger::Requested(value) | Trigger::Gap(value) => status.last_request = Some(value),
         Trigger::Scheduled(at) => status.last_schedule_time = time(at),
     }
     let id = backup_id(input.now);
@@ -149,6 +152,30 @@ pub fn first_recoverability_point(reports: &BTreeMap<String, BackupReport>, id: 
 enum Trigger {
     Requested(String),
     Scheduled(Millis),
+    /// WAL was let go since the last backup and the store answers again.
+    Gap(String),
+}
+
+/// The newest gap any member let into the archive after the last
+/// completed base backup (which makes earlier ones irrelevant), and whether
+/// that member archived a segment since (the store answers again).
+fn open_gap<'a>(input: &'a Input<'_>, status: &BackupStatus) -> Option<(&'a str, Millis, bool)> {
+    let since = status.last_backup.as_ref().map_or(0, |b| millis(&b.finished));
+    input
+        .archives
+        .values()
+        .filter_map(|r| r.gap.as_ref().map(|(first, at)| (first.as_str(), *at, r.gap_closed)))
+        .filter(|(_, at, _)| *at > since)
+        .max_by_key(|(_, at, _)| *at)
+}
+
+fn gap_message(first: &str, at: Millis) -> String {
+    let when = time(at).map(|t| t.0.to_string()).unwrap_or_default();
+    format!(
+        "WAL from {first} on was let go unarchived at {when} (the object store was unreachable and more WAL \
+         waited than backup.maxPendingWal): no recovery passes it until the next base backup, which is taken \
+         as soon as the store answers"
+    )
 }
 
 /// Why a backup is due now, if one is.
@@ -157,6 +184,15 @@ fn due(input: &Input<'_>, status: &BackupStatus) -> Option<Trigger> {
         && status.last_request.as_deref() != Some(value)
     {
         return Some(Trigger::Requested(value.to_string()));
+    }
+    // Only once a segment went to the store after the gap: a push that
+    // lets its segment go counts as archived to PostgreSQL, so "not
+    // failing" does not mean the store answers.
+    if let Some((first, _, true)) = open_gap(input, status) {
+        let request = format!("archive-gap:{first}");
+        if status.last_request.as_deref() != Some(request.as_str()) {
+            return Some(Trigger::Gap(request));
+        }
     }
     let at = next_scheduled(input.spec, status, input.created)?.ok()?;
     (at <= input.now).then_some(Trigger::Scheduled(at))
@@ -196,7 +232,12 @@ fn source(members: &[MemberStatus]) -> Option<String> {
 /// The order the running backup's member is given.
 pub fn order(spec: &BackupSpec, running: &RunningBackup) -> BackupOrder {
     let retention = spec.retention.clone().unwrap_or_default();
-    BackupOrder { id: running.id.clone(), keep_backups: retention.backups, keep_days: retention.days }
+    let positive = |n: Option<i32>| n.and_then(|n| u32::try_from(n).ok());
+    BackupOrder {
+        id: running.id.clone(),
+        keep_backups: positive(retention.backups),
+        keep_days: positive(retention.days),
+    }
 }
 
 /// `YYYYMMDDTHHMMSSZ`: names that sort by age.
@@ -238,6 +279,7 @@ mod tests {
             },
             schedule: schedule.map(str::to_string),
             retention: Some(Retention { backups: Some(3), days: None }),
+            max_pending_wal: None,
         }
     }
 
@@ -269,7 +311,8 @@ mod tests {
         members: &'a [MemberStatus],
         now: Millis,
     ) -> Input<'a> {
-        Input { spec, previous, request, reports, members, created: MIDNIGHT, now }
+        static NO_ARCHIVES: BTreeMap<String, ArchiveReport> = BTreeMap::new();
+        Input { spec, previous, request, reports, archives: &NO_ARCHIVES, members, created: MIDNIGHT, now }
     }
 
     #[test]
@@ -338,6 +381,50 @@ mod tests {
         assert_eq!(next, MIDNIGHT + 27 * 60 * MINUTE);
         let bad = self::spec(Some("61 * * * *"));
         assert!(next_scheduled(&bad, &BackupStatus::default(), MIDNIGHT).unwrap().is_err());
+    }
+
+    #[test]
+    fn wal_let_go_since_the_last_backup_degrades_and_a_backup_follows_once_the_store_answers() {
+        let spec = spec(None);
+        let (members, none) = (members(), BTreeMap::new());
+        let gap = ("000000010000000000000007".to_string(), MIDNIGHT + MINUTE);
+        let failing = ArchiveReport {
+            archived: Some(("000000010000000000000003".into(), MIDNIGHT)),
+            failed: None,
+            gap: Some(gap.clone()),
+            gap_closed: false,
+        };
+        let down = BTreeMap::from([("db-1".to_string(), failing)]);
+        let at = |now, archives| Input { archives, ..input(&spec, None, None, &none, &members, now) };
+        let mut status = BackupStatus::default();
+        step(&at(MIDNIGHT + 3 * MINUTE, &down), &mut status);
+        assert!(status.archive_gap.as_deref().is_some_and(|g| g.contains("000000010000000000000007")));
+        assert_eq!(status.running_backup, None, "no backup while the store does not answer");
+
+        let up = BTreeMap::from([(
+            "db-1".to_string(),
+            ArchiveReport {
+                archived: Some(("000000010000000000000009".into(), MIDNIGHT + 4 * MINUTE)),
+                failed: None,
+                gap: Some(gap),
+                gap_closed: true,
+            },
+        )]);
+        step(&at(MIDNIGHT + 5 * MINUTE, &up), &mut status);
+        assert!(status.running_backup.is_some(), "the store answers: a backup closes the gap");
+        // Once a backup finished after the gap, the gap is history.
+        status.running_backup = None;
+        status.last_backup = Some(BackupRecord {
+            id: "x".into(),
+            member: "db-3".into(),
+            finished: time(MIDNIGHT + 6 * MINUTE).unwrap(),
+            bytes: 1,
+            kept: 1,
+        });
+        let previous = status.clone();
+        let mut status = BackupStatus::default();
+        step(&Input { previous: Some(&previous), ..at(MIDNIGHT + 7 * MINUTE, &up) }, &mut status);
+        assert_eq!((status.archive_gap, status.running_backup), (None, None));
     }
 
     #[test]

@@ -156,6 +156,26 @@ pub fn compute<K: Replicated>(
     let now_ms = u64::try_from(now.0.as_millisecond()).unwrap_or(0);
     let archive = primary.as_ref().and_then(|p| o.archives.get(p));
     let archiving_degraded = archive.and_then(|r| archiving::degraded(r, now_ms));
+    let backup = store.backup_spec().map(|spec| {
+        let mut backup = archive.map(|r| archiving::status(r, primary_position, now_ms)).unwrap_or_default();
+        let created = store
+            .meta()
+            .creation_timestamp
+            .as_ref()
+            .map_or(now_ms, |t| u64::try_from(t.0.as_millisecond()).unwrap_or(0));
+        let input = base_backups::Input {
+            spec,
+            previous: old.backup(),
+            request: store.annotations().get(base_backups::REQUEST_ANNOTATION).map(String::as_str),
+            reports: o.backups,
+            archives: o.archives,
+            members: &members,
+            created,
+            now: now_ms,
+        };
+        base_backups::step(&input, &mut backup);
+        backup
+    });
 
     let mut failover = old.replication().failover.clone();
     for step in &decision.steps {
@@ -320,6 +340,9 @@ pub fn compute<K: Replicated>(
             "MirrorsUnhealthy",
             format!("{mirrors_healthy} of {wanted_mirrors} mirrors stream from the primary"),
         )
+    } else if let Some(gap) = backup.as_ref().and_then(|b| b.archive_gap.clone()) {
+        // Before a failing archive: recoverability is lost already.
+        Observed::new(DEGRADED, true, "ArchiveGap", gap)
     } else if let Some(why) = archiving_degraded {
         Observed::new(DEGRADED, true, "ArchivingFailing", why)
     } else {
@@ -357,26 +380,7 @@ pub fn compute<K: Replicated>(
     let summary = Summary {
         max_lag_bytes: max_lag,
         equal_spec: (!o.pod_hashes.is_empty()).then_some(drifted.is_empty()),
-        backup: store.backup_spec().map(|spec| {
-            let mut backup =
-                archive.map(|r| archiving::status(r, primary_position, now_ms)).unwrap_or_default();
-            let created = store
-                .meta()
-                .creation_timestamp
-                .as_ref()
-                .map_or(now_ms, |t| u64::try_from(t.0.as_millisecond()).unwrap_or(0));
-            let input = base_backups::Input {
-                spec,
-                previous: old.backup(),
-                request: store.annotations().get(base_backups::REQUEST_ANNOTATION).map(String::as_str),
-                reports: o.backups,
-                members: &replication.members,
-                created,
-                now: now_ms,
-            };
-            base_backups::step(&input, &mut backup);
-            backup
-        }),
+        backup,
     };
     store.status(replication, summary)
 }

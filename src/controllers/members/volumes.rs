@@ -17,6 +17,7 @@ use super::{Context, Replicated};
 use crate::controllers::Error;
 use crate::resources::FIELD_MANAGER;
 use crate::resources::members::Blueprint;
+pub use crate::resources::quantity::bytes;
 
 /// A member volume smaller than the template asks for.
 #[derive(Clone, Debug, PartialEq)]
@@ -38,32 +39,6 @@ pub enum Expansion {
     Unchecked,
     /// Why it cannot grow.
     Refused(String),
-}
-
-/// Bytes of a quantity written as an integer with an optional binary or
-/// decimal suffix (`10Gi`, `500M`, `1073741824`); None for other forms.
-pub fn bytes(quantity: &Quantity) -> Option<u128> {
-    let text = quantity.0.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (digits, suffix) = text.split_at(split);
-    let n: u128 = digits.parse().ok()?;
-    let factor: u128 = match suffix {
-        "" => 1,
-        "Ki" => 1 << 10,
-        "Mi" => 1 << 20,
-        "Gi" => 1 << 30,
-        "Ti" => 1 << 40,
-        "Pi" => 1 << 50,
-        "Ei" => 1 << 60,
-        "k" => 1_000,
-        "M" => 1_000_000,
-        "G" => 1_000_000_000,
-        "T" => 1_000_000_000_000,
-        "P" => 1_000_000_000_000_000,
-        "E" => 1_000_000_000_000_000_000,
-        _ => return None,
-    };
-    n.checked_mul(factor)
 }
 
 fn requested(claim: &PersistentVolumeClaim) -> Option<&Quantity> {

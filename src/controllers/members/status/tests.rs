@@ -293,6 +293,8 @@ fn the_primarys_archiving_makes_the_backup_status_and_a_stalled_archive_degrades
     let failing = ArchiveReport {
         archived: Some(("000000010000000000000000".into(), now - 300_000)),
         failed: Some(("000000010000000000000001".into(), now - 5_000)),
+        gap: None,
+        gap_closed: false,
     };
     let archives = BTreeMap::from([("db-1".to_string(), failing)]);
     let facts = Facts { archives: &archives, ..observe(&members, &pods, &Credentials::Ready) };
