@@ -421,11 +421,7 @@ fn archiving(
         // On the member's volume, beside the data: a gap outlives the pod.
         gap_file: Some(gap_file.clone()),
     };
-    let config_file = args.socket_dir.join(hostwright::agent::archive::CONFIG_FILE);
-    hostwright::agent::archive::write_config(&config_file, &config)?;
-    if let Some((uid, gid)) = run_as {
-        std::os::unix::fs::chown(&config_file, Some(uid), Some(gid))?;
-    }
+    let config_file = write_store_config(args, hostwright::agent::archive::CONFIG_FILE, &config, run_as)?;
     let gap_file = Some(gap_file);
     Ok(Some(hostwright::agent::archive::Archiving { agent: agent.to_path_buf(), config_file, gap_file }))
 }
@@ -455,11 +451,7 @@ fn recovery(
         max_pending_bytes: None,
         gap_file: None,
     };
-    let config_file = args.socket_dir.join("recovery.json");
-    hostwright::agent::archive::write_config(&config_file, &config)?;
-    if let Some((uid, gid)) = run_as {
-        std::os::unix::fs::chown(&config_file, Some(uid), Some(gid))?;
-    }
+    let config_file = write_store_config(args, "recovery.json", &config, run_as)?;
     let target = args
         .recovery_target_time
         .as_deref()
@@ -470,6 +462,22 @@ fn recovery(
         config_file,
         target,
     }))
+}
+
+/// Write a store configuration into the run directory as `name`, readable
+/// by the server's user (the archive processes PostgreSQL starts read it).
+fn write_store_config(
+    args: &AgentArgs,
+    name: &str,
+    config: &hostwright::backup::store::StoreConfig,
+    run_as: Option<(u32, u32)>,
+) -> Result<std::path::PathBuf, Box<dyn std::error::Error>> {
+    let config_file = args.socket_dir.join(name);
+    hostwright::agent::archive::write_config(&config_file, config)?;
+    if let Some((uid, gid)) = run_as {
+        std::os::unix::fs::chown(&config_file, Some(uid), Some(gid))?;
+    }
+    Ok(config_file)
 }
 
 /// uid and gid of a local user, via `id`.

@@ -12,7 +12,7 @@ use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 
-use crate::database::{Credentials, all_healthy, connect_rw, lost_writes};
+use crate::database::{Credentials, all_healthy, connect_rw, current_primary, lost_writes};
 use crate::operator::Operator;
 use crate::sessions::{self, Sessions};
 use crate::testbed::Testbed;
@@ -115,6 +115,31 @@ impl Site {
             config.connect(tokio_postgres::NoTls).await.context("the member's unix socket")?;
         tokio::spawn(connection);
         Ok(client)
+    }
+
+    /// Close the current WAL segment on `member` (so it is archived now);
+    /// its name.
+    pub async fn switch_wal(&self, member: &str) -> Result<String> {
+        let row =
+            self.superuser(member).await?.query_one("SELECT pg_walfile_name(pg_switch_wal())", &[]).await?;
+        Ok(row.get(0))
+    }
+
+    /// The machine of DatabaseMirror `name`'s primary `primary` fails: wait
+    /// for another member to take over, bring the machine back, and wait
+    /// until every member is healthy again. The new primary.
+    pub async fn lose_primary_machine(&self, name: &str, primary: &str) -> Result<String> {
+        self.testbed.kill_member(primary).await?;
+        let old = primary.to_string();
+        let promoted = self
+            .wait::<DatabaseMirror>(name, "a new primary", move |d| {
+                current_primary(d).is_some_and(|p| p != old)
+            })
+            .await?;
+        let new_primary = current_primary(&promoted).context("the new primary")?;
+        self.testbed.revive(primary)?;
+        self.healthy::<DatabaseMirror>(name).await?;
+        Ok(new_primary)
     }
 
     /// Run `statement` on a DatabaseMirror's primary, through `<name>-rw`.

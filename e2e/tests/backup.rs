@@ -32,12 +32,6 @@ use kube::api::PostParams;
 /// (60 s) and a reconcile.
 const DEGRADED_WITHIN: Duration = Duration::from_millis(FAILING_FOR + 75_000);
 
-/// Close the current WAL segment on `member`, so it is archived now.
-async fn switch_wal(site: &Site, member: &str) -> Result<String> {
-    let row = site.superuser(member).await?.query_one("SELECT pg_walfile_name(pg_switch_wal())", &[]).await?;
-    Ok(row.get(0))
-}
-
 async fn db(site: &Site) -> Result<DatabaseMirror> {
     Ok(site.api::<DatabaseMirror>().get("db").await?)
 }
@@ -81,7 +75,7 @@ async fn wal_is_archived_through_an_outage_of_the_store_and_a_failover_without_a
     let rows = Writer::start(site.client.clone(), site.ns.name.clone(), "db".into(), creds.clone(), "acked");
 
     // 1. Segments reach the bucket; the status follows.
-    let closed = switch_wal(&site, &primary).await?;
+    let closed = site.switch_wal(&primary).await?;
     let seen = archived(&site, &closed, "the closed segment archived").await?;
     let key = format!("{prefix}/wal/00000001/{closed}");
     let keys = store.keys(&format!("{prefix}/wal")).await?;
@@ -98,7 +92,7 @@ async fn wal_is_archived_through_an_outage_of_the_store_and_a_failover_without_a
     store.stop().await?;
     let stopped = Instant::now();
     let acked_before = rows.acked().len();
-    let failing = switch_wal(&site, &primary).await?;
+    let failing = site.switch_wal(&primary).await?;
     let degraded = eventually(DEGRADED_WITHIN, "Degraded: ArchivingFailing", || async {
         let d = db(&site).await?;
         Ok((condition(&d, DEGRADED) == Some(("True".into(), "ArchivingFailing".into()))).then_some(d))
@@ -133,19 +127,10 @@ async fn wal_is_archived_through_an_outage_of_the_store_and_a_failover_without_a
     );
 
     // 3. The primary's machine fails; the new primary archives timeline 2.
-    let before_failover = switch_wal(&site, &primary).await?;
+    let before_failover = site.switch_wal(&primary).await?;
     archived(&site, &before_failover, "the last segment before the failover").await?;
-    site.testbed.kill_member(&primary).await?;
-    let promoted = site
-        .wait::<DatabaseMirror>("db", "a new primary", {
-            let old = primary.clone();
-            move |d| current_primary(d).is_some_and(|p| p != old)
-        })
-        .await?;
-    let new_primary = current_primary(&promoted).context("the new primary")?;
-    site.testbed.revive(&primary)?;
-    site.healthy::<DatabaseMirror>("db").await?;
-    let on_new_timeline = switch_wal(&site, &new_primary).await?;
+    let new_primary = site.lose_primary_machine("db", &primary).await?;
+    let on_new_timeline = site.switch_wal(&new_primary).await?;
     ensure!(on_new_timeline.starts_with("00000002"), "the new primary writes timeline 2: {on_new_timeline}");
     archived(&site, &on_new_timeline, "a segment of timeline 2 archived").await?;
     let keys = store.keys(&format!("{prefix}/wal")).await?;

@@ -24,11 +24,6 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::json;
 
-async fn switch_wal(site: &Site, member: &str) -> Result<String> {
-    let row = site.superuser(member).await?.query_one("SELECT pg_walfile_name(pg_switch_wal())", &[]).await?;
-    Ok(row.get(0))
-}
-
 fn backup_status(d: &DatabaseMirror) -> Option<&hostwright::api::backup::BackupStatus> {
     d.status.as_ref()?.backup.as_ref()
 }
@@ -102,16 +97,7 @@ async fn a_dropped_table_comes_back_to_the_second_from_backups_taken_on_a_mirror
 
     // 2. Rows, a failover, rows, T, rows, then the mistake.
     before_t.extend(insert(&site, "db", 300).await?);
-    site.testbed.kill_member(&primary).await?;
-    let promoted = site
-        .wait::<DatabaseMirror>("db", "a new primary", {
-            let old = primary.clone();
-            move |d| current_primary(d).is_some_and(|p| p != old)
-        })
-        .await?;
-    let new_primary = current_primary(&promoted).context("the new primary")?;
-    site.testbed.revive(&primary)?;
-    site.healthy::<DatabaseMirror>("db").await?;
+    let new_primary = site.lose_primary_machine("db", &primary).await?;
     before_t.extend(insert(&site, "db", 200).await?);
     // T is a whole second (targetTime's precision), after every row above.
     let now =
@@ -121,7 +107,7 @@ async fn a_dropped_table_comes_back_to_the_second_from_backups_taken_on_a_mirror
     tokio::time::sleep(std::time::Duration::from_secs_f64(now.ceil() - now + 1.0)).await;
     let after_t = insert(&site, "db", 250).await?;
     site.sql("db", "DROP TABLE orders").await?;
-    let last = switch_wal(&site, &new_primary).await?;
+    let last = site.switch_wal(&new_primary).await?;
     ensure!(last.starts_with("00000002"), "the new primary writes timeline 2: {last}");
     site.wait::<DatabaseMirror>("db", "the segment with the DROP archived", move |d| {
         backup_status(d).and_then(|b| b.last_archived_wal.as_deref()).is_some_and(|a| a >= last.as_str())
@@ -224,7 +210,7 @@ async fn an_unreachable_store_costs_the_archive_a_gap_not_the_volume() -> Result
         let mut written = 0;
         for _ in 0..12 {
             written += insert(&site, "db", 100).await?.len();
-            switch_wal(&site, &primary).await?;
+            site.switch_wal(&primary).await?;
             most_ready = most_ready.max(ready_segments(&site, &primary).await?);
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         }

@@ -151,23 +151,80 @@ pub fn backup_prefix(dbm: &DatabaseMirror, store: &crate::api::backup::ObjectSto
     store.path.clone().unwrap_or(default).trim_matches('/').to_string()
 }
 
+/// How member pods reach one object store: the agent's flags for it and
+/// where its Secrets are mounted.
+struct StoreUse {
+    /// `--<flag>-endpoint`, `--<flag>-bucket`, ...
+    flag: &'static str,
+    credentials_volume: &'static str,
+    credentials_dir: &'static str,
+    ca_volume: &'static str,
+    ca_dir: &'static str,
+}
+
+/// The store every member archives to.
+const ARCHIVE: StoreUse = StoreUse {
+    flag: "archive",
+    credentials_volume: "backup-credentials",
+    credentials_dir: BACKUP_CREDENTIALS_DIR,
+    ca_volume: "backup-ca",
+    ca_dir: BACKUP_CA_DIR,
+};
+
+/// Where the recovery source's keys and CA are mounted.
+pub const RECOVERY_CREDENTIALS_DIR: &str = "/etc/hostwright/recovery-credentials";
+pub const RECOVERY_CA_DIR: &str = "/etc/hostwright/recovery-ca";
+
+/// The store the first primary is recovered from.
+const RECOVERY: StoreUse = StoreUse {
+    flag: "recovery",
+    credentials_volume: "recovery-credentials",
+    credentials_dir: RECOVERY_CREDENTIALS_DIR,
+    ca_volume: "recovery-ca",
+    ca_dir: RECOVERY_CA_DIR,
+};
+
+impl StoreUse {
+    /// The agent's arguments for `store` under `prefix`.
+    fn args(&self, store: &crate::api::backup::ObjectStore, prefix: &str) -> Vec<String> {
+        let flag = self.flag;
+        let mut args = vec![
+            format!("--{flag}-endpoint={}", store.endpoint),
+            format!("--{flag}-bucket={}", store.bucket),
+            format!("--{flag}-prefix={prefix}"),
+            format!("--{flag}-region={}", store.region),
+            format!("--{flag}-credentials-dir={}", self.credentials_dir),
+        ];
+        if store.ca.is_some() {
+            args.push(format!("--{flag}-ca-file={}/ca.crt", self.ca_dir));
+        }
+        args
+    }
+
+    /// `store`'s Secrets, mounted into member pods.
+    fn mounts(&self, store: &crate::api::backup::ObjectStore) -> Vec<members::SecretMount> {
+        let credentials = members::SecretMount {
+            volume: self.credentials_volume,
+            secret: store.credentials.secret_name.clone(),
+            path: self.credentials_dir,
+        };
+        let ca = store.ca.as_ref().map(|ca| members::SecretMount {
+            volume: self.ca_volume,
+            secret: ca.secret_name.clone(),
+            path: self.ca_dir,
+        });
+        std::iter::once(credentials).chain(ca).collect()
+    }
+}
+
 /// The agent's archiving arguments (none without `spec.backup`): every
 /// member archives (see `agent::archive`).
 fn archive_args(dbm: &DatabaseMirror) -> Vec<String> {
     let Some(backup) = &dbm.spec.backup else { return Vec::new() };
     let store = &backup.object_store;
-    let mut args = vec![
-        format!("--archive-endpoint={}", store.endpoint),
-        format!("--archive-bucket={}", store.bucket),
-        format!("--archive-prefix={}", backup_prefix(dbm, store)),
-        format!("--archive-region={}", store.region),
-        format!("--archive-credentials-dir={BACKUP_CREDENTIALS_DIR}"),
-    ];
+    let mut args = ARCHIVE.args(store, &backup_prefix(dbm, store));
     if let Some(bytes) = max_pending_wal(dbm, backup) {
         args.push(format!("--archive-max-pending-bytes={bytes}"));
-    }
-    if store.ca.is_some() {
-        args.push(format!("--archive-ca-file={BACKUP_CA_DIR}/ca.crt"));
     }
     args
 }
@@ -184,41 +241,16 @@ fn max_pending_wal(dbm: &DatabaseMirror, backup: &crate::api::backup::BackupSpec
 
 /// The backup store's Secrets, mounted into member pods.
 fn archive_mounts(dbm: &DatabaseMirror) -> Vec<members::SecretMount> {
-    let Some(backup) = &dbm.spec.backup else { return Vec::new() };
-    let store = &backup.object_store;
-    let credentials = members::SecretMount {
-        volume: "backup-credentials",
-        secret: store.credentials.secret_name.clone(),
-        path: BACKUP_CREDENTIALS_DIR,
-    };
-    let ca = store.ca.as_ref().map(|ca| members::SecretMount {
-        volume: "backup-ca",
-        secret: ca.secret_name.clone(),
-        path: BACKUP_CA_DIR,
-    });
-    std::iter::once(credentials).chain(ca).collect()
+    dbm.spec.backup.as_ref().map(|b| ARCHIVE.mounts(&b.object_store)).unwrap_or_default()
 }
-
-/// Where member pods find the recovery source's keys and CA.
-pub const RECOVERY_CREDENTIALS_DIR: &str = "/etc/hostwright/recovery-credentials";
-pub const RECOVERY_CA_DIR: &str = "/etc/hostwright/recovery-ca";
 
 /// The agent's recovery arguments (none without `bootstrap.recovery`): the
 /// member that makes the first primary restores it from the source.
 fn recovery_args(dbm: &DatabaseMirror) -> Vec<String> {
     let Some(bootstrap) = &dbm.spec.bootstrap else { return Vec::new() };
     let recovery = &bootstrap.recovery;
-    let store = &recovery.source;
-    let mut args = vec![
-        format!("--recovery-endpoint={}", store.endpoint),
-        format!("--recovery-bucket={}", store.bucket),
-        format!("--recovery-prefix={}", store.path.as_deref().unwrap_or_default().trim_matches('/')),
-        format!("--recovery-region={}", store.region),
-        format!("--recovery-credentials-dir={RECOVERY_CREDENTIALS_DIR}"),
-    ];
-    if store.ca.is_some() {
-        args.push(format!("--recovery-ca-file={RECOVERY_CA_DIR}/ca.crt"));
-    }
+    let prefix = recovery.source.path.as_deref().unwrap_or_default().trim_matches('/');
+    let mut args = RECOVERY.args(&recovery.source, prefix);
     if let Some(target) = &recovery.target_time {
         args.push(format!("--recovery-target-time={}", target.0));
     }
@@ -227,19 +259,7 @@ fn recovery_args(dbm: &DatabaseMirror) -> Vec<String> {
 
 /// The recovery source's Secrets, mounted into member pods.
 fn recovery_mounts(dbm: &DatabaseMirror) -> Vec<members::SecretMount> {
-    let Some(bootstrap) = &dbm.spec.bootstrap else { return Vec::new() };
-    let store = &bootstrap.recovery.source;
-    let credentials = members::SecretMount {
-        volume: "recovery-credentials",
-        secret: store.credentials.secret_name.clone(),
-        path: RECOVERY_CREDENTIALS_DIR,
-    };
-    let ca = store.ca.as_ref().map(|ca| members::SecretMount {
-        volume: "recovery-ca",
-        secret: ca.secret_name.clone(),
-        path: RECOVERY_CA_DIR,
-    });
-    std::iter::once(credentials).chain(ca).collect()
+    dbm.spec.bootstrap.as_ref().map(|b| RECOVERY.mounts(&b.recovery.source)).unwrap_or_default()
 }
 
 /// Build the shared children of `dbm` (the credentials Secret is built on
