@@ -334,6 +334,38 @@ fn invalid_objects() -> Vec<Invalid> {
             message: "spec.backup.objectStore.bucket in body should match",
         },
         Invalid {
+            case: "db: a backup schedule that is not cron",
+            object: db(
+                "d",
+                json!({"backup": {"objectStore": {"endpoint": "https://s3.example", "bucket": "site-backups", "credentials": {"secretName": "s3"}}, "schedule": "@daily at 3am"}}),
+            ),
+            message: "spec.backup.schedule in body should match",
+        },
+        Invalid {
+            case: "db: a retention that keeps by no rule",
+            object: db(
+                "d",
+                json!({"backup": {"objectStore": {"endpoint": "https://s3.example", "bucket": "site-backups", "credentials": {"secretName": "s3"}}, "retention": {}}}),
+            ),
+            message: "retention needs backups, days or both",
+        },
+        Invalid {
+            case: "db: a recovery source without its path",
+            object: db(
+                "d",
+                json!({"bootstrap": {"recovery": {"source": {"endpoint": "https://s3.example", "bucket": "site-backups", "credentials": {"secretName": "s3"}}}}}),
+            ),
+            message: "recovery.source.path must name the prefix the backups are under",
+        },
+        Invalid {
+            case: "db: archiving into the recovery source",
+            object: db(
+                "d",
+                json!({"bootstrap": {"recovery": {"source": {"endpoint": "https://s3.example", "bucket": "site-backups", "path": "shop/db", "credentials": {"secretName": "s3"}}}}, "backup": {"objectStore": {"endpoint": "https://s3.example", "bucket": "site-backups", "path": "shop/db", "credentials": {"secretName": "s3"}}}}),
+            ),
+            message: "backup.objectStore must not be the recovery source",
+        },
+        Invalid {
             case: "db: no mirrors",
             object: db("d", json!({"mirrors": 0})),
             message: "spec.mirrors in body should be greater than or equal to 1",
@@ -451,6 +483,34 @@ async fn valid_objects_are_accepted_and_defaulted() -> Result<()> {
     let sst =
         ns.api::<SessionStore>().create(&pp, &serde_json::from_value(store("sessions", json!({})))?).await?;
     assert_eq!(sst.spec.replicas, 1);
+    Ok(())
+}
+
+/// `bootstrap` is where a DatabaseMirror's first data came from: it can be
+/// neither added to a running one nor changed or dropped later.
+#[tokio::test]
+async fn a_recovery_bootstrap_is_set_at_creation_only() -> Result<()> {
+    let client = client().await?;
+    ensure_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "bootstrap", &[]).await?;
+    let api = ns.api::<DatabaseMirror>();
+    let source = json!({"endpoint": "https://s3.example", "bucket": "site-backups", "path": "shop/db",
+                        "credentials": {"secretName": "s3"}});
+    api.create(&PostParams::default(), &serde_json::from_value(db("plain", json!({})))?).await?;
+    let recovered =
+        json!({"bootstrap": {"recovery": {"source": source, "targetTime": "2026-11-30T06:45:52Z"}}});
+    api.create(&PostParams::default(), &serde_json::from_value(db("restored", recovered))?).await?;
+    let refused = |result: kube::Result<DatabaseMirror>, message: &str| match result {
+        Err(kube::Error::Api(status)) if status.code == 422 && status.message.contains(message) => Ok(()),
+        other => Err(anyhow::anyhow!("expected a 422 with {message:?}, got {other:?}")),
+    };
+    let params = PatchParams::default();
+    let add = json!({"spec": {"bootstrap": {"recovery": {"source": source}}}});
+    refused(api.patch("plain", &params, &Patch::Merge(&add)).await, "bootstrap is set at creation")?;
+    let change = json!({"spec": {"bootstrap": {"recovery": {"targetTime": "2026-11-30T07:00:00Z"}}}});
+    refused(api.patch("restored", &params, &Patch::Merge(&change)).await, "bootstrap is set at creation")?;
+    let drop = json!({"spec": {"bootstrap": null}});
+    refused(api.patch("restored", &params, &Patch::Merge(&drop)).await, "bootstrap is set at creation")?;
     Ok(())
 }
 

@@ -61,6 +61,11 @@ pub fn step(input: &Input<'_>, status: &mut BackupStatus) {
             None => return,
         }
     }
+    // A schedule the API server let through but cron cannot read is said
+    // (Event BackupFailed), never silently never run.
+    if let Some(Err(why)) = next_scheduled(input.spec, status, input.created) {
+        status.last_backup_failure = Some(why);
+    }
     let Some(trigger) = due(input, status) else { return };
     let Some(member) = source(input.members) else { return };
     match trigger {
@@ -381,6 +386,12 @@ mod tests {
         assert_eq!(next, MIDNIGHT + 27 * 60 * MINUTE);
         let bad = self::spec(Some("61 * * * *"));
         assert!(next_scheduled(&bad, &BackupStatus::default(), MIDNIGHT).unwrap().is_err());
+        let mut status = BackupStatus::default();
+        step(&input(&bad, None, None, &none, &members, MIDNIGHT), &mut status);
+        assert!(
+            status.last_backup_failure.as_deref().is_some_and(|w| w.contains("61 * * * *")),
+            "{status:?}"
+        );
     }
 
     #[test]
