@@ -51,13 +51,13 @@ impl Archiving {
             conf_literal(&push)
         )
     }
+}
 
-    /// The `restore_command` for a recovery from the archive.
-    pub fn restore_command(&self) -> String {
-        let agent = self.agent.to_string_lossy();
-        let config = self.config_file.to_string_lossy();
-        format!("{} agent wal-fetch --config {} %f %p", shell_word(&agent), shell_word(&config))
-    }
+/// The `restore_command` that fetches WAL with `agent` from the store
+/// `config` names (a recovery reads another database's archive).
+pub fn restore_command(agent: &Path, config: &Path) -> String {
+    let (agent, config) = (agent.to_string_lossy(), config.to_string_lossy());
+    format!("{} agent wal-fetch --config {} %f %p", shell_word(&agent), shell_word(&config))
 }
 
 /// Write the store configuration where the archive processes read it
@@ -186,7 +186,7 @@ mod tests {
             "{settings}"
         );
         assert_eq!(
-            archiving.restore_command(),
+            restore_command(&archiving.agent, &archiving.config_file),
             r"'/controller/hostwright' agent wal-fetch --config '/run/it'\''s/backup.json' %f %p"
         );
     }

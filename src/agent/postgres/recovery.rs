@@ -100,11 +100,7 @@ impl Postgres {
         tracing::info!(backup = %chosen.id, target = ?recovery.target, "restoring a base backup");
         self.empty_data_dir().await?;
         base::download(store.as_ref(), &config.prefix, &chosen.id, &self.data_dir, self.run_as).await?;
-        let restore_command = format!(
-            "'{}' agent wal-fetch --config '{}' %f %p",
-            recovery.agent.display(),
-            recovery.config_file.display()
-        );
+        let restore_command = crate::agent::archive::restore_command(&recovery.agent, &recovery.config_file);
         let target_time = recovery.target.as_ref().map(|t| t.text.clone());
         let role = super::StartAs::Recovering { restore_command, target_time };
         let mut server = self.start(&role).await?;

@@ -6,6 +6,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
 use crate::api::backup::BackupStatus;
+use crate::backup::base::SEGMENT_BYTES;
 use crate::contract::{ArchiveReport, Millis};
 
 /// Archiving that has archived nothing for this long while failing makes
@@ -13,9 +14,6 @@ use crate::contract::{ArchiveReport, Millis};
 /// then waits a minute: two minutes is two rounds of retries, so one blip
 /// of the object store does not page anyone.
 pub const FAILING_FOR: Millis = 120_000;
-
-/// Bytes in a WAL segment (PostgreSQL's default, which the operator keeps).
-const SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
 
 /// The WAL position just past segment `name` (24 hex digits: timeline,
 /// log, segment), or None for another name.
@@ -80,7 +78,8 @@ fn failure(report: &ArchiveReport) -> Option<String> {
     Some(format!("last failed on {wal} at {when}"))
 }
 
-fn time(ms: Millis) -> Option<Time> {
+/// A unix-ms instant as a Kubernetes time.
+pub(super) fn time(ms: Millis) -> Option<Time> {
     Timestamp::from_millisecond(i64::try_from(ms).ok()?).ok().map(Time)
 }
 

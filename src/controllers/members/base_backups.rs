@@ -8,10 +8,11 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::events::EventType;
 
+use super::archiving::time;
 use crate::api::backup::{BackupRecord, BackupSpec, BackupStatus, RunningBackup};
 use crate::api::common::{MemberRole, MemberStatus};
 use crate::contract::{ArchiveReport, BackupOrder, BackupReport, BackupState, Millis};
@@ -203,6 +204,12 @@ fn due(input: &Input<'_>, status: &BackupStatus) -> Option<Trigger> {
     (at <= input.now).then_some(Trigger::Scheduled(at))
 }
 
+/// When `meta`'s object was made, in unix ms (`now` when unknown): the
+/// schedule counts from there.
+pub fn created(meta: &ObjectMeta, now: Millis) -> Millis {
+    meta.creation_timestamp.as_ref().map_or(now, millis)
+}
+
 /// When the next scheduled backup is due (missed runs fold into one), or
 /// why the schedule cannot be read; None without a schedule.
 pub fn next_scheduled(
@@ -249,10 +256,6 @@ pub fn order(spec: &BackupSpec, running: &RunningBackup) -> BackupOrder {
 fn backup_id(now: Millis) -> String {
     let at = Timestamp::from_millisecond(i64::try_from(now).unwrap_or(0)).unwrap_or(Timestamp::UNIX_EPOCH);
     at.strftime("%Y%m%dT%H%M%SZ").to_string()
-}
-
-fn time(ms: Millis) -> Option<Time> {
-    Timestamp::from_millisecond(i64::try_from(ms).ok()?).ok().map(Time)
 }
 
 fn now_time() -> Time {

@@ -556,8 +556,7 @@ fn next_backup<K: Replicated>(store: &K, status: &K::Status, now_ms: u64) -> Dur
     if backup.running_backup.is_some() {
         return Duration::from_secs(60);
     }
-    let created =
-        store.meta().creation_timestamp.as_ref().map_or(now_ms, |t| t.0.as_millisecond().max(0) as u64);
+    let created = base_backups::created(store.meta(), now_ms);
     match base_backups::next_scheduled(spec, backup, created) {
         Some(Ok(at)) => Duration::from_millis(at.saturating_sub(now_ms)).max(Duration::from_secs(1)),
         _ => RESYNC,

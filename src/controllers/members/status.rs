@@ -158,11 +158,7 @@ pub fn compute<K: Replicated>(
     let archiving_degraded = archive.and_then(|r| archiving::degraded(r, now_ms));
     let backup = store.backup_spec().map(|spec| {
         let mut backup = archive.map(|r| archiving::status(r, primary_position, now_ms)).unwrap_or_default();
-        let created = store
-            .meta()
-            .creation_timestamp
-            .as_ref()
-            .map_or(now_ms, |t| u64::try_from(t.0.as_millisecond()).unwrap_or(0));
+        let created = base_backups::created(store.meta(), now_ms);
         let input = base_backups::Input {
             spec,
             previous: old.backup(),
