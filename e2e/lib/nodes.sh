@@ -124,7 +124,9 @@ nodes_network_up() {
 # that long, renewing it with each reuse: kube-proxy leaves such TCP
 # entries alone (kubernetes/kubernetes#101607), so the reused port is sent
 # to the dead endpoint and fails with "No route to host" long after the
-# Service forgot it. Real visitors come from many machines; so do these.
+# Service forgot it. Real visitors come from many machines; so do these,
+# and each lets connect(2) walk the port range rather than bind(2) pick at
+# random (e2e/src/visitors.rs).
 nodes_client_addrs() {
   local k
   for ((k = 1; k <= CLIENT_ADDRS; k++)); do echo "$NODE_NET.$((CLIENT_ADDR_BASE + k))"; done

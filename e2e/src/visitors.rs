@@ -10,9 +10,12 @@
 //! machines, and one address making every connection would reuse source
 //! ports fast enough to meet the stale conntrack entries kube-proxy leaves
 //! for TCP connections to endpoints that died (kubernetes/kubernetes#101607).
+//! For the same reason the kernel picks each source port at connect(2), in
+//! turn, not at bind(2), at random.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -90,8 +93,30 @@ async fn connect(source: Option<IpAddr>, addr: &str) -> Result<tokio::net::TcpSt
     let target: SocketAddr = tokio::net::lookup_host(addr).await?.next().context("an address")?;
     let socket =
         if source.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    let_connect_choose_the_port(&socket)?;
     socket.bind(SocketAddr::new(source, 0))?;
     Ok(socket.connect(target).await?)
+}
+
+/// Leave the source port to connect(2), which walks the port range per
+/// destination (thousands of connections before a port comes round again),
+/// rather than bind(2), which picks one at random and repeats a port within
+/// the first hundred connections: a repeated port may meet a stale conntrack
+/// entry (see the module doc).
+fn let_connect_choose_the_port(socket: &tokio::net::TcpSocket) -> std::io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: the descriptor is the socket's own and open; the option value
+    // is a c_int that outlives the call, and its size is passed with it.
+    let done = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&raw const on).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if done == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
 /// The addresses the test bed lets load generators send from (none: the
@@ -257,5 +282,25 @@ mod tests {
         }
         assert_eq!((total.requests, total.failed, total.views.len()), (20, 10, 10));
         assert_eq!(total.why.len(), MAX_REASONS);
+    }
+
+    /// A thousand and a half connections in a row from one address, as one
+    /// visitor worker makes in a test, each from a port not used before.
+    #[tokio::test]
+    async fn one_address_does_not_repeat_a_source_port_soon() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((closed_by_the_server, _)) = listener.accept().await {
+                drop(closed_by_the_server);
+            }
+        });
+        let mut ports = BTreeSet::new();
+        for n in 1..=1500 {
+            let mut stream = connect(Some("127.0.0.1".parse().unwrap()), &target).await.unwrap();
+            assert!(ports.insert(stream.local_addr().unwrap().port()), "port repeated at connection {n}");
+            let mut rest = Vec::new();
+            stream.read_to_end(&mut rest).await.unwrap();
+        }
     }
 }
