@@ -471,25 +471,9 @@ pub fn markdown(all: &Map<String, Value>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
 
     fn config() -> Config {
-        Config {
-            suites: vec![Suite::Chaos],
-            failover_trials: 2,
-            chaos_trials: 2,
-            switchovers: 2,
-            sizes: vec![1],
-            idle: Duration::ZERO,
-            change_sample: 1,
-            change_interval: Duration::ZERO,
-            concurrency: 1,
-            ready_timeout: Duration::ZERO,
-            binary: PathBuf::new(),
-            kubeconfig: PathBuf::new(),
-            results: PathBuf::new(),
-            work: PathBuf::new(),
-        }
+        Config::for_tests(Suite::Chaos)
     }
 
     /// A mode's run as `run_mode` reports it: trials of (fence, first write, lag).

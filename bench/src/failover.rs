@@ -576,22 +576,7 @@ mod tests {
     }
 
     fn config() -> Config {
-        Config {
-            suites: vec![Suite::Failover],
-            failover_trials: 2,
-            chaos_trials: 2,
-            switchovers: 2,
-            sizes: vec![1],
-            idle: Duration::ZERO,
-            change_sample: 1,
-            change_interval: Duration::ZERO,
-            concurrency: 1,
-            ready_timeout: Duration::ZERO,
-            binary: PathBuf::new(),
-            kubeconfig: PathBuf::new(),
-            results: PathBuf::new(),
-            work: PathBuf::new(),
-        }
+        Config::for_tests(Suite::Failover)
     }
 
     #[test]

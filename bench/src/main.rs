@@ -1,5 +1,5 @@
 //! `hostwright-bench`: the benchmarks behind `make bench`, run as suites
-//! (`BENCH_SUITES`, default `webcluster failover sessionstore chaos site`).
+//! (`BENCH_SUITES`, default `webcluster failover sessionstore chaos lifecycle site backup`).
 //!
 //! **webcluster** — for each fleet size N (3-replica sites), on the cluster in KUBECONFIG:
 //! 1. direct: apply the Deployments, Services and PDBs the operator would
@@ -30,12 +30,17 @@
 //! through a rollout, a lost node, a drain and the loss of each store's
 //! primary and of the operator's leader: see [`site`].
 //!
+//! **backup** — archive lag, base backup and restore throughput, and what
+//! a backup from a mirror costs the primary: see [`backup`].
+//!
 //! Each suite's figures are merged into `$BENCH_RESULTS/latest.json` (its own
 //! key prefix replaced, the other suites' keys kept) and `latest.md` is
 //! rendered from that file; the curves for the plot go to `$BENCH_WORK`.
 //! See bench/README.md.
 
+mod backup;
 mod chaos;
+mod cpu;
 mod failover;
 mod fleet;
 mod lifecycle;
@@ -71,6 +76,7 @@ pub enum Suite {
     Chaos,
     Lifecycle,
     Site,
+    Backup,
 }
 
 impl Suite {
@@ -83,6 +89,7 @@ impl Suite {
             Suite::Chaos => "chaos",
             Suite::Lifecycle => "lifecycle",
             Suite::Site => "site",
+            Suite::Backup => "backup",
         }
     }
 
@@ -90,24 +97,25 @@ impl Suite {
     pub fn mode_key(self) -> &'static str {
         match self {
             Suite::WebCluster => "size",
-            Suite::Failover | Suite::Chaos | Suite::Lifecycle => "replication",
+            Suite::Failover | Suite::Chaos | Suite::Lifecycle | Suite::Backup => "replication",
             Suite::SessionStore => "durability",
             Suite::Site => "event",
         }
     }
 
-    const ALL: [Suite; 6] = [
+    const ALL: [Suite; 7] = [
         Suite::WebCluster,
         Suite::Failover,
         Suite::SessionStore,
         Suite::Chaos,
         Suite::Lifecycle,
         Suite::Site,
+        Suite::Backup,
     ];
 }
 
 /// The suites `BENCH_SUITES` runs when it is unset: all of them.
-const DEFAULT_SUITES: &str = "webcluster failover sessionstore chaos lifecycle site";
+const DEFAULT_SUITES: &str = "webcluster failover sessionstore chaos lifecycle site backup";
 
 /// `BENCH_SUITES`: names separated by spaces or commas, run in the order
 /// given, each once.
@@ -138,6 +146,7 @@ pub struct Config {
     pub chaos_trials: usize,
     /// Planned switchovers of the lifecycle suite.
     pub switchovers: usize,
+    pub backup: backup::BackupSettings,
     pub sizes: Vec<usize>,
     pub idle: Duration,
     pub change_sample: usize,
@@ -169,6 +178,28 @@ impl Config {
         }
     }
 
+    /// Settings for the suites' unit tests: one of everything, no waiting.
+    #[cfg(test)]
+    pub fn for_tests(suite: Suite) -> Self {
+        Config {
+            suites: vec![suite],
+            failover_trials: 2,
+            chaos_trials: 2,
+            switchovers: 2,
+            backup: backup::BackupSettings { database_mib: 1, wal_kib_s: 64, load: Duration::ZERO },
+            sizes: vec![1],
+            idle: Duration::ZERO,
+            change_sample: 1,
+            change_interval: Duration::ZERO,
+            concurrency: 1,
+            ready_timeout: Duration::ZERO,
+            binary: PathBuf::new(),
+            kubeconfig: PathBuf::new(),
+            results: PathBuf::new(),
+            work: PathBuf::new(),
+        }
+    }
+
     fn from_env() -> Result<Self> {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
         let sizes = std::env::var("BENCH_SIZES").unwrap_or_else(|_| "100 1000".into());
@@ -191,8 +222,19 @@ impl Config {
         if switchovers == 0 {
             bail!("BENCH_SWITCHOVERS must be above 0");
         }
+        let backup = backup::BackupSettings {
+            database_mib: env_or("BENCH_BACKUP_DATABASE_MIB", 1024)?,
+            wal_kib_s: env_or("BENCH_BACKUP_WAL_KIB_S", 512)?,
+            load: Duration::from_secs(env_or("BENCH_BACKUP_LOAD_SECONDS", 180)?),
+        };
+        if backup.database_mib == 0 || backup.wal_kib_s < 11 || backup.load < Duration::from_secs(10) {
+            bail!(
+                "the backup suite needs BENCH_BACKUP_DATABASE_MIB > 0, BENCH_BACKUP_WAL_KIB_S ≥ 11 and BENCH_BACKUP_LOAD_SECONDS ≥ 10"
+            );
+        }
         Ok(Config {
             switchovers,
+            backup,
             suites: parse_suites(&std::env::var("BENCH_SUITES").unwrap_or_else(|_| DEFAULT_SUITES.into()))?,
             failover_trials,
             chaos_trials,
@@ -278,6 +320,7 @@ async fn run() -> Result<bool> {
             Suite::Chaos => chaos::run(&cfg, &client).await?,
             Suite::Lifecycle => lifecycle::run(&cfg, &client).await?,
             Suite::Site => site::run(&cfg, &client).await?,
+            Suite::Backup => backup::run(&cfg, &client).await?,
         };
     }
     Ok(complete)

@@ -92,13 +92,7 @@ impl Operator {
 
     /// CPU time (user + system) the operator used so far, in seconds.
     pub fn cpu_seconds(&self) -> Result<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))?;
-        // Fields after the command name (which may contain spaces) start at index 2.
-        let rest = stat.rsplit_once(')').context("malformed stat")?.1;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let utime: f64 = fields.get(11).context("no utime")?.parse()?;
-        let stime: f64 = fields.get(12).context("no stime")?.parse()?;
-        Ok((utime + stime) / clock_ticks())
+        crate::cpu::process_seconds(self.pid)
     }
 
     /// SIGTERM, and wait for a clean exit (SIGKILL after 30 s).
@@ -131,17 +125,6 @@ impl Drop for Operator {
             let _ = std::fs::remove_file(&self.pid_file);
         }
     }
-}
-
-fn clock_ticks() -> f64 {
-    // getconf is in every Debian base image; 100 is the Linux default.
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
 }
 
 /// The figures the benchmark reads from the operator's /metrics.

@@ -172,6 +172,12 @@ fn markdown(all: &Map<String, Value>) -> String {
         }
         md.push_str(&crate::site::markdown(all));
     }
+    if all.contains_key("backup.settings") {
+        if !md.is_empty() {
+            md.push('\n');
+        }
+        md.push_str(&crate::backup::markdown(all));
+    }
     md
 }
 

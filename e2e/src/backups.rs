@@ -4,18 +4,22 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use futures::TryStreamExt;
-use hostwright::api::backup::credential_keys;
+use hostwright::api::DatabaseMirror;
+use hostwright::api::backup::{BackupRecord, BackupStatus, credential_keys};
 use hostwright::backup::object_store::aws::AmazonS3Builder;
 use hostwright::backup::object_store::path::Path;
 use hostwright::backup::object_store::{ClientOptions, ObjectStore};
+use hostwright::controllers::members::base_backups::REQUEST_ANNOTATION;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::ObjectMeta;
+use kube::api::{Api, ObjectMeta, Patch, PatchParams};
+use serde_json::json;
 
-use crate::cluster;
+use crate::{cluster, wait_for};
 
 /// The S3 server of the running local control plane.
 #[derive(Clone)]
@@ -105,4 +109,37 @@ impl TestStore {
     pub async fn start(&self) -> Result<()> {
         cluster(&["s3-start"]).await
     }
+}
+
+/// What the status says of archiving and base backups.
+pub fn backup_status(d: &DatabaseMirror) -> Option<&BackupStatus> {
+    d.status.as_ref()?.backup.as_ref()
+}
+
+/// Ask DatabaseMirror `name` for a base backup (the request annotation set
+/// to `request`) and wait up to `within` for it; its record, or why it failed.
+pub async fn back_up(
+    api: &Api<DatabaseMirror>,
+    name: &str,
+    request: &str,
+    within: Duration,
+) -> Result<BackupRecord> {
+    let before = api.get(name).await?;
+    let previous = backup_status(&before).and_then(|b| b.last_backup.clone()).map(|b| b.id);
+    let patch = json!({"metadata": {"annotations": {REQUEST_ANNOTATION: request}}});
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    let done =
+        wait_for(api, name, within, &format!("base backup {request}"), move |d: Option<&DatabaseMirror>| {
+            let b = d.and_then(backup_status);
+            let failed = b.and_then(|b| b.last_backup_failure.as_ref()).is_some();
+            let new =
+                b.and_then(|b| b.last_backup.as_ref()).is_some_and(|l| Some(&l.id) != previous.as_ref());
+            failed || new
+        })
+        .await?;
+    let status = backup_status(&done).context("status.backup")?;
+    if let Some(why) = &status.last_backup_failure {
+        anyhow::bail!("base backup {request} failed: {why}");
+    }
+    status.last_backup.clone().context("the backup's record")
 }

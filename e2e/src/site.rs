@@ -105,24 +105,14 @@ impl Site {
         Credentials::read(&self.client, &self.ns.name, name).await
     }
 
-    /// A superuser session over a PostgreSQL member's unix socket, inside
-    /// its "pod" (where the agent administers it): the network offers none.
+    /// A superuser session on `member` (see [`Testbed::superuser`]).
     pub async fn superuser(&self, member: &str) -> Result<tokio_postgres::Client> {
-        let socket = self.testbed.run_dir(member).context("the member's run directory")?;
-        let mut config = tokio_postgres::Config::new();
-        config.host_path(socket).port(5432).user("postgres").dbname("postgres");
-        let (client, connection) =
-            config.connect(tokio_postgres::NoTls).await.context("the member's unix socket")?;
-        tokio::spawn(connection);
-        Ok(client)
+        self.testbed.superuser(member).await
     }
 
-    /// Close the current WAL segment on `member` (so it is archived now);
-    /// its name.
+    /// Close the current WAL segment on `member`; its name.
     pub async fn switch_wal(&self, member: &str) -> Result<String> {
-        let row =
-            self.superuser(member).await?.query_one("SELECT pg_walfile_name(pg_switch_wal())", &[]).await?;
-        Ok(row.get(0))
+        self.testbed.switch_wal(member).await
     }
 
     /// The machine of DatabaseMirror `name`'s primary `primary` fails: wait

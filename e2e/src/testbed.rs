@@ -476,6 +476,26 @@ impl Testbed {
         self.key(pod).ok().map(|key| PodPaths::new(&self.shared.root, &key).run())
     }
 
+    /// A superuser session over a PostgreSQL member's unix socket, inside
+    /// its "pod" (where the agent administers it): the network offers none.
+    pub async fn superuser(&self, member: &str) -> Result<tokio_postgres::Client> {
+        let socket = self.run_dir(member).context("the member's run directory")?;
+        let mut config = tokio_postgres::Config::new();
+        config.host_path(socket).port(5432).user("postgres").dbname("postgres");
+        let (client, connection) =
+            config.connect(tokio_postgres::NoTls).await.context("the member's unix socket")?;
+        tokio::spawn(connection);
+        Ok(client)
+    }
+
+    /// Close the current WAL segment on `member` (so it is archived now);
+    /// its name.
+    pub async fn switch_wal(&self, member: &str) -> Result<String> {
+        let row =
+            self.superuser(member).await?.query_one("SELECT pg_walfile_name(pg_switch_wal())", &[]).await?;
+        Ok(row.get(0))
+    }
+
     /// The pod's log so far: the agent's output and the test bed's notes.
     pub fn log(&self, pod: &str) -> String {
         self.key(pod)

@@ -17,37 +17,15 @@ use std::collections::BTreeSet;
 
 use anyhow::{Context, Result, ensure};
 use hostwright::api::DatabaseMirror;
-use hostwright_e2e::backups::TestStore;
+use hostwright_e2e::backups::{self, TestStore, backup_status};
 use hostwright_e2e::database::{connect_rw, current_primary};
-use hostwright_e2e::site::{SERIAL, Site};
+use hostwright_e2e::site::{SERIAL, Site, TIMEOUT};
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Patch, PatchParams, PostParams};
-use serde_json::json;
-
-fn backup_status(d: &DatabaseMirror) -> Option<&hostwright::api::backup::BackupStatus> {
-    d.status.as_ref()?.backup.as_ref()
-}
+use kube::api::PostParams;
 
 /// Ask for a base backup and wait for it; its record.
 async fn back_up(site: &Site, name: &str, request: &str) -> Result<hostwright::api::backup::BackupRecord> {
-    let before = site.api::<DatabaseMirror>().get(name).await?;
-    let previous = backup_status(&before).and_then(|b| b.last_backup.clone()).map(|b| b.id);
-    let patch = json!({"metadata": {"annotations": {"hostwright.io/backup-request": request}}});
-    site.api::<DatabaseMirror>().patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
-    let done = site
-        .wait::<DatabaseMirror>(name, &format!("base backup {request}"), move |d| {
-            let b = backup_status(d);
-            let failed = b.and_then(|b| b.last_backup_failure.as_ref()).is_some();
-            let new =
-                b.and_then(|b| b.last_backup.as_ref()).is_some_and(|l| Some(&l.id) != previous.as_ref());
-            failed || new
-        })
-        .await?;
-    let status = backup_status(&done).context("status.backup")?;
-    if let Some(why) = &status.last_backup_failure {
-        anyhow::bail!("base backup {request} failed: {why}");
-    }
-    status.last_backup.clone().context("the backup's record")
+    backups::back_up(&site.api::<DatabaseMirror>(), name, request, TIMEOUT).await
 }
 
 /// Insert `n` rows through `<name>-rw`; their ids.
