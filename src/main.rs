@@ -24,8 +24,31 @@ enum Command {
     Agent(AgentCommand),
     /// Print the CustomResourceDefinitions as YAML (what `crds/` holds).
     Crds,
+    /// The kubectl plugin's commands: `kubectl hostwright …` when this
+    /// binary is installed as `kubectl-hostwright`.
+    #[command(subcommand)]
+    Kubectl(PluginCommand),
     /// Print the version of this build.
     Version,
+}
+
+#[derive(Subcommand, Debug)]
+enum PluginCommand {
+    /// Print the YAML of a new site in all three kinds (SessionStore,
+    /// DatabaseMirror, WebCluster), wired together, to edit and apply.
+    Site {
+        /// The site's name: its WebCluster's; the stores are <name>-sessions and <name>-db.
+        name: String,
+        /// The web servers' image.
+        #[arg(long, default_value = "nginxinc/nginx-unprivileged:1.27")]
+        image: String,
+        /// A host name the site answers to (repeat for more).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        /// The same shape, smaller: for a staging environment.
+        #[arg(long)]
+        staging: bool,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -228,7 +251,7 @@ struct AgentArgs {
 
 fn main() -> ExitCode {
     hostwright::tls::client::install_default_provider();
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(hostwright::plugin::arguments(std::env::args_os()));
     let result = match cli.command {
         // PostgreSQL reads these exit codes (see agent::archive).
         Command::Agent(AgentCommand::WalPush { config, path, name }) => {
@@ -261,6 +284,10 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Crds => print_crds(),
+        Command::Kubectl(PluginCommand::Site { name, image, hosts, staging }) => {
+            let shape = hostwright::plugin::site::SiteShape { name, image, hosts, staging };
+            hostwright::plugin::site::manifests(&shape).map(|yaml| print!("{yaml}")).map_err(Into::into)
+        }
         Command::Version => {
             println!("hostwright {}", env!("CARGO_PKG_VERSION"));
             Ok(())

@@ -25,7 +25,7 @@ pub fn chart_service_account() -> (String, String) {
 }
 
 /// The operator binary: `HOSTWRIGHT_BIN`, or the workspace's debug build.
-fn binary() -> PathBuf {
+pub fn binary() -> PathBuf {
     std::env::var_os("HOSTWRIGHT_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/hostwright"))
