@@ -16,8 +16,9 @@ use crate::api::{DatabaseMirror, SessionStore, WebCluster, databasemirror, sessi
 #[derive(Debug, thiserror::Error)]
 pub enum SiteError {
     #[error(
-        "{name:?} cannot name a site: it must be a DNS-1035 label of at most {max} characters (its \
-         DatabaseMirror is <name>-db, whose longest child is <name>-db-credentials)"
+        "{name:?} cannot name a site: it must be a DNS-1035 label (lower-case letters, digits and '-', a \
+         letter first) of at most {max} characters, so that its stores <name>-sessions and <name>-db and \
+         every object they create keep valid names"
     )]
     BadName { name: String, max: usize },
     #[error("the {kind} of the site does not fit its schema: {source}")]
