@@ -49,6 +49,15 @@ enum PluginCommand {
         #[arg(long)]
         staging: bool,
     },
+    /// Show a site's whole tree: its web tier, both stores, their members
+    /// with roles and lag, the last failover, backups, every condition.
+    Status {
+        /// The site's WebCluster.
+        site: String,
+        /// Its namespace (default: the kubeconfig context's).
+        #[arg(short, long)]
+        namespace: Option<String>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -288,6 +297,7 @@ fn main() -> ExitCode {
             let shape = hostwright::plugin::site::SiteShape { name, image, hosts, staging };
             hostwright::plugin::site::manifests(&shape).map(|yaml| print!("{yaml}")).map_err(Into::into)
         }
+        Command::Kubectl(PluginCommand::Status { site, namespace }) => site_status(&site, namespace),
         Command::Version => {
             println!("hostwright {}", env!("CARGO_PKG_VERSION"));
             Ok(())
@@ -300,6 +310,19 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `kubectl hostwright status`: read the site's tree once and print it.
+fn site_status(site: &str, namespace: Option<String>) -> Result<(), Box<dyn std::error::Error>> {
+    use hostwright::plugin::status;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let client = kube::Client::try_default().await?;
+        let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_string());
+        let tree = status::fetch(&client, &namespace, site).await?;
+        print!("{}", status::render(&tree, status::Paint::for_stdout()));
+        Ok::<(), Box<dyn std::error::Error>>(())
+    })
 }
 
 fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {

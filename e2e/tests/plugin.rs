@@ -1,12 +1,18 @@
 //! `kubectl hostwright`, found by kubectl itself on the PATH as
 //! `kubectl-hostwright` (a link to the operator's binary), against the
-//! real API server.
+//! real API server: `site` prints what the API server accepts, `status`
+//! shows what the operator reports of a running site.
 
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, ensure};
-use hostwright_e2e::{TestNamespace, client, ensure_crds};
+use hostwright::api::{DatabaseMirror, SessionStore, WebCluster};
+use hostwright_e2e::database::current_primary;
+use hostwright_e2e::site::{SERIAL, Site, TIMEOUT};
+use hostwright_e2e::{TestNamespace, client, ensure_crds, wait_web_ready};
+use kube::api::{Api, PostParams};
+use serde_json::json;
 
 /// A directory holding `kubectl-hostwright`, linked to the binary under
 /// test, and PATH with it first.
@@ -77,5 +83,63 @@ async fn the_site_it_prints_is_accepted_by_the_api_server_in_both_tiers() -> Res
         !refused.status.success() && why.contains("DNS-1035"),
         "a bad site name was not refused clearly: {why}"
     );
+    Ok(())
+}
+
+/// `kubectl hostwright status` on a site the operator runs (stores on the
+/// test bed's real servers): the whole tree, then the failover it saw.
+#[tokio::test]
+async fn status_shows_the_site_tree_and_a_failover_as_the_operator_reports_them() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let site = Site::start("plugin").await?;
+    site.sessions("shop-sessions", "replicas: 2\ndurability: wait\nfailover: {delay: 1s}").await?;
+    site.database("shop-db", "instance: {storage: {size: 1Gi}}\nmirrors: 1\nfailover: {delay: 1s}").await?;
+    site.healthy::<SessionStore>("shop-sessions").await?;
+    let db = site.healthy::<DatabaseMirror>("shop-db").await?;
+    let web: WebCluster = serde_json::from_value(json!({
+        "apiVersion": "hostwright.io/v1alpha1", "kind": "WebCluster", "metadata": {"name": "shop"},
+        "spec": {"image": "shop:1", "replicas": 3,
+                 "sessionStoreRef": {"name": "shop-sessions"}, "databaseRef": {"name": "shop-db"}},
+    }))?;
+    let webs: Api<WebCluster> = site.api();
+    webs.create(&PostParams::default(), &web).await?;
+    wait_web_ready(&webs, "shop", TIMEOUT).await?;
+    let (dir, path) = plugin_path(&site.ns.name)?;
+
+    let view = kubectl(&path, &["hostwright", "status", "shop", "-n", &site.ns.name], None)?;
+    println!("{view}");
+    let primary = current_primary(&db).context("a primary")?;
+    let expected = [
+        format!("Site shop (namespace {})", site.ns.name),
+        "WebCluster shop  Ready  3/3 ready".to_string(),
+        "SessionStore shop-sessions  Ready  primary shop-sessions-".to_string(),
+        format!("DatabaseMirror shop-db  Ready  primary {primary}"),
+        "primary  yes".to_string(),
+        "mirror   yes".to_string(),
+        "failovers: none".to_string(),
+        "Ready=True".to_string(),
+    ];
+    for line in &expected {
+        ensure!(view.contains(line.as_str()), "the view lacks {line:?}");
+    }
+    ensure!(!view.contains('\x1b'), "colours in a pipe");
+
+    let promoted = site.lose_primary_machine("shop-db", &primary).await?;
+    let view = kubectl(&path, &["hostwright", "status", "shop", "-n", &site.ns.name], None)?;
+    println!("{view}");
+    ensure!(
+        view.contains(&format!("primary {promoted}")),
+        "the view does not show the new primary {promoted}"
+    );
+    ensure!(view.contains("failovers: 1, the last at"), "the view does not show the failover");
+
+    let missing = Command::new("kubectl")
+        .args(["hostwright", "status", "no-such-site", "-n", &site.ns.name])
+        .env("PATH", &path)
+        .output()?;
+    let why = String::from_utf8_lossy(&missing.stderr);
+    ensure!(!missing.status.success() && why.contains("no WebCluster \"no-such-site\""), "{why}");
+    std::fs::remove_dir_all(&dir)?;
+    site.testbed.stop().await?;
     Ok(())
 }

@@ -4,6 +4,7 @@
 //! `hostwright kubectl …`.
 
 pub mod site;
+pub mod status;
 
 use std::ffi::OsString;
 use std::path::Path;
