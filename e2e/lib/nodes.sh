@@ -118,15 +118,15 @@ nodes_network_up() {
 
 # The addresses this machine's load generators send from, one per simulated
 # client machine ($CLIENT_ADDRS of them, after the bridge's own address).
-# One address making hundreds of new connections a second to one Service
-# reuses each source port within two minutes, and a node's conntrack keeps
-# an entry for a connection whose SYN went unanswered (its endpoint died)
-# that long, renewing it with each reuse: kube-proxy leaves such TCP
-# entries alone (kubernetes/kubernetes#101607), so the reused port is sent
-# to the dead endpoint and fails with "No route to host" long after the
-# Service forgot it. Real visitors come from many machines; so do these,
-# and each lets connect(2) walk the port range rather than bind(2) pick at
-# random (e2e/src/visitors.rs).
+# When a node dies, node 1's conntrack keeps the entries of connections to
+# its pods: a half-open one stays ESTABLISHED for days, one whose SYN went
+# unanswered SYN_SENT for two minutes, and kube-proxy removes neither
+# (kubernetes/kubernetes#101607, #104098). A later SYN on the same tuple
+# (same client address and port, same Service) follows the entry to the
+# dead pod and fails with "No route to host". Real visitors come from many
+# machines; so do these, and each takes its source ports in turn through
+# the whole ephemeral range, so none comes round within a run
+# (e2e/src/visitors.rs).
 nodes_client_addrs() {
   local k
   for ((k = 1; k <= CLIENT_ADDRS; k++)); do echo "$NODE_NET.$((CLIENT_ADDR_BASE + k))"; done

@@ -5,17 +5,20 @@
 //! requests, failed requests, users found logged out (sessions lost), and
 //! the ids of the page views the site acknowledged (rows that must exist).
 //!
-//! Each worker sends from its own address when the test bed offers several
-//! (`HOSTWRIGHT_CLIENT_ADDRS`, see `e2e/lib/nodes.sh`): visitors are many
-//! machines, and one address making every connection would reuse source
-//! ports fast enough to meet the stale conntrack entries kube-proxy leaves
-//! for TCP connections to endpoints that died (kubernetes/kubernetes#101607).
-//! For the same reason the kernel picks each source port at connect(2), in
-//! turn, not at bind(2), at random.
+//! Each worker is one client machine when the test bed offers addresses
+//! for them (`HOSTWRIGHT_CLIENT_ADDRS`, see `e2e/lib/nodes.sh`): it sends
+//! from an address of its own and takes source ports in turn through the
+//! whole ephemeral range, so no port comes round again within a run. A
+//! port that came round could meet the conntrack entry a node keeps for a
+//! connection whose pod died with its node: kube-proxy removes no TCP
+//! entries (kubernetes/kubernetes#101607, #104098), a half-open connection's
+//! entry stays ESTABLISHED for days, and a new SYN on its tuple is sent to
+//! the dead pod ("No route to host"). connect(2)'s own choice walks the
+//! range with random strides and comes round after about 3,000 connections
+//! to one Service, a couple of minutes for a worker here.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -74,10 +77,15 @@ pub async fn get(addr: &str, path: &str, cookie: Option<&str>) -> Result<Answer>
     get_from(None, addr, path, cookie).await
 }
 
-/// [`get`], from the local address `source` when given.
-async fn get_from(source: Option<IpAddr>, addr: &str, path: &str, cookie: Option<&str>) -> Result<Answer> {
+/// [`get`], from `machine` when given.
+async fn get_from(
+    machine: Option<&mut ClientMachine>,
+    addr: &str,
+    path: &str,
+    cookie: Option<&str>,
+) -> Result<Answer> {
     let exchange = async {
-        let mut stream = connect(source, addr).await.with_context(|| format!("connecting to {addr}"))?;
+        let mut stream = connect(machine, addr).await.with_context(|| format!("connecting to {addr}"))?;
         let cookie = cookie.map(|c| format!("Cookie: {c}\r\n")).unwrap_or_default();
         let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{cookie}Connection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await?;
@@ -88,35 +96,65 @@ async fn get_from(source: Option<IpAddr>, addr: &str, path: &str, cookie: Option
     tokio::time::timeout(REQUEST_TIMEOUT, exchange).await.with_context(|| format!("GET {path}: timed out"))?
 }
 
-async fn connect(source: Option<IpAddr>, addr: &str) -> Result<tokio::net::TcpStream> {
-    let Some(source) = source else { return Ok(tokio::net::TcpStream::connect(addr).await?) };
+async fn connect(machine: Option<&mut ClientMachine>, addr: &str) -> Result<tokio::net::TcpStream> {
+    let Some(machine) = machine else { return Ok(tokio::net::TcpStream::connect(addr).await?) };
     let target: SocketAddr = tokio::net::lookup_host(addr).await?.next().context("an address")?;
-    let socket =
-        if source.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
-    let_connect_choose_the_port(&socket)?;
-    socket.bind(SocketAddr::new(source, 0))?;
-    Ok(socket.connect(target).await?)
+    for _ in 0..PORT_TRIES {
+        let socket = if machine.addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        let source = SocketAddr::new(machine.addr, machine.take_port());
+        match socket.bind(source) {
+            Ok(()) => return socket.connect(target).await.with_context(|| format!("from {source}")),
+            Err(err) if err.kind() == std::io::ErrorKind::AddrInUse => continue,
+            Err(err) => return Err(err.into()),
+        }
+    }
+    bail!("no free source port on {} in {PORT_TRIES} tries", machine.addr)
 }
 
-/// Leave the source port to connect(2), which walks the port range per
-/// destination (thousands of connections before a port comes round again),
-/// rather than bind(2), which picks one at random and repeats a port within
-/// the first hundred connections: a repeated port may meet a stale conntrack
-/// entry (see the module doc).
-fn let_connect_choose_the_port(socket: &tokio::net::TcpSocket) -> std::io::Result<()> {
-    let on: libc::c_int = 1;
-    // SAFETY: the descriptor is the socket's own and open; the option value
-    // is a c_int that outlives the call, and its size is passed with it.
-    let done = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_BIND_ADDRESS_NO_PORT,
-            (&raw const on).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if done == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+/// Ports a machine skips (still in use by an earlier connection) before it
+/// gives up on one request.
+const PORT_TRIES: usize = 64;
+
+/// One simulated client machine: its address, and its source ports taken
+/// in turn through the ephemeral range (see the module doc).
+#[derive(Clone, Debug)]
+struct ClientMachine {
+    addr: IpAddr,
+    ports: std::ops::RangeInclusive<u16>,
+    next: u16,
+}
+
+impl ClientMachine {
+    /// A machine at `addr` walking `ports` from the `offset`-th, modulo
+    /// their number (a random offset per run, so runs on one cluster do not
+    /// retrace each other's ports).
+    fn new(addr: IpAddr, ports: std::ops::RangeInclusive<u16>, offset: u16) -> Self {
+        let (low, high) = (*ports.start(), *ports.end());
+        let span = u32::from(high - low) + 1;
+        let next = low + u16::try_from(u32::from(offset) % span).unwrap_or(0);
+        ClientMachine { addr, ports, next }
+    }
+
+    fn take_port(&mut self) -> u16 {
+        let port = self.next;
+        self.next = if port >= *self.ports.end() { *self.ports.start() } else { port + 1 };
+        port
+    }
+}
+
+/// This machine's ephemeral port range (ports other programs do not bind
+/// by number), Linux's default where it cannot be read.
+fn ephemeral_ports() -> std::ops::RangeInclusive<u16> {
+    let read = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let mut bounds = read.split_whitespace().filter_map(|p| p.parse::<u16>().ok());
+    match (bounds.next(), bounds.next()) {
+        (Some(low), Some(high)) if low < high => low..=high,
+        _ => 32768..=60999,
+    }
 }
 
 /// The addresses the test bed lets load generators send from (none: the
@@ -172,17 +210,19 @@ impl Visitors {
         let stop = Arc::new(AtomicBool::new(false));
         let per_worker = users.div_ceil(workers.max(1));
         let sources = client_addrs();
+        let (ports, offset) = (ephemeral_ports(), rand::random::<u16>());
         let tasks = jars
             .chunks(per_worker.max(1))
             .enumerate()
             .map(|(worker, chunk)| {
                 let (seen, stop, addr, mut chunk) =
                     (seen.clone(), stop.clone(), addr.to_string(), chunk.to_vec());
-                let source = (!sources.is_empty()).then(|| sources[worker % sources.len()]);
+                let mut machine = (!sources.is_empty())
+                    .then(|| ClientMachine::new(sources[worker % sources.len()], ports.clone(), offset));
                 tokio::spawn(async move {
                     while !stop.load(Ordering::Relaxed) {
                         for (user, cookie) in chunk.iter_mut() {
-                            let outcome = visit(source, &addr, user, cookie).await;
+                            let outcome = visit(machine.as_mut(), &addr, user, cookie).await;
                             lock(&seen).add(outcome);
                             if stop.load(Ordering::Relaxed) {
                                 break;
@@ -212,9 +252,9 @@ impl Visitors {
 
 /// One page view by `user`. A user found logged out counts as a lost
 /// session and logs in again (counted as a request too).
-async fn visit(source: Option<IpAddr>, addr: &str, user: &str, cookie: &mut String) -> Tally {
+async fn visit(machine: Option<&mut ClientMachine>, addr: &str, user: &str, cookie: &mut String) -> Tally {
     let mut tally = Tally { requests: 1, ..Tally::default() };
-    let answer = match get_from(source, addr, "/", Some(cookie)).await {
+    let answer = match get_from(machine, addr, "/", Some(cookie)).await {
         Ok(answer) if answer.status == 200 => answer,
         Ok(answer) => return tally.failed(format!("status {}: {}", answer.status, answer.body.trim())),
         Err(err) => return tally.failed(format!("{err:#}")),
@@ -284,10 +324,28 @@ mod tests {
         assert_eq!(total.why.len(), MAX_REASONS);
     }
 
-    /// A thousand and a half connections in a row from one address, as one
-    /// visitor worker makes in a test, each from a port not used before.
+    #[test]
+    fn a_machine_takes_every_port_of_its_range_before_one_comes_round() {
+        let addr = "192.0.2.7".parse().unwrap();
+        let mut machine = ClientMachine::new(addr, 32768..=60999, 60990 - 32768);
+        let taken: Vec<u16> = (0..28232).map(|_| machine.take_port()).collect();
+        assert_eq!(taken[0], 60990);
+        assert_eq!(taken[10], 32768, "after the last port, the first");
+        let distinct: BTreeSet<u16> = taken.iter().copied().collect();
+        assert_eq!(distinct.len(), 28232, "no port twice in one round");
+        assert_eq!(machine.take_port(), 60990, "the round over, the walk starts again");
+        assert_eq!(
+            ClientMachine::new(addr, 1000..=1009, 65535).take_port(),
+            1005,
+            "any start falls in range"
+        );
+    }
+
+    /// A thousand and a half connections in a row from one machine, as one
+    /// visitor worker makes in a test, over real sockets: each from the
+    /// next port.
     #[tokio::test]
-    async fn one_address_does_not_repeat_a_source_port_soon() {
+    async fn a_machine_connects_from_its_ports_in_turn() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let target = listener.local_addr().unwrap().to_string();
         tokio::spawn(async move {
@@ -295,9 +353,10 @@ mod tests {
                 drop(closed_by_the_server);
             }
         });
+        let mut machine = ClientMachine::new("127.0.0.1".parse().unwrap(), ephemeral_ports(), rand::random());
         let mut ports = BTreeSet::new();
         for n in 1..=1500 {
-            let mut stream = connect(Some("127.0.0.1".parse().unwrap()), &target).await.unwrap();
+            let mut stream = connect(Some(&mut machine), &target).await.unwrap();
             assert!(ports.insert(stream.local_addr().unwrap().port()), "port repeated at connection {n}");
             let mut rest = Vec::new();
             stream.read_to_end(&mut rest).await.unwrap();
