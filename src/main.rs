@@ -58,6 +58,26 @@ enum PluginCommand {
         #[arg(short, long)]
         namespace: Option<String>,
     },
+    /// Move a store's primary to another member on purpose (before
+    /// maintenance): the operator promotes it once it has caught up.
+    Switchover {
+        /// The store: <name>, or sessionstore/<name> or databasemirror/<name>.
+        store: String,
+        /// The member to promote (default: the healthy mirror least behind).
+        member: Option<String>,
+        /// Its namespace (default: the kubeconfig context's).
+        #[arg(short, long)]
+        namespace: Option<String>,
+    },
+    /// Restart every member of a store the safe way: mirrors one at a time,
+    /// then the primary as its updateStrategy says.
+    Restart {
+        /// The store: <name>, or sessionstore/<name> or databasemirror/<name>.
+        store: String,
+        /// Its namespace (default: the kubeconfig context's).
+        #[arg(short, long)]
+        namespace: Option<String>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -297,7 +317,23 @@ fn main() -> ExitCode {
             let shape = hostwright::plugin::site::SiteShape { name, image, hosts, staging };
             hostwright::plugin::site::manifests(&shape).map(|yaml| print!("{yaml}")).map_err(Into::into)
         }
-        Command::Kubectl(PluginCommand::Status { site, namespace }) => site_status(&site, namespace),
+        Command::Kubectl(PluginCommand::Status { site, namespace }) => {
+            against_the_cluster(namespace, |client, ns| async move {
+                let tree = hostwright::plugin::status::fetch(&client, &ns, &site).await?;
+                Ok(hostwright::plugin::status::render(&tree, hostwright::plugin::status::Paint::for_stdout()))
+            })
+        }
+        Command::Kubectl(PluginCommand::Switchover { store, member, namespace }) => {
+            against_the_cluster(namespace, |client, ns| async move {
+                let store = store.parse()?;
+                Ok(hostwright::plugin::store::switchover(&client, &ns, &store, member.as_deref()).await?)
+            })
+        }
+        Command::Kubectl(PluginCommand::Restart { store, namespace }) => {
+            against_the_cluster(namespace, |client, ns| async move {
+                Ok(hostwright::plugin::store::restart(&client, &ns, &store.parse()?).await?)
+            })
+        }
         Command::Version => {
             println!("hostwright {}", env!("CARGO_PKG_VERSION"));
             Ok(())
@@ -312,16 +348,19 @@ fn main() -> ExitCode {
     }
 }
 
-/// `kubectl hostwright status`: read the site's tree once and print it.
-fn site_status(site: &str, namespace: Option<String>) -> Result<(), Box<dyn std::error::Error>> {
-    use hostwright::plugin::status;
+/// A plugin command: `call` with a client of the kubeconfig's cluster and
+/// the namespace (the context's unless given); what it returns is printed.
+fn against_the_cluster<F, Fut>(namespace: Option<String>, call: F) -> Result<(), Box<dyn std::error::Error>>
+where
+    F: FnOnce(kube::Client, String) -> Fut,
+    Fut: std::future::Future<Output = Result<String, Box<dyn std::error::Error>>>,
+{
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         let client = kube::Client::try_default().await?;
         let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_string());
-        let tree = status::fetch(&client, &namespace, site).await?;
-        print!("{}", status::render(&tree, status::Paint::for_stdout()));
-        Ok::<(), Box<dyn std::error::Error>>(())
+        print!("{}", call(client, namespace).await?);
+        Ok(())
     })
 }
 

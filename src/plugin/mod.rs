@@ -5,6 +5,7 @@
 
 pub mod site;
 pub mod status;
+pub mod store;
 
 use std::ffi::OsString;
 use std::path::Path;

@@ -137,6 +137,7 @@ pub fn blueprint(dbm: &DatabaseMirror) -> Result<Blueprint, BuildError> {
         .collect(),
         settings_key: settings_key(&settings),
         template_hash: template_hash(dbm),
+        restart_request: members::restart_request(&dbm.metadata),
     })
 }
 
@@ -597,6 +598,27 @@ mod tests {
         let b = dbm("instance: {storage: {size: 1Gi}, parameters: {shared_buffers: 1GB}}");
         assert_ne!(template_hash(&a), template_hash(&b));
         assert_eq!(template_hash(&a), template_hash(&a.clone()));
+    }
+
+    #[test]
+    fn each_restart_request_is_a_new_revision_and_none_keeps_the_old_one() {
+        let revision = |restart: Option<&str>| {
+            let mut d = dbm("instance: {storage: {size: 1Gi}}");
+            if let Some(value) = restart {
+                d.annotations_mut().insert(members::RESTART_ANNOTATION.into(), value.into());
+            }
+            blueprint(&d).unwrap().revision("hostwright:0.1")
+        };
+        let never = revision(None);
+        let before_restarts_existed = members::template_hash(&format!(
+            "{}|hostwright:0.1",
+            template_hash(&dbm("instance: {storage: {size: 1Gi}}"))
+        ));
+        assert_eq!(never, before_restarts_existed, "no request, no roll on upgrade");
+        let first = revision(Some("2026-11-30T13:00:00Z"));
+        assert_ne!(first, never);
+        assert_ne!(first, revision(Some("2026-11-30T14:00:00Z")));
+        assert_eq!(first, revision(Some("2026-11-30T13:00:00Z")), "the same request, the same revision");
     }
 
     #[test]

@@ -37,6 +37,12 @@ use crate::failover::{Decision, Route};
 pub const ROLE_LABEL: &str = "hostwright.io/role";
 /// Annotation with the hash of the template a pod was built from.
 pub const TEMPLATE_HASH_ANNOTATION: &str = "hostwright.io/template-hash";
+/// Annotation on a store that asks for its members to be restarted: each
+/// new value changes every member's revision, so the members roll exactly
+/// as on a template change (mirrors one at a time, then the primary as
+/// `updateStrategy.primary` says). Like `kubectl rollout restart`, the value
+/// stays; removing it later rolls the members once more.
+pub const RESTART_ANNOTATION: &str = "hostwright.io/restart-request";
 const CONTROLLER_DIR: &str = "/controller";
 /// Where the credentials Secret is mounted; the agents read their passwords here.
 pub const CREDENTIALS_DIR: &str = "/etc/hostwright/credentials";
@@ -116,14 +122,21 @@ pub struct Blueprint {
     /// Hash of the template ([`template_hash`]); with the agent's image it
     /// makes the revision on every pod ([`Blueprint::revision`]).
     pub template_hash: String,
+    /// The store's [`RESTART_ANNOTATION`], part of the revision.
+    pub restart_request: Option<String>,
 }
 
 impl Blueprint {
     /// The revision a member pod built now carries: the template and the
     /// agent that runs it (an operator upgrade rolls members like a template
-    /// change does).
+    /// change does), and the restart asked for, if any (so a store never
+    /// asked keeps the revision it had before restarts existed).
     pub fn revision(&self, agent_image: &str) -> String {
-        template_hash(&format!("{}|{agent_image}", self.template_hash))
+        let mut text = format!("{}|{agent_image}", self.template_hash);
+        if let Some(restart) = &self.restart_request {
+            text.push_str(&format!("|restart {restart}"));
+        }
+        template_hash(&text)
     }
 
     /// Metadata of a child: the common labels and a controller reference.
@@ -558,6 +571,11 @@ pub fn keep_settings_in_use(
             data.insert(key.clone(), text.clone());
         }
     }
+}
+
+/// The restart a store's metadata asks for ([`RESTART_ANNOTATION`]).
+pub fn restart_request(meta: &ObjectMeta) -> Option<String> {
+    meta.annotations.as_ref()?.get(RESTART_ANNOTATION).cloned()
 }
 
 /// A short, stable hash of the text of a template. Members carrying another

@@ -156,6 +156,7 @@ pub fn blueprint(store: &SessionStore) -> Result<Blueprint, BuildError> {
         ],
         settings_key: members::settings_key("redis", &redis_conf(store)),
         template_hash: template_hash(store),
+        restart_request: members::restart_request(&store.metadata),
     })
 }
 
