@@ -263,6 +263,22 @@ pub struct MemberStatus {
     pub last_report_time: Option<Time>,
 }
 
+#[cfg(test)]
+impl MemberStatus {
+    /// A member as a status reports it, for tests.
+    pub fn sample(name: &str, role: MemberRole, healthy: bool, lag_bytes: Option<i64>) -> Self {
+        MemberStatus {
+            name: name.into(),
+            role,
+            healthy,
+            position: None,
+            lag_bytes,
+            spec_drift: false,
+            last_report_time: None,
+        }
+    }
+}
+
 /// Failover history shared by the replicated stores' status.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

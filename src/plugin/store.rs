@@ -270,15 +270,7 @@ mod tests {
     use crate::api::common::MemberStatus;
 
     fn member(name: &str, role: MemberRole, healthy: bool, lag: Option<i64>) -> MemberStatus {
-        MemberStatus {
-            name: name.into(),
-            role,
-            healthy,
-            position: None,
-            lag_bytes: lag,
-            spec_drift: false,
-            last_report_time: None,
-        }
+        MemberStatus::sample(name, role, healthy, lag)
     }
 
     fn three() -> ReplicationStatus {

@@ -292,15 +292,7 @@ mod tests {
     }
 
     fn member(name: &str, role: MemberRole, healthy: bool, lag: Option<i64>) -> MemberStatus {
-        MemberStatus {
-            name: name.into(),
-            role,
-            healthy,
-            position: None,
-            lag_bytes: lag,
-            spec_drift: false,
-            last_report_time: None,
-        }
+        MemberStatus::sample(name, role, healthy, lag)
     }
 
     fn members() -> Vec<MemberStatus> {
