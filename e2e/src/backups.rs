@@ -124,22 +124,28 @@ pub async fn back_up(
     request: &str,
     within: Duration,
 ) -> Result<BackupRecord> {
-    let before = api.get(name).await?;
-    let previous = backup_status(&before).and_then(|b| b.last_backup.clone()).map(|b| b.id);
+    let before = backup_status(&api.get(name).await?).cloned().unwrap_or_default();
+    // A failure already reported was an earlier backup's (each names its id).
+    let (earlier_backup, earlier_failure) = (before.last_backup.map(|b| b.id), before.last_backup_failure);
+    let news = move |b: &BackupStatus| {
+        let done = b.last_backup.as_ref().is_some_and(|l| Some(&l.id) != earlier_backup.as_ref());
+        let failed = b.last_backup_failure.is_some() && b.last_backup_failure != earlier_failure;
+        (done, failed)
+    };
     let patch = json!({"metadata": {"annotations": {REQUEST_ANNOTATION: request}}});
     api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    let check = news.clone();
     let done =
         wait_for(api, name, within, &format!("base backup {request}"), move |d: Option<&DatabaseMirror>| {
-            let b = d.and_then(backup_status);
-            let failed = b.and_then(|b| b.last_backup_failure.as_ref()).is_some();
-            let new =
-                b.and_then(|b| b.last_backup.as_ref()).is_some_and(|l| Some(&l.id) != previous.as_ref());
-            failed || new
+            d.and_then(backup_status).is_some_and(|b| check(b) != (false, false))
         })
         .await?;
     let status = backup_status(&done).context("status.backup")?;
-    if let Some(why) = &status.last_backup_failure {
-        anyhow::bail!("base backup {request} failed: {why}");
+    if let (_, true) = news(status) {
+        anyhow::bail!(
+            "base backup {request} failed: {}",
+            status.last_backup_failure.as_deref().unwrap_or_default()
+        );
     }
     status.last_backup.clone().context("the backup's record")
 }
