@@ -2,7 +2,6 @@
 //! use it: its address and keys, a Secret holding them, a client to read
 //! what the agents archived, and the server going away and coming back.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,14 +33,7 @@ pub struct TestStore {
 impl TestStore {
     /// As `e2e/cluster env` describes it (the cluster must be up).
     pub fn from_cluster() -> Result<Self> {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/cluster");
-        let out = std::process::Command::new(script).arg("env").output().context("e2e/cluster env")?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        let exports: BTreeMap<&str, &str> = text
-            .lines()
-            .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
-            .map(|(k, v)| (k, v.trim_matches('"')))
-            .collect();
+        let exports = crate::cluster_env()?;
         let get = |key: &str| {
             exports.get(key).map(|v| v.to_string()).with_context(|| {
                 format!("e2e/cluster env printed no {key}: is the cluster up, with its S3 server?")

@@ -397,6 +397,20 @@ pub async fn cluster(args: &[&str]) -> Result<()> {
     run_blocking(concat!(env!("CARGO_MANIFEST_DIR"), "/cluster"), args).await
 }
 
+/// What `e2e/cluster env` exports for the local control plane, by name:
+/// the test bed's settings, which a test reads here rather than trusting
+/// whoever started it to have sourced them (none without a local cluster).
+pub fn cluster_env() -> Result<std::collections::BTreeMap<String, String>> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/cluster");
+    let out = Command::new(script).arg("env").output().context("running e2e/cluster env")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text
+        .lines()
+        .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
+        .collect())
+}
+
 /// `kubectl ARGS` off the runtime's threads.
 /// `kubectl drain` of `node` for the pods of store `instance` (the
 /// `app.kubernetes.io/instance` label), then `kubectl uncordon` whatever

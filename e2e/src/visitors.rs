@@ -158,11 +158,18 @@ fn ephemeral_ports() -> std::ops::RangeInclusive<u16> {
 }
 
 /// The addresses the test bed lets load generators send from (none: the
-/// machine's own).
-fn client_addrs() -> Vec<IpAddr> {
-    let listed = std::env::var("HOSTWRIGHT_CLIENT_ADDRS").unwrap_or_default();
+/// machine's own): `HOSTWRIGHT_CLIENT_ADDRS` as set, else as `e2e/cluster
+/// env` says (so `make test`, which sources none of it, gets them too).
+pub fn client_addrs() -> Vec<IpAddr> {
+    let listed = std::env::var(CLIENT_ADDRS_VAR)
+        .ok()
+        .or_else(|| crate::cluster_env().ok()?.remove(CLIENT_ADDRS_VAR))
+        .unwrap_or_default();
     listed.split(',').filter_map(|a| a.trim().parse().ok()).collect()
 }
+
+/// The setting that lists the client addresses (see `e2e/lib/nodes.sh`).
+pub const CLIENT_ADDRS_VAR: &str = "HOSTWRIGHT_CLIENT_ADDRS";
 
 fn parse(response: &str) -> Result<Answer> {
     let (head, body) = response.split_once("\r\n\r\n").context("an HTTP response")?;
