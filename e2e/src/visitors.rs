@@ -5,9 +5,9 @@
 //! requests, failed requests, users found logged out (sessions lost), and
 //! the ids of the page views the site acknowledged (rows that must exist).
 //!
-//! Each worker is one client machine when the test bed offers addresses
-//! for them (`HOSTWRIGHT_CLIENT_ADDRS`, see `e2e/lib/nodes.sh`): it sends
-//! from an address of its own and takes source ports in turn through the
+//! Each worker is one client machine, at one of the addresses the test
+//! bed offers (`HOSTWRIGHT_CLIENT_ADDRS`, see `e2e/lib/nodes.sh`): it sends
+//! from that address and takes source ports in turn through the
 //! whole ephemeral range, so no port comes round again within a run. A
 //! port that came round could meet the conntrack entry a node keeps for a
 //! connection whose pod died with its node: kube-proxy removes no TCP
@@ -160,7 +160,7 @@ fn ephemeral_ports() -> std::ops::RangeInclusive<u16> {
 /// The addresses the test bed lets load generators send from (none: the
 /// machine's own): `HOSTWRIGHT_CLIENT_ADDRS` as set, else as `e2e/cluster
 /// env` says (so `make test`, which sources none of it, gets them too).
-pub fn client_addrs() -> Vec<IpAddr> {
+fn client_addrs() -> Vec<IpAddr> {
     let listed = std::env::var(CLIENT_ADDRS_VAR)
         .ok()
         .or_else(|| crate::cluster_env().ok()?.remove(CLIENT_ADDRS_VAR))
@@ -169,7 +169,7 @@ pub fn client_addrs() -> Vec<IpAddr> {
 }
 
 /// The setting that lists the client addresses (see `e2e/lib/nodes.sh`).
-pub const CLIENT_ADDRS_VAR: &str = "HOSTWRIGHT_CLIENT_ADDRS";
+const CLIENT_ADDRS_VAR: &str = "HOSTWRIGHT_CLIENT_ADDRS";
 
 fn parse(response: &str) -> Result<Answer> {
     let (head, body) = response.split_once("\r\n\r\n").context("an HTTP response")?;
@@ -207,7 +207,16 @@ pub struct Visitors {
 impl Visitors {
     /// Log `users` users in through `addr` (all must succeed), then let
     /// `workers` tasks request pages for them in turn until [`Visitors::stop`].
+    /// Each worker needs a client address of its own: sharing one, their
+    /// ports would come round within the run (see the module doc).
     pub async fn start(addr: &str, users: usize, workers: usize) -> Result<Self> {
+        let sources = client_addrs();
+        anyhow::ensure!(
+            sources.len() >= workers.max(1),
+            "{workers} visitor workers need as many client addresses, the test bed offers {} \
+             ({CLIENT_ADDRS_VAR}, e2e/cluster env): is the cluster up with real nodes?",
+            sources.len()
+        );
         let mut jars = Vec::with_capacity(users);
         for i in 0..users {
             let user = format!("user-{i}");
@@ -216,7 +225,6 @@ impl Visitors {
         let seen = Arc::new(Mutex::new(Tally::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let per_worker = users.div_ceil(workers.max(1));
-        let sources = client_addrs();
         let (ports, offset) = (ephemeral_ports(), rand::random::<u16>());
         let tasks = jars
             .chunks(per_worker.max(1))
@@ -224,12 +232,11 @@ impl Visitors {
             .map(|(worker, chunk)| {
                 let (seen, stop, addr, mut chunk) =
                     (seen.clone(), stop.clone(), addr.to_string(), chunk.to_vec());
-                let mut machine = (!sources.is_empty())
-                    .then(|| ClientMachine::new(sources[worker % sources.len()], ports.clone(), offset));
+                let mut machine = ClientMachine::new(sources[worker], ports.clone(), offset);
                 tokio::spawn(async move {
                     while !stop.load(Ordering::Relaxed) {
                         for (user, cookie) in chunk.iter_mut() {
-                            let outcome = visit(machine.as_mut(), &addr, user, cookie).await;
+                            let outcome = visit(&mut machine, &addr, user, cookie).await;
                             lock(&seen).add(outcome);
                             if stop.load(Ordering::Relaxed) {
                                 break;
@@ -259,9 +266,9 @@ impl Visitors {
 
 /// One page view by `user`. A user found logged out counts as a lost
 /// session and logs in again (counted as a request too).
-async fn visit(machine: Option<&mut ClientMachine>, addr: &str, user: &str, cookie: &mut String) -> Tally {
+async fn visit(machine: &mut ClientMachine, addr: &str, user: &str, cookie: &mut String) -> Tally {
     let mut tally = Tally { requests: 1, ..Tally::default() };
-    let answer = match get_from(machine, addr, "/", Some(cookie)).await {
+    let answer = match get_from(Some(machine), addr, "/", Some(cookie)).await {
         Ok(answer) if answer.status == 200 => answer,
         Ok(answer) => return tally.failed(format!("status {}: {}", answer.status, answer.body.trim())),
         Err(err) => return tally.failed(format!("{err:#}")),

@@ -21,7 +21,7 @@ use serde_json::json;
 use crate::api::common::{MemberRole, ReplicationStatus};
 use crate::api::{DatabaseMirror, SessionStore};
 use crate::controllers::members::{Replicated, StoreStatus};
-pub use crate::resources::members::RESTART_ANNOTATION;
+use crate::resources::members::RESTART_ANNOTATION;
 
 /// The field manager of the plugin's writes.
 pub const FIELD_MANAGER: &str = "kubectl-hostwright";
@@ -31,15 +31,6 @@ pub const FIELD_MANAGER: &str = "kubectl-hostwright";
 pub enum StoreKind {
     SessionStore,
     DatabaseMirror,
-}
-
-impl StoreKind {
-    fn name(self) -> &'static str {
-        match self {
-            StoreKind::SessionStore => "SessionStore",
-            StoreKind::DatabaseMirror => "DatabaseMirror",
-        }
-    }
 }
 
 /// A store named on the command line: `<name>`, or `<kind>/<name>` (the
@@ -234,34 +225,36 @@ enum Found {
 }
 
 async fn find(client: &Client, namespace: &str, store: &StoreRef) -> Result<Found, StoreError> {
-    let read = |kind: StoreKind| {
-        let (namespace, store) = (namespace.to_string(), format!("{} {}", kind.name(), store.name));
-        move |source| StoreError::Api { action: "reading", store, namespace, source: Box::new(source) }
-    };
     let wants = |kind| store.kind.is_none_or(|k| k == kind);
-    let sessions = match wants(StoreKind::SessionStore) {
-        true => Api::<SessionStore>::namespaced(client.clone(), namespace)
-            .get_opt(&store.name)
-            .await
-            .map_err(read(StoreKind::SessionStore))?,
-        false => None,
-    };
-    let database = match wants(StoreKind::DatabaseMirror) {
-        true => Api::<DatabaseMirror>::namespaced(client.clone(), namespace)
-            .get_opt(&store.name)
-            .await
-            .map_err(read(StoreKind::DatabaseMirror))?,
-        false => None,
-    };
+    let sessions =
+        read::<SessionStore>(wants(StoreKind::SessionStore), client, namespace, &store.name).await?;
+    let database =
+        read::<DatabaseMirror>(wants(StoreKind::DatabaseMirror), client, namespace, &store.name).await?;
     match (sessions, database) {
         (Some(_), Some(_)) => Err(StoreError::Ambiguous { name: store.name.clone() }),
-        (Some(s), None) if s.spec.external.is_some() => {
-            Err(StoreError::External { store: format!("SessionStore {}", store.name) })
-        }
+        (Some(s), None) if s.spec.external.is_some() => Err(StoreError::External { store: label(&s) }),
         (Some(s), None) => Ok(Found::Sessions(Box::new(s))),
         (None, Some(d)) => Ok(Found::Database(Box::new(d))),
         (None, None) => Err(StoreError::NoStore { namespace: namespace.into(), name: store.name.clone() }),
     }
+}
+
+/// Store `name` of kind `K`, if `wanted` and there.
+async fn read<K: Replicated>(
+    wanted: bool,
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<K>, StoreError> {
+    if !wanted {
+        return Ok(None);
+    }
+    Api::<K>::namespaced(client.clone(), namespace).get_opt(name).await.map_err(|source| StoreError::Api {
+        action: "reading",
+        store: format!("{} {name}", K::kind(&())),
+        namespace: namespace.into(),
+        source: Box::new(source),
+    })
 }
 
 #[cfg(test)]
