@@ -186,6 +186,8 @@ pub mod probes {
     pub const LIVENESS_PATH: &str = "/healthz";
     /// 200 while the server answers.
     pub const READINESS_PATH: &str = "/readyz";
+    /// The member's metrics in Prometheus text (what a PodMonitor scrapes).
+    pub const METRICS_PATH: &str = "/metrics";
     /// The lease loop comes round every `RENEW_INTERVAL`, each time bounded by
     /// `RENEW_TIMEOUT`; this long without a round means it has stopped.
     pub const STALE_AFTER: Duration = Duration::from_millis(10_000);

@@ -187,10 +187,10 @@ struct AgentArgs {
     /// (SessionStore members).
     #[arg(long, default_value = "postgres", value_parser = ["postgres", "redis"])]
     engine: String,
-    /// The DatabaseMirror this member belongs to (for logs).
+    /// The DatabaseMirror this member belongs to (for logs and metrics).
     #[arg(long)]
     database_mirror: Option<String>,
-    /// The SessionStore this member belongs to (for logs).
+    /// The SessionStore this member belongs to (for logs and metrics).
     #[arg(long)]
     session_store: Option<String>,
     /// This member (its pod name).
@@ -432,6 +432,12 @@ fn run_agent(args: AgentArgs) -> Result<(), Box<dyn std::error::Error>> {
         binary: std::env::current_exe()?,
         probe_address: args.probe_address,
         settings_file: args.config.clone(),
+        store: args.database_mirror.clone().or_else(|| args.session_store.clone()).unwrap_or_default(),
+        kind: if args.engine == "redis" {
+            hostwright::agent::metrics::SESSION_STORE
+        } else {
+            hostwright::agent::metrics::DATABASE_MIRROR
+        },
     };
     tracing::info!(
         member = %options.member,

@@ -367,3 +367,78 @@ async fn clients_and_mirrors_use_tls_and_a_renewed_certificate_loads_without_a_r
     a.stop(&mut a_server).await.unwrap();
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// A superuser connection over the socket to the clients' database `shop`
+/// (the agent's own queries run in `postgres`, which commits leave out).
+async fn shop_database(pg: &Postgres) -> tokio_postgres::Client {
+    let mut config = tokio_postgres::Config::new();
+    config.host_path(&pg.socket_dir).port(pg.port).user("postgres").dbname("shop");
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+/// The figures the agent's metrics read move with the server: commits rise
+/// with a committed insert, a client connection is counted while open, a
+/// mirror reports its lag (none once caught up), and a primary whose
+/// commits wait for a synchronous standby it lacks says so until one
+/// streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_figures_move_with_the_server() {
+    let root = temp_root();
+    let settings = root.join("sync.conf");
+    std::fs::write(&settings, "synchronous_standby_names = 'ANY 1 (db_2)'\nsynchronous_commit = on\n")
+        .unwrap();
+    let (mut a, b) = (member(&root, "db-1"), member(&root, "db-2"));
+    a.settings_file = Some(settings);
+    a.initdb(&bootstrap()).await.unwrap();
+    let mut a_server = a.start(&StartAs::Primary).await.unwrap();
+
+    let alone = a.stats().await.unwrap();
+    assert!(alone.short_of_replicas, "commits wait for db_2, which is not there");
+    assert_eq!((alone.lag_bytes, alone.lag_seconds), (None, None), "a primary lags nobody");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let expiry = alone.certificate_expiry.expect("the served certificate's expiry");
+    assert!(expiry > now + 3600, "expires at {expiry}, now {now}");
+
+    let conninfo = conninfo_to(&b, a.port, "repl").await;
+    b.basebackup(&conninfo).await.unwrap();
+    let mut b_server = b.start(&StartAs::Standby { primary_conninfo: conninfo }).await.unwrap();
+    wait_until("the mirror to count for commits", || async {
+        a.stats().await.is_ok_and(|s| !s.short_of_replicas)
+    })
+    .await;
+
+    // A committed insert in the clients' database is counted.
+    let commits = a.stats().await.unwrap().commits.expect("commits");
+    let client = shop_database(&a).await;
+    wait_until("the open connection to be counted", || async {
+        a.stats().await.is_ok_and(|s| s.connections >= Some(1))
+    })
+    .await;
+    client.batch_execute("CREATE TABLE t (v int); INSERT INTO t VALUES (1)").await.unwrap();
+    drop(client);
+    wait_until("the commits to be counted", || async {
+        a.stats().await.is_ok_and(|s| s.commits.is_some_and(|c| c > commits))
+    })
+    .await;
+    wait_until("the closed connection to go", || async {
+        a.stats().await.is_ok_and(|s| s.connections == Some(0))
+    })
+    .await;
+
+    // The mirror reports its lag, none once it replayed everything.
+    let mirror = b.stats().await.unwrap();
+    assert!(mirror.lag_bytes.is_some(), "{mirror:?}");
+    assert!(!mirror.short_of_replicas, "a mirror takes no writes");
+    let end = a.observe().await.unwrap().position;
+    wait_until("the mirror to replay everything", || async {
+        b.observe().await.is_ok_and(|o| o.position >= end)
+            && b.stats().await.is_ok_and(|s| s.lag_bytes == Some(0) && s.lag_seconds == Some(0.0))
+    })
+    .await;
+
+    b.stop(&mut b_server).await.unwrap();
+    a.stop(&mut a_server).await.unwrap();
+    let _ = std::fs::remove_dir_all(&root);
+}

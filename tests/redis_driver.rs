@@ -336,3 +336,63 @@ async fn tls_only_data_commands_only_and_a_renewed_certificate_loads_without_a_r
     a.stop(&mut a_server).await.unwrap();
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// The figures the agent's metrics read move with the server: keys after
+/// SETs, commands processed, a connected client, a replica's lag (none
+/// once caught up), and a primary short of the replicas
+/// `min-replicas-to-write` asks for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_figures_move_with_the_server() {
+    if server_bin().is_none() {
+        eprintln!("skipped: no /usr/bin/redis-server (e2e/install-deps installs Debian's redis-server)");
+        return;
+    }
+    let root = std::env::temp_dir().join(format!("hostwright-redis-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&root).unwrap();
+    let (a, b) = (member(&root, "s-1", None), member(&root, "s-2", None));
+    a.initialize().await.unwrap();
+    let mut a_server = a.start(Start::Primary).await.unwrap();
+    b.clone_from(&endpoint("s-1", &a)).await.unwrap();
+    let mut b_server = b.start(Start::Replica(Some(&endpoint("s-1", &a)))).await.unwrap();
+
+    let before = a.stats().await.unwrap();
+    let redis = before.redis.expect("Redis figures");
+    assert_eq!(redis.keys, 0);
+    assert!(redis.memory_bytes > 0);
+    assert_eq!((before.lag_bytes, before.lag_seconds), (None, None), "a primary lags nobody");
+    assert!(before.certificate_expiry.is_some(), "TLS is on");
+
+    let mut writer = client(&a).await;
+    for i in 0..10 {
+        redis::cmd("SET").arg(format!("k{i}")).arg("v").query_async::<()>(&mut writer).await.unwrap();
+    }
+    let after = a.stats().await.unwrap();
+    let redis = after.redis.unwrap();
+    assert_eq!(redis.keys, 10);
+    assert!(redis.clients >= 1, "the writer is connected: {after:?}");
+    assert_eq!(after.connections, Some(redis.clients));
+    assert!(after.commands >= before.commands.map(|n| n + 10), "{before:?} then {after:?}");
+
+    eventually("the replica to hold every key, nothing pending", || async {
+        b.stats().await.is_ok_and(|s| {
+            s.redis.is_some_and(|r| r.keys == 10) && s.lag_bytes == Some(0) && s.lag_seconds == Some(0.0)
+        })
+    })
+    .await;
+
+    // One replica of the two asked for: writes would be refused.
+    assert!(!a.stats().await.unwrap().short_of_replicas);
+    a.call::<()>("CONFIG", &["SET", "min-replicas-to-write", "2"]).await.unwrap();
+    eventually("the primary to be short of replicas", || async {
+        a.stats().await.is_ok_and(|s| s.short_of_replicas)
+    })
+    .await;
+    a.call::<()>("CONFIG", &["SET", "min-replicas-to-write", "1"]).await.unwrap();
+    eventually("one replica to be enough", || async { a.stats().await.is_ok_and(|s| !s.short_of_replicas) })
+        .await;
+
+    drop(writer);
+    b.stop(&mut b_server).await.unwrap();
+    a.stop(&mut a_server).await.unwrap();
+    let _ = std::fs::remove_dir_all(&root);
+}

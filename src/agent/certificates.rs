@@ -52,6 +52,13 @@ impl Certificates {
         *self.installed.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
+    /// notAfter (unix seconds) of the certificate installed, which the
+    /// server serves; None before one is installed or when unreadable.
+    pub fn expiry(&self) -> Option<i64> {
+        let installed = self.installed()?;
+        not_after(&std::fs::read_to_string(installed.cert).ok()?)
+    }
+
     /// Where the CA copy is (whether or not installed yet).
     pub fn ca_path(&self) -> PathBuf {
         self.dir.join("tls-ca.crt")
@@ -101,6 +108,12 @@ impl Certificates {
             }
         }
     }
+}
+
+/// notAfter (unix seconds) of the first certificate in `pem`.
+pub fn not_after(pem: &str) -> Option<i64> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
+    Some(pem.parse_x509().ok()?.validity().not_after.timestamp())
 }
 
 /// A short name for the contents (only compared within this process).
@@ -160,5 +173,16 @@ mod tests {
         certs.refresh().unwrap().expect("renewed again");
         assert!(!first.cert.exists() && !first.key.exists());
         let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn the_expiry_is_the_certificates_not_after() {
+        let now = std::time::SystemTime::now();
+        let ca = crate::tls::new_authority("test CA", now).unwrap();
+        let lifetime = std::time::Duration::from_secs(3600);
+        let issued = crate::tls::issue_server(&ca, &["db.example".into()], now, lifetime).unwrap();
+        let facts = crate::tls::inspect(&issued.cert_pem, &ca.cert_pem).unwrap();
+        assert_eq!(not_after(&issued.cert_pem), Some(facts.not_after));
+        assert_eq!(not_after("not a certificate"), None);
     }
 }

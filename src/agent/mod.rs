@@ -12,6 +12,7 @@
 //! - [`certificates`]: the server's TLS files, reinstalled when renewed.
 //! - [`probe`]: the answers to the kubelet's liveness and readiness probes.
 //! - [`archive`]: the WAL archiving commands PostgreSQL runs.
+//! - [`metrics`]: what the agent serves to Prometheus beside the probes.
 //!
 //! What the agent and the operator share (keys, encodings, timings) is in
 //! [`crate::contract`].
@@ -21,6 +22,7 @@ pub mod base_backup;
 pub mod certificates;
 pub mod lease;
 pub mod marker;
+pub mod metrics;
 pub mod plan;
 pub mod postgres;
 pub mod probe;

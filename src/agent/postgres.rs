@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio::process::{Child, Command};
 
 use super::certificates::Certificates;
+use super::metrics::Stats;
 use super::plan::Endpoint;
 use super::server::{Observed, Server, Start, shut_down};
 use crate::contract::keys::credentials as credential_files;
@@ -744,6 +745,113 @@ impl Postgres {
         };
         Ok(Observed { replica, position, streaming: row.get(2), archive })
     }
+
+    /// What the metrics want beyond [`Postgres::observe`]: commits, client
+    /// backends, a mirror's lag, whether commits wait for standbys that
+    /// are not there, the certificate's expiry. One query on a connection
+    /// of its own.
+    pub async fn stats(&self) -> Result<Stats, PostgresError> {
+        let row = self.connect().await?.query_one(STATS_QUERY, &[]).await?;
+        let figures = Figures {
+            commits: row.get(0),
+            clients: row.get(1),
+            in_recovery: row.get(2),
+            receive_lsn: row.get(3),
+            replay_lsn: row.get(4),
+            latest_end_lsn: row.get(5),
+            replay_age: row.get(6),
+            synchronous_standby_names: row.get(7),
+            synchronous_commit: row.get(8),
+            sync_standbys: row.get(9),
+        };
+        let mut stats = figures.stats()?;
+        stats.certificate_expiry = self.tls.as_ref().and_then(Certificates::expiry);
+        Ok(stats)
+    }
+}
+
+/// What the metrics ask of a server, in one round trip (see
+/// [`Postgres::stats`]). Our own connection is not a client, and commits
+/// in `postgres` are the agent's own queries (every one a transaction,
+/// several a second): clients may reach only their own database.
+const STATS_QUERY: &str = "SELECT \
+    (SELECT sum(xact_commit) FROM pg_stat_database WHERE datname <> 'postgres')::bigint, \
+    (SELECT count(*) FROM pg_stat_activity \
+     WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()), \
+    pg_is_in_recovery(), \
+    pg_last_wal_receive_lsn()::text, \
+    pg_last_wal_replay_lsn()::text, \
+    (SELECT latest_end_lsn::text FROM pg_stat_wal_receiver LIMIT 1), \
+    extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8, \
+    current_setting('synchronous_standby_names'), \
+    current_setting('synchronous_commit'), \
+    (SELECT count(*) FROM pg_stat_replication WHERE sync_state IN ('sync', 'quorum'))";
+
+/// What [`STATS_QUERY`] answers, before it is made [`Stats`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Figures {
+    pub commits: Option<i64>,
+    pub clients: i64,
+    pub in_recovery: bool,
+    pub receive_lsn: Option<String>,
+    pub replay_lsn: Option<String>,
+    /// The primary's end of WAL as the WAL receiver last heard it.
+    pub latest_end_lsn: Option<String>,
+    /// Seconds since the last transaction replayed was committed.
+    pub replay_age: Option<f64>,
+    pub synchronous_standby_names: String,
+    pub synchronous_commit: String,
+    /// Standbys now counted for synchronous commits.
+    pub sync_standbys: i64,
+}
+
+/// How many synchronous standbys a commit waits for under
+/// `synchronous_standby_names`: `FIRST n (…)`, `ANY n (…)`, `n (…)`, or
+/// a plain list (one).
+pub fn required_sync_standbys(names: &str) -> u32 {
+    let names = names.trim();
+    if names.is_empty() {
+        return 0;
+    }
+    let mut words = names.split_whitespace();
+    let first = words.next().unwrap_or_default();
+    let count = if first.eq_ignore_ascii_case("first") || first.eq_ignore_ascii_case("any") {
+        words.next().unwrap_or_default()
+    } else {
+        first
+    };
+    count.split('(').next().and_then(|n| n.trim().parse().ok()).unwrap_or(1)
+}
+
+impl Figures {
+    /// The metrics' figures. A mirror's lag is what it heard of (received,
+    /// or announced by the primary) and has not replayed; its age is that
+    /// of the last transaction replayed, 0 once nothing is left to replay.
+    pub fn stats(&self) -> Result<Stats, PostgresError> {
+        let lsn = |text: &Option<String>| text.as_deref().map(parse_lsn).transpose();
+        let (received, announced, replayed) =
+            (lsn(&self.receive_lsn)?, lsn(&self.latest_end_lsn)?, lsn(&self.replay_lsn)?);
+        let heard = received.max(announced);
+        let lag_bytes = match self.in_recovery {
+            true => replayed.map(|replayed| heard.unwrap_or(replayed).saturating_sub(replayed)),
+            false => None,
+        };
+        let lag_seconds = match lag_bytes {
+            Some(0) => Some(0.0),
+            Some(_) => self.replay_age.map(|age| age.max(0.0)),
+            None => None,
+        };
+        let waits = matches!(self.synchronous_commit.as_str(), "on" | "remote_write" | "remote_apply");
+        let required = i64::from(required_sync_standbys(&self.synchronous_standby_names));
+        Ok(Stats {
+            connections: u64::try_from(self.clients).ok(),
+            commits: self.commits.and_then(|n| u64::try_from(n).ok()),
+            lag_bytes,
+            lag_seconds,
+            short_of_replicas: !self.in_recovery && waits && self.sync_standbys < required,
+            ..Stats::default()
+        })
+    }
 }
 
 /// `pg_stat_archiver` as the agent reports it.
@@ -854,6 +962,10 @@ impl Server for PostgresMember {
 
     async fn observe(&self) -> Result<Observed, PostgresError> {
         self.postgres.observe().await
+    }
+
+    async fn stats(&self) -> Result<Stats, PostgresError> {
+        self.postgres.stats().await
     }
 
     async fn initialize(&self) -> Result<(), PostgresError> {
@@ -1061,6 +1173,81 @@ mod tests {
                 "hostssl \"shop\" \"shop\" all scram-sha-256",
                 "host all all all reject",
             ]
+        );
+    }
+
+    fn mirror_figures() -> Figures {
+        Figures {
+            in_recovery: true,
+            receive_lsn: Some("0/3000100".into()),
+            replay_lsn: Some("0/3000060".into()),
+            latest_end_lsn: Some("0/3000200".into()),
+            replay_age: Some(2.5),
+            synchronous_commit: "on".into(),
+            ..Figures::default()
+        }
+    }
+
+    #[test]
+    fn a_mirrors_lag_runs_to_the_end_it_heard_of_and_is_zero_once_replayed() {
+        let stats = mirror_figures().stats().unwrap();
+        assert_eq!(stats.lag_bytes, Some(0x200 - 0x60), "to the primary's end as last announced");
+        assert_eq!(stats.lag_seconds, Some(2.5));
+        let received_more = Figures { latest_end_lsn: Some("0/3000080".into()), ..mirror_figures() };
+        assert_eq!(received_more.stats().unwrap().lag_bytes, Some(0x100 - 0x60), "or as received");
+        let caught_up = Figures {
+            receive_lsn: Some("0/3000060".into()),
+            latest_end_lsn: None,
+            replay_age: Some(600.0),
+            ..mirror_figures()
+        };
+        let stats = caught_up.stats().unwrap();
+        assert_eq!((stats.lag_bytes, stats.lag_seconds), (Some(0), Some(0.0)), "an idle primary is no lag");
+        let never_replayed = Figures { replay_lsn: None, replay_age: None, ..mirror_figures() };
+        assert_eq!(never_replayed.stats().unwrap().lag_bytes, None);
+        let primary = Figures { in_recovery: false, ..mirror_figures() };
+        assert_eq!((primary.stats().unwrap().lag_bytes, primary.stats().unwrap().lag_seconds), (None, None));
+        let garbage = Figures { replay_lsn: Some("x".into()), ..mirror_figures() };
+        assert!(garbage.stats().is_err());
+    }
+
+    #[test]
+    fn commits_and_clients_are_counted() {
+        let stats = Figures { commits: Some(1234), clients: 3, ..Figures::default() }.stats().unwrap();
+        assert_eq!((stats.commits, stats.connections), (Some(1234), Some(3)));
+    }
+
+    #[test]
+    fn the_synchronous_standbys_a_commit_waits_for() {
+        assert_eq!(required_sync_standbys(""), 0);
+        assert_eq!(required_sync_standbys("  "), 0);
+        assert_eq!(required_sync_standbys("db_2"), 1);
+        assert_eq!(required_sync_standbys("db_2, db_3"), 1);
+        assert_eq!(required_sync_standbys("*"), 1);
+        assert_eq!(required_sync_standbys("ANY 1 (db_2, db_3)"), 1);
+        assert_eq!(required_sync_standbys("any 2 (db_2, db_3)"), 2);
+        assert_eq!(required_sync_standbys("FIRST 2 (db_2, db_3)"), 2);
+        assert_eq!(required_sync_standbys("2 (db_2, db_3)"), 2);
+        assert_eq!(required_sync_standbys("2(db_2, db_3)"), 2);
+    }
+
+    #[test]
+    fn a_primary_is_short_of_replicas_when_commits_wait_for_standbys_it_lacks() {
+        let primary = |names: &str, commit: &str, standbys: i64| Figures {
+            synchronous_standby_names: names.into(),
+            synchronous_commit: commit.into(),
+            sync_standbys: standbys,
+            ..Figures::default()
+        };
+        let short = |f: Figures| f.stats().unwrap().short_of_replicas;
+        assert!(short(primary("ANY 1 (db_2)", "on", 0)));
+        assert!(!short(primary("ANY 1 (db_2)", "on", 1)));
+        assert!(short(primary("FIRST 2 (db_2, db_3)", "remote_apply", 1)));
+        assert!(!short(primary("", "on", 0)), "relaxed: nothing to wait for");
+        assert!(!short(primary("ANY 1 (db_2)", "local", 0)), "commits do not wait");
+        assert!(
+            !short(Figures { in_recovery: true, ..primary("ANY 1 (db_2)", "on", 0) }),
+            "a mirror takes no writes"
         );
     }
 

@@ -4,6 +4,8 @@
 //! legitimately take minutes (a large clone), while the lease loop comes
 //! round every second whatever the step loop does. A frozen process answers
 //! nothing at all, which the kubelet counts as a failure too.
+//!
+//! The same listener serves the member's metrics ([`super::metrics`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,11 +13,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
+use super::metrics::Metrics;
 use super::watchdog::boottime_ms;
-use crate::contract::probes::{LIVENESS_PATH, READINESS_PATH, STALE_AFTER};
+use crate::contract::probes::{LIVENESS_PATH, METRICS_PATH, READINESS_PATH, STALE_AFTER};
 
 /// What the probes report, written by the two loops.
 #[derive(Debug)]
@@ -66,9 +70,27 @@ pub async fn bind(address: SocketAddr) -> std::io::Result<tokio::net::TcpListene
     tokio::net::TcpListener::bind(address).await
 }
 
-/// Answer probes on `listener` for as long as the agent runs.
-pub async fn serve(listener: tokio::net::TcpListener, health: Arc<Health>) -> std::io::Result<()> {
+/// The metrics in OpenMetrics text, which Prometheus reads.
+fn metrics_response(metrics: &Metrics) -> Response {
+    match metrics.render() {
+        Ok(body) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            body,
+        )
+            .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+/// Answer probes and scrapes on `listener` for as long as the agent runs.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<()> {
     let app = Router::new()
+        .route(METRICS_PATH, get(move || std::future::ready(metrics_response(&metrics))))
         .route(
             LIVENESS_PATH,
             get(|State(h): State<Arc<Health>>| async move { status(h.live_at(boottime_ms())) }),
@@ -100,7 +122,12 @@ mod tests {
         let listener = bind(SocketAddr::from(([127, 0, 0, 1], 0))).await.unwrap();
         let address = listener.local_addr().unwrap();
         let health = Arc::new(Health::new());
-        tokio::spawn(serve(listener, health.clone()));
+        let identity = super::super::metrics::Identity {
+            store: "shop-db".into(),
+            member: "shop-db-1".into(),
+            kind: super::super::metrics::DATABASE_MIRROR,
+        };
+        tokio::spawn(serve(listener, health.clone(), Arc::new(Metrics::new(identity))));
         let get = |path: &'static str| async move {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
             let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
@@ -108,14 +135,18 @@ mod tests {
             stream.write_all(request.as_bytes()).await.unwrap();
             let mut answer = String::new();
             stream.read_to_string(&mut answer).await.unwrap();
-            answer.lines().next().unwrap_or_default().to_string()
+            answer
         };
-        assert!(get(LIVENESS_PATH).await.contains("200"));
-        assert!(get(READINESS_PATH).await.contains("503"), "no server yet");
+        let status = |answer: String| answer.lines().next().unwrap_or_default().to_string();
+        assert!(status(get(LIVENESS_PATH).await).contains("200"));
+        assert!(status(get(READINESS_PATH).await).contains("503"), "no server yet");
         health.set_serving(true);
-        assert!(get(READINESS_PATH).await.contains("200"));
+        assert!(status(get(READINESS_PATH).await).contains("200"));
+        let scraped = get(METRICS_PATH).await;
+        assert!(status(scraped.clone()).contains("200"), "{scraped}");
+        assert!(scraped.contains("\nhostwright_member_up{store=\"shop-db\""), "{scraped}");
         // A round at boot: the machine has been up longer than STALE_AFTER.
         health.lease_round.store(0, Ordering::SeqCst);
-        assert!(get(LIVENESS_PATH).await.contains("503"), "a lease loop that stopped");
+        assert!(status(get(LIVENESS_PATH).await).contains("503"), "a lease loop that stopped");
     }
 }

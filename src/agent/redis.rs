@@ -19,6 +19,7 @@ use redis::{AsyncConnectionConfig, ConnectionAddr, FromRedisValue, IntoConnectio
 use tokio::process::{Child, Command};
 
 use super::certificates::{Certificates, Installed};
+use super::metrics::{RedisStats, Stats};
 use super::plan::Endpoint;
 use super::server::{Observed, Server, Start, shut_down};
 use crate::contract::DataState;
@@ -172,8 +173,7 @@ pub fn role_state(marker: &str) -> DataState {
 /// means nothing was processed and counts as 0 — below a replica that
 /// synced a primary's dataset at offset 0.
 pub fn parse_replication(info: &str) -> Result<Observed, RedisError> {
-    let field =
-        |name: &str| info.lines().find_map(|line| line.trim_end().strip_prefix(name)?.strip_prefix(':'));
+    let field = |name: &str| info_field(info, name);
     let replica = match field("role") {
         Some("master") => false,
         Some("slave") => true,
@@ -189,6 +189,74 @@ pub fn parse_replication(info: &str) -> Result<Observed, RedisError> {
         streaming: replica && field("master_link_status") == Some("up"),
         archive: None,
     })
+}
+
+/// The value of `name` in `INFO` text (`name:value` lines).
+fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
+    info.lines().find_map(|line| line.trim_end().strip_prefix(name)?.strip_prefix(':'))
+}
+
+/// What the metrics want of `INFO` (all default sections), with
+/// `min-replicas-to-write` as the server runs it:
+///
+/// - memory (`used_memory`), clients (`connected_clients`, less the
+///   agent's own connection), keys (every `dbN:keys=…`), commands
+///   processed (`total_commands_processed`);
+/// - on a replica, the lag: bytes read from the primary and not yet
+///   processed; seconds since it last heard from the primary while bytes
+///   are pending (`master_last_io_seconds_ago`), 0 when none are, and
+///   since the link dropped while it is down;
+/// - on a primary, whether writes are refused for want of replicas
+///   (`min_slaves_good_slaves` below `min-replicas-to-write`).
+pub fn parse_stats(info: &str, min_replicas_to_write: u32) -> Result<Stats, RedisError> {
+    let number = |name: &str| -> Result<i64, RedisError> {
+        let value = info_field(info, name).ok_or_else(|| RedisError::Info(format!("no {name}")))?;
+        value.parse().map_err(|_| RedisError::Info(format!("{name}:{value}")))
+    };
+    let optional = |name: &str| info_field(info, name).and_then(|v| v.parse::<i64>().ok());
+    let count = |n: i64| u64::try_from(n).unwrap_or(0);
+    let clients = count(number("connected_clients")? - 1);
+    let redis =
+        RedisStats { memory_bytes: count(number("used_memory")?), clients, keys: keyspace_keys(info) };
+    let replica = info_field(info, "role") == Some("slave");
+    let (mut lag_bytes, mut lag_seconds) = (None, None);
+    if replica {
+        let processed = number("slave_repl_offset")?;
+        let read = optional("slave_read_repl_offset").unwrap_or(number("master_repl_offset")?);
+        let pending = count(read - processed);
+        lag_bytes = Some(pending);
+        let seconds = match info_field(info, "master_link_status") {
+            Some("up") if pending == 0 => Some(0),
+            Some("up") => optional("master_last_io_seconds_ago"),
+            _ => optional("master_link_down_since_seconds"),
+        };
+        lag_seconds = seconds.filter(|s| *s >= 0).map(|s| s as f64);
+    }
+    let good = optional("min_slaves_good_slaves");
+    let short = !replica && good.is_some_and(|good| good < i64::from(min_replicas_to_write));
+    Ok(Stats {
+        connections: Some(clients),
+        commands: Some(count(number("total_commands_processed")?)),
+        lag_bytes,
+        lag_seconds,
+        short_of_replicas: short,
+        redis: Some(redis),
+        ..Stats::default()
+    })
+}
+
+/// Keys over every database of `INFO keyspace` (`db0:keys=3,expires=0,…`).
+fn keyspace_keys(info: &str) -> u64 {
+    info.lines()
+        .filter_map(|line| {
+            let (db, rest) = line.trim_end().split_once(':')?;
+            let index = db.strip_prefix("db")?;
+            if index.is_empty() || !index.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            rest.split(',').find_map(|kv| kv.strip_prefix("keys="))?.parse::<u64>().ok()
+        })
+        .sum()
 }
 
 /// `min-replicas-to-write` as the settings file sets it (0 when it does not).
@@ -417,6 +485,16 @@ impl Redis {
         parse_replication(&info)
     }
 
+    /// See [`parse_stats`]; and the serving certificate's expiry.
+    pub async fn stats(&self, password: &str) -> Result<Stats, RedisError> {
+        let info: String = self.call(password, "INFO", &[]).await?;
+        let (_, min): (String, String) =
+            self.call(password, "CONFIG", &["GET", "min-replicas-to-write"]).await?;
+        let mut stats = parse_stats(&info, min.parse().unwrap_or(0))?;
+        stats.certificate_expiry = self.tls.as_ref().and_then(Certificates::expiry);
+        Ok(stats)
+    }
+
     /// The data directory exists and belongs to the server's user.
     async fn ensure_data_dir(&self) -> Result<(), RedisError> {
         let write_err = |source| RedisError::Write { path: self.data_dir.clone(), source };
@@ -623,6 +701,10 @@ impl Server for RedisMember {
         self.redis.observe(&self.password().await?).await
     }
 
+    async fn stats(&self) -> Result<Stats, RedisError> {
+        self.redis.stats(&self.password().await?).await
+    }
+
     /// Nothing to create: an empty Redis is a new primary.
     async fn initialize(&self) -> Result<(), RedisError> {
         self.redis.write_role(Role::Primary).await
@@ -753,6 +835,67 @@ mod tests {
         assert!(parse_replication("role:master\nmaster_repl_offset:lots\n").is_err());
         // A longer key sharing the prefix is not the field.
         assert!(parse_replication("role:master\nmaster_repl_offset_x:5\n").is_err());
+    }
+
+    /// `INFO` of a Redis 7.0 primary, trimmed to what matters.
+    const PRIMARY_INFO: &str = "# Clients\r\nconnected_clients:4\r\nblocked_clients:0\r\n\
+        # Memory\r\nused_memory:1048576\r\nused_memory_human:1.00M\r\n\
+        # Stats\r\ntotal_connections_received:9\r\ntotal_commands_processed:321\r\n\
+        # Replication\r\nrole:master\r\nconnected_slaves:1\r\nmin_slaves_good_slaves:1\r\n\
+        master_repl_offset:5000\r\n\
+        # Keyspace\r\ndb0:keys=100,expires=3,avg_ttl=0\r\ndb3:keys=5,expires=0,avg_ttl=0\r\n";
+
+    fn replica_info(link: &str, read: i64, processed: i64) -> String {
+        format!(
+            "connected_clients:2\r\nused_memory:2048\r\ntotal_commands_processed:7\r\n\
+             role:slave\r\nmaster_link_status:{link}\r\nmaster_last_io_seconds_ago:4\r\n\
+             master_link_down_since_seconds:-1\r\nslave_read_repl_offset:{read}\r\n\
+             slave_repl_offset:{processed}\r\nmaster_repl_offset:{processed}\r\n"
+        )
+    }
+
+    #[test]
+    fn a_primary_reports_memory_clients_keys_and_commands() {
+        let stats = parse_stats(PRIMARY_INFO, 1).unwrap();
+        assert_eq!(stats.redis, Some(RedisStats { memory_bytes: 1 << 20, clients: 3, keys: 105 }));
+        assert_eq!((stats.connections, stats.commands), (Some(3), Some(321)));
+        assert_eq!((stats.lag_bytes, stats.lag_seconds), (None, None), "a primary lags nobody");
+        assert!(!stats.short_of_replicas);
+        assert!(parse_stats(PRIMARY_INFO, 2).unwrap().short_of_replicas, "one good replica of two wanted");
+        let no_rule = PRIMARY_INFO.replace("min_slaves_good_slaves:1\r\n", "");
+        assert!(!parse_stats(&no_rule, 2).unwrap().short_of_replicas, "no max lag: Redis refuses nothing");
+    }
+
+    #[test]
+    fn a_replicas_lag_is_what_it_read_and_has_not_processed() {
+        let caught_up = parse_stats(&replica_info("up", 900, 900), 0).unwrap();
+        assert_eq!((caught_up.lag_bytes, caught_up.lag_seconds), (Some(0), Some(0.0)));
+        let behind = parse_stats(&replica_info("up", 1000, 900), 0).unwrap();
+        assert_eq!((behind.lag_bytes, behind.lag_seconds), (Some(100), Some(4.0)));
+        let down = replica_info("down", 900, 900).replace("since_seconds:-1", "since_seconds:30");
+        assert_eq!(parse_stats(&down, 0).unwrap().lag_seconds, Some(30.0), "since the link dropped");
+        let never = parse_stats(&replica_info("down", 0, 0), 0).unwrap();
+        assert_eq!(never.lag_seconds, None, "never linked: unknown");
+        assert!(!parse_stats(&replica_info("up", 900, 900), 5).unwrap().short_of_replicas);
+        let redis6 = replica_info("up", 1000, 900).replace("slave_read_repl_offset:1000\r\n", "");
+        assert_eq!(
+            parse_stats(&redis6, 0).unwrap().lag_bytes,
+            Some(0),
+            "no read offset: nothing known pending"
+        );
+    }
+
+    #[test]
+    fn keys_are_counted_over_every_database_and_nothing_else() {
+        assert_eq!(keyspace_keys("db0:keys=2,expires=0\r\ndb15:keys=3,expires=1\r\n"), 5);
+        assert_eq!(keyspace_keys("dbfoo:keys=9\r\ndb:keys=9\r\nrdb_changes_since_last_save:keys=9\r\n"), 0);
+        assert_eq!(keyspace_keys("# Keyspace\r\n"), 0);
+    }
+
+    #[test]
+    fn unreadable_stats_are_an_error() {
+        assert!(parse_stats("", 0).is_err());
+        assert!(parse_stats(&PRIMARY_INFO.replace("used_memory:1048576", "used_memory:lots"), 0).is_err());
     }
 
     #[test]

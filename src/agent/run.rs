@@ -9,6 +9,9 @@
 //!   lost member.
 //! - The **watchdog** ([`super::watchdog`]) kills the server when renewals
 //!   stop, whatever the two loops are doing.
+//!
+//! Beside them, a loop of its own reads the figures only metrics want
+//! ([`super::metrics::keep_stats`]); it waits on nobody and nobody on it.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -28,6 +31,7 @@ use tracing::{error, info, warn};
 
 use super::lease::{Holder, Renewal};
 use super::marker::{Marker, MarkerError};
+use super::metrics::{Identity, Metrics, Status};
 use super::plan::{Action, Endpoint, Local, plan};
 use super::probe::Health;
 use super::server::{Observed, Server, Start};
@@ -59,6 +63,9 @@ pub struct Options {
     /// The settings file the pod was built with (`--config`); the files of
     /// later settings sit beside it (the ConfigMap's other keys).
     pub settings_file: Option<PathBuf>,
+    /// The store the member belongs to and its kind, as the metrics say.
+    pub store: String,
+    pub kind: &'static str,
 }
 
 /// Why the agent stopped.
@@ -127,7 +134,7 @@ fn wall_ms() -> Millis {
 
 /// Run until SIGTERM; the server is stopped cleanly on the way out and the
 /// Lease released, so the operator need not wait for it to go stale.
-pub async fn run<S: Server>(options: Options, driver: S) -> Result<(), AgentError> {
+pub async fn run<S: Server + 'static>(options: Options, driver: S) -> Result<(), AgentError> {
     let probes = super::probe::bind(options.probe_address)
         .await
         .map_err(|source| AgentError::Probe { address: options.probe_address, source })?;
@@ -141,7 +148,14 @@ pub async fn run<S: Server>(options: Options, driver: S) -> Result<(), AgentErro
         health: Arc::new(Health::new()),
         critical: AtomicBool::new(false),
     });
-    let probe_server = tokio::spawn(super::probe::serve(probes, shared.health.clone()));
+    let metrics = Arc::new(Metrics::new(Identity {
+        store: options.store.clone(),
+        member: options.member.clone(),
+        kind: options.kind,
+    }));
+    let probe_server = tokio::spawn(super::probe::serve(probes, shared.health.clone(), metrics.clone()));
+    let driver = Arc::new(driver);
+    let stats_loop = tokio::spawn(super::metrics::keep_stats(driver.clone(), metrics.clone()));
     let leases: Api<Lease> = Api::namespaced(client.clone(), &options.namespace);
     let (publish, published) = watch::channel(None);
     let lease_loop =
@@ -157,6 +171,7 @@ pub async fn run<S: Server>(options: Options, driver: S) -> Result<(), AgentErro
         options,
         driver,
         shared: shared.clone(),
+        metrics,
         publish,
         server: None,
         following: None,
@@ -203,6 +218,7 @@ pub async fn run<S: Server>(options: Options, driver: S) -> Result<(), AgentErro
     info!("stopping: the server first, then the lease");
     let _ = agent.stop().await;
     lease_loop.abort();
+    stats_loop.abort();
     probe_server.abort();
     agent.release().await;
     Ok(())
@@ -210,10 +226,12 @@ pub async fn run<S: Server>(options: Options, driver: S) -> Result<(), AgentErro
 
 struct Agent<S> {
     options: Options,
-    driver: S,
+    /// Shared with the metrics loop, which only reads figures.
+    driver: Arc<S>,
     pods: Api<Pod>,
     leases: Api<Lease>,
     shared: Arc<Shared>,
+    metrics: Arc<Metrics>,
     publish: watch::Sender<Option<Published>>,
     marker: Option<Marker>,
     marker_path: PathBuf,
@@ -544,7 +562,8 @@ impl<S: Server> Agent<S> {
                 self.set_marker(fresh)?;
             }
             Action::Clone(primary) => {
-                self.driver.clone_from(primary).await.map_err(StepError::Server)?;
+                // Server's, not Arc's Clone::clone_from.
+                Server::clone_from(&*self.driver, primary).await.map_err(StepError::Server)?;
                 self.adopt(primary)?;
             }
             Action::StartPrimary => {
@@ -692,6 +711,14 @@ impl<S: Server> Agent<S> {
         };
         self.serving_primary = role == ServerRole::Primary;
         self.shared.health.set_serving(observed.is_some());
+        self.metrics.set_status(Status {
+            up: observed.is_some(),
+            role,
+            epoch: self.epoch(),
+            position: observed.as_ref().map(|o| o.position),
+            told_primary: self.told(Desired::Primary),
+            archive: observed.as_ref().and_then(|o| o.archive.clone()),
+        });
         let data = self.data(observed.is_some()).await;
         let report = Report {
             at: wall_ms(),

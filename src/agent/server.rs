@@ -104,6 +104,13 @@ pub trait Server: Send + Sync {
     /// replica's acknowledgement; false restores the configured rule.
     fn set_relaxed(&self, relaxed: bool) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
+    /// Figures for the agent's metrics alone (see [`super::metrics`]),
+    /// asked on a slower interval by a loop of their own, never by the step
+    /// loop. None of them by default.
+    fn stats(&self) -> impl Future<Output = Result<super::metrics::Stats, Self::Error>> + Send {
+        async { Ok(super::metrics::Stats::default()) }
+    }
+
     /// The process that takes the base backup `order` of the running
     /// server, and the file it writes its [`crate::contract::BackupReport`]
     /// to; None when this server takes no base backups.
