@@ -131,6 +131,13 @@ struct RunArgs {
     /// operations bastion, a backup host. Default: none.
     #[arg(long, env = "HOSTWRIGHT_ADMIN_NETWORKS", value_delimiter = ',')]
     admin_networks: Vec<String>,
+    /// Namespaces (a label selector, as `kubectl -l` takes it) whose pods
+    /// may scrape the agents' metrics: every store's NetworkPolicy admits
+    /// them to the agent's port alone. Default: none. Every namespace
+    /// carries `kubernetes.io/metadata.name`, so
+    /// `kubernetes.io/metadata.name=monitoring` names one.
+    #[arg(long, env = "HOSTWRIGHT_METRICS_SCRAPERS")]
+    metrics_scrapers: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -384,6 +391,12 @@ fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             agent_image: args.agent_image,
             certificate_lifetime: std::time::Duration::from_secs(args.certificate_lifetime_seconds),
             admin_networks: args.admin_networks.into_iter().filter(|n| !n.trim().is_empty()).collect(),
+            metrics_scrapers: args
+                .metrics_scrapers
+                .filter(|s| !s.trim().is_empty())
+                .map(|s| hostwright::resources::store_network::parse_selector(&s))
+                .transpose()
+                .map_err(|err| format!("--metrics-scrapers: {err}"))?,
         },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;

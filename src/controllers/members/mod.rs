@@ -199,6 +199,8 @@ pub struct Context<K: Replicated> {
     /// Networks (CIDRs) every store's NetworkPolicy admits besides its
     /// members and web tiers: an operations bastion, say.
     pub admin_networks: Vec<String>,
+    /// Namespaces whose pods may scrape the agents' metrics.
+    pub metrics_scrapers: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
     written: Mutex<HashMap<String, Written<K::Status>>>,
     /// How each store's member Leases look on this operator's clock, by store uid.
     leases: Mutex<HashMap<String, leases::LeaseClock>>,
@@ -218,6 +220,9 @@ pub struct StoreSettings {
     pub certificate_lifetime: Duration,
     /// CIDRs admitted to every store besides its members and web tiers.
     pub admin_networks: Vec<String>,
+    /// Namespaces (a label selector) whose pods may scrape the agents'
+    /// metrics port of every store; None: nobody.
+    pub metrics_scrapers: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
 }
 
 /// Run the controller of `K` until `shutdown` resolves.
@@ -270,6 +275,7 @@ pub async fn run<K: Replicated>(
         agent_image: settings.agent_image,
         certificate_lifetime: settings.certificate_lifetime,
         admin_networks: settings.admin_networks,
+        metrics_scrapers: settings.metrics_scrapers,
         written: Mutex::new(HashMap::new()),
         leases: Mutex::new(HashMap::new()),
         resize_refusals: Mutex::new(std::collections::HashSet::new()),

@@ -630,7 +630,7 @@ async fn keep_children<K: Replicated>(store: &K, ctx: &Context<K>, seen: &Seen<K
         shared.apply_owned(&config, &caches.config_maps, &uid).await?;
     }
     let clients = referencing_web_tiers::<K>(ctx, &seen.blueprint);
-    let policy = seen.blueprint.network_policy(&clients, &ctx.admin_networks);
+    let policy = seen.blueprint.network_policy(&clients, &ctx.admin_networks, ctx.metrics_scrapers.as_ref());
     shared.apply_owned(&policy, &caches.network_policies, &uid).await?;
     let (account, role, binding) = seen.blueprint.agent_rbac();
     shared.apply_owned(&account, &caches.accounts, &uid).await?;
