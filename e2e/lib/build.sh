@@ -192,6 +192,27 @@ build_go_install() {
   rm -rf "$out" && mv "$out.tmp" "$out"
 }
 
+# Prometheus 3.Y.Z from its Go module (tagged v0.3YY.Z, see versions.env):
+# the server and promtool, into $(bin_dir prometheus <v>). Built without the
+# builtinassets tag, so the web UI's assets are left out (the UI answers
+# with an error page); the API, the scrapes and the rule engine are whole.
+# The version ldflags make `promtool --version` name the release.
+build_prometheus() {
+  local v=$PROMETHEUS_VERSION out
+  out=$(bin_dir prometheus "$v")
+  [ -x "$out/prometheus" ] && [ -x "$out/promtool" ] && return 0
+  local minor=${v#v0.3}
+  minor=${minor%%.*}
+  local release="3.$((10#$minor)).${v##*.}" pkg=github.com/prometheus/common/version
+  echo ">> building Prometheus $release ($v: prometheus, promtool)"
+  rm -rf "$out.tmp" && mkdir -p "$out.tmp"
+  GOBIN="$out.tmp" timed prometheus go install -p "$HOSTWRIGHT_GO_PARALLEL" -trimpath \
+    -ldflags "-s -w -X $pkg.Version=$release -X $pkg.Revision=$v -X $pkg.Branch=release-3.$((10#$minor))" \
+    "github.com/prometheus/prometheus/cmd/prometheus@$v" \
+    "github.com/prometheus/prometheus/cmd/promtool@$v" || return 1
+  rm -rf "$out" && mv "$out.tmp" "$out"
+}
+
 # The Gateway API's standard CRDs, copied once per pinned version from the
 # module (through the Go module proxy) into
 #   $HOSTWRIGHT_CACHE/crds/gateway-api-<version>/
@@ -312,6 +333,7 @@ build_all() {
       "-X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION" &&
     build_go_install helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm \
       "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" &&
+    build_prometheus &&
     build_kubernetes &&
     build_cert_manager &&
     fetch_cert_manager_crds >/dev/null &&
@@ -320,5 +342,5 @@ build_all() {
 
 # PATH entries for every built component.
 tool_path() {
-  echo "$(bin_dir kubernetes "$KUBERNETES_VERSION"):$(bin_dir etcd "$ETCD_VERSION"):$(bin_dir kwok "$KWOK_VERSION"):$(bin_dir helm "$HELM_VERSION")"
+  echo "$(bin_dir kubernetes "$KUBERNETES_VERSION"):$(bin_dir etcd "$ETCD_VERSION"):$(bin_dir kwok "$KWOK_VERSION"):$(bin_dir helm "$HELM_VERSION"):$(bin_dir prometheus "$PROMETHEUS_VERSION")"
 }
