@@ -11,7 +11,7 @@ SHELL := /bin/bash
 CLUSTER := e2e/cluster
 TOOLS_PATH = $(shell $(CLUSTER) env | sed -n 's/^export PATH="\(.*\):\$$PATH"/\1/p')
 
-.PHONY: all build deps lint unit e2e test demo demo-down crds manifests install-chart clean-cluster bench
+.PHONY: all build deps lint unit alerts e2e test demo demo-down crds manifests install-chart clean-cluster bench
 
 all: build
 
@@ -27,6 +27,15 @@ lint:
 
 unit: deps lint
 	cargo test --package hostwright  # includes the agent driver on real PostgreSQL 15
+
+# The chart's alerts (charts/hostwright/files/alerts.yaml): promtool checks
+# them and runs their unit tests (charts/hostwright/tests/). promtool is the
+# one e2e/cluster build puts in the cache, built here alone if missing.
+alerts:
+	@set -a; . e2e/versions.env; set +a; . e2e/lib/build.sh; \
+	  build_prometheus >&2; promtool="$$(bin_dir prometheus "$$PROMETHEUS_VERSION")/promtool"; \
+	  "$$promtool" check rules charts/hostwright/files/alerts.yaml; \
+	  "$$promtool" test rules charts/hostwright/tests/alerts_test.yaml
 
 # With KUBECONFIG set the suite runs against that cluster; otherwise the
 # local control plane is brought up for the run, with E2E_REAL_NODES real
@@ -82,6 +91,7 @@ test: deps
 	  [ $$brc -eq 0 ] || { echo "building the local control plane failed" >&2; exit $$brc; }; \
 	fi; \
 	[ $$rc -eq 0 ] || exit $$rc; \
+	$(MAKE) --no-print-directory alerts; \
 	$(MAKE) --no-print-directory e2e
 
 # Leaves the cluster, the operator and (on the local control plane) the test

@@ -2,8 +2,9 @@
 //! (every other e2e test runs the operator with it, which proves it is
 //! enough), its pods meet the restricted Pod Security profile, the plain
 //! install in manifests/install is the chart rendered, a namespaced install
-//! works with no ClusterRole and is refused outside its namespace, and the
-//! listeners bind where the values say.
+//! works with no ClusterRole and is refused outside its namespace, the
+//! listeners bind where the values say, and the PrometheusRule carries the
+//! alerts promtool tests.
 
 use std::collections::BTreeSet;
 
@@ -216,6 +217,44 @@ fn of_kind<'a>(
     kind: &'a str,
 ) -> impl Iterator<Item = &'a serde_json::Value> {
     objects.iter().filter(move |o| o["kind"] == kind)
+}
+
+/// The PrometheusRule carries the groups of files/alerts.yaml as they are
+/// (the file `make alerts` checks and unit-tests is the one Prometheus
+/// gets), only when asked; and every alert has a severity, a summary, a
+/// description and a runbook section that exists in docs/alerts.md.
+#[test]
+fn the_prometheus_rule_carries_the_tested_alerts() -> Result<()> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    assert!(of_kind(&render(&[])?, "PrometheusRule").next().is_none(), "no PrometheusRule by default");
+    let objects =
+        render(&["--set", "prometheusRule.enabled=true", "--set", "prometheusRule.labels.release=kps"])?;
+    let rule = of_kind(&objects, "PrometheusRule").next().context("a PrometheusRule")?;
+    assert_eq!(rule["metadata"]["labels"]["release"], "kps", "prometheusRule.labels");
+    let file: serde_json::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(root.join("charts/hostwright/files/alerts.yaml"))?)?;
+    assert_eq!(rule["spec"]["groups"], file["groups"], "the rendered groups are the file's");
+
+    let runbook = std::fs::read_to_string(root.join("docs/alerts.md"))?;
+    let sections: BTreeSet<String> =
+        runbook.lines().filter_map(|l| l.strip_prefix("## ")).map(str::to_lowercase).collect();
+    let rules = file["groups"].as_array().into_iter().flatten().flat_map(|g| g["rules"].as_array()).flatten();
+    let mut alerts = 0;
+    for alert in rules.filter(|r| r.get("alert").is_some()) {
+        alerts += 1;
+        let name = alert["alert"].as_str().unwrap_or_default();
+        let severity = alert["labels"]["severity"].as_str();
+        assert!(matches!(severity, Some("warning" | "critical")), "{name}: severity {severity:?}");
+        for annotation in ["summary", "description"] {
+            assert!(alert["annotations"][annotation].is_string(), "{name}: no {annotation}");
+        }
+        let section =
+            alert["annotations"]["runbook"].as_str().and_then(|r| r.strip_prefix("docs/alerts.md#"));
+        assert_eq!(section, Some(name.to_lowercase().as_str()), "{name}: runbook");
+        assert!(sections.contains(&name.to_lowercase()), "{name}: no section in docs/alerts.md");
+    }
+    assert!(alerts > 0, "no alert in files/alerts.yaml");
+    Ok(())
 }
 
 /// The namespaced install renders the same grants as the cluster-wide one,
