@@ -202,6 +202,8 @@ async fn run_as_candidate(
         _ = lost.wait_for(|is_leader| !*is_leader) => Err(RunError::LostLeadership),
     };
     metrics.leader.set(0);
+    // Only the leader publishes per-object series: a former one would freeze them.
+    metrics.objects.clear();
     if let Err(err) = &outcome {
         error!(%err, "stopping");
     }

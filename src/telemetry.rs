@@ -25,6 +25,8 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
+pub mod objects;
+
 /// Log line format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -76,6 +78,8 @@ pub struct Metrics {
     /// From the primary judged lost (or the switchover asked) to the new
     /// primary taking writes.
     pub failover_duration: Family<ControllerLabels, Histogram>,
+    /// What each reconciled object's status says (see [`objects`]).
+    pub objects: Arc<objects::ObjectMetrics>,
 }
 
 impl Default for Metrics {
@@ -107,7 +111,19 @@ impl Default for Metrics {
             "From the primary judged lost (or a switchover asked) to the new primary taking writes",
             failover_duration.clone(),
         );
-        Self { registry, reconciliations, failures, duration, writes, leader, failovers, failover_duration }
+        let objects = Arc::new(objects::ObjectMetrics::default());
+        registry.register_collector(Box::new(objects.clone()));
+        Self {
+            registry,
+            reconciliations,
+            failures,
+            duration,
+            writes,
+            leader,
+            failovers,
+            failover_duration,
+            objects,
+        }
     }
 }
 

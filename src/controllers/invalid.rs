@@ -55,9 +55,12 @@ where
         conditions::find(&previous, &c.type_)
             .is_some_and(|p| p.status == c.status && p.reason == c.reason && p.message == c.message)
     });
+    let kept = previous.iter().filter(|p| p.type_ != READY && p.type_ != DEGRADED).cloned();
+    let all: Vec<Condition> = new.into_iter().chain(kept).collect();
+    // Nothing but the conditions is known of an object that cannot be read.
+    let samples = crate::telemetry::objects::conditions(&all).collect();
+    shared.metrics.objects.publish(K::kind(&()), &namespace, &name, samples);
     if !unchanged {
-        let kept = previous.iter().filter(|p| p.type_ != READY && p.type_ != DEGRADED).cloned();
-        let all: Vec<Condition> = new.into_iter().chain(kept).collect();
         let patch = serde_json::json!({ "status": { "conditions": all, "observedGeneration": generation } });
         let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..PatchParams::default() };
         api.patch_status(&name, &params, &Patch::Merge(&patch))

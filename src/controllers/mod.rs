@@ -18,6 +18,7 @@ use std::time::Duration;
 use futures::TryStreamExt;
 use k8s_openapi::NamespaceResourceScope;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::controller;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -450,6 +451,24 @@ pub(crate) fn resource_name<K: Resource<DynamicType = ()>>() -> &'static str {
         "rolebindings" => "rolebindings",
         "leases" => "leases",
         _ => "other",
+    }
+}
+
+/// Log what a controller's run yields. An object scheduled for a reconcile
+/// but gone from the cache was deleted: its per-object series go with it.
+/// (Deletions trigger no reconcile, but the garbage-collected children and
+/// the pending requeue of every object do, soon after.)
+pub(crate) fn settle<T, E, Q>(metrics: &Metrics, kind: &str, result: Result<T, controller::Error<E, Q>>)
+where
+    E: std::error::Error,
+    Q: std::error::Error,
+{
+    match result {
+        Ok(_) => {}
+        Err(controller::Error::ObjectNotFound(gone)) => {
+            metrics.objects.remove(kind, gone.namespace.as_deref().unwrap_or_default(), &gone.name);
+        }
+        Err(err) => tracing::debug!(%err, "controller event"),
     }
 }
 

@@ -48,6 +48,7 @@ use crate::api::common::{FailoverSpec, PrimaryUpdate, ReplicationStatus};
 use crate::failover::Policy;
 use crate::resources::members::{Blueprint, INSTANCE_LABEL};
 use crate::resources::{BuildError, FIELD_MANAGER};
+use crate::telemetry::objects;
 
 /// The children besides members and credentials: built fresh on every
 /// reconcile and applied only where they differ from the cache.
@@ -332,12 +333,12 @@ pub async fn run<K: Replicated>(
     };
     tokio::spawn(caches_ready);
 
+    let metrics = context.shared.metrics.clone();
     controller
         .run(reconcile::<K>, error_policy::<K>, context)
-        .for_each(|result| async move {
-            if let Err(err) = result {
-                tracing::debug!(%err, "controller event");
-            }
+        .for_each(move |result| {
+            super::settle(&metrics, &K::kind(&()), result);
+            std::future::ready(())
         })
         .await;
 }
@@ -477,6 +478,7 @@ pub async fn write_status<K: Replicated>(
 ) -> Result<Option<Action>, Error> {
     let (namespace, name, uid) =
         (store.namespace().unwrap_or_default(), store.name_any(), store.uid().unwrap_or_default());
+    publish(store, ctx, new, &namespace, &name);
     let significant = old.without_positions() != new.without_positions();
     let last_write = ctx.written.lock().unwrap_or_else(|p| p.into_inner()).get(&uid).map(|w| w.at);
     let stale = old != new && last_write.is_none_or(|at| at.elapsed() >= POSITION_REFRESH);
@@ -524,6 +526,13 @@ pub async fn write_status<K: Replicated>(
         }
         Err(source) => Err(Error::Status { object: format!("{namespace}/{name}"), source }),
     }
+}
+
+/// Every status a reconcile computes comes through [`write_status`], written
+/// or not: its per-object gauges are published from here.
+fn publish<K: Replicated>(store: &K, ctx: &Context<K>, status: &K::Status, namespace: &str, name: &str) {
+    let samples = objects::store(status.replication(), store.failover().max_lag_bytes, status.backup());
+    ctx.shared.metrics.objects.publish(K::kind(&()), namespace, name, samples);
 }
 
 fn error_policy<K: Replicated>(

@@ -30,6 +30,7 @@ use crate::resources::webcluster::{
     INGRESS_OWNED_FIELDS, NETWORK_POLICY_OWNED_FIELDS, WebClusterChildren, build,
 };
 use crate::resources::{FIELD_MANAGER, labels};
+use crate::telemetry::objects;
 use gateway::{GatewayApi, Routes};
 use status::{Reference, References};
 
@@ -147,12 +148,12 @@ pub async fn run(
     };
     tokio::spawn(caches_ready);
 
+    let metrics = context.shared.metrics.clone();
     controller
         .run(reconcile, error_policy, context)
-        .for_each(|result| async move {
-            if let Err(err) = result {
-                tracing::debug!(%err, "controller event");
-            }
+        .for_each(move |result| {
+            super::settle(&metrics, &WebCluster::kind(&()), result);
+            std::future::ready(())
         })
         .await;
 }
@@ -225,6 +226,8 @@ async fn reconcile_inner(wc: &WebCluster, ctx: &Context, namespace: &str) -> Res
 
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let new_status = status::compute(wc, deployment.as_ref(), &references, &now);
+    let samples = objects::web_cluster(wc, &new_status);
+    ctx.shared.metrics.objects.publish(WebCluster::kind(&()), namespace, &name, samples);
     let old_status = wc.status.clone().unwrap_or_default();
     if old_status != new_status {
         let api: Api<WebCluster> = Api::namespaced(ctx.shared.client.clone(), namespace);
