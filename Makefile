@@ -1,6 +1,7 @@
 # Hostwright: the commands the README gives and CI runs.
 #   make test   unit tests, then the end-to-end suite on the local control plane
 #               (or on the cluster named by KUBECONFIG, if set)
+#   make alerts promtool's checks and unit tests of the chart's alerts
 #   make demo   local control plane + CRDs + examples, then kubectl get
 #   make crds   regenerate crds/ and the chart's CRDs from the Rust types
 #   make bench  benchmarks (WebCluster fleets, DatabaseMirror failover) on a
