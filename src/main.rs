@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use hostwright::controllers::watch::InitialList;
 use hostwright::telemetry::{self, LogFormat};
 
 /// Kubernetes operator for highly available web hosting.
@@ -96,6 +97,12 @@ struct RunArgs {
     /// whose RBAC grants no cluster-wide read; both are done without.
     #[arg(long, env = "HOSTWRIGHT_CLUSTER_READS", default_value_t = true, action = clap::ArgAction::Set)]
     cluster_reads: bool,
+    /// How caches are first filled: `streaming` (the watch sends the current
+    /// objects one at a time; needs the WatchList feature, on by default
+    /// from Kubernetes 1.34), `paged` (lists of 100), or `auto` (ask the API
+    /// server once at start).
+    #[arg(long, env = "HOSTWRIGHT_INITIAL_LIST", value_enum, default_value_t = InitialList::Auto)]
+    initial_list: InitialList,
     /// Elect a leader over a Lease so that only one replica writes.
     #[arg(long, env = "HOSTWRIGHT_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
     leader_elect: bool,
@@ -381,6 +388,7 @@ fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         metrics_addr: args.metrics_addr,
         health_addr: args.health_addr,
         cluster_reads: args.cluster_reads,
+        initial_list: args.initial_list,
         leader_elect: args.leader_elect,
         lease_name: args.lease_name,
         lease_namespace: args.lease_namespace.filter(|n| !n.is_empty()),

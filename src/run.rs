@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::api::{DatabaseMirror, SessionStore};
+use crate::controllers::watch::{InitialList, Watches};
 use crate::controllers::{Scope, Shared, members, webcluster};
 use crate::resources::FIELD_MANAGER;
 use crate::telemetry::{self, Endpoints, Health, Metrics};
@@ -46,6 +47,8 @@ pub struct Options {
     /// Watch one namespace only; all namespaces when unset.
     pub namespace: Option<String>,
     pub concurrency: u16,
+    /// How caches are first filled: streamed, paged, or asked of the server.
+    pub initial_list: InitialList,
     /// Image with `hostwright agent`, run beside every database server.
     /// What the stores' children are built with.
     pub stores: crate::controllers::members::StoreSettings,
@@ -67,6 +70,8 @@ pub enum RunError {
     LostLeadership,
     #[error("leader election stopped unexpectedly")]
     LeaseTaskEnded,
+    #[error("starting the shared watches: {0}")]
+    Watch(#[from] crate::controllers::watch::NoReader),
     #[error("serving metrics or health endpoints on {addr}: {source}")]
     Serve {
         addr: SocketAddr,
@@ -151,8 +156,7 @@ pub async fn run(options: Options) -> Result<(), RunError> {
     let result = if options.leader_elect {
         run_as_candidate(&options, client, metrics, ready, shutdown).await
     } else {
-        run_controllers(&options, client, metrics, ready.clone(), shutdown.clone().wait()).await;
-        Ok(())
+        run_controllers(&options, client, metrics, ready.clone(), shutdown.clone().wait()).await
     };
     for server in servers {
         server.abort();
@@ -198,7 +202,7 @@ async fn run_as_candidate(
     metrics.leader.set(1);
     let mut lost = leader.clone();
     let outcome = tokio::select! {
-        () = run_controllers(options, client, metrics.clone(), ready, shutdown.clone().wait()) => Ok(()),
+        stopped = run_controllers(options, client, metrics.clone(), ready, shutdown.clone().wait()) => stopped,
         _ = lost.wait_for(|is_leader| !*is_leader) => Err(RunError::LostLeadership),
     };
     metrics.leader.set(0);
@@ -228,12 +232,30 @@ async fn run_controllers(
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) {
+) -> Result<(), RunError> {
+    let initial_list = options.initial_list.resolve(&client, options.namespace.as_deref()).await;
+    info!(
+        ?initial_list,
+        "caches are filled by {}",
+        match initial_list {
+            InitialList::Streaming => "streamed initial lists",
+            _ => "paged lists",
+        }
+    );
     let scope = Scope {
         client: client.clone(),
         namespace: options.namespace.clone(),
         cluster_reads: options.cluster_reads,
+        initial_list,
     };
+    // Every reader of a shared watch is taken before the watch starts.
+    let watches = Watches::new();
+    let (web_feeds, database_feeds, session_feeds) = (
+        webcluster::Feeds::take(&watches)?,
+        members::Feeds::<DatabaseMirror>::take(&watches)?,
+        members::Feeds::<SessionStore>::take(&watches)?,
+    );
+    let watching = watches.drive(&scope);
     let web = Shared::new(client.clone(), metrics.clone(), "webcluster", &options.identity);
     let database = Shared::new(client.clone(), metrics.clone(), "databasemirror", &options.identity);
     let sessions = Shared::new(client, metrics, "sessionstore", &options.identity);
@@ -246,18 +268,20 @@ async fn run_controllers(
         ready.store(true, Ordering::Relaxed);
     });
     let shutdown = futures::future::FutureExt::shared(Box::pin(shutdown));
-    tokio::join!(
+    let controllers = futures::future::join3(
         webcluster::run(
             scope.clone(),
+            web_feeds,
             web,
             options.concurrency,
             move || {
                 let _ = web_ready.0.send(());
             },
-            shutdown.clone()
+            shutdown.clone(),
         ),
         members::run::<DatabaseMirror>(
             scope.clone(),
+            database_feeds,
             database,
             options.stores.clone(),
             options.concurrency,
@@ -268,6 +292,7 @@ async fn run_controllers(
         ),
         members::run::<SessionStore>(
             scope,
+            session_feeds,
             sessions,
             options.stores.clone(),
             options.concurrency,
@@ -277,5 +302,11 @@ async fn run_controllers(
             shutdown,
         ),
     );
+    // The watches run for as long as the controllers read them.
+    tokio::select! {
+        _ = controllers => {}
+        () = watching => {}
+    }
     info!("controllers stopped");
+    Ok(())
 }

@@ -4,7 +4,9 @@
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 
+use super::invalid::DeserializeGuard;
 use super::members::{Replicated, SharedChildren, StoreStatus, Summary, policy, random_password, status};
+use super::watch::{SharedWatch, Watches};
 use crate::api::common::{DataDurability, FailoverSpec, PrimaryUpdate, ReplicationStatus};
 use crate::api::databasemirror::Replication;
 use crate::api::{DatabaseMirror, DatabaseMirrorStatus};
@@ -49,6 +51,10 @@ impl Replicated for DatabaseMirror {
 
     fn backup_spec(&self) -> Option<&crate::api::backup::BackupSpec> {
         self.spec.backup.as_ref()
+    }
+
+    fn shared_watch(watches: &Watches) -> &SharedWatch<DeserializeGuard<Self>> {
+        &watches.database_mirrors
     }
 
     fn current_status(&self) -> Option<&DatabaseMirrorStatus> {

@@ -8,6 +8,7 @@ pub mod databasemirror;
 pub mod invalid;
 pub mod members;
 pub mod sessionstore;
+pub mod watch;
 pub mod webcluster;
 
 use std::collections::HashMap;
@@ -481,6 +482,8 @@ pub struct Scope {
     /// install may grant neither; the controllers then do without them
     /// rather than wait forever on a watch the API server refuses.
     pub cluster_reads: bool,
+    /// How every watch fills its cache: streamed or paged, settled at start.
+    pub initial_list: watch::InitialList,
 }
 
 impl Scope {
@@ -511,18 +514,11 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store();
-    let mut config = watcher::Config::default().any_semantic();
-    if let Some(selector) = label_selector {
-        config = config.labels(selector);
-    }
-    let stream = watcher(scope.api::<K>(), config)
+    let stream = watcher(scope.api::<K>(), scope.initial_list.config(label_selector))
         // A failing watch keeps the caches (and readiness) back: say so.
         .inspect_err(|err| tracing::warn!(kind = %K::kind(&()), %err, "watch failed; retrying with backoff"))
         .default_backoff()
-        .modify(|obj| {
-            obj.managed_fields_mut().clear();
-            obj.annotations_mut().remove("kubectl.kubernetes.io/last-applied-configuration");
-        })
+        .modify(watch::trim)
         .reflect(writer)
         .applied_objects();
     (reader, stream)

@@ -14,10 +14,12 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use redis::{ErrorKind, ServerErrorKind};
 
+use super::invalid::DeserializeGuard;
 use super::members::{
     Context, Replicated, SharedChildren, StoreStatus, Summary, last_written, policy, random_password, status,
     write_status,
 };
+use super::watch::{SharedWatch, Watches};
 use super::{Error, jittered};
 use crate::agent::redis::{RedisError, command};
 use crate::api::common::condition_type::{DEGRADED, PROGRESSING, READY};
@@ -59,6 +61,10 @@ impl Replicated for SessionStore {
     const STATUS_RESOURCE: &'static str = "sessionstores/status";
     type Status = SessionStoreStatus;
     type Passwords = Passwords;
+
+    fn shared_watch(watches: &Watches) -> &SharedWatch<DeserializeGuard<Self>> {
+        &watches.session_stores
+    }
 
     fn current_status(&self) -> Option<&SessionStoreStatus> {
         self.status.as_ref()

@@ -42,6 +42,7 @@ use serde::de::DeserializeOwned;
 use tracing::{Instrument, info_span};
 
 use super::invalid::{self, DeserializeGuard};
+use super::watch::{Feed, NoReader, SharedWatch, Watches};
 use super::{Error, Scope, Shared, cached, filled};
 use crate::api::WebCluster;
 use crate::api::common::{FailoverSpec, PrimaryUpdate, ReplicationStatus};
@@ -106,6 +107,8 @@ pub trait Replicated:
     type Passwords: Send + Sync;
 
     fn current_status(&self) -> Option<&Self::Status>;
+    /// The operator's one watch of this kind.
+    fn shared_watch(watches: &Watches) -> &SharedWatch<DeserializeGuard<Self>>;
     /// Archiving and base backups, for a kind that has them.
     fn backup_spec(&self) -> Option<&crate::api::backup::BackupSpec> {
         None
@@ -226,9 +229,22 @@ pub struct StoreSettings {
     pub metrics_scrapers: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
 }
 
+/// The shared watches a store controller reads.
+pub struct Feeds<K: Replicated> {
+    own: Feed<DeserializeGuard<K>>,
+    web_clusters: Feed<DeserializeGuard<WebCluster>>,
+}
+
+impl<K: Replicated> Feeds<K> {
+    pub fn take(watches: &Watches) -> Result<Self, NoReader> {
+        Ok(Feeds { own: K::shared_watch(watches).feed()?, web_clusters: watches.web_clusters.feed()? })
+    }
+}
+
 /// Run the controller of `K` until `shutdown` resolves.
 pub async fn run<K: Replicated>(
     scope: Scope,
+    feeds: Feeds<K>,
     shared: Shared,
     settings: StoreSettings,
     concurrency: u16,
@@ -249,11 +265,10 @@ pub async fn run<K: Replicated>(
     let (nodes, node_events) = cordons(&scope);
     let (network_policies, network_policy_events) = cached::<NetworkPolicy>(&scope, Some(&mine));
     // Which WebClusters reference a store decides who its NetworkPolicy lets in.
-    let (web_clusters, web_events) = cached::<DeserializeGuard<WebCluster>>(&scope, None);
-
-    let controller =
-        Controller::new(scope.api::<DeserializeGuard<K>>(), watcher::Config::default().any_semantic())
-            .with_config(kube::runtime::controller::Config::default().concurrency(concurrency));
+    let Feeds { own, web_clusters } = feeds;
+    let (web_events, web_clusters) = (web_clusters.events, web_clusters.store);
+    let controller = Controller::for_shared_stream(own.events, own.store)
+        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency));
     let objects = controller.store();
     let context = Arc::new(Context {
         shared,
@@ -294,7 +309,7 @@ pub async fn run<K: Replicated>(
         .owns_stream(role_events)
         .owns_stream(binding_events)
         .owns_stream(network_policy_events)
-        .watches_stream(web_events, |web: DeserializeGuard<WebCluster>| {
+        .watches_shared_stream(web_events, |web: Arc<DeserializeGuard<WebCluster>>| {
             let namespace = web.namespace()?;
             let store = invalid::decoded(&web).ok().and_then(K::referenced_by)?;
             Some(ObjectRef::new(&store).within(&namespace))
@@ -360,7 +375,7 @@ fn cordons(
     }
     let client = &scope.client;
     let seen: Mutex<HashMap<String, bool>> = Mutex::new(HashMap::new());
-    let stream = watcher(Api::<Node>::all(client.clone()), watcher::Config::default().any_semantic())
+    let stream = watcher(Api::<Node>::all(client.clone()), scope.initial_list.config(None))
         .inspect_err(|err| tracing::warn!(%err, "node watch failed; retrying with backoff"))
         .default_backoff()
         .modify(|node| {

@@ -88,12 +88,9 @@ pub fn watch(
         Routes { store: writer.as_reader(), state: Arc::new(Mutex::new(GatewayApi::Unknown)), resource };
     let (changed, changes) = mpsc::unbounded();
     let state = routes.state.clone();
-    let events = watcher(api, watcher::Config::default().any_semantic().labels(label_selector))
+    let events = watcher(api, scope.initial_list.config(Some(label_selector)))
         .default_backoff()
-        .modify(|route| {
-            route.managed_fields_mut().clear();
-            route.annotations_mut().remove("kubectl.kubernetes.io/last-applied-configuration");
-        })
+        .modify(crate::controllers::watch::trim)
         .reflect(writer)
         .inspect(move |event| {
             let next = match event {

@@ -16,12 +16,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use tracing::{Instrument, info_span};
 
 pub use super::Scope;
 use super::invalid::{self, DeserializeGuard};
+use super::watch::{Feed, NoReader, Watches};
 use super::{Claimant, Error, RESYNC, Shared, cached, filled, jittered, owned_child};
 use crate::api::common::condition_type::READY;
 use crate::api::{DatabaseMirror, SessionStore, WebCluster};
@@ -62,9 +62,27 @@ pub struct Context {
     pub caches_ready: std::sync::atomic::AtomicBool,
 }
 
+/// The shared watches this controller reads.
+pub struct Feeds {
+    web_clusters: Feed<DeserializeGuard<WebCluster>>,
+    session_stores: Feed<DeserializeGuard<SessionStore>>,
+    database_mirrors: Feed<DeserializeGuard<DatabaseMirror>>,
+}
+
+impl Feeds {
+    pub fn take(watches: &Watches) -> Result<Self, NoReader> {
+        Ok(Feeds {
+            web_clusters: watches.web_clusters.feed()?,
+            session_stores: watches.session_stores.feed()?,
+            database_mirrors: watches.database_mirrors.feed()?,
+        })
+    }
+}
+
 /// Run the WebCluster controller until `shutdown` resolves.
 pub async fn run(
     scope: Scope,
+    feeds: Feeds,
     shared: Shared,
     concurrency: u16,
     ready: impl FnOnce() + Send + 'static,
@@ -79,15 +97,12 @@ pub async fn run(
     let (ingresses, ingress_events) = cached::<Ingress>(&scope, Some(&children));
     let (network_policies, network_policy_events) = cached::<NetworkPolicy>(&scope, Some(&children));
     let (routes, route_events, gateway_api_changes) = gateway::watch(&scope, &children);
-    let (session_stores, session_store_events) = cached::<DeserializeGuard<SessionStore>>(&scope, None);
-    let (database_mirrors, database_mirror_events) = cached::<DeserializeGuard<DatabaseMirror>>(&scope, None);
-
-    let controller = Controller::new(
-        scope.api::<DeserializeGuard<WebCluster>>(),
-        watcher::Config::default().any_semantic(),
-    )
-    .with_config(kube::runtime::controller::Config::default().concurrency(concurrency));
-    let web_clusters = controller.store();
+    let Feeds { web_clusters, session_stores, database_mirrors } = feeds;
+    let (session_store_events, session_stores) = (session_stores.events, session_stores.store);
+    let (database_mirror_events, database_mirrors) = (database_mirrors.events, database_mirrors.store);
+    let (web_cluster_events, web_clusters) = (web_clusters.events, web_clusters.store);
+    let controller = Controller::for_shared_stream(web_cluster_events, web_clusters.clone())
+        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency));
     let by_session_store =
         referrers(web_clusters.clone(), |wc| wc.spec.session_store_ref.as_ref().map(|r| r.name.clone()));
     let by_database =
@@ -120,8 +135,8 @@ pub async fn run(
         // The Gateway API appeared or went: WebClusters asking for routes
         // are waiting for it (or must now say it is gone).
         .reconcile_all_on(gateway_api_changes)
-        .watches_stream(session_store_events, by_session_store)
-        .watches_stream(database_mirror_events, by_database)
+        .watches_shared_stream(session_store_events, by_session_store)
+        .watches_shared_stream(database_mirror_events, by_database)
         .graceful_shutdown_on(shutdown);
 
     // Reconciles wait (requeue) until every cache is filled, so they never
@@ -162,11 +177,11 @@ pub async fn run(
 fn referrers<K>(
     web_clusters: Store<DeserializeGuard<WebCluster>>,
     referenced: impl Fn(&WebCluster) -> Option<String> + Send + Sync + 'static,
-) -> impl Fn(K) -> Vec<ObjectRef<DeserializeGuard<WebCluster>>> + Send + Sync + 'static
+) -> impl Fn(Arc<K>) -> Vec<ObjectRef<DeserializeGuard<WebCluster>>> + Send + Sync + 'static
 where
     K: Resource,
 {
-    move |obj: K| {
+    move |obj: Arc<K>| {
         let (name, namespace) = (obj.name_any(), obj.namespace());
         web_clusters
             .state()
