@@ -51,7 +51,7 @@ mod site;
 mod snapshot;
 mod track;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -154,6 +154,11 @@ pub struct Config {
     pub concurrency: usize,
     pub ready_timeout: Duration,
     pub binary: PathBuf,
+    /// An earlier build of the operator, measured beside `binary` on the
+    /// same Ready fleet (before and after, in one run).
+    pub baseline: Option<PathBuf>,
+    /// Restarts of each build in that comparison, alternating.
+    pub memory_rounds: usize,
     pub kubeconfig: PathBuf,
     pub results: PathBuf,
     pub work: PathBuf,
@@ -194,6 +199,8 @@ impl Config {
             concurrency: 1,
             ready_timeout: Duration::ZERO,
             binary: PathBuf::new(),
+            baseline: None,
+            memory_rounds: 1,
             kubeconfig: PathBuf::new(),
             results: PathBuf::new(),
             work: PathBuf::new(),
@@ -247,6 +254,8 @@ impl Config {
             binary: std::env::var_os("HOSTWRIGHT_BIN")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| root.join("target/release/hostwright")),
+            baseline: std::env::var_os("BENCH_BASELINE_BIN").filter(|v| !v.is_empty()).map(PathBuf::from),
+            memory_rounds: env_or("BENCH_MEMORY_ROUNDS", 3)?.max(1),
             kubeconfig: std::env::var_os("KUBECONFIG")
                 .map(PathBuf::from)
                 .context("KUBECONFIG is not set: run the benchmark through bench/run")?,
@@ -573,8 +582,9 @@ async fn run_size(cfg: &Config, client: &Client, n: usize, last: bool) -> Result
     log(format!("memory: VmHWM {hwm:.1} MiB, VmRSS {rss:.1} MiB"));
 
     // --- 6. restart ----------------------------------------------------------
-    let restart = restart(cfg, n).await?;
+    let restart = restart(cfg, n, &cfg.binary, "restart").await?;
     log(format!("restart: {restart}"));
+    let memory = compare_memory(cfg, n).await?;
     write_curves(cfg, n, &direct_curve, &operator_curve, &op_deploy_curve, &latencies)?;
     drop(web_clusters);
     drop(deployments);
@@ -598,6 +608,7 @@ async fn run_size(cfg: &Config, client: &Client, n: usize, last: bool) -> Result
         "rss_mib": round(hwm, 1),
         "rss_end_mib": round(rss, 1),
         "rss_restart_mib": restart["rss_mib"],
+        "rss_restart_end_mib": restart["rss_end_mib"],
         "operator_cpu_s": round(cpu_total, 1),
         "operator_writes_total": count(m_end.total_writes()),
         "operator_reconciles_total": count(m_end.reconciles),
@@ -609,17 +620,18 @@ async fn run_size(cfg: &Config, client: &Client, n: usize, last: bool) -> Result
         "change": change,
         "idle": idle,
         "restart": restart,
+        "memory": memory,
     }))
 }
 
-/// A second fresh operator on the Ready fleet: caches filled from a full
+/// A fresh operator (`binary`) on the Ready fleet: caches filled from a full
 /// list, every WebCluster reconciled once. Nothing should be written.
-async fn restart(cfg: &Config, n: usize) -> Result<Value> {
+async fn restart(cfg: &Config, n: usize, binary: &Path, label: &str) -> Result<Value> {
     let t0 = Instant::now();
     let mut op = Operator::start(
-        &cfg.binary,
+        binary,
         &cfg.kubeconfig,
-        &cfg.work.join(format!("operator-{n}-restart.log")),
+        &cfg.work.join(format!("operator-{n}-{label}.log")),
         &cfg.work.join("operator.pid"),
         &[],
     )
@@ -648,6 +660,47 @@ async fn restart(cfg: &Config, n: usize) -> Result<Value> {
         "reconciles": count(m.reconciles),
         "cpu_s": round(cpu, 2),
     }))
+}
+
+/// Fresh operators of the baseline build and of this one, restarted in turn
+/// on the same Ready fleet, `memory_rounds` times each: peak (VmHWM) and
+/// settled (VmRSS) memory side by side, so a change is judged against the
+/// same cluster, load and machine. Null without `BENCH_BASELINE_BIN`.
+async fn compare_memory(cfg: &Config, n: usize) -> Result<Value> {
+    let Some(baseline) = &cfg.baseline else { return Ok(Value::Null) };
+    let (mut base, mut this) = (Vec::new(), Vec::new());
+    for round in 0..cfg.memory_rounds {
+        base.push(restart(cfg, n, baseline, &format!("baseline-{round}")).await?);
+        this.push(restart(cfg, n, &cfg.binary, &format!("candidate-{round}")).await?);
+    }
+    let median_of = |runs: &[Value], key: &str| {
+        let values: Vec<f64> = runs.iter().filter_map(|r| r[key].as_f64()).collect();
+        percentile(&values, 0.5)
+    };
+    let summary = |runs: &[Value]| {
+        json!({
+            "peak_mib": median_of(runs, "rss_mib"),
+            "settled_mib": median_of(runs, "rss_end_mib"),
+            "writes": runs.iter().filter_map(|r| r["writes"].as_u64()).sum::<u64>(),
+            "runs": runs,
+        })
+    };
+    let result = json!({
+        "rounds": cfg.memory_rounds,
+        "baseline_binary": baseline.display().to_string(),
+        "baseline": summary(&base),
+        "candidate": summary(&this),
+        "peak_ratio": round(median_of(&this, "rss_mib") / median_of(&base, "rss_mib"), 3),
+        "settled_ratio": round(median_of(&this, "rss_end_mib") / median_of(&base, "rss_end_mib"), 3),
+    });
+    log(format!(
+        "memory: baseline peak {} / settled {} MiB, this build peak {} / settled {} MiB",
+        result["baseline"]["peak_mib"],
+        result["baseline"]["settled_mib"],
+        result["candidate"]["peak_mib"],
+        result["candidate"]["settled_mib"]
+    ));
+    Ok(result)
 }
 
 fn secs_of(v: &Value, key: &str) -> f64 {
