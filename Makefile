@@ -34,7 +34,7 @@ unit: deps lint
 # one e2e/cluster build puts in the cache, built here alone if missing.
 alerts:
 	@set -a; . e2e/versions.env; set +a; . e2e/lib/build.sh; \
-	  build_prometheus >&2; promtool="$$(bin_dir prometheus "$$PROMETHEUS_VERSION")/promtool"; \
+	  build_prometheus >&2; promtool="$$(bin_dir prometheus "$$PROMETHEUS_VERSION-k8s-sd")/promtool"; \
 	  "$$promtool" check rules charts/hostwright/files/alerts.yaml; \
 	  "$$promtool" test rules charts/hostwright/tests/alerts_test.yaml
 

@@ -196,17 +196,20 @@ build_go_install() {
 # the server and promtool, into $(bin_dir prometheus <v>). Built without the
 # builtinassets tag, so the web UI's assets are left out (the UI answers
 # with an error page); the API, the scrapes and the rule engine are whole.
-# The version ldflags make `promtool --version` name the release.
+# The version ldflags make `promtool --version` name the release. Of the
+# service discoveries only Kubernetes' (and the built-in file and static
+# ones) are compiled in: the cloud providers' SDKs were most of the build.
+PROMETHEUS_TAGS=remove_all_sd,enable_kubernetes_sd
 build_prometheus() {
   local v=$PROMETHEUS_VERSION out
-  out=$(bin_dir prometheus "$v")
+  out=$(bin_dir prometheus "$v-k8s-sd")
   [ -x "$out/prometheus" ] && [ -x "$out/promtool" ] && return 0
   local minor=${v#v0.3}
   minor=${minor%%.*}
   local release="3.$((10#$minor)).${v##*.}" pkg=github.com/prometheus/common/version
   echo ">> building Prometheus $release ($v: prometheus, promtool)"
   rm -rf "$out.tmp" && mkdir -p "$out.tmp"
-  GOBIN="$out.tmp" timed prometheus go install -p "$HOSTWRIGHT_GO_PARALLEL" -trimpath \
+  GOBIN="$out.tmp" timed prometheus go install -p "$HOSTWRIGHT_GO_PARALLEL" -trimpath -tags "$PROMETHEUS_TAGS" \
     -ldflags "-s -w -X $pkg.Version=$release -X $pkg.Revision=$v -X $pkg.Branch=release-3.$((10#$minor))" \
     "github.com/prometheus/prometheus/cmd/prometheus@$v" \
     "github.com/prometheus/prometheus/cmd/promtool@$v" || return 1
@@ -342,5 +345,5 @@ build_all() {
 
 # PATH entries for every built component.
 tool_path() {
-  echo "$(bin_dir kubernetes "$KUBERNETES_VERSION"):$(bin_dir etcd "$ETCD_VERSION"):$(bin_dir kwok "$KWOK_VERSION"):$(bin_dir helm "$HELM_VERSION"):$(bin_dir prometheus "$PROMETHEUS_VERSION")"
+  echo "$(bin_dir kubernetes "$KUBERNETES_VERSION"):$(bin_dir etcd "$ETCD_VERSION"):$(bin_dir kwok "$KWOK_VERSION"):$(bin_dir helm "$HELM_VERSION"):$(bin_dir prometheus "$PROMETHEUS_VERSION-k8s-sd")"
 }
