@@ -255,6 +255,7 @@ where
 pub mod backups;
 pub mod database;
 pub mod lifecycle;
+pub mod monitoring;
 pub mod operator;
 pub mod partition;
 pub mod reachability;
