@@ -4,6 +4,7 @@
 //! metrics), the error type, per-object exponential backoff, and "apply only
 //! what differs" so an idle fleet sends no writes at all.
 
+pub mod compact;
 pub mod databasemirror;
 pub mod invalid;
 pub mod members;
@@ -30,6 +31,7 @@ use serde::de::DeserializeOwned;
 use crate::resources::FIELD_MANAGER;
 use crate::resources::subset::first_difference_owning;
 use crate::telemetry::Metrics;
+use compact::Compact;
 
 /// How often a healthy object is looked at again without any change.
 pub const RESYNC: Duration = Duration::from_secs(300);
@@ -301,8 +303,31 @@ impl Shared {
         name: &str,
         owner: &Claimant<'_>,
     ) -> Result<Option<String>, Error> {
-        let holder = match cache.get(&ObjectRef::new(name).within(namespace)) {
-            Some(cached) => owner.holder(cached.meta()),
+        let cached = cache.get(&ObjectRef::new(name).within(namespace));
+        self.claimed_given::<C>(cached.as_deref().map(Resource::meta), namespace, name, owner).await
+    }
+
+    /// [`Shared::claimed`] for a cache of [`Compact`] objects.
+    pub async fn claimed_compact<C: Child>(
+        &self,
+        cache: &Store<Compact<C>>,
+        namespace: &str,
+        name: &str,
+        owner: &Claimant<'_>,
+    ) -> Result<Option<String>, Error> {
+        let cached = cache.get(&ObjectRef::new(name).within(namespace));
+        self.claimed_given::<C>(cached.as_deref().map(Resource::meta), namespace, name, owner).await
+    }
+
+    async fn claimed_given<C: Child>(
+        &self,
+        cached: Option<&kube::api::ObjectMeta>,
+        namespace: &str,
+        name: &str,
+        owner: &Claimant<'_>,
+    ) -> Result<Option<String>, Error> {
+        let holder = match cached {
+            Some(meta) => owner.holder(meta),
             None => {
                 let api: Api<C> = Api::namespaced(self.client.clone(), namespace);
                 let live = api.get_metadata_opt(name).await.map_err(|source| Error::Read {
@@ -522,6 +547,43 @@ where
         .reflect(writer)
         .applied_objects();
     (reader, stream)
+}
+
+/// [`cached`], each object kept as a [`Compact`]: for a kind whose objects
+/// are large and read by one reconcile at a time (a web tier's Deployment).
+pub fn cached_compact<K>(
+    scope: &Scope,
+    label_selector: Option<&str>,
+) -> (Store<Compact<K>>, impl futures::Stream<Item = Result<Compact<K>, watcher::Error>> + Send + 'static)
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = watcher(scope.api::<K>(), scope.initial_list.config(label_selector))
+        .inspect_err(|err| tracing::warn!(kind = %K::kind(&()), %err, "watch failed; retrying with backoff"))
+        .default_backoff()
+        .map_ok(|event| match event {
+            watcher::Event::Init => watcher::Event::Init,
+            watcher::Event::InitDone => watcher::Event::InitDone,
+            watcher::Event::InitApply(obj) => watcher::Event::InitApply(compact(obj)),
+            watcher::Event::Apply(obj) => watcher::Event::Apply(compact(obj)),
+            watcher::Event::Delete(obj) => watcher::Event::Delete(compact(obj)),
+        })
+        .reflect(writer)
+        .applied_objects();
+    (reader, stream)
+}
+
+fn compact<K: Resource + Serialize>(mut obj: K) -> Compact<K> {
+    watch::trim(&mut obj);
+    Compact::new(obj)
 }
 
 /// Wait until `store` has been filled by its first list.

@@ -20,9 +20,10 @@ use kube::{Resource, ResourceExt};
 use tracing::{Instrument, info_span};
 
 pub use super::Scope;
+use super::compact::Compact;
 use super::invalid::{self, DeserializeGuard};
 use super::watch::{Feed, NoReader, Watches};
-use super::{Claimant, Error, RESYNC, Shared, cached, filled, jittered, owned_child};
+use super::{Claimant, Error, RESYNC, Shared, cached, cached_compact, filled, jittered, owned_child};
 use crate::api::common::condition_type::READY;
 use crate::api::{DatabaseMirror, SessionStore, WebCluster};
 use crate::conditions;
@@ -39,7 +40,8 @@ const CONTROLLER: &str = "webcluster";
 /// Caches of everything a WebCluster reconcile reads. Children are read
 /// from here, never fetched, so a resync costs no API calls.
 pub struct Caches {
-    pub deployments: Store<Deployment>,
+    /// Compact: the largest objects the operator caches.
+    pub deployments: Store<Compact<Deployment>>,
     pub services: Store<Service>,
     pub pdbs: Store<PodDisruptionBudget>,
     pub autoscalers: Store<HorizontalPodAutoscaler>,
@@ -90,7 +92,7 @@ pub async fn run(
 ) {
     let children =
         format!("app.kubernetes.io/managed-by={},app.kubernetes.io/name=webcluster", labels::MANAGED_BY);
-    let (deployments, deployment_events) = cached::<Deployment>(&scope, Some(&children));
+    let (deployments, deployment_events) = cached_compact::<Deployment>(&scope, Some(&children));
     let (services, service_events) = cached::<Service>(&scope, Some(&children));
     let (pdbs, pdb_events) = cached::<PodDisruptionBudget>(&scope, Some(&children));
     let (autoscalers, autoscaler_events) = cached::<HorizontalPodAutoscaler>(&scope, Some(&children));
@@ -220,7 +222,7 @@ async fn reconcile_inner(wc: &WebCluster, ctx: &Context, namespace: &str) -> Res
     let name = wc.name_any();
     let uid = wc.uid().unwrap_or_default();
     let caches = &ctx.caches;
-    let live_deployment = owned_child(&caches.deployments, namespace, &name, &uid);
+    let live_deployment = live_deployment(&caches.deployments, namespace, &name, &uid);
     let mut references = resolve_references(wc, caches, namespace);
     let gateway_api = caches.routes.state();
     references.conflict = claims(wc, ctx, namespace, &gateway_api).await?;
@@ -260,6 +262,24 @@ async fn reconcile_inner(wc: &WebCluster, ctx: &Context, namespace: &str) -> Res
         }
     }
     Ok(Action::requeue(jittered(RESYNC)))
+}
+
+/// The site's cached Deployment, decoded for this reconcile. One that
+/// cannot be decoded counts as not cached: it is applied again.
+fn live_deployment(
+    cache: &Store<Compact<Deployment>>,
+    namespace: &str,
+    name: &str,
+    owner_uid: &str,
+) -> Option<Arc<Deployment>> {
+    let compact = owned_child(cache, namespace, name, owner_uid)?;
+    match compact.decode() {
+        Ok(deployment) => Some(Arc::new(deployment)),
+        Err(err) => {
+            tracing::warn!(%namespace, %name, %err, "the cached Deployment does not decode; applying it again");
+            None
+        }
+    }
 }
 
 /// Apply every child that differs from its cached copy and delete the
@@ -326,7 +346,7 @@ async fn claims(
     let caches = &ctx.caches;
     let shared = &ctx.shared;
     let mut taken = vec![
-        shared.claimed(&caches.deployments, namespace, &name, &owner).await?,
+        shared.claimed_compact(&caches.deployments, namespace, &name, &owner).await?,
         shared.claimed(&caches.services, namespace, &name, &owner).await?,
         shared.claimed(&caches.pdbs, namespace, &name, &owner).await?,
     ];
