@@ -7,6 +7,7 @@ pub mod conditions;
 pub mod contract;
 pub mod controllers;
 pub mod failover;
+pub mod memory;
 pub mod plugin;
 pub mod resources;
 pub mod run;
