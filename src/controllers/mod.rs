@@ -539,13 +539,7 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store();
-    let stream = watcher(scope.api::<K>(), scope.initial_list.config(label_selector))
-        // A failing watch keeps the caches (and readiness) back: say so.
-        .inspect_err(|err| tracing::warn!(kind = %K::kind(&()), %err, "watch failed; retrying with backoff"))
-        .default_backoff()
-        .modify(watch::trim)
-        .reflect(writer)
-        .applied_objects();
+    let stream = watch::events::<K>(scope, label_selector).reflect(writer).applied_objects();
     (reader, stream)
 }
 
@@ -566,24 +560,17 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store();
-    let stream = watcher(scope.api::<K>(), scope.initial_list.config(label_selector))
-        .inspect_err(|err| tracing::warn!(kind = %K::kind(&()), %err, "watch failed; retrying with backoff"))
-        .default_backoff()
+    let stream = watch::events::<K>(scope, label_selector)
         .map_ok(|event| match event {
             watcher::Event::Init => watcher::Event::Init,
             watcher::Event::InitDone => watcher::Event::InitDone,
-            watcher::Event::InitApply(obj) => watcher::Event::InitApply(compact(obj)),
-            watcher::Event::Apply(obj) => watcher::Event::Apply(compact(obj)),
-            watcher::Event::Delete(obj) => watcher::Event::Delete(compact(obj)),
+            watcher::Event::InitApply(obj) => watcher::Event::InitApply(Compact::new(obj)),
+            watcher::Event::Apply(obj) => watcher::Event::Apply(Compact::new(obj)),
+            watcher::Event::Delete(obj) => watcher::Event::Delete(Compact::new(obj)),
         })
         .reflect(writer)
         .applied_objects();
     (reader, stream)
-}
-
-fn compact<K: Resource + Serialize>(mut obj: K) -> Compact<K> {
-    watch::trim(&mut obj);
-    Compact::new(obj)
 }
 
 /// Wait until `store` has been filled by its first list.

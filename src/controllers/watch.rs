@@ -100,6 +100,27 @@ where
     }
 }
 
+/// Every change to the `K`s in scope (carrying `label_selector`, when
+/// given), filled as `scope` says, trimmed, and retried with backoff: a
+/// failing watch keeps the caches (and readiness) back, so it says so.
+pub fn events<K>(
+    scope: &Scope,
+    label_selector: Option<&str>,
+) -> impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static,
+{
+    watcher(scope.api::<K>(), scope.initial_list.config(label_selector))
+        .inspect_err(|err| tracing::warn!(kind = %K::kind(&()), %err, "watch failed; retrying with backoff"))
+        .default_backoff()
+        .modify(trim)
+}
+
 /// Drop what no reconcile reads before an object is cached: managed fields
 /// (the bulk of most objects) and kubectl's copy of the last applied object.
 pub fn trim<K: Resource>(obj: &mut K) {
@@ -159,14 +180,7 @@ where
 
     /// Watch, trim and cache; every reader is fed from here.
     fn drive(self, scope: &Scope) -> impl Future<Output = ()> + Send + 'static {
-        watcher(scope.api::<K>(), scope.initial_list.config(None))
-            .inspect_err(
-                |err| tracing::warn!(kind = %K::kind(&()), %err, "watch failed; retrying with backoff"),
-            )
-            .default_backoff()
-            .modify(trim)
-            .reflect_shared(self.writer)
-            .for_each(|_| futures::future::ready(()))
+        events::<K>(scope, None).reflect_shared(self.writer).for_each(|_| futures::future::ready(()))
     }
 }
 
