@@ -530,13 +530,7 @@ pub fn cached<K>(
     label_selector: Option<&str>,
 ) -> (Store<K>, impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static)
 where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: watch::Watched,
 {
     let (reader, writer) = reflector::store();
     let stream = watch::events::<K>(scope, label_selector).reflect(writer).applied_objects();
@@ -550,14 +544,7 @@ pub fn cached_compact<K>(
     label_selector: Option<&str>,
 ) -> (Store<Compact<K>>, impl futures::Stream<Item = Result<Compact<K>, watcher::Error>> + Send + 'static)
 where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + Serialize
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: watch::Watched + Serialize,
 {
     let (reader, writer) = reflector::store();
     let stream = watch::events::<K>(scope, label_selector)

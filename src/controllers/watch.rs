@@ -100,6 +100,30 @@ where
     }
 }
 
+/// What a watched, cached kind is: namespaced, typed, and shareable
+/// between tasks.
+pub trait Watched:
+    Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+    + Clone
+    + DeserializeOwned
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> Watched for K where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// Every change to the `K`s in scope (carrying `label_selector`, when
 /// given), filled as `scope` says, trimmed, and retried with backoff: a
 /// failing watch keeps the caches (and readiness) back, so it says so.
@@ -108,12 +132,7 @@ pub fn events<K>(
     label_selector: Option<&str>,
 ) -> impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static
 where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + 'static,
+    K: Watched,
 {
     watcher(scope.api::<K>(), scope.initial_list.config(label_selector))
         .inspect_err(|err| tracing::warn!(kind = %K::kind(&()), %err, "watch failed; retrying with backoff"))
@@ -159,13 +178,7 @@ where
 
 impl<K> SharedWatch<K>
 where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: Watched,
 {
     fn new() -> Self {
         let (store, writer) = reflector::store_shared(SHARED_BUFFER);
