@@ -163,7 +163,15 @@ async fn member_runs_as_built(pods: &Api<Pod>, member: &str) -> Result<()> {
     let id = server.container_id.as_deref().context("a container id")?;
     let processes = container_processes(id)?;
     for (pid, cmdline) in &processes {
-        let uid = std::fs::read_to_string(format!("/proc/{pid}/status"))?
+        // A process listed a moment ago may have exited since (the server
+        // forks a backend per connection, and the agent connects every
+        // tick): gone, it runs as nobody.
+        let status = match std::fs::read_to_string(format!("/proc/{pid}/status")) {
+            Ok(status) => status,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(err) => return Err(err.into()),
+        };
+        let uid = status
             .lines()
             .find_map(|l| {
                 l.strip_prefix("Uid:").map(|u| u.split_whitespace().next().unwrap_or("").to_string())
