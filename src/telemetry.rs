@@ -143,9 +143,28 @@ impl Metrics {
     }
 
     fn render(&self) -> Result<String, std::fmt::Error> {
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
-        Ok(out)
+        render(&self.registry)
+    }
+}
+
+/// Every series of `registry` in OpenMetrics text.
+pub fn render(registry: &Registry) -> Result<String, std::fmt::Error> {
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, registry)?;
+    Ok(out)
+}
+
+/// A scrape's answer: the rendered text, or 500 when it could not be
+/// rendered. The operator and the agents answer alike.
+pub fn openmetrics_response(rendered: Result<String, std::fmt::Error>) -> axum::response::Response {
+    match rendered {
+        Ok(body) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            body,
+        )
+            .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }
 }
 
@@ -216,15 +235,7 @@ pub async fn serve(
 }
 
 async fn metrics(State(health): State<Health>) -> impl IntoResponse {
-    match health.metrics.render() {
-        Ok(body) => (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-            body,
-        )
-            .into_response(),
-        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-    }
+    openmetrics_response(health.metrics.render())
 }
 
 async fn readyz(State(health): State<Health>) -> impl IntoResponse {

@@ -312,9 +312,7 @@ impl Metrics {
 
     /// The OpenMetrics text of every series.
     pub fn render(&self) -> Result<String, std::fmt::Error> {
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
-        Ok(out)
+        crate::telemetry::render(&self.registry)
     }
 }
 

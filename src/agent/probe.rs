@@ -13,13 +13,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
 use axum::routing::get;
 
 use super::metrics::Metrics;
 use super::watchdog::boottime_ms;
 use crate::contract::probes::{LIVENESS_PATH, METRICS_PATH, READINESS_PATH, STALE_AFTER};
+use crate::telemetry::openmetrics_response;
 
 /// What the probes report, written by the two loops.
 #[derive(Debug)]
@@ -70,19 +70,6 @@ pub async fn bind(address: SocketAddr) -> std::io::Result<tokio::net::TcpListene
     tokio::net::TcpListener::bind(address).await
 }
 
-/// The metrics in OpenMetrics text, which Prometheus reads.
-fn metrics_response(metrics: &Metrics) -> Response {
-    match metrics.render() {
-        Ok(body) => (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-            body,
-        )
-            .into_response(),
-        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-    }
-}
-
 /// Answer probes and scrapes on `listener` for as long as the agent runs.
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -90,7 +77,7 @@ pub async fn serve(
     metrics: Arc<Metrics>,
 ) -> std::io::Result<()> {
     let app = Router::new()
-        .route(METRICS_PATH, get(move || std::future::ready(metrics_response(&metrics))))
+        .route(METRICS_PATH, get(move || std::future::ready(openmetrics_response(metrics.render()))))
         .route(
             LIVENESS_PATH,
             get(|State(h): State<Arc<Health>>| async move { status(h.live_at(boottime_ms())) }),
