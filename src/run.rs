@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::api::{DatabaseMirror, SessionStore};
+use crate::controllers::events::Events;
 use crate::controllers::watch::{InitialList, Watches};
 use crate::controllers::{Scope, Shared, members, webcluster};
 use crate::resources::FIELD_MANAGER;
@@ -258,9 +259,14 @@ async fn run_controllers(
         members::Feeds::<SessionStore>::take(&watches)?,
     );
     let watching = watches.drive(&scope);
-    let web = Shared::new(client.clone(), metrics.clone(), "webcluster", &options.identity);
-    let database = Shared::new(client.clone(), metrics.clone(), "databasemirror", &options.identity);
-    let sessions = Shared::new(client, metrics, "sessionstore", &options.identity);
+    let events = Arc::new(Events::new(client.clone(), &options.identity));
+    let renewing = tokio::spawn({
+        let events = events.clone();
+        async move { events.keep_renewing().await }
+    });
+    let web = Shared::new(client.clone(), metrics.clone(), events.clone(), "webcluster");
+    let database = Shared::new(client.clone(), metrics.clone(), events.clone(), "databasemirror");
+    let sessions = Shared::new(client, metrics, events, "sessionstore");
     // Ready once every controller has filled its caches.
     let (web_ready, database_ready, sessions_ready) =
         (tokio::sync::oneshot::channel(), tokio::sync::oneshot::channel(), tokio::sync::oneshot::channel());
@@ -309,6 +315,7 @@ async fn run_controllers(
         _ = controllers => {}
         () = watching => {}
     }
+    renewing.abort();
     info!("controllers stopped");
     Ok(())
 }

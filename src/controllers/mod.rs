@@ -6,6 +6,7 @@
 
 pub mod compact;
 pub mod databasemirror;
+pub mod events;
 pub mod invalid;
 pub mod members;
 pub mod sessionstore;
@@ -21,7 +22,7 @@ use futures::TryStreamExt;
 use k8s_openapi::NamespaceResourceScope;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -161,22 +162,21 @@ impl<K> Child for K where
 pub struct Shared {
     pub client: Client,
     pub metrics: Arc<Metrics>,
-    pub recorder: Recorder,
+    /// The operator's one Event recorder.
+    pub events: Arc<events::Events>,
     pub backoff: Backoff,
     /// `controller` label of this controller's metrics.
     pub controller: &'static str,
 }
 
 impl Shared {
-    pub fn new(client: Client, metrics: Arc<Metrics>, controller: &'static str, identity: &str) -> Self {
-        let reporter = Reporter { controller: "hostwright".into(), instance: Some(identity.to_string()) };
-        Self {
-            recorder: Recorder::new(client.clone(), reporter),
-            client,
-            metrics,
-            backoff: Backoff::default(),
-            controller,
-        }
+    pub fn new(
+        client: Client,
+        metrics: Arc<Metrics>,
+        events: Arc<events::Events>,
+        controller: &'static str,
+    ) -> Self {
+        Self { events, client, metrics, backoff: Backoff::default(), controller }
     }
 
     /// Publish an Event about `obj`; failures are logged, never fatal.
@@ -210,7 +210,7 @@ impl Shared {
     }
 
     async fn publish(&self, event: &Event, reference: &k8s_openapi::api::core::v1::ObjectReference) {
-        match self.recorder.publish(event, reference).await {
+        match self.events.publish(event, reference).await {
             Ok(()) => self.metrics.write(self.controller, "events", "create"),
             Err(err) => tracing::warn!(%err, reason = %event.reason, "could not publish event"),
         }
