@@ -574,6 +574,29 @@ where
     while tokio::time::timeout(Duration::from_millis(100), store.wait_until_ready()).await.is_err() {}
 }
 
+/// [`owned_child`] from a cache of [`Compact`] objects, decoded for one
+/// reconcile. One that cannot be decoded counts as not cached: it is applied
+/// again, which puts right whatever the cache made of it.
+pub fn live_compact<K>(
+    store: &Store<Compact<K>>,
+    namespace: &str,
+    name: &str,
+    owner_uid: &str,
+) -> Option<Arc<K>>
+where
+    K: Resource<DynamicType = ()> + DeserializeOwned,
+{
+    let compact = owned_child(store, namespace, name, owner_uid)?;
+    match compact.decode() {
+        Ok(obj) => Some(Arc::new(obj)),
+        Err(err) => {
+            let kind = K::kind(&());
+            tracing::warn!(%namespace, %name, %kind, %err, "a cached object does not decode; applying it again");
+            None
+        }
+    }
+}
+
 /// The cached child `name` in `namespace`, if `owner_uid` controls it.
 pub fn owned_child<K>(store: &Store<K>, namespace: &str, name: &str, owner_uid: &str) -> Option<Arc<K>>
 where

@@ -23,7 +23,9 @@ pub use super::Scope;
 use super::compact::Compact;
 use super::invalid::{self, DeserializeGuard};
 use super::watch::{Feed, NoReader, Watches};
-use super::{Claimant, Error, RESYNC, Shared, cached, cached_compact, filled, jittered, owned_child};
+use super::{
+    Claimant, Error, RESYNC, Shared, cached, cached_compact, filled, jittered, live_compact, owned_child,
+};
 use crate::api::common::condition_type::READY;
 use crate::api::{DatabaseMirror, SessionStore, WebCluster};
 use crate::conditions;
@@ -40,10 +42,10 @@ const CONTROLLER: &str = "webcluster";
 /// Caches of everything a WebCluster reconcile reads. Children are read
 /// from here, never fetched, so a resync costs no API calls.
 pub struct Caches {
-    /// Compact: the largest objects the operator caches.
+    /// Compact: one of each per site, the bulk of what the operator holds.
     pub deployments: Store<Compact<Deployment>>,
-    pub services: Store<Service>,
-    pub pdbs: Store<PodDisruptionBudget>,
+    pub services: Store<Compact<Service>>,
+    pub pdbs: Store<Compact<PodDisruptionBudget>>,
     pub autoscalers: Store<HorizontalPodAutoscaler>,
     pub ingresses: Store<Ingress>,
     pub network_policies: Store<NetworkPolicy>,
@@ -93,8 +95,8 @@ pub async fn run(
     let children =
         format!("app.kubernetes.io/managed-by={},app.kubernetes.io/name=webcluster", labels::MANAGED_BY);
     let (deployments, deployment_events) = cached_compact::<Deployment>(&scope, Some(&children));
-    let (services, service_events) = cached::<Service>(&scope, Some(&children));
-    let (pdbs, pdb_events) = cached::<PodDisruptionBudget>(&scope, Some(&children));
+    let (services, service_events) = cached_compact::<Service>(&scope, Some(&children));
+    let (pdbs, pdb_events) = cached_compact::<PodDisruptionBudget>(&scope, Some(&children));
     let (autoscalers, autoscaler_events) = cached::<HorizontalPodAutoscaler>(&scope, Some(&children));
     let (ingresses, ingress_events) = cached::<Ingress>(&scope, Some(&children));
     let (network_policies, network_policy_events) = cached::<NetworkPolicy>(&scope, Some(&children));
@@ -222,7 +224,7 @@ async fn reconcile_inner(wc: &WebCluster, ctx: &Context, namespace: &str) -> Res
     let name = wc.name_any();
     let uid = wc.uid().unwrap_or_default();
     let caches = &ctx.caches;
-    let live_deployment = live_deployment(&caches.deployments, namespace, &name, &uid);
+    let live_deployment = live_compact(&caches.deployments, namespace, &name, &uid);
     let mut references = resolve_references(wc, caches, namespace);
     let gateway_api = caches.routes.state();
     references.conflict = claims(wc, ctx, namespace, &gateway_api).await?;
@@ -264,24 +266,6 @@ async fn reconcile_inner(wc: &WebCluster, ctx: &Context, namespace: &str) -> Res
     Ok(Action::requeue(jittered(RESYNC)))
 }
 
-/// The site's cached Deployment, decoded for this reconcile. One that
-/// cannot be decoded counts as not cached: it is applied again.
-fn live_deployment(
-    cache: &Store<Compact<Deployment>>,
-    namespace: &str,
-    name: &str,
-    owner_uid: &str,
-) -> Option<Arc<Deployment>> {
-    let compact = owned_child(cache, namespace, name, owner_uid)?;
-    match compact.decode() {
-        Ok(deployment) => Some(Arc::new(deployment)),
-        Err(err) => {
-            tracing::warn!(%namespace, %name, %err, "the cached Deployment does not decode; applying it again");
-            None
-        }
-    }
-}
-
 /// Apply every child that differs from its cached copy and delete the
 /// optional ones no longer wanted. Returns the Deployment if it was applied.
 async fn apply_children(
@@ -315,8 +299,10 @@ async fn apply_children(
             ctx.shared.event(wc, event.type_, event.reason, event.action, event.note).await;
         }
     }
-    ctx.shared.apply_owned(&service, &caches.services, &uid).await?;
-    ctx.shared.apply_owned(&pod_disruption_budget, &caches.pdbs, &uid).await?;
+    let live_service = live_compact(&caches.services, namespace, &name, &uid);
+    ctx.shared.apply(&service, live_service.as_ref()).await?;
+    let live_budget = live_compact(&caches.pdbs, namespace, &name, &uid);
+    ctx.shared.apply(&pod_disruption_budget, live_budget.as_ref()).await?;
     let live_autoscaler = owned_child(&caches.autoscalers, namespace, &name, &uid);
     ctx.shared.apply_or_prune(autoscaler.as_ref(), live_autoscaler).await?;
     let live_ingress = owned_child(&caches.ingresses, namespace, &name, &uid);
@@ -347,8 +333,8 @@ async fn claims(
     let shared = &ctx.shared;
     let mut taken = vec![
         shared.claimed_compact(&caches.deployments, namespace, &name, &owner).await?,
-        shared.claimed(&caches.services, namespace, &name, &owner).await?,
-        shared.claimed(&caches.pdbs, namespace, &name, &owner).await?,
+        shared.claimed_compact(&caches.services, namespace, &name, &owner).await?,
+        shared.claimed_compact(&caches.pdbs, namespace, &name, &owner).await?,
     ];
     if wc.spec.autoscaling.is_some() {
         taken.push(shared.claimed(&caches.autoscalers, namespace, &name, &owner).await?);
