@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod api;
 pub mod backup;
+pub mod client;
 pub mod conditions;
 pub mod contract;
 pub mod controllers;

@@ -59,7 +59,7 @@ pub struct Options {
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error("connecting to the Kubernetes API: {0}")]
-    Client(#[source] kube::Error),
+    Client(#[from] crate::client::ClientError),
     #[error("leader election over Lease {namespace}/{name}: {source}")]
     Lease {
         namespace: String,
@@ -126,7 +126,7 @@ async fn wait_for_signal() {
 /// Run the operator until SIGTERM/SIGINT (Ok) or a fatal error.
 pub async fn run(options: Options) -> Result<(), RunError> {
     crate::tls::client::install_default_provider();
-    let client = Client::try_default().await.map_err(RunError::Client)?;
+    let client = crate::client::infer().await?;
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
     let shutdown = Shutdown::on_signals();
