@@ -1,12 +1,14 @@
-//! A cached object kept small: its metadata as a struct (what owner lookups,
-//! claims and the controller's triggers read) and the rest as the JSON text
-//! it serializes to, decoded again only by the reconcile that reads it.
+//! A cached object kept small: what identifies it and its owners as a
+//! struct (what the cache, the controller's triggers and owner lookups read)
+//! and everything else, labels and annotations too, as the JSON text it
+//! serializes to, decoded again only by the reconcile that reads it.
 //!
 //! A typed Deployment takes about 11 KiB of heap in a cache: every field of
-//! its pod template is an allocation of its own, or inline space for one. As
-//! text it is about 3 KiB. With a thousand sites that is most of what the
-//! operator holds, and a reconcile turns the live object into JSON for its
-//! "already applied?" check anyway, so decoding costs little more.
+//! its pod template is an allocation of its own, or inline space for one,
+//! and its labels a tree of strings. As text it is about 3 KiB. With a
+//! thousand sites that is most of what the operator holds, and a reconcile
+//! turns the live object into JSON for its "already applied?" check anyway,
+//! so decoding costs little more.
 
 use std::borrow::Cow;
 use std::marker::PhantomData;
@@ -16,9 +18,10 @@ use kube::Resource;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-/// `K` as its metadata and the JSON text of everything else.
+/// `K` as its identity and owners, and the JSON text of everything else.
 pub struct Compact<K> {
-    metadata: ObjectMeta,
+    /// Name, namespace, uid, resourceVersion and ownerReferences only.
+    identity: ObjectMeta,
     body: Box<str>,
     kind: PhantomData<fn() -> K>,
 }
@@ -28,12 +31,20 @@ impl<K: Resource + Serialize> Compact<K> {
     /// practice; if it did, the body is left empty and the next reconcile
     /// finds the object differs and applies it again.
     pub fn new(mut obj: K) -> Self {
-        let metadata = std::mem::take(obj.meta_mut());
+        let meta = obj.meta_mut();
+        let identity = ObjectMeta {
+            name: meta.name.take(),
+            namespace: meta.namespace.take(),
+            uid: meta.uid.take(),
+            resource_version: meta.resource_version.take(),
+            owner_references: meta.owner_references.take(),
+            ..ObjectMeta::default()
+        };
         let body = serde_json::to_string(&obj).unwrap_or_else(|err| {
-            tracing::warn!(name = ?metadata.name, %err, "could not keep a cached object as JSON");
+            tracing::warn!(name = ?identity.name, %err, "could not keep a cached object as JSON");
             String::new()
         });
-        Compact { metadata, body: body.into_boxed_str(), kind: PhantomData }
+        Compact { identity, body: body.into_boxed_str(), kind: PhantomData }
     }
 }
 
@@ -41,20 +52,35 @@ impl<K: Resource + DeserializeOwned> Compact<K> {
     /// The whole object again.
     pub fn decode(&self) -> Result<K, serde_json::Error> {
         let mut obj: K = serde_json::from_str(&self.body)?;
-        *obj.meta_mut() = self.metadata.clone();
+        let meta = obj.meta_mut();
+        let identity = self.identity.clone();
+        meta.name = identity.name;
+        meta.namespace = identity.namespace;
+        meta.uid = identity.uid;
+        meta.resource_version = identity.resource_version;
+        meta.owner_references = identity.owner_references;
         Ok(obj)
+    }
+
+    /// The whole metadata again (labels, annotations, ...). One that cannot
+    /// be decoded is the identity alone.
+    pub fn metadata(&self) -> ObjectMeta {
+        self.decode().map(|mut obj| std::mem::take(obj.meta_mut())).unwrap_or_else(|err| {
+            tracing::warn!(name = ?self.identity.name, %err, "a cached object does not decode");
+            self.identity.clone()
+        })
     }
 }
 
 impl<K> Clone for Compact<K> {
     fn clone(&self) -> Self {
-        Compact { metadata: self.metadata.clone(), body: self.body.clone(), kind: PhantomData }
+        Compact { identity: self.identity.clone(), body: self.body.clone(), kind: PhantomData }
     }
 }
 
 impl<K> std::fmt::Debug for Compact<K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Compact").field("metadata", &self.metadata).field("bytes", &self.body.len()).finish()
+        f.debug_struct("Compact").field("identity", &self.identity).field("bytes", &self.body.len()).finish()
     }
 }
 
@@ -78,12 +104,13 @@ impl<K: Resource<DynamicType = ()>> Resource for Compact<K> {
         K::plural(dt)
     }
 
+    /// The identity and owners only: see [`Compact::metadata`] for the rest.
     fn meta(&self) -> &ObjectMeta {
-        &self.metadata
+        &self.identity
     }
 
     fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
+        &mut self.identity
     }
 }
 
@@ -97,7 +124,8 @@ mod tests {
     fn deployment() -> Deployment {
         serde_json::from_value(serde_json::json!({
             "apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": "site", "namespace": "n", "uid": "u1",
+            "metadata": {"name": "site", "namespace": "n", "uid": "u1", "resourceVersion": "7",
+                "labels": {"app": "site"}, "generation": 4,
                 "ownerReferences": [{"apiVersion": "hostwright.io/v1alpha1", "kind": "WebCluster",
                     "name": "site", "uid": "w1", "controller": true}]},
             "spec": {"replicas": 3, "selector": {"matchLabels": {"a": "b"}},
@@ -116,13 +144,33 @@ mod tests {
     }
 
     #[test]
-    fn metadata_is_read_without_decoding() {
+    fn identity_and_owners_are_read_without_decoding() {
         let compact = Compact::new(deployment());
         assert_eq!(compact.name_any(), "site");
+        assert_eq!(compact.namespace().as_deref(), Some("n"));
+        assert_eq!(compact.uid().as_deref(), Some("u1"));
+        assert_eq!(compact.resource_version().as_deref(), Some("7"));
         assert_eq!(compact.owner_references()[0].uid, "w1");
         assert_eq!(Compact::<Deployment>::kind(&()), "Deployment");
         assert_eq!(Compact::<Deployment>::plural(&()), "deployments");
-        // The body holds no second copy of the metadata.
+        // The body holds no second copy of them; the labels live there only.
         assert!(!compact.body.contains("ownerReferences"), "{}", compact.body);
+        assert!(compact.labels().is_empty());
+        assert!(compact.body.contains(r#""labels":{"app":"site"}"#), "{}", compact.body);
+    }
+
+    #[test]
+    fn the_whole_metadata_is_decoded_on_demand() {
+        let compact = Compact::new(deployment());
+        assert_eq!(compact.metadata(), deployment().metadata);
+    }
+
+    #[test]
+    fn an_undecodable_body_leaves_the_identity() {
+        let mut compact = Compact::new(deployment());
+        compact.body = "{".into();
+        assert!(compact.decode().is_err());
+        assert_eq!(compact.metadata().owner_references, deployment().metadata.owner_references);
+        assert_eq!(compact.metadata().labels, None);
     }
 }

@@ -315,8 +315,8 @@ impl Shared {
         name: &str,
         owner: &Claimant<'_>,
     ) -> Result<Option<String>, Error> {
-        let cached = cache.get(&ObjectRef::new(name).within(namespace));
-        self.claimed_given::<C>(cached.as_deref().map(Resource::meta), namespace, name, owner).await
+        let cached = cache.get(&ObjectRef::new(name).within(namespace)).map(|compact| compact.metadata());
+        self.claimed_given::<C>(cached.as_ref(), namespace, name, owner).await
     }
 
     async fn claimed_given<C: Child>(
