@@ -262,8 +262,11 @@ impl Testbed {
         let binary = std::env::var_os("HOSTWRIGHT_BIN")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/hostwright"));
-        if !binary.exists() {
-            bail!("{} does not exist: `cargo build --workspace --bins` first", binary.display());
+        // `hostwright agent` runs the agent binary built beside it.
+        for needed in [binary.clone(), binary.with_file_name("hostwright-agent")] {
+            if !needed.exists() {
+                bail!("{} does not exist: `cargo build --package hostwright --bins` first", needed.display());
+            }
         }
         let postgres = user_ids("postgres")?;
         let server = api_server_url()?;
