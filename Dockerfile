@@ -1,14 +1,16 @@
 # syntax=docker/dockerfile:1
-# The Hostwright operator image: one static binary on distroless, run as
+# The Hostwright operator image: two static binaries on distroless, run as
 # non-root (uid/gid 65532), so the operator's pod meets the `restricted` Pod
-# Security profile.
+# Security profile. /hostwright is the operator; /hostwright-agent is the
+# in-pod agent that member pods install (`hostwright agent …` runs it), a
+# binary of its own so that the operator does not map its code.
 #
 #   docker build -t ghcr.io/hostwright/hostwright:0.1.0 \
 #     --build-arg VERSION=0.1.0 --build-arg REVISION=$(git rev-parse HEAD) .
 #
 # Needs BuildKit (the default builder of current Docker) for the cache mounts.
 
-# ---- build: a statically linked binary for x86_64 Linux (musl) ----
+# ---- build: statically linked binaries for x86_64 Linux (musl) ----
 FROM rust:1-bookworm AS build
 # musl-tools provides musl-gcc, which the cc crate uses for C code (ring).
 RUN apt-get update \
@@ -17,12 +19,14 @@ RUN apt-get update \
 RUN rustup target add x86_64-unknown-linux-musl
 WORKDIR /src
 COPY . .
-# The registry and target caches persist between builds; the binary is copied
-# out of the cache mount so the next stage can take it.
+# The registry and target caches persist between builds; the binaries are
+# copied out of the cache mount so the next stage can take them.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin hostwright --target x86_64-unknown-linux-musl \
- && install -D -m 0755 target/x86_64-unknown-linux-musl/release/hostwright /out/hostwright
+    cargo build --release --locked --bin hostwright --bin hostwright-agent \
+      --target x86_64-unknown-linux-musl \
+ && install -D -m 0755 -t /out target/x86_64-unknown-linux-musl/release/hostwright \
+      target/x86_64-unknown-linux-musl/release/hostwright-agent
 
 # ---- runtime: no shell, no package manager, non-root ----
 FROM gcr.io/distroless/static-debian12:nonroot
@@ -35,6 +39,7 @@ LABEL org.opencontainers.image.title="hostwright" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}"
 COPY --from=build /out/hostwright /hostwright
+COPY --from=build /out/hostwright-agent /hostwright-agent
 USER 65532:65532
 # /metrics, /healthz and /readyz (`--metrics-addr`, see the Helm chart).
 EXPOSE 8080

@@ -165,20 +165,25 @@ build_nginx_image() {
     '{"Entrypoint":["/usr/sbin/nginx","-g","daemon off;"],"User":"101:101","ExposedPorts":{"8080/tcp":{}},"StopSignal":"SIGQUIT"}'
 }
 
-# binary_image NAME REF BINARY CONFIG_JSON: an image of one program built
-# here, as /NAME-less `/<binary's name>`, stripped, with the glibc libraries
-# it links (as `ldd` lists them) at their paths and a world-writable /tmp.
+# binary_image NAME REF CONFIG_JSON BINARY...: an image of programs built
+# here, each as `/<its file name>`, stripped, with the glibc libraries they
+# link (as `ldd` lists them) at their paths and a world-writable /tmp.
 # Prints the archive's path.
 binary_image() {
-  local name=$1 ref=$2 binary=$3 config=$4 key out rootfs rc
-  [ -x "$binary" ] || { echo "no binary at $binary (cargo build)" >&2; return 1; }
-  key=$( { sha256sum "$binary"; printf '%s' "$ref $config $(declare -f oci_archive binary_image add_libraries)"; } |
+  local name=$1 ref=$2 config=$3 binary key out rootfs rc=0
+  shift 3
+  for binary in "$@"; do
+    [ -x "$binary" ] || { echo "no binary at $binary (cargo build)" >&2; return 1; }
+  done
+  key=$( { sha256sum "$@"; printf '%s' "$ref $config $(declare -f oci_archive binary_image add_libraries)"; } |
     sha256sum | cut -c1-12)
   out="$IMAGES_DIR/$name-$key.tar"
   if [ ! -f "$out" ]; then
     rootfs=$(new_rootfs "$name")
-    objcopy --strip-debug "$binary" "$rootfs/$(basename "$binary")" &&
-      add_libraries "$rootfs" &&
+    for binary in "$@"; do
+      objcopy --strip-debug "$binary" "$rootfs/$(basename "$binary")" || rc=1
+    done
+    [ $rc -eq 0 ] && add_libraries "$rootfs" &&
       mkdir -p "$rootfs/tmp" && chmod 1777 "$rootfs/tmp" &&
       oci_archive "$ref" "$rootfs" "$config" "$out"
     rc=$?
@@ -188,14 +193,22 @@ binary_image() {
   echo "$out"
 }
 
-# build_operator_image BINARY: the operator image (the `hostwright` binary is
-# also the agent) as `$OPERATOR_IMAGE`. The Dockerfile users build makes a
-# static musl binary on distroless; here no base image or musl target can be
-# fetched, so the image holds the binary as built for the tests, stripped,
-# with its glibc libraries, and runs as 65532 like the Dockerfile's.
+# build_operator_image BINARY: the operator image as `$OPERATOR_IMAGE`, with
+# BINARY (`hostwright`) and the agent binary built beside it
+# (`hostwright-agent`, which member pods install): two binaries, so that the
+# operator does not map the agent's code. The Dockerfile users build makes
+# static musl binaries on distroless; here no base image or musl target can
+# be fetched, so the image holds the binaries as built for the tests,
+# stripped, with their glibc libraries, and runs as 65532 like the
+# Dockerfile's.
 build_operator_image() {
-  binary_image hostwright "$OPERATOR_IMAGE" "$1" \
-    '{"Entrypoint":["/hostwright"],"Cmd":["run"],"User":"65532:65532","ExposedPorts":{"8080/tcp":{}}}'
+  local agent
+  agent="$(dirname "$1")/hostwright-agent"
+  [ -x "$agent" ] ||
+    { echo "no agent binary beside $1 ($agent): cargo build --package hostwright --bins" >&2; return 1; }
+  binary_image hostwright "$OPERATOR_IMAGE" \
+    '{"Entrypoint":["/hostwright"],"Cmd":["run"],"User":"65532:65532","ExposedPorts":{"8080/tcp":{}}}' \
+    "$1" "$agent"
 }
 
 # build_site_images BINARY: the demo site (`demo-site`) as
@@ -204,9 +217,9 @@ build_operator_image() {
 build_site_images() {
   local v
   for v in 1 2; do
-    binary_image "site-v$v" "$SITE_IMAGE:$v" "$1" \
-      "{\"Entrypoint\":[\"/demo-site\"],\"Env\":[\"SITE_VERSION=$v\",\"PORT=8080\"],\"User\":\"65532:65532\",\"ExposedPorts\":{\"8080/tcp\":{}}}" ||
-      return 1
+    binary_image "site-v$v" "$SITE_IMAGE:$v" \
+      "{\"Entrypoint\":[\"/demo-site\"],\"Env\":[\"SITE_VERSION=$v\",\"PORT=8080\"],\"User\":\"65532:65532\",\"ExposedPorts\":{\"8080/tcp\":{}}}" \
+      "$1" || return 1
   done
 }
 
