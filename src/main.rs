@@ -216,6 +216,8 @@ where
 }
 
 fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
+    // Before the runtime starts its threads.
+    hostwright::memory::one_arena();
     telemetry::init_logging(args.log_format);
     let identity = args.identity.filter(|i| !i.is_empty()).unwrap_or_else(|| {
         let suffix: u32 = rand::random();

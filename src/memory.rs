@@ -11,6 +11,23 @@ use std::time::Duration;
 /// How often the operator asks.
 pub const TRIM_EVERY: Duration = Duration::from_secs(30);
 
+/// Make every thread allocate from one glibc arena. Call it before any
+/// thread starts (arenas are made on a thread's first allocation).
+///
+/// glibc gives each thread that meets contention an arena of its own; the
+/// operator's two runtime workers and the main thread then each keep a
+/// partly used heap, and one thread's frees do not serve another's
+/// allocations. Its work waits on the API server, so the lock costs nothing
+/// measurable, and a restarted operator at a thousand sites held 1 to 2 MB
+/// less anonymous memory (MALLOC_ARENA_MAX=1 against three runs without).
+pub fn one_arena() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a parameter of the allocator, under its lock.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
 /// Return free heap pages to the system; nothing where the allocator is not
 /// glibc's (musl's gives memory back by itself).
 pub fn trim() {
