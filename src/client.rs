@@ -66,7 +66,8 @@ pub fn from_config(config: Config) -> Result<Client, ClientError> {
         .map_err(BoxError::from)
         .service(http_client)
         .map_response(|response| {
-            response.map(|body| Box::new(http_body_util::BodyExt::map_err(body, BoxError::from)) as Box<DynBody>)
+            response
+                .map(|body| Box::new(http_body_util::BodyExt::map_err(body, BoxError::from)) as Box<DynBody>)
         })
         .boxed_clone();
     Ok(ClientBuilder::new(service, config.default_namespace).build())
@@ -94,7 +95,8 @@ mod tests {
             request.push(byte[0]);
         }
         let mut answer =
-            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+                .to_vec();
         for chunk in body.as_bytes().chunks(100 * 1024) {
             answer.extend(format!("{:x}\r\n", chunk.len()).bytes());
             answer.extend(chunk);
