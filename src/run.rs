@@ -260,13 +260,9 @@ async fn run_controllers(
     );
     let watching = watches.drive(&scope);
     let events = Arc::new(Events::new(client.clone(), &options.identity));
-    let renewing = tokio::spawn({
-        let events = events.clone();
-        async move { events.keep_renewing().await }
-    });
     let web = Shared::new(client.clone(), metrics.clone(), events.clone(), "webcluster");
     let database = Shared::new(client.clone(), metrics.clone(), events.clone(), "databasemirror");
-    let sessions = Shared::new(client, metrics, events, "sessionstore");
+    let sessions = Shared::new(client, metrics, events.clone(), "sessionstore");
     // Ready once every controller has filled its caches.
     let (web_ready, database_ready, sessions_ready) =
         (tokio::sync::oneshot::channel(), tokio::sync::oneshot::channel(), tokio::sync::oneshot::channel());
@@ -310,12 +306,12 @@ async fn run_controllers(
             shutdown,
         ),
     );
-    // The watches run for as long as the controllers read them.
+    // The watches and the recorder's renewal run for as long as the controllers do.
     tokio::select! {
         _ = controllers => {}
         () = watching => {}
+        () = events.keep_renewing() => {}
     }
-    renewing.abort();
     info!("controllers stopped");
     Ok(())
 }

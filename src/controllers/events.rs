@@ -40,11 +40,16 @@ struct Generation {
     published: u32,
 }
 
+impl Generation {
+    fn new(client: &Client, reporter: &Reporter, now: Instant) -> Self {
+        Generation { recorder: Recorder::new(client.clone(), reporter.clone()), started: now, published: 0 }
+    }
+}
+
 impl Events {
     pub fn new(client: Client, identity: &str) -> Self {
         let reporter = Reporter { controller: "hostwright".into(), instance: Some(identity.to_string()) };
-        let recorder = Recorder::new(client.clone(), reporter.clone());
-        let current = Generation { recorder, started: Instant::now(), published: 0 };
+        let current = Generation::new(&client, &reporter, Instant::now());
         Events { client, reporter, current: Mutex::new(current) }
     }
 
@@ -75,7 +80,7 @@ impl Events {
         old
     }
 
-    /// [`Events::renew_if_old`] every minute, for as long as the task runs.
+    /// [`Events::renew_if_old`] every minute, for as long as it is polled.
     pub async fn keep_renewing(&self) {
         let mut tick = tokio::time::interval(CHECK_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -88,11 +93,7 @@ impl Events {
     }
 
     fn fresh(&self, now: Instant) -> Generation {
-        Generation {
-            recorder: Recorder::new(self.client.clone(), self.reporter.clone()),
-            started: now,
-            published: 0,
-        }
+        Generation::new(&self.client, &self.reporter, now)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Generation> {

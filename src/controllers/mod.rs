@@ -315,8 +315,14 @@ impl Shared {
         name: &str,
         owner: &Claimant<'_>,
     ) -> Result<Option<String>, Error> {
-        let cached = cache.get(&ObjectRef::new(name).within(namespace)).map(|compact| compact.metadata());
-        self.claimed_given::<C>(cached.as_ref(), namespace, name, owner).await
+        let cached = cache.get(&ObjectRef::new(name).within(namespace));
+        // Labels decide only for an object no owner controls: only those
+        // are decoded (the reconcile decodes the one it applies anyway).
+        let uncontrolled =
+            cached.as_deref().filter(|c| !c.owner_references().iter().any(|o| o.controller == Some(true)));
+        let decoded = uncontrolled.map(Compact::metadata);
+        let meta = decoded.as_ref().or(cached.as_deref().map(Resource::meta));
+        self.claimed_given::<C>(meta, namespace, name, owner).await
     }
 
     async fn claimed_given<C: Child>(
