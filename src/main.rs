@@ -10,6 +10,15 @@ use clap::{Args, Parser, Subcommand};
 use hostwright::controllers::watch::InitialList;
 use hostwright::telemetry::{self, LogFormat};
 
+/// The operator allocates with jemalloc (see `hostwright::memory` for why).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's settings, under the name its (prefixed) build reads them from.
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static MALLOC_CONF: hostwright::memory::ConfPointer =
+    hostwright::memory::ConfPointer::new(hostwright::memory::MALLOC_CONF);
+
 /// Kubernetes operator for highly available web hosting.
 #[derive(Parser, Debug)]
 #[command(name = "hostwright", version, about)]
@@ -216,8 +225,6 @@ where
 }
 
 fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
-    // Before the runtime starts its threads.
-    hostwright::memory::one_arena();
     telemetry::init_logging(args.log_format);
     let identity = args.identity.filter(|i| !i.is_empty()).unwrap_or_else(|| {
         let suffix: u32 = rand::random();

@@ -1,50 +1,57 @@
-//! Giving freed heap back to the system.
+//! The operator's allocator: jemalloc, set up to hold little.
 //!
-//! glibc's allocator keeps what a burst freed (the first fill of every
-//! cache, a thousand reconciles after a restart) and hands back on its own
-//! only what lies at the top of the heap, so the operator's resident size
-//! would stay at its peak for good. Asking it to trim now and then returns
-//! the free pages (madvise), and the steady figure is what the caches hold.
+//! What the operator keeps at a thousand sites is a few hundred thousand
+//! small, long-lived allocations (its caches), made between the garbage of
+//! the reconciles that filled them. glibc's allocator left them scattered
+//! over partly used pages it cannot give back, even when asked to trim
+//! (malloc_trim) every 30 seconds with one arena for every thread; musl's,
+//! in the image, fragments the same way. jemalloc groups allocations of one
+//! size class into slabs of their own and returns a page once it has been
+//! free for [`MALLOC_CONF`]'s decay time. Side by side, two operators each
+//! creating a 1000-site fleet held 16.7 MB of anonymous memory with jemalloc
+//! (these settings) against 19.6 MB with glibc; mimalloc, tried before,
+//! held more than glibc.
+//!
+//! Only the operator (`src/main.rs`) allocates with it; the agent keeps the
+//! system allocator.
 
-use std::time::Duration;
+use std::ffi::CStr;
 
-/// How often the operator asks.
-pub const TRIM_EVERY: Duration = Duration::from_secs(30);
+/// jemalloc's settings (its `malloc_conf`), read when it starts:
+/// - `narenas:1`: one arena. The operator's work waits on the API server, so
+///   its threads rarely allocate at once; an arena each (jemalloc makes four
+///   per CPU) would keep a partly used set of slabs each.
+/// - `tcache:false`: no per-thread caches of freed blocks, which hold memory
+///   no other thread may reuse, for speed the operator does not need.
+/// - `dirty_decay_ms:1000,muzzy_decay_ms:0`: a page left free for a second
+///   goes back to the system (MADV_DONTNEED) rather than after ten.
+pub const MALLOC_CONF: &CStr = c"narenas:1,tcache:false,dirty_decay_ms:1000,muzzy_decay_ms:0";
 
-/// Make every thread allocate from one glibc arena. Call it before any
-/// thread starts (arenas are made on a thread's first allocation).
-///
-/// glibc gives each thread that meets contention an arena of its own; the
-/// operator's two runtime workers and the main thread then each keep a
-/// partly used heap, and one thread's frees do not serve another's
-/// allocations. Its work waits on the API server, so the lock costs nothing
-/// measurable, and a restarted operator at a thousand sites held 1 to 2 MB
-/// less anonymous memory (MALLOC_ARENA_MAX=1 against three runs without).
-pub fn one_arena() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets a parameter of the allocator, under its lock.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 1);
+/// A C string pointer that can be a `static`, for jemalloc's `malloc_conf`
+/// symbol (a `const char *` jemalloc reads).
+#[repr(transparent)]
+pub struct ConfPointer(*const std::ffi::c_char);
+
+impl ConfPointer {
+    pub const fn new(conf: &'static CStr) -> Self {
+        ConfPointer(conf.as_ptr())
     }
 }
 
-/// Return free heap pages to the system; nothing where the allocator is not
-/// glibc's (musl's gives memory back by itself).
-pub fn trim() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim takes no pointer from us; it walks the allocator's
-    // own free lists under the allocator's locks.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
+// SAFETY: it points at a 'static C string that nothing writes.
+unsafe impl Sync for ConfPointer {}
 
-/// Trim every [`TRIM_EVERY`] for as long as the task runs.
-pub async fn keep_trimming() {
-    let mut tick = tokio::time::interval(TRIM_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        trim();
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_setting_is_a_key_and_a_value() {
+        let conf = MALLOC_CONF.to_str().expect("ASCII");
+        for setting in conf.split(',') {
+            let (key, value) = setting.split_once(':').expect("key:value");
+            assert!(!key.is_empty() && !value.is_empty(), "{setting}");
+        }
+        assert!(conf.contains("narenas:1"));
     }
 }

@@ -154,13 +154,11 @@ pub async fn run(options: Options) -> Result<(), RunError> {
         )));
     }
 
-    let trimming = tokio::spawn(crate::memory::keep_trimming());
     let result = if options.leader_elect {
         run_as_candidate(&options, client, metrics, ready, shutdown).await
     } else {
         run_controllers(&options, client, metrics, ready.clone(), shutdown.clone().wait()).await
     };
-    trimming.abort();
     for server in servers {
         server.abort();
     }
