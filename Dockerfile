@@ -12,7 +12,8 @@
 
 # ---- build: statically linked binaries for x86_64 Linux (musl) ----
 FROM rust:1-bookworm AS build
-# musl-tools provides musl-gcc, which the cc crate uses for C code (ring).
+# musl-tools provides musl-gcc, which the cc crate and jemalloc's build use for
+# C code (ring; jemalloc, the operator's allocator).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends musl-tools \
  && rm -rf /var/lib/apt/lists/*
