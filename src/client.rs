@@ -40,7 +40,7 @@ use tower::{BoxError, ServiceBuilder, ServiceExt};
 pub const READ_BUFFER_MAX: usize = 64 * 1024;
 
 /// How long opening the shared connection may hold up the start.
-pub const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// An HTTP/2 connection that has read nothing for this long is pinged
 /// (client-go's `ReadIdleTimeout`); watches keep a healthy one busy anyway.
@@ -85,9 +85,12 @@ pub async fn infer() -> Result<Client, ClientError> {
 /// Open the connection every request will share, before the watches start.
 /// hyper learns that a connection speaks HTTP/2 only once it is open, so
 /// requests sent together to a client with none each open their own, and a
-/// watch keeps its connection for as long as it runs. A failure is only
-/// logged: the API server may be starting, and the watches retry.
-pub async fn open_connection(client: &Client) {
+/// watch keeps its connection for as long as it runs. (The same race after
+/// a connection is lost lasts only as long as the watches that restarted
+/// together: hyper's pool keeps one HTTP/2 connection per server, and the
+/// others close with their requests.) A failure is only logged: the API
+/// server may be starting, and the watches retry.
+async fn open_connection(client: &Client) {
     match tokio::time::timeout(OPEN_TIMEOUT, client.apiserver_version()).await {
         Ok(Ok(version)) => tracing::debug!(version = %version.git_version, "connected to the API server"),
         Ok(Err(err)) => tracing::info!(%err, "could not reach the API server yet; the watches will retry"),

@@ -40,18 +40,3 @@ impl ConfPointer {
 
 // SAFETY: it points at a 'static C string that nothing writes.
 unsafe impl Sync for ConfPointer {}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_setting_is_a_key_and_a_value() {
-        let conf = MALLOC_CONF.to_str().expect("ASCII");
-        for setting in conf.split(',') {
-            let (key, value) = setting.split_once(':').expect("key:value");
-            assert!(!key.is_empty() && !value.is_empty(), "{setting}");
-        }
-        assert!(conf.contains("narenas:1"));
-    }
-}
